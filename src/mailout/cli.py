@@ -1,0 +1,235 @@
+"""The ``mailout`` command line: parse, call one domain function, print.
+
+Every ``MailoutError`` becomes a message on stderr and exit status 1; a
+traceback means a bug in mailout, never a mistake of the user's.
+"""
+
+from __future__ import annotations
+
+import webbrowser
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .config import Settings, load_settings
+from .errors import IssueError, MailoutError, Severity
+from .issues import Issue, display_path, find_issue, load_issue
+from .preview import all_warnings, write_preview
+from .render import BUILTIN_TEMPLATES, render_issue
+from .workspace import init_workspace, new_issue
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class State:
+    """What the root group hands to every command: where the workspace is, and overrides."""
+
+    workspace: Path | None
+    overrides: dict[str, str] = field(default_factory=dict)
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.workspace, overrides=self.overrides)
+        return self._settings
+
+    def issue(self, name: str) -> Issue:
+        return load_issue(find_issue(name, self.settings.path("issues")))
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+class MailoutGroup(click.Group):
+    """The root group: turns a ``MailoutError`` into a clean message and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except IssueError as exc:
+            for problem in exc.problems:
+                click.secho(str(problem), fg="red", err=True)
+            count = len(exc.problems)
+            click.echo(f"{count} error{'s' if count != 1 else ''}", err=True)
+            ctx.exit(1)
+        except MailoutError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(1)
+
+
+def _parse_set(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    overrides = {}
+    for value in values:
+        key, sep, setting = value.partition("=")
+        if not sep or "." not in key:
+            raise click.BadParameter(f"expected TABLE.KEY=VALUE, e.g. sender.name=Efus; got {value!r}")
+        overrides[key.strip()] = setting
+    return overrides
+
+
+@click.group(cls=MailoutGroup)
+@click.version_option(__version__, prog_name="mailout")
+@click.option(
+    "-C", "--workspace", type=click.Path(file_okay=False, path_type=Path),
+    help="Workspace folder (default: the nearest folder with a mailout.toml).",
+)  # fmt: skip
+@click.option(
+    "--set", "overrides", multiple=True, callback=_parse_set, metavar="TABLE.KEY=VALUE",
+    help="Override one setting for this run, e.g. --set newsletter.public_base_url=https://news.example.org",
+)  # fmt: skip
+@click.pass_context
+def cli(ctx: click.Context, workspace: Path | None, overrides: dict[str, str]) -> None:
+    """Compose, preview, test and dispatch an email newsletter.
+
+    \b
+    Example:
+        mailout init my-newsletter && cd my-newsletter
+        mailout preview first-issue
+    """
+    ctx.obj = State(workspace=workspace, overrides=overrides)
+
+
+@cli.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+def init(directory: Path) -> None:
+    """Create a workspace: mailout.toml, templates/email/, subscribers/, issues/.
+
+    Existing files are never overwritten.
+
+    \b
+    Example:
+        mailout init newsletter
+    """
+    result = init_workspace(directory)
+    for path in result.created:
+        click.echo(f"created  {display_path(path)}")
+    for path in result.kept:
+        click.echo(f"kept     {display_path(path)} (exists)")
+    click.echo(f"Next: cd {directory} && mailout preview first-issue")
+
+
+@cli.group()
+def issue() -> None:
+    """Start and check issues (one folder per issue under issues/)."""
+
+
+@issue.command("new")
+@click.argument("slug")
+@pass_state
+def issue_new(state: State, slug: str) -> None:
+    """Write the skeleton of a new issue.
+
+    \b
+    Example:
+        mailout issue new 2019-02
+    """
+    path = new_issue(state.settings.path("issues"), slug)
+    click.echo(f"created {display_path(path)}; edit it, then run: mailout issue check {slug}")
+
+
+@issue.command("check")
+@click.argument("name", metavar="ISSUE")
+@click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+@pass_state
+def issue_check(state: State, name: str, strict: bool) -> None:
+    """Validate an issue and render every variant; exit 1 on any error.
+
+    \b
+    Example:
+        mailout issue check 2019-01
+    """
+    loaded = state.issue(name)
+    variants = render_issue(loaded, state.settings)
+    warnings = {str(w): w for v in variants.values() for w in v.warnings}
+    for text in warnings:
+        click.secho(text, fg="yellow", err=True)
+    items = sum(len(s.items) for s in loaded.sections)
+    sizes = ", ".join(f"{seg} {len(v.html.encode()) / 1000:.0f} KB" for seg, v in variants.items())
+    click.echo(
+        f"{display_path(loaded.source)}: {items} items in {len(loaded.sections)} sections; {sizes};"
+        f" {len(warnings)} warning{'s' if len(warnings) != 1 else ''}"
+    )
+    if strict and warnings:
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.argument("name", metavar="ISSUE")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write to (default: build/ISSUE).",
+)
+@click.option("--open", "open_browser", is_flag=True, help="Open the HTML of every variant in a browser.")
+@pass_state
+def preview(state: State, name: str, out: Path | None, open_browser: bool) -> None:
+    """Write each variant as .html and .txt and show sizes and warnings.
+
+    \b
+    Example:
+        mailout preview 2019-01 --open
+    """
+    loaded = state.issue(name)
+    files = write_preview(loaded, state.settings, out)
+    limit = state.settings.preview.html_warn_bytes
+    click.echo(f"{'variant':<8} {'HTML':>9} {'text':>9} {'items':>6} {'hidden':>6}  file")
+    for f in files:
+        size = f"{f.html_bytes / 1000:.1f} KB"
+        click.echo(
+            f"{f.variant.segment:<8} {size:>9} {f.text_bytes / 1000:>6.1f} KB {f.variant.items_shown:>6}"
+            f" {f.variant.items_hidden:>6}  {display_path(f.html_path)}"
+            + (click.style("  over the clipping warning size", fg="yellow") if f.html_bytes > limit else "")
+        )
+    for warning in all_warnings(files):
+        click.secho(str(warning), fg="yellow" if warning.severity is Severity.WARNING else "red", err=True)
+    click.echo(f"Wrote {len(files) * 2} files to {display_path(files[0].html_path.parent)}/")
+    if open_browser:
+        for f in files:
+            webbrowser.open(f.html_path.resolve().as_uri())
+
+
+@cli.group()
+def templates() -> None:
+    """List and show the email templates (built-in or overridden by the workspace)."""
+
+
+@templates.command("list")
+@pass_state
+def templates_list(state: State) -> None:
+    """List every template and where it comes from.
+
+    \b
+    Example:
+        mailout templates list
+    """
+    workspace = state.settings.path("templates")
+    for path in sorted(BUILTIN_TEMPLATES.rglob("*.j2")):
+        name = path.relative_to(BUILTIN_TEMPLATES).as_posix()
+        origin = "workspace" if (workspace / name).is_file() else "built-in"
+        click.echo(f"{name:<32} {origin}")
+
+
+@templates.command("show")
+@click.argument("name")
+def templates_show(name: str) -> None:
+    """Print a built-in template, to copy into templates/email/ and edit.
+
+    \b
+    Example:
+        mailout templates show theme.mjml.j2 > templates/email/theme.mjml.j2
+    """
+    path = BUILTIN_TEMPLATES / name
+    if not path.resolve().is_relative_to(BUILTIN_TEMPLATES.resolve()) or not path.is_file():
+        raise MailoutError(f"no built-in template '{name}'; see `mailout templates list`")
+    click.echo(path.read_text(encoding="utf-8"), nl=False)
+
+
+def main() -> None:
+    """Run the command line."""
+    cli(prog_name="mailout")

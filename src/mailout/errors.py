@@ -1,0 +1,62 @@
+"""Errors mailout raises for things a user can fix.
+
+Every error a user can cause is a ``MailoutError``; the command line turns it
+into a one-line message and a non-zero exit code, never a traceback::
+
+    MailoutError
+    ├── ConfigError        a missing, malformed or wrong setting (names file and key)
+    ├── IssueError         an issue folder that does not load or validate
+    │                      (carries every Problem found, each with file:line and field)
+    ├── TemplateError      an email template that does not parse or render
+    └── WorkspaceError     a missing workspace, issue folder or file
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class MailoutError(Exception):
+    """Base class for every error a user can cause and fix."""
+
+
+class ConfigError(MailoutError):
+    """A setting is missing, malformed or of the wrong type."""
+
+
+class WorkspaceError(MailoutError):
+    """A workspace, an issue folder or a file is missing."""
+
+
+class TemplateError(MailoutError):
+    """An email template does not parse, or fails while rendering."""
+
+
+class Severity(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding about an issue: where it is, what is wrong, how bad."""
+
+    file: str
+    line: int | None
+    message: str
+    severity: Severity = Severity.ERROR
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        prefix = "warning: " if self.severity is Severity.WARNING else ""
+        return f"{where}: {prefix}{self.message}"
+
+
+class IssueError(MailoutError):
+    """An issue could not be loaded; ``problems`` lists every error found."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))

@@ -1,0 +1,496 @@
+"""Load and validate an issue: one folder under ``issues/`` with an ``issue.yaml``.
+
+Loading collects every problem at once, each naming the file, the line and the
+field, so that the comms team can fix a file in one pass. Errors stop the
+issue from rendering; warnings (a link that is not http(s), an image without
+alt text, a long subject, an empty section) are shown but do not.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import markup
+from .errors import IssueError, Problem, Severity, WorkspaceError
+
+ISSUE_FILE = "issue.yaml"
+
+
+class Segment(StrEnum):
+    """Who may see what: members see everything, the public only what is not members-only."""
+
+    MEMBER = "member"
+    PUBLIC = "public"
+
+
+class SectionKind(StrEnum):
+    AGENDA = "agenda"
+    NEWS = "news"
+    CALLS = "calls"
+    GOOD_PRACTICE = "good_practice"
+    PUBLICATIONS = "publications"
+
+
+DEFAULT_TITLES = {
+    SectionKind.AGENDA: "Agenda",
+    SectionKind.NEWS: "News",
+    SectionKind.CALLS: "Calls for partners",
+    SectionKind.GOOD_PRACTICE: "Good practice",
+    SectionKind.PUBLICATIONS: "Publications",
+}
+DEFAULT_LINK_LABELS = {
+    SectionKind.AGENDA: "Information",
+    SectionKind.NEWS: "Read more",
+    SectionKind.CALLS: "More information",
+    SectionKind.GOOD_PRACTICE: "Read more",
+    SectionKind.PUBLICATIONS: "Read the publication",
+}
+
+ISSUE_FIELDS = ("subject", "preheader", "date", "number", "language", "logo", "logo_alt", "intro", "sections")
+SECTION_FIELDS = ("kind", "title", "intro", "members_only", "items")
+ITEM_FIELDS = (
+    "title", "summary", "date", "end_date", "city", "country",
+    "link", "link_label", "image", "image_alt", "members_only",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Item:
+    title: str
+    line: int
+    summary: str = ""
+    date: dt.date | None = None
+    end_date: dt.date | None = None
+    city: str = ""
+    country: str = ""
+    link: str = ""
+    link_label: str = ""
+    image: str = ""
+    image_alt: str = ""
+    members_only: bool = False
+
+
+@dataclass(frozen=True)
+class Section:
+    kind: SectionKind
+    title: str
+    line: int
+    items: tuple[Item, ...] = ()
+    intro: str = ""
+    members_only: bool = False
+
+    def visible_items(self, segment: Segment) -> tuple[Item, ...]:
+        """Return the items ``segment`` may see (all of them for members)."""
+        if segment is Segment.MEMBER:
+            return self.items
+        if self.members_only:
+            return ()
+        return tuple(item for item in self.items if not item.members_only)
+
+
+@dataclass(frozen=True)
+class Issue:
+    slug: str
+    folder: Path
+    source: Path
+    subject: str
+    preheader: str
+    date: dt.date
+    sections: tuple[Section, ...]
+    number: int | None = None
+    language: str = ""
+    logo: str = ""
+    logo_alt: str = ""
+    intro: str = ""
+    warnings: tuple[Problem, ...] = field(default=(), compare=False)
+
+    def images(self) -> list[str]:
+        """Return every local image file the issue references, relative to its folder."""
+        names = [self.logo] if self.logo else []
+        names += [i.image for s in self.sections for i in s.items if i.image]
+        return [n for n in names if not _is_url(n)]
+
+
+def display_path(path: Path) -> str:
+    """Return ``path`` relative to the current folder when it lies below it."""
+    try:
+        return os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd()) else str(path)
+    except ValueError:  # pragma: no cover - another drive on Windows
+        return str(path)
+
+
+def find_issue(name: str | Path, issues_dir: Path) -> Path:
+    """Return the ``issue.yaml`` for a slug, a folder or a file path."""
+    candidates = [Path(name), issues_dir / str(name)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+        if candidate.is_dir() and (candidate / ISSUE_FILE).is_file():
+            return candidate / ISSUE_FILE
+    known = sorted(p.parent.name for p in issues_dir.glob(f"*/{ISSUE_FILE}")) if issues_dir.is_dir() else []
+    hint = f" (issues here: {', '.join(known)})" if known else ""
+    raise WorkspaceError(
+        f"no issue '{name}': expected {display_path(issues_dir / str(name) / ISSUE_FILE)}{hint}"
+    )
+
+
+def load_issue(path: Path, *, check_files: bool = True) -> Issue:
+    """Load and validate the issue file at ``path``; raise ``IssueError`` listing every error."""
+    reader = _Reader(path)
+    issue = reader.read(check_files=check_files)
+    errors = [p for p in reader.problems if p.severity is Severity.ERROR]
+    if errors or issue is None:
+        raise IssueError(errors)
+    return issue
+
+
+# --- YAML with line numbers ---------------------------------------------------
+
+
+class _Map(dict[str, Any]):
+    """A YAML mapping that remembers its own line and the line of each key."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.2-like scalars: dates stay strings (we parse and report them), and only
+    ``true``/``false`` are booleans, so that a country code ``NO`` stays Norway."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [
+        (tag, rx)
+        for tag, rx in resolvers
+        if tag not in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+class DuplicateKey(yaml.MarkedYAMLError):
+    pass
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _Map:
+    loader.flatten_mapping(node)
+    result = _Map()
+    result.line = node.start_mark.line + 1
+    result.key_lines = {}
+    for key_node, value_node in node.value:
+        key = str(loader.construct_object(key_node, deep=True))
+        if key in result:
+            raise DuplicateKey(problem=f"duplicate key '{key}'", problem_mark=key_node.start_mark)
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+_YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _is_url(value: str) -> bool:
+    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", value))
+
+
+class _Reader:
+    """Turn one ``issue.yaml`` into an ``Issue``, collecting problems as it goes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = display_path(path)
+        self.problems: list[Problem] = []
+
+    def report(self, line: int | None, message: str, severity: Severity = Severity.ERROR) -> None:
+        self.problems.append(Problem(self.name, line, message, severity))
+
+    def read(self, *, check_files: bool) -> Issue | None:
+        self.check_files = check_files
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            self.report(None, f"not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8")
+            return None
+        except OSError as exc:
+            raise WorkspaceError(f"{self.name}: cannot read: {exc.strerror}") from None
+        try:
+            data = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark else None
+            what = " ".join(str(x) for x in (exc.context, exc.problem) if x)
+            self.report(line, f"YAML syntax error: {what} (check indentation, colons and quotes)")
+            return None
+        except yaml.YAMLError as exc:
+            self.report(None, f"YAML syntax error: {exc}")
+            return None
+        if not isinstance(data, _Map):
+            self.report(1, "expected the issue's fields (subject:, date:, sections:, ...), found no mapping")
+            return None
+        return self.issue(data)
+
+    # -- fields ----------------------------------------------------------------
+
+    def unknown_fields(self, data: _Map, allowed: tuple[str, ...], where: str) -> None:
+        for key in data:
+            if key not in allowed:
+                match = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+                hint = f" (did you mean '{match[0]}'?)" if match else f" (allowed: {', '.join(allowed)})"
+                self.report(data.key_lines[key], f"{where}unknown field '{key}'{hint}")
+
+    def text(self, data: _Map, key: str, where: str, *, required: bool = False, one_line: bool = True) -> str:
+        value = data.get(key)
+        line = data.key_lines.get(key, data.line)
+        if value is None or value == "":
+            if required:
+                self.report(line, f"{where}missing required field '{key}'")
+            return ""
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            self.report(line, f"{where}field '{key}' must be text, not {_kind(value)}")
+            return ""
+        value = str(value).strip()
+        if one_line and ("\n" in value or "\r" in value):
+            self.report(line, f"{where}field '{key}' must fit on one line")
+            return ""
+        if "\0" in value:
+            self.report(line, f"{where}field '{key}' contains a NUL character")
+            return ""
+        return value
+
+    def date(self, data: _Map, key: str, where: str, *, required: bool = False) -> dt.date | None:
+        raw = self.text(data, key, where, required=required)
+        if not raw:
+            return None
+        try:
+            return dt.date.fromisoformat(raw) if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw) else _bad_date()
+        except ValueError:
+            self.report(
+                data.key_lines[key],
+                f"{where}field '{key}': '{raw}' is not a date; write YYYY-MM-DD, e.g. 2019-01-31",
+            )
+            return None
+
+    def flag(self, data: _Map, key: str, where: str) -> bool:
+        value = data.get(key, False)
+        if not isinstance(value, bool):
+            self.report(data.key_lines[key], f"{where}field '{key}' must be true or false, not {value!r}")
+            return False
+        return value
+
+    def markdown(self, data: _Map, key: str, where: str) -> str:
+        source = self.text(data, key, where, one_line=False)
+        line = data.key_lines.get(key)
+        for message, severity in markup.lint(source):
+            self.report(line, f"{where}field '{key}': {message}", severity)
+        return source
+
+    def link(self, data: _Map, key: str, where: str) -> str:
+        value = self.text(data, key, where)
+        if value and not re.match(r"^https?://[^\s/]+", value):
+            self.report(
+                data.key_lines[key], f"{where}link '{value}' is not an absolute http(s) URL", Severity.WARNING
+            )
+        return value
+
+    def image(self, data: _Map, key: str, where: str) -> str:
+        value = self.text(data, key, where)
+        if not value or _is_url(value):
+            if value and not value.startswith("https://"):
+                self.report(
+                    data.key_lines[key], f"{where}image '{value}' should be an https URL", Severity.WARNING
+                )
+            return value
+        folder = self.path.parent.resolve()
+        target = (folder / value).resolve()
+        if not target.is_relative_to(folder):
+            self.report(data.key_lines[key], f"{where}image '{value}' must be inside the issue folder")
+            return ""
+        if self.check_files and not target.is_file():
+            self.report(
+                data.key_lines[key],
+                f"{where}image file '{value}' not found (looked for {display_path(target)})",
+            )
+        return value
+
+    # -- structure -------------------------------------------------------------
+
+    def issue(self, data: _Map) -> Issue | None:
+        self.unknown_fields(data, ISSUE_FIELDS, "")
+        subject = self.text(data, "subject", "", required=True)
+        if len(subject) > 80:
+            self.report(
+                data.key_lines["subject"],
+                f"subject is {len(subject)} characters; mail clients cut it off after about 80",
+                Severity.WARNING,
+            )
+        preheader = self.text(data, "preheader", "", required=True)
+        date = self.date(data, "date", "", required=True)
+        number = data.get("number")
+        if number is not None and (isinstance(number, bool) or not isinstance(number, int) or number < 0):
+            self.report(data.key_lines["number"], f"field 'number' must be a whole number, not {number!r}")
+            number = None
+        language = self.text(data, "language", "")
+        logo = self.image(data, "logo", "")
+        logo_alt = self.text(data, "logo_alt", "")
+        if logo and not logo_alt:
+            self.report(data.key_lines["logo"], "logo has no 'logo_alt' text", Severity.WARNING)
+        intro = self.markdown(data, "intro", "")
+        sections = self.sections(data)
+        if date is None or not subject or sections is None:
+            return None
+        return Issue(
+            slug=self.path.parent.name,
+            folder=self.path.parent,
+            source=self.path,
+            subject=subject,
+            preheader=preheader,
+            date=date,
+            number=number,
+            language=language,
+            logo=logo,
+            logo_alt=logo_alt,
+            intro=intro,
+            sections=sections,
+            warnings=tuple(p for p in self.problems if p.severity is Severity.WARNING),
+        )
+
+    def sections(self, data: _Map) -> tuple[Section, ...] | None:
+        raw = data.get("sections")
+        if raw is None:
+            self.report(data.line, "missing required field 'sections'")
+            return None
+        if not isinstance(raw, list):
+            self.report(
+                data.key_lines["sections"],
+                "field 'sections' must be a list (each entry starts with '- kind:')",
+            )
+            return None
+        sections = []
+        for index, entry in enumerate(raw, start=1):
+            section = self.section(entry, index, data.key_lines["sections"])
+            if section is not None:
+                sections.append(section)
+        return tuple(sections)
+
+    def section(self, data: Any, index: int, parent_line: int) -> Section | None:
+        if not isinstance(data, _Map):
+            self.report(parent_line, f"section {index} must be a mapping with 'kind:' and 'items:'")
+            return None
+        raw_kind = self.text(data, "kind", f"section {index}: ", required=True)
+        kind: SectionKind | None = None
+        if raw_kind:
+            try:
+                kind = SectionKind(raw_kind)
+            except ValueError:
+                kinds = [k.value for k in SectionKind]
+                match = difflib.get_close_matches(raw_kind, kinds, n=1, cutoff=0.5)
+                hint = f" (did you mean '{match[0]}'?)" if match else f" (known kinds: {', '.join(kinds)})"
+                self.report(
+                    data.key_lines["kind"], f"section {index}: unknown section kind '{raw_kind}'{hint}"
+                )
+        title = self.text(data, "title", f"section {index}: ") or (
+            DEFAULT_TITLES[kind] if kind else f"#{index}"
+        )
+        where = f"section '{title}': "
+        self.unknown_fields(data, SECTION_FIELDS, where)
+        members_only = self.flag(data, "members_only", where)
+        intro = self.markdown(data, "intro", where)
+        raw_items = data.get("items") or []
+        if not isinstance(raw_items, list):
+            self.report(
+                data.key_lines["items"],
+                f"{where}field 'items' must be a list (each item starts with '- title:')",
+            )
+            raw_items = []
+        if not raw_items:
+            self.report(data.line, f"{where}section has no items", Severity.WARNING)
+        items = [self.item(entry, number, where, data) for number, entry in enumerate(raw_items, start=1)]
+        if kind is None:
+            return None
+        return Section(
+            kind=kind,
+            title=title,
+            line=data.line,
+            intro=intro,
+            members_only=members_only,
+            items=tuple(
+                i if i.link_label or not i.link else _with_label(i, DEFAULT_LINK_LABELS[kind])
+                for i in items
+                if i is not None
+            ),
+        )
+
+    def item(self, data: Any, number: int, section_where: str, section: _Map) -> Item | None:
+        if not isinstance(data, _Map):
+            self.report(
+                section.key_lines.get("items"),
+                f"{section_where}item {number} must be a mapping starting with 'title:'",
+            )
+            return None
+        title = self.text(data, "title", f"{section_where}item {number}: ", required=True)
+        where = f"item '{title}': " if title else f"{section_where}item {number}: "
+        self.unknown_fields(data, ITEM_FIELDS, where)
+        date = self.date(data, "date", where)
+        end_date = self.date(data, "end_date", where)
+        if end_date and not date:
+            self.report(data.key_lines["end_date"], f"{where}'end_date' needs a 'date' to start from")
+        if date and end_date and end_date < date:
+            self.report(data.key_lines["end_date"], f"{where}'end_date' {end_date} is before 'date' {date}")
+        country = self.text(data, "country", where)
+        if country and not re.fullmatch(r"[A-Z]{2}", country):
+            self.report(
+                data.key_lines["country"],
+                f"{where}field 'country' must be a two-letter code such as FR or DE, not '{country}'",
+            )
+        image = self.image(data, "image", where)
+        image_alt = self.text(data, "image_alt", where)
+        if image and not image_alt:
+            self.report(
+                data.key_lines["image"],
+                f"{where}image has no 'image_alt' text (screen readers and blocked images need it)",
+                Severity.WARNING,
+            )
+        item = Item(
+            title=title,
+            line=data.line,
+            summary=self.markdown(data, "summary", where),
+            date=date,
+            end_date=end_date,
+            city=self.text(data, "city", where),
+            country=country,
+            link=self.link(data, "link", where),
+            link_label=self.text(data, "link_label", where),
+            image=image,
+            image_alt=image_alt,
+            members_only=self.flag(data, "members_only", where),
+        )
+        return item if title else None
+
+
+def _with_label(item: Item, label: str) -> Item:
+    from dataclasses import replace
+
+    return replace(item, link_label=label)
+
+
+def _bad_date() -> dt.date:
+    raise ValueError("not YYYY-MM-DD")
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", dict: "a mapping", _Map: "a mapping", bool: "true/false"}.get(
+        type(value), type(value).__name__
+    )

@@ -1,0 +1,81 @@
+"""Write every variant of an issue into the build folder, for eyes and browsers.
+
+The files are exactly what is sent, filled for a sample recipient; only image
+URLs under the public base URL are made relative so that the preview shows the
+issue's images before they are published.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Settings
+from .errors import Problem
+from .issues import Issue, Segment
+from .render import Recipient, Variant, render_issue
+
+
+@dataclass(frozen=True)
+class PreviewFile:
+    """One written variant and its measurements."""
+
+    variant: Variant
+    html_path: Path
+    text_path: Path
+    html_bytes: int
+    text_bytes: int
+
+
+def sample_recipient(settings: Settings, issue: Issue) -> Recipient:
+    """Return the recipient a preview is filled for: no name, so the fallback shows."""
+    base = settings.newsletter.public_base_url.rstrip("/")
+    return Recipient(
+        first_name="", unsubscribe_url=f"{base}/unsubscribe/preview", view_url=f"{base}/issues/{issue.slug}"
+    )
+
+
+def asset_base(settings: Settings, issue: Issue) -> str:
+    """Return the URL prefix under which the issue's images are published."""
+    return f"{settings.newsletter.public_base_url.rstrip('/')}/issues/{issue.slug}/"
+
+
+def write_preview(issue: Issue, settings: Settings, out_dir: Path | None = None) -> list[PreviewFile]:
+    """Render every variant of ``issue`` into ``out_dir`` (default: build/<slug>/)."""
+    variants = render_issue(issue, settings)
+    out = out_dir or settings.path("build") / issue.slug
+    out.mkdir(parents=True, exist_ok=True)
+    for name in issue.images():
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(issue.folder / name, target)
+    recipient = sample_recipient(settings, issue)
+    base = asset_base(settings, issue)
+    written = []
+    for segment in Segment:
+        variant = variants[segment]
+        html, text = variant.personalize(recipient)
+        html_path = out / f"{segment}.html"
+        text_path = out / f"{segment}.txt"
+        html_path.write_text(html.replace(base, ""), encoding="utf-8")
+        text_path.write_text(text, encoding="utf-8")
+        written.append(
+            PreviewFile(
+                variant=variant,
+                html_path=html_path,
+                text_path=text_path,
+                html_bytes=len(html.encode("utf-8")),
+                text_bytes=len(text.encode("utf-8")),
+            )
+        )
+    return written
+
+
+def all_warnings(files: list[PreviewFile]) -> list[Problem]:
+    """Return the warnings of every variant, each once."""
+    seen: dict[str, Problem] = {}
+    for f in files:
+        for warning in f.variant.warnings:
+            seen.setdefault(str(warning), warning)
+    return list(seen.values())

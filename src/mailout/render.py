@@ -1,0 +1,266 @@
+"""Render an issue into its variants: Jinja -> MJML -> HTML -> inlined CSS, plus plain text.
+
+A variant is rendered once per segment and reused for every recipient. The
+per-recipient fields (first name, unsubscribe URL, view-in-browser URL) are left
+in the finished HTML and text as placeholder tokens and filled at send time by
+``Variant.personalize``, a plain substitution that costs microseconds.
+
+Each render picks a fresh random token prefix, so text that an author writes
+can never be mistaken for a placeholder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import logging
+import re
+import secrets
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import mjml
+import premailer
+
+from . import markup
+from .config import Settings
+from .errors import Problem, Severity, TemplateError
+from .issues import Issue, Item, Section, Segment, display_path
+
+BUILTIN_TEMPLATES = Path(__file__).parent / "templates" / "email"
+#: The per-recipient fields every variant carries, filled by ``Variant.personalize``.
+FIELDS = ("first_name", "unsubscribe_url", "view_url")
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """The per-recipient values filled into a variant at send time."""
+
+    first_name: str
+    unsubscribe_url: str
+    view_url: str
+
+
+class _Slots:
+    """A finished document split around its placeholders, ready to be filled cheaply."""
+
+    def __init__(self, source: str, tokens: Mapping[str, str]) -> None:
+        pattern = re.compile("|".join(re.escape(t) for t in tokens))
+        self.pieces = pattern.split(source)
+        self.keys = [tokens[t] for t in pattern.findall(source)]
+
+    def fill(self, values: Mapping[str, str]) -> str:
+        out = [self.pieces[0]]
+        for key, piece in zip(self.keys, self.pieces[1:], strict=True):
+            out.append(values[key])
+            out.append(piece)
+        return "".join(out)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One rendering of an issue for one segment: frozen HTML and text with placeholders."""
+
+    slug: str
+    segment: Segment
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    tokens: Mapping[str, str]
+    greeting_fallback: str
+    items_shown: int
+    items_hidden: int
+    warnings: tuple[Problem, ...] = ()
+    _html_slots: _Slots = field(init=False, repr=False, compare=False)
+    _text_slots: _Slots = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_html_slots", _Slots(self.html, self.tokens))
+        object.__setattr__(self, "_text_slots", _Slots(self.text, self.tokens))
+
+    def personalize(self, recipient: Recipient) -> tuple[str, str]:
+        """Return this variant's HTML and text filled in for one recipient."""
+        name = " ".join(recipient.first_name.split()) or self.greeting_fallback
+        raw = {
+            "first_name": name,
+            "unsubscribe_url": recipient.unsubscribe_url,
+            "view_url": recipient.view_url,
+        }
+        escaped = {key: html.escape(value, quote=True) for key, value in raw.items()}
+        return self._html_slots.fill(escaped), self._text_slots.fill(raw)
+
+
+def template_environment(settings: Settings) -> jinja2.Environment:
+    """Return the Jinja environment: workspace templates first, then the built-in ones."""
+    loader = jinja2.ChoiceLoader(
+        [jinja2.FileSystemLoader(settings.path("templates")), jinja2.FileSystemLoader(BUILTIN_TEMPLATES)]
+    )
+    env = jinja2.Environment(
+        loader=loader,
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=("mjml", "mjml.j2", "html", "html.j2"), default=False
+        ),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["markdown"] = markup.to_html
+    env.filters["markdown_text"] = markup.to_text
+    env.filters["when"] = format_when
+    env.filters["place"] = format_place
+    return env
+
+
+def format_when(item: Item) -> str:
+    """Return an item's date or date range, e.g. ``27-28 February 2019``."""
+    start, end = item.date, item.end_date
+    if start is None:
+        return ""
+    if end is None or end == start:
+        return _day(start)
+    if (start.year, start.month) == (end.year, end.month):
+        return f"{start.day}\u2013{_day(end)}"
+    if start.year == end.year:
+        return f"{start.day} {start:%B} \u2013 {_day(end)}"
+    return f"{_day(start)} \u2013 {_day(end)}"
+
+
+def _day(value: dt.date) -> str:
+    return f"{value.day} {value:%B %Y}"
+
+
+def format_place(item: Item) -> str:
+    """Return ``City (CC)``, or whichever of the two is set."""
+    if item.city and item.country:
+        return f"{item.city} ({item.country})"
+    return item.city or item.country
+
+
+def render_issue(issue: Issue, settings: Settings) -> dict[Segment, Variant]:
+    """Render every variant of ``issue``, members' and the public's."""
+    env = template_environment(settings)
+    return {segment: render_variant(issue, settings, segment, env=env) for segment in Segment}
+
+
+def render_variant(
+    issue: Issue, settings: Settings, segment: Segment, *, env: jinja2.Environment | None = None
+) -> Variant:
+    """Render one variant of ``issue`` for ``segment``."""
+    env = env or template_environment(settings)
+    prefix = f"mo{secrets.token_hex(6)}"
+    tokens = {f"{prefix}{key.replace('_', '')}": key for key in FIELDS}
+    placeholders = {key: token for token, key in tokens.items()}
+    visible = visible_sections(issue, segment)
+    shown = sum(len(items) for _, items in visible)
+    hidden = sum(len(s.items) for s in issue.sections) - shown
+    teaser = (
+        settings.newsletter.members_teaser.format(count=hidden, s="" if hidden == 1 else "s")
+        if hidden
+        else ""
+    )
+    asset_base = f"{settings.newsletter.public_base_url.rstrip('/')}/issues/{issue.slug}/"
+
+    def asset_url(name: str) -> str:
+        return name if re.match(r"^[a-z]+:", name) else asset_base + name
+
+    context: dict[str, Any] = {
+        "issue": issue,
+        "segment": segment.value,
+        "sections": visible,
+        "items_hidden": hidden,
+        "members_teaser": teaser,
+        "members_teaser_url": settings.newsletter.members_teaser_url,
+        "newsletter": settings.newsletter,
+        "sender": settings.sender,
+        "language": issue.language or settings.newsletter.language,
+        "placeholder": placeholders,
+        "asset_url": asset_url,
+    }
+    mjml_source = _render_template(env, "layout.mjml.j2", context)
+    text = _render_template(env, "layout.txt.j2", context)
+    html_out = _to_html(mjml_source)
+    warnings = [*issue.warnings]
+    limit = settings.preview.html_warn_bytes
+    size = len(html_out.encode("utf-8"))
+    if size > limit:
+        warnings.append(
+            Problem(
+                display_path(issue.source),
+                None,
+                f"{segment} variant HTML is {size / 1000:.0f} KB; Gmail clips messages over about 102 KB"
+                f" (warning from {limit / 1000:.0f} KB)",
+                Severity.WARNING,
+            )
+        )
+    return Variant(
+        slug=issue.slug,
+        segment=segment,
+        subject=issue.subject,
+        preheader=issue.preheader,
+        html=html_out,
+        text=_tidy_text(text),
+        tokens=tokens,
+        greeting_fallback=settings.newsletter.greeting_fallback,
+        items_shown=shown,
+        items_hidden=hidden,
+        warnings=tuple(warnings),
+    )
+
+
+def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
+    try:
+        return env.get_template(name).render(context)
+    except jinja2.TemplateSyntaxError as exc:
+        where = (
+            f"{display_path(Path(exc.filename))}:{exc.lineno}" if exc.filename else f"{exc.name}:{exc.lineno}"
+        )
+        raise TemplateError(f"{where}: template syntax error: {exc.message}") from None
+    except jinja2.TemplateNotFound as exc:
+        raise TemplateError(
+            f"template '{exc.name}' not found in the workspace or the built-in templates"
+        ) from None
+    except Exception as exc:  # a bug in a (trusted, but user-editable) template
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(".j2")]
+        where = f"{display_path(Path(frames[-1].filename))}:{frames[-1].lineno}" if frames else name
+        raise TemplateError(f"{where}: template error: {exc}") from None
+
+
+def _to_html(mjml_source: str) -> str:
+    try:
+        # fonts={}: MJML would otherwise link a web font from a remote host.
+        converted = mjml.mjml2html(mjml_source, disable_comments=True, fonts={})
+    except Exception as exc:
+        raise TemplateError(f"MJML could not be converted: {exc}") from None
+    inliner = premailer.Premailer(
+        converted,
+        allow_network=False,  # never fetch anything: no remote CSS, and no crash offline
+        cssutils_logging_level=logging.CRITICAL,  # cssutils warns on every vendor property
+        keep_style_tags=False,
+        remove_classes=False,
+        strip_important=False,
+        disable_validation=True,
+    )
+    inlined: str = inliner.transform()
+    if not inlined.lstrip().lower().startswith("<!doctype"):
+        inlined = "<!doctype html>\n" + inlined
+    return inlined
+
+
+def _tidy_text(text: str) -> str:
+    """Collapse runs of blank lines and trailing spaces that template logic leaves behind."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    tidy = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+    return tidy + "\n"
+
+
+def visible_sections(issue: Issue, segment: Segment) -> list[tuple[Section, tuple[Item, ...]]]:
+    """Return the sections ``segment`` sees, each with its visible items."""
+    return [
+        (s, items) for s in issue.sections if (items := s.visible_items(segment)) or segment is Segment.MEMBER
+    ]
