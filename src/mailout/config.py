@@ -81,8 +81,6 @@ class Smtp:
 class Preview:
     #: Warn when a variant's HTML grows past this many bytes (Gmail clips at about 102 KB).
     html_warn_bytes: int = 90_000
-    #: Warn when a subject is longer than this (mail clients cut it off).
-    subject_warn_chars: int = 80
     test_recipients: tuple[str, ...] = ()
 
 
@@ -218,7 +216,7 @@ def _read_env(env: Mapping[str, str], layers: dict[str, dict[str, tuple[Any, str
         for f in dataclasses.fields(cls):
             name = f"{ENV_PREFIX}{section}_{f.name}".upper()
             if name in env and f"{section}.{f.name}" not in SECRETS:
-                layers[section][f.name] = (env[name], f"environment variable {name}")
+                layers[section][f.name] = (env[name], f"environment variable {name} ({section}.{f.name})")
 
 
 def _build(cls: type, section: str, values: dict[str, tuple[Any, str]]) -> Any:

@@ -220,16 +220,28 @@ class _Reader:
     def read(self, *, check_files: bool) -> Issue | None:
         self.check_files = check_files
         try:
-            text = self.path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            self.report(None, f"not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8")
-            return None
+            raw = self.path.read_bytes()
         except OSError as exc:
             raise WorkspaceError(f"{self.name}: cannot read: {exc.strerror}") from None
         try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad_line = raw.count(b"\n", 0, exc.start) + 1
+            self.report(
+                bad_line, f"not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8"
+            )
+            return None
+        try:
             data = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.reader.ReaderError as exc:
+            bad_line = text.count("\n", 0, exc.position) + 1
+            self.report(bad_line, f"special character #x{exc.character:04x} is not allowed; delete it")
+            return None
         except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
+            # A scanner error's context is where the broken token starts (an unclosed
+            # quote, a key without ':'); its problem mark can be far below, even at the end.
+            scanning = isinstance(exc, yaml.scanner.ScannerError) and exc.context_mark
+            mark = exc.context_mark if scanning else exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else None
             what = " ".join(str(x) for x in (exc.context, exc.problem) if x)
             self.report(line, f"YAML syntax error: {what} (check indentation, colons and quotes)")
@@ -445,7 +457,7 @@ class _Reader:
         self.unknown_fields(data, ITEM_FIELDS, where)
         date = self.date(data, "date", where)
         end_date = self.date(data, "end_date", where)
-        if end_date and not date:
+        if end_date and not data.get("date"):
             self.report(data.key_lines["end_date"], f"{where}'end_date' needs a 'date' to start from")
         if date and end_date and end_date < date:
             self.report(data.key_lines["end_date"], f"{where}'end_date' {end_date} is before 'date' {date}")

@@ -53,7 +53,15 @@ def lint(source: str) -> Iterator[tuple[str, Severity]]:
                 ("http://", "https://", "mailto:")
             ):
                 yield f"link '{child.attrGet('href')}' is not an absolute http(s) URL", Severity.WARNING
-            if child.type == "text" and re.search(r"\]\(|\[[^\]]*\]\([^)]*$", child.content):
+            if child.type != "text":
+                continue
+            refused = re.search(r"\]\(\s*([a-zA-Z][a-zA-Z0-9+.-]*:[^)\s]*)", child.content)
+            if refused and not _SAFE_LINK.match(refused.group(1)):
+                yield (
+                    f"link '{refused.group(1)}' is not allowed; links must be http(s) or mailto",
+                    Severity.ERROR,
+                )
+            elif re.search(r"\]\(|\[[^\]]*\]\([^)]*$", child.content):
                 yield (
                     f"broken Markdown link near '{child.content.strip()[:40]}'; write [text](https://...)",
                     Severity.ERROR,
@@ -69,10 +77,8 @@ def to_text(source: str, width: int = 72) -> str:
     blocks: list[str] = []
     prefix = ""
     for token in _parser().parse(source):
-        if token.type == "bullet_list_open":
+        if token.type in ("bullet_list_open", "ordered_list_open"):
             prefix = "- "
-        elif token.type == "ordered_list_open":
-            prefix = "* "
         elif token.type in ("bullet_list_close", "ordered_list_close"):
             prefix = ""
         elif token.type == "inline":
@@ -101,6 +107,18 @@ def _inline_text(children: list[Token]) -> str:
             if href and not "".join(parts).rstrip().endswith(href):
                 parts.append(f" <{href}>")
     return "".join(parts)
+
+
+def wrap(text: str, width: int = 72, first: str = "", rest: str | None = None) -> str:
+    """Wrap one paragraph of plain text; long words (URLs) are never broken."""
+    return textwrap.fill(
+        " ".join(text.split()),
+        width=width,
+        initial_indent=first,
+        subsequent_indent=first if rest is None else rest,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 def _wrap(text: str, width: int, prefix: str) -> str:

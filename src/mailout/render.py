@@ -112,6 +112,7 @@ def template_environment(settings: Settings) -> jinja2.Environment:
     )
     env.filters["markdown"] = markup.to_html
     env.filters["markdown_text"] = markup.to_text
+    env.filters["wrap"] = markup.wrap
     env.filters["when"] = format_when
     env.filters["place"] = format_place
     return env
