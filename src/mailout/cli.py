@@ -188,7 +188,8 @@ def preview(state: State, name: str, out: Path | None, open_browser: bool) -> No
         )
     for warning in all_warnings(files):
         click.secho(str(warning), fg="yellow" if warning.severity is Severity.WARNING else "red", err=True)
-    click.echo(f"Wrote {len(files) * 2} files to {display_path(files[0].html_path.parent)}/")
+    names = ", ".join(p.name for f in files for p in (f.html_path, f.text_path))
+    click.echo(f"Wrote {names} to {display_path(files[0].html_path.parent)}/")
     if open_browser:
         for f in files:
             webbrowser.open(f.html_path.resolve().as_uri())

@@ -1,0 +1,118 @@
+"""Settings layering and error messages, on real files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailout.config import load_settings
+from mailout.errors import ConfigError
+
+
+def write(root: Path, text: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "mailout.toml").write_text(text, encoding="utf-8")
+    return root
+
+
+def test_defaults_then_file_then_env_then_flags(tmp_path: Path) -> None:
+    root = write(
+        tmp_path, '[sender]\nname = "From file"\naddress = "file@example.org"\n[smtp]\nport = 2525\n'
+    )
+    defaults = load_settings(write(tmp_path / "empty", ""), env={})
+    assert defaults.sender.name == "Newsletter" and defaults.smtp.port == 587
+
+    from_file = load_settings(root, env={})
+    assert (from_file.sender.name, from_file.sender.address, from_file.smtp.port) == (
+        "From file",
+        "file@example.org",
+        2525,
+    )
+
+    env = {
+        "MAILOUT_SENDER_NAME": "From env",
+        "MAILOUT_SMTP_PORT": "465",
+        "MAILOUT_PREVIEW_TEST_RECIPIENTS": "a@x.org, b@x.org",
+    }
+    from_env = load_settings(root, env=env)
+    assert (from_env.sender.name, from_env.sender.address, from_env.smtp.port) == (
+        "From env",
+        "file@example.org",
+        465,
+    )
+    assert from_env.preview.test_recipients == ("a@x.org", "b@x.org")
+
+    from_flags = load_settings(root, env=env, overrides={"sender.name": "From flag", "smtp.port": None})
+    assert from_flags.sender.name == "From flag" and from_flags.smtp.port == 465
+
+
+def test_paths_resolve_against_the_workspace(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, '[paths]\nbuild = "out"\n'), env={})
+    assert settings.path("build") == tmp_path / "out"
+    assert settings.path("issues") == tmp_path / "issues"
+
+
+def test_secrets_come_only_from_the_environment(tmp_path: Path) -> None:
+    root = write(tmp_path, '[smtp]\nhost = "smtp.example.org"\nusername = "me"\npassword = "hunter2"\n')
+    with pytest.raises(
+        ConfigError, match=r"mailout.toml:4: smtp.password is a secret .* MAILOUT_SMTP_PASSWORD"
+    ):
+        load_settings(root, env={})
+    root = write(tmp_path / "k", 'secret_key = "abc"\n')
+    with pytest.raises(ConfigError, match=r"mailout.toml:1: secret_key is a secret .* MAILOUT_SECRET_KEY"):
+        load_settings(root, env={})
+    settings = load_settings(
+        write(tmp_path / "ok", ""), env={"MAILOUT_SMTP_PASSWORD": "pw", "MAILOUT_SECRET_KEY": "k"}
+    )
+    assert settings.smtp.password == "pw" and settings.secret_key == "k"
+    assert "pw" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[sender]\nadress = "a@b.org"\n',
+            r"mailout.toml:2: sender.adress: unknown setting \(did you mean 'address'\?\)",
+        ),
+        ('[smtp]\nport = "twenty"\n', r"mailout.toml:2: smtp.port: expected a number"),
+        ("[newsleter]\n", r"mailout.toml:1: unknown section \[newsleter\]"),
+        ("[sender]\naddress = 3\n", r"mailout.toml:2: sender.address: expected a string"),
+        (
+            '[newsletter]\npublic_base_url = "example.org"\n',
+            r"newsletter.public_base_url: must be an absolute http\(s\) URL",
+        ),
+        ('[sender]\naddress = "not-an-address"\n', r"sender.address: not an email address"),
+        ('[smtp]\nsecurity = "ssl"\n', r"smtp.security: must be 'starttls', 'tls' or 'plain'"),
+        (
+            '[newsletter]\nmembers_teaser = "{n} more"\n',
+            r"newsletter.members_teaser: only \{count\} and \{s\}",
+        ),
+        ("[sender\n", r"mailout.toml: not valid TOML: .*line 1"),
+    ],
+)
+def test_wrong_settings_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_settings(write(tmp_path, text), env={})
+    assert "\n" not in str(caught.value), "a config error is one line"
+
+
+def test_wrong_environment_value_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"environment variable MAILOUT_SMTP_TIMEOUT \(smtp.timeout\): expected a number"
+    ):
+        load_settings(write(tmp_path, ""), env={"MAILOUT_SMTP_TIMEOUT": "soon"})
+
+
+def test_missing_config_says_to_run_init(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no mailout.toml in .*run `mailout init`"):
+        load_settings(tmp_path, env={})
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    import dataclasses
+
+    settings = load_settings(write(tmp_path, ""), env={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.sender.name = "changed"  # type: ignore[misc]

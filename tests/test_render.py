@@ -1,0 +1,354 @@
+"""Rendering against real MJML, premailer and Jinja: variants, leaks, escaping, placeholders."""
+
+from __future__ import annotations
+
+import html as htmlmod
+import random
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from mailout import markup
+from mailout.config import Settings, load_settings
+from mailout.errors import TemplateError
+from mailout.issues import Issue, Item, Segment, load_issue
+from mailout.render import Recipient, Variant, format_when, render_issue, render_variant
+
+ALICE = Recipient(
+    "Alice", "https://news.example/unsubscribe/tok-alice", "https://news.example/issues/x?t=alice"
+)
+BOB = Recipient(
+    "Bob & <Co>", "https://news.example/unsubscribe/tok-bob?a=1&b=2", "https://news.example/issues/x?t=bob"
+)
+
+
+def members_only_items(issue: Issue) -> list[Item]:
+    return [i for s in issue.sections for i in s.items if s.members_only or i.members_only]
+
+
+def public_items(issue: Issue) -> list[Item]:
+    return [i for s in issue.sections for i in s.visible_items(Segment.PUBLIC)]
+
+
+def secret_strings(issue: Issue) -> set[str]:
+    """Every string of every members-only item that no public item shares."""
+    public_text = " ".join(
+        " ".join([i.title, i.summary, i.link, i.link_label, i.image, i.image_alt, i.city])
+        for i in public_items(issue)
+    )
+    found: set[str] = set()
+    for item in members_only_items(issue):
+        for value in (item.title, item.link, item.image, item.image_alt, item.link_label):
+            if value and value not in public_text:
+                found.add(value)
+        words = markup.to_text(item.summary).split()
+        # Every run of four words of the summary: catches a sentence leaking in part.
+        for start in range(max(len(words) - 3, 0)):
+            shingle = " ".join(words[start : start + 4])
+            if shingle not in " ".join(public_text.split()):
+                found.add(shingle)
+    return found
+
+
+def searchable(variant: Variant) -> list[str]:
+    rendered_html, rendered_text = variant.personalize(ALICE)
+    visible = " ".join(htmlmod.unescape(re.sub(r"<[^>]+>", " ", rendered_html)).split())
+    return [
+        rendered_html,
+        htmlmod.unescape(rendered_html),
+        visible,
+        " ".join(rendered_text.split()),
+        variant.preheader,
+        variant.subject,
+    ]
+
+
+def assert_no_leak(issue: Issue, settings: Settings) -> None:
+    secrets = secret_strings(issue)
+    assert secrets, "the issue must have members-only content for this test to mean anything"
+    public = render_issue(issue, settings)[Segment.PUBLIC]
+    for haystack in searchable(public):
+        for secret in secrets:
+            assert secret not in haystack, f"members-only text leaked into the public variant: {secret!r}"
+    member = render_issue(issue, settings)[Segment.MEMBER]
+    member_text = " ".join(member.personalize(ALICE)[1].split())
+    assert any(s in member_text for s in secrets), "members must see the members-only content"
+
+
+def test_example_issue_renders_both_variants(example_issue: Issue, repo_settings: Settings) -> None:
+    variants = render_issue(example_issue, repo_settings)
+    assert set(variants) == {Segment.MEMBER, Segment.PUBLIC}
+    member, public = variants[Segment.MEMBER], variants[Segment.PUBLIC]
+    total = sum(len(s.items) for s in example_issue.sections)
+    assert member.items_shown == total and member.items_hidden == 0
+    assert public.items_shown + public.items_hidden == total and public.items_hidden >= 3
+    for variant in variants.values():
+        assert variant.html.startswith("<!doctype html>")
+        assert f'lang="{repo_settings.newsletter.language}"' in variant.html
+        assert len(variant.html.encode()) < 90_000
+        assert f"<title>{htmlmod.escape(example_issue.subject, quote=False)}</title>" in variant.html
+    teaser = repo_settings.newsletter.members_teaser.format(count=public.items_hidden, s="s")
+    assert teaser in public.text and htmlmod.escape(teaser, quote=False) in public.html
+    assert "more item" not in member.text
+
+
+def test_public_variant_leaks_nothing_of_the_example(example_issue: Issue, repo_settings: Settings) -> None:
+    assert_no_leak(example_issue, repo_settings)
+
+
+def generated_issue(folder: Path, seed: int, sections: int = 6, items: int = 6) -> Path:
+    """Write a random issue with members-only sections and items, and return its file."""
+    rng = random.Random(seed)
+    words = "".join(chr(c) for c in range(ord("a"), ord("z") + 1))
+
+    def phrase(n: int) -> str:
+        return " ".join("".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(n))
+
+    kinds = ["agenda", "news", "calls", "good_practice", "publications"]
+    data: dict[str, object] = {
+        "subject": "Generated " + phrase(3),
+        "preheader": "Public " + phrase(4),
+        "date": "2020-03-01",
+        "sections": [
+            {
+                "kind": kinds[n % len(kinds)],
+                "title": "Section " + phrase(2),
+                "members_only": rng.random() < 0.3,
+                "items": [
+                    {
+                        "title": phrase(4),
+                        "summary": f"{phrase(12)} [{phrase(2)}](https://example.org/{phrase(1)}) {phrase(6)}",
+                        "link": f"https://example.org/{phrase(1)}/{n}/{m}",
+                        "link_label": phrase(2),
+                        "members_only": rng.random() < 0.3,
+                        "city": phrase(1).title(),
+                        "country": "FR",
+                        "date": f"2020-03-{m + 1:02d}",
+                    }
+                    for m in range(items)
+                ],
+            }
+            for n in range(sections)
+        ],
+    }
+    folder.mkdir(parents=True)
+    path = folder / "issue.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_public_variant_leaks_nothing_of_a_generated_issue(
+    tmp_path: Path, repo_settings: Settings, seed: int
+) -> None:
+    issue = load_issue(generated_issue(tmp_path / f"gen-{seed}", seed))
+    assert_no_leak(issue, repo_settings)
+
+
+def test_member_item_inside_a_public_section_is_left_out(tmp_path: Path, repo_settings: Settings) -> None:
+    folder = tmp_path / "one"
+    folder.mkdir()
+    (folder / "issue.yaml").write_text(
+        "subject: S\npreheader: P\ndate: 2020-01-01\nsections:\n  - kind: news\n    items:\n"
+        "      - {title: Open news, link: 'https://example.org/open'}\n"
+        "      - {title: Closed news, link: 'https://example.org/closed', members_only: true}\n",
+        encoding="utf-8",
+    )
+    public = render_issue(load_issue(folder / "issue.yaml"), repo_settings)[Segment.PUBLIC]
+    assert "Open news" in public.text and "https://example.org/open" in public.html
+    assert "Closed news" not in public.html + public.text
+    assert "example.org/closed" not in public.html + public.text
+    assert public.items_hidden == 1 and "1 more item in this issue" in public.text
+
+
+HOSTILE = "<script>alert(1)</script> <b>bold</b> {{ config }} {% raw %}"
+
+
+def test_author_text_is_escaped_and_never_evaluated(tmp_path: Path, repo_settings: Settings) -> None:
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    data = {
+        "subject": "Subject " + HOSTILE,
+        "preheader": "Pre " + HOSTILE,
+        "date": "2020-01-01",
+        "intro": "Intro " + HOSTILE,
+        "sections": [
+            {
+                "kind": "news",
+                "title": "Title " + HOSTILE,
+                "items": [
+                    {
+                        "title": "Item " + HOSTILE,
+                        "summary": "Summary " + HOSTILE,
+                        "link": "https://example.org/a?x=1&y=2",
+                        "link_label": "Label " + HOSTILE,
+                        "city": "City " + HOSTILE,
+                    }
+                ],
+            }
+        ],
+    }
+    (folder / "issue.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    variant = render_issue(load_issue(folder / "issue.yaml"), repo_settings)[Segment.MEMBER]
+    html_out, text_out = variant.personalize(ALICE)
+    assert "<script" not in html_out.lower()
+    assert "<b>bold</b>" not in html_out
+    assert html_out.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 6
+    assert html_out.count("{{ config }}") >= 6, "template syntax in content must stay literal text"
+    assert "{% raw %}" in html_out
+    assert text_out.count("<script>alert(1)</script> <b>bold</b> {{ config }} {% raw %}") >= 5
+    assert 'href="https://example.org/a?x=1&amp;y=2"' in html_out
+
+
+def test_placeholders_survive_mjml_and_inlining(example_issue: Issue, repo_settings: Settings) -> None:
+    variant = render_issue(example_issue, repo_settings)[Segment.PUBLIC]
+    counts = {key: variant.html.count(token) for token, key in variant.tokens.items()}
+    assert counts == {"first_name": 1, "unsubscribe_url": 1, "view_url": 2}
+    text_counts = {key: variant.text.count(token) for token, key in variant.tokens.items()}
+    assert text_counts == {"first_name": 1, "unsubscribe_url": 1, "view_url": 1}
+    # premailer must not have URL-encoded them inside href attributes
+    for token, key in variant.tokens.items():
+        if key.endswith("_url"):
+            assert f'href="{token}"' in variant.html
+
+
+def test_each_recipient_gets_only_their_own_values(example_issue: Issue, repo_settings: Settings) -> None:
+    variant = render_issue(example_issue, repo_settings)[Segment.MEMBER]
+    alice_html, alice_text = variant.personalize(ALICE)
+    bob_html, bob_text = variant.personalize(BOB)
+    assert "Dear Alice," in alice_text and f'href="{ALICE.unsubscribe_url}"' in alice_html
+    assert ALICE.view_url in alice_text
+    assert "Dear Bob & <Co>," in bob_text
+    assert "Dear Bob &amp; &lt;Co&gt;," in bob_html
+    assert 'href="https://news.example/unsubscribe/tok-bob?a=1&amp;b=2"' in bob_html
+    for other in ("Bob", "tok-bob", "t=bob"):
+        assert other not in alice_html + alice_text
+    for other in ("Alice", "tok-alice", "t=alice"):
+        assert other not in bob_html + bob_text
+    for token in variant.tokens:
+        assert token not in alice_html + alice_text + bob_html + bob_text
+
+
+def test_empty_name_gets_the_fallback_and_names_stay_on_one_line(
+    example_issue: Issue, repo_settings: Settings
+) -> None:
+    variant = render_issue(example_issue, repo_settings)[Segment.MEMBER]
+    _, text = variant.personalize(Recipient("  ", "https://u.example/1", "https://v.example/1"))
+    assert f"Dear {repo_settings.newsletter.greeting_fallback}," in text
+    _, text = variant.personalize(
+        Recipient("Eve\r\nBcc: x@evil.example", "https://u.example/1", "https://v.example/1")
+    )
+    assert "Dear Eve Bcc: x@evil.example," in text
+
+
+def test_placeholder_tokens_differ_per_render(example_issue: Issue, repo_settings: Settings) -> None:
+    first = render_variant(example_issue, repo_settings, Segment.PUBLIC)
+    second = render_variant(example_issue, repo_settings, Segment.PUBLIC)
+    assert set(first.tokens).isdisjoint(second.tokens)
+
+
+def test_html_references_no_third_party_host(example_issue: Issue, repo_settings: Settings) -> None:
+    allowed = {urlsplit(repo_settings.newsletter.public_base_url).netloc}
+    allowed.add(urlsplit(repo_settings.newsletter.members_teaser_url).netloc)
+    for item in (i for s in example_issue.sections for i in s.items):
+        for url in (item.link, item.image, *re.findall(r"\((https?://[^)]+)\)", item.summary)):
+            if url.startswith("http"):
+                allowed.add(urlsplit(url).netloc)
+    for variant in render_issue(example_issue, repo_settings).values():
+        html_out, _ = variant.personalize(ALICE)
+        hosts = {urlsplit(u).netloc for u in re.findall(r"https?://[^\s\"'<>)]+", html_out)}
+        hosts.discard("www.w3.org")  # XML namespace names, never fetched
+        assert hosts <= allowed | {"news.example"}, hosts - allowed
+        assert "<link" not in html_out and "@import" not in html_out
+        assert "fonts.googleapis" not in html_out
+
+
+def test_plain_text_part_is_readable(example_issue: Issue, repo_settings: Settings) -> None:
+    text = render_issue(example_issue, repo_settings)[Segment.MEMBER].text
+    flat = " ".join(text.split())
+    for item in (i for s in example_issue.sections for i in s.items):
+        assert f"* {item.title}" in flat
+        if item.link:
+            assert f"{item.link_label}: {item.link}" in text
+        if item.date:
+            assert format_when(item) in text
+        if item.city and item.country:
+            assert f"{item.city} ({item.country})" in text
+    assert "<" not in re.sub(r"<https?://[^>]+>", "", text), "no HTML in the text part"
+    for line in text.splitlines():
+        assert len(line) <= 78 or re.search(r"https?://\S+$", line), line
+
+
+def test_dates_are_written_out() -> None:
+    import datetime as dt
+
+    one = Item(title="x", line=1, date=dt.date(2019, 2, 27))
+    assert format_when(one) == "27 February 2019"
+    assert (
+        format_when(Item(title="x", line=1, date=dt.date(2019, 2, 27), end_date=dt.date(2019, 2, 28)))
+        == "27\u201328 February 2019"
+    )
+    assert (
+        format_when(Item(title="x", line=1, date=dt.date(2019, 2, 27), end_date=dt.date(2019, 3, 1)))
+        == "27 February \u2013 1 March 2019"
+    )
+    assert (
+        format_when(Item(title="x", line=1, date=dt.date(2019, 12, 31), end_date=dt.date(2020, 1, 2)))
+        == "31 December 2019 \u2013 2 January 2020"
+    )
+
+
+def test_workspace_template_overrides_builtin_file_by_file(tmp_path: Path, example_issue: Issue) -> None:
+    (tmp_path / "mailout.toml").write_text("", encoding="utf-8")
+    override = tmp_path / "templates" / "email" / "footer.mjml.j2"
+    override.parent.mkdir(parents=True)
+    override.write_text(
+        '<mj-section><mj-column><mj-text><p>Custom footer</p><a href="{{ placeholder.unsubscribe_url }}">Leave</a>'
+        "</mj-text></mj-column></mj-section>\n",
+        encoding="utf-8",
+    )
+    settings = load_settings(tmp_path, env={})
+    variant = render_variant(example_issue, settings, Segment.PUBLIC)
+    assert "Custom footer" in variant.html
+    assert "View this email in your browser" in variant.html, "the other templates stay built in"
+
+
+def test_broken_template_names_file_and_line(tmp_path: Path, example_issue: Issue) -> None:
+    (tmp_path / "mailout.toml").write_text("", encoding="utf-8")
+    broken = tmp_path / "templates" / "email" / "sections" / "news.mjml.j2"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("<mj-section>\n{{ items | nosuchfilter }}\n</mj-section>\n", encoding="utf-8")
+    with pytest.raises(TemplateError, match=r"news\.mjml\.j2:2: template syntax error: .*nosuchfilter"):
+        render_variant(example_issue, load_settings(tmp_path, env={}), Segment.MEMBER)
+    broken.write_text("<mj-section>\n\n{{ no_such_variable.attr }}\n</mj-section>\n", encoding="utf-8")
+    with pytest.raises(TemplateError, match=r"news\.mjml\.j2:3: template error: .*no_such_variable"):
+        render_variant(example_issue, load_settings(tmp_path, env={}), Segment.MEMBER)
+
+
+def test_size_warning_before_gmail_clips(example_issue: Issue, tmp_path: Path) -> None:
+    (tmp_path / "mailout.toml").write_text("[preview]\nhtml_warn_bytes = 1000\n", encoding="utf-8")
+    variant = render_variant(example_issue, load_settings(tmp_path, env={}), Segment.MEMBER)
+    assert any("Gmail clips" in w.message for w in variant.warnings)
+
+
+def test_rendering_prints_nothing(
+    example_issue: Issue, repo_settings: Settings, capfd: pytest.CaptureFixture[str]
+) -> None:
+    render_issue(example_issue, repo_settings)
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", "premailer/cssutils must not flood the terminal"
+
+
+def test_markdown_refuses_script_links() -> None:
+    assert (
+        "javascript"
+        not in markup.to_html("[click](javascript:alert(1)) and [ok](https://example.org)")
+        .split("ok")[0]
+        .split("href")[-1]
+    )
+    assert 'href="https://example.org"' in markup.to_html("[ok](https://example.org)")
+    problems = list(markup.lint("[click](javascript:alert(1))"))
+    assert any("not allowed" in message for message, _ in problems)
