@@ -1,0 +1,98 @@
+"""Benchmark rendering: all variants of an issue, and the per-recipient fill.
+
+Run from the repository root:  python bench/render.py  [--runs N] [--recipients N]
+
+Measures, on this machine:
+- building every variant (Jinja -> MJML -> HTML -> premailer, plus text) of the
+  example issue and of a generated issue three times its size, median of N runs;
+- filling the per-recipient placeholders of one variant (HTML and text), in
+  microseconds per recipient.
+Prints a Markdown table to paste into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+from mailout.config import load_settings
+from mailout.issues import Issue, Segment, load_issue
+from mailout.render import Recipient, render_issue
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tripled(issue: Issue) -> Issue:
+    """The same issue with every section three times: a long issue."""
+    return dataclasses.replace(issue, sections=issue.sections * 3)
+
+
+def time_builds(issue: Issue, runs: int) -> tuple[float, int]:
+    settings = load_settings(ROOT, env={})
+    render_issue(issue, settings)  # warm-up: imports, template compilation
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        variants = render_issue(issue, settings)
+        samples.append(time.perf_counter() - start)
+    size = max(len(v.html.encode()) for v in variants.values())
+    return statistics.median(samples), size
+
+
+def time_personalize(issue: Issue, recipients: int) -> float:
+    settings = load_settings(ROOT, env={})
+    variant = render_issue(issue, settings)[Segment.MEMBER]
+    people = [
+        Recipient(
+            f"Reader {n}", f"https://news.example/u/{n:08d}", f"https://news.example/issues/x?t={n:08d}"
+        )
+        for n in range(recipients)
+    ]
+    start = time.perf_counter()
+    for person in people:
+        variant.personalize(person)
+    return (time.perf_counter() - start) / recipients * 1e6
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--recipients", type=int, default=20_000)
+    args = parser.parse_args()
+    example = load_issue(ROOT / "issues" / "2019-01" / "issue.yaml")
+    large = tripled(example)
+    rows = []
+    for label, issue in (("example issue", example), ("generated, 3x larger", large)):
+        items = sum(len(s.items) for s in issue.sections)
+        seconds, size = time_builds(issue, args.runs)
+        per_recipient = time_personalize(issue, args.recipients)
+        rows.append((label, items, seconds, size, per_recipient))
+    print(
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}; {platform.system()}"
+    )
+    print(f"Median of {args.runs} runs; personalization over {args.recipients:,} recipients.\n")
+    print("| issue | items | all variants built | largest HTML | fill per recipient |")
+    print("|---|---:|---:|---:|---:|")
+    for label, items, seconds, size, per_recipient in rows:
+        print(
+            f"| {label} | {items} | {seconds * 1000:.0f} ms | {size / 1000:.1f} KB | {per_recipient:.1f} µs |"
+        )
+
+
+if __name__ == "__main__":
+    main()
