@@ -75,7 +75,9 @@ def test_preview_writes_every_variant_and_reports_sizes(tmp_path: Path) -> None:
             < 0.05 * size_kb * 1000 + 2000
         )
         assert size_kb < 90
-    assert int(lines["public"][5]) > 0, "the public variant hides members-only items"
+    assert int(lines["member"][6]) == 0 and int(lines["public"][6]) == 3, "the public variant hides 3 items"
+    assert int(lines["member"][5]) == int(lines["public"][5]) + 3
+    assert lines["member"][7] == "0", "the example issue has no warnings"
     member_html = (out_dir / "member.html").read_text(encoding="utf-8")
     # images are copied beside the preview and referenced relatively, so they show before publication
     assert 'src="images/logo.png"' in member_html and (out_dir / "images" / "logo.png").is_file()

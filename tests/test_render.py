@@ -13,7 +13,7 @@ import yaml
 
 from mailout import markup
 from mailout.config import Settings, load_settings
-from mailout.errors import TemplateError
+from mailout.errors import IssueError, TemplateError
 from mailout.issues import Issue, Item, Segment, load_issue
 from mailout.render import Recipient, Variant, format_when, render_issue, render_variant
 
@@ -352,3 +352,16 @@ def test_markdown_refuses_script_links() -> None:
     assert 'href="https://example.org"' in markup.to_html("[ok](https://example.org)")
     problems = list(markup.lint("[click](javascript:alert(1))"))
     assert any("not allowed" in message for message, _ in problems)
+
+
+def test_shared_fields_may_not_name_members_only_items(tmp_path: Path) -> None:
+    folder = tmp_path / "mention"
+    folder.mkdir()
+    (folder / "issue.yaml").write_text(
+        "subject: S\npreheader: 'Inside: the Harm reduction strategies call'\ndate: 2020-01-01\nsections:\n"
+        "  - kind: calls\n    members_only: true\n    items:\n"
+        "      - {title: Harm reduction strategies, link: 'https://example.org/closed'}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(IssueError, match=r"issue.yaml:2: field 'preheader' mentions the members-only item"):
+        load_issue(folder / "issue.yaml")

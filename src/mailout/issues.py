@@ -363,6 +363,9 @@ class _Reader:
         sections = self.sections(data)
         if date is None or not subject or sections is None:
             return None
+        self.members_only_mentions(
+            data, sections, {"subject": subject, "preheader": preheader, "intro": intro}
+        )
         return Issue(
             slug=self.path.parent.name,
             folder=self.path.parent,
@@ -378,6 +381,24 @@ class _Reader:
             sections=sections,
             warnings=tuple(p for p in self.problems if p.severity is Severity.WARNING),
         )
+
+    def members_only_mentions(
+        self, data: _Map, sections: tuple[Section, ...], shared: dict[str, str]
+    ) -> None:
+        """Refuse a subject, preheader or intro that names a members-only item: the public gets them too."""
+        hidden = [i for s in sections for i in s.items if s.members_only or i.members_only]
+        for key, value in shared.items():
+            folded = " ".join(value.split()).casefold()
+            for item in hidden:
+                # Short titles ("Call", "Minutes") are ordinary words; only a distinctive one counts.
+                title = item.title.casefold()
+                named = (len(title) >= 15 and title in folded) or (item.link and item.link in value)
+                if named:
+                    self.report(
+                        data.key_lines.get(key, data.line),
+                        f"field '{key}' mentions the members-only item '{item.title}'; the public"
+                        f" variant shows the {key} too, so leave members-only content out of it",
+                    )
 
     def sections(self, data: _Map) -> tuple[Section, ...] | None:
         raw = data.get("sections")
