@@ -1,0 +1,284 @@
+"""Issue files: every mistake is named by file, line and field, and never by a traceback.
+
+Each folder under tests/data/broken/ holds an otherwise valid issue with exactly one
+mistake; CASES says on which line it is and what the message must say. The
+baseline they all start from is broken_template/issue.yaml, which is valid (that
+case breaks a template instead).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from mailout.cli import cli
+from mailout.errors import IssueError, Severity
+from mailout.issues import Issue, SectionKind, Segment, load_issue
+from tests.conftest import DATA
+
+BROKEN = DATA / "broken"
+BASELINE = BROKEN / "broken_template" / "issue.yaml"
+
+# case folder -> (line of the mistake, a distinctive part of the message)
+CASES: dict[str, tuple[int, str]] = {
+    "yaml_syntax_indent": (11, "YAML syntax error: mapping values are not allowed here"),
+    "yaml_syntax_quote": (11, "YAML syntax error: while scanning a quoted scalar"),
+    "yaml_missing_colon": (11, "YAML syntax error: while scanning a simple key could not find expected ':'"),
+    "tab_indent": (11, "found character '\\t' that cannot start any token"),
+    "duplicate_key": (13, "duplicate key 'city'"),
+    "unknown_item_field": (13, "item 'SOLIDIFY audit': unknown field 'lnk' (did you mean 'link'?)"),
+    "unknown_section_kind": (6, "section 1: unknown section kind 'agneda' (did you mean 'agenda'?)"),
+    "unknown_top_field": (1, "unknown field 'subjet' (did you mean 'subject'?)"),
+    "missing_subject": (1, "missing required field 'subject'"),
+    "missing_item_title": (8, "section 'Agenda': item 1: missing required field 'title'"),
+    "bad_date": (9, "item 'SOLIDIFY audit': field 'date': '2019-02-30' is not a date; write YYYY-MM-DD"),
+    "bad_date_format": (3, "field 'date': '31/01/2019' is not a date; write YYYY-MM-DD"),
+    "end_before_start": (10, "item 'SOLIDIFY audit': 'end_date' 2019-02-26 is before 'date' 2019-02-27"),
+    "missing_image": (22, "image file 'images/report.png' not found"),
+    "image_outside_folder": (22, "image '../secret.png' must be inside the issue folder"),
+    "bad_country": (12, "field 'country' must be a two-letter code such as FR or DE, not 'France'"),
+    "members_only_not_bool": (16, "section 'News': field 'members_only' must be true or false, not 'yes'"),
+    "sections_not_list": (5, "field 'sections' must be a list"),
+    "markdown_heading_in_summary": (18, "field 'summary': headings are not allowed in a summary"),
+    "markdown_image_in_summary": (18, "field 'summary': images go in the 'image' field"),
+    "broken_markdown_link": (18, "broken Markdown link near 'Read the [full text](https://example.org'"),
+    "not_utf8": (11, "not UTF-8 text"),
+    "control_character": (19, "special character #x000b is not allowed"),
+    "empty_file": (1, "found no mapping"),
+    "multiline_subject": (1, "field 'subject' must fit on one line"),
+}
+# Renaming 'subject' also leaves the issue without one: the only mistake worth two errors.
+TWO_ERRORS = {"unknown_top_field"}
+
+
+def check(workspace: Path, issue: str | Path, *options: str) -> Result:
+    """Run `mailout -C WORKSPACE issue check ISSUE` on the real command group."""
+    args = ["-C", str(workspace), "issue", "check", str(issue), *options]
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def write_issue(folder: Path, text: str) -> Path:
+    """Write ``text`` as ``folder/issue.yaml`` beside an image file ``report.png``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    path = folder / "issue.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def baseline_with(old: str, new: str) -> str:
+    """Return the baseline issue's text with one change."""
+    text = BASELINE.read_text(encoding="utf-8")
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+# --- errors -------------------------------------------------------------------
+
+
+def test_every_case_folder_is_listed() -> None:
+    folders = {p.parent.name for p in BROKEN.glob("*/issue.yaml")}
+    assert folders == {*CASES, "broken_template"}
+
+
+def test_baseline_is_valid_and_clean(workspace: Path) -> None:
+    issue = load_issue(BASELINE)
+    assert [s.kind for s in issue.sections] == [SectionKind.AGENDA, SectionKind.NEWS]
+    assert issue.warnings == ()
+    result = check(workspace, BASELINE)
+    assert result.exit_code == 0, result.output
+    assert "2 items in 2 sections" in result.output and "0 warnings" in result.output
+
+
+@pytest.mark.parametrize(("case", "line", "message"), [(c, *v) for c, v in CASES.items()], ids=list(CASES))
+def test_mistake_is_named_by_file_and_line(
+    case: str, line: int, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # outside tests/, so problems name the file by its full path
+    path = BROKEN / case / "issue.yaml"
+    with pytest.raises(IssueError) as raised:
+        load_issue(path)
+    problems = raised.value.problems
+    matching = [p for p in problems if message in p.message]
+    assert matching, "\n".join(str(p) for p in problems)
+    problem = matching[0]
+    assert problem.line == line
+    assert problem.severity is Severity.ERROR
+    assert str(problem).startswith(f"{path}:{line}: ")
+    assert len(problems) == (2 if case in TWO_ERRORS else 1), "\n".join(str(p) for p in problems)
+
+
+@pytest.mark.parametrize(("case", "line", "message"), [(c, *v) for c, v in CASES.items()], ids=list(CASES))
+def test_check_command_prints_file_and_line(case: str, line: int, message: str, workspace: Path) -> None:
+    path = BROKEN / case / "issue.yaml"
+    result = check(workspace, path)
+    assert result.exit_code == 1, result.output
+    assert f"{path}:{line}: " in result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_problems_name_the_file_relative_to_the_current_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(BROKEN)
+    with pytest.raises(IssueError) as raised:
+        load_issue(BROKEN / "bad_country" / "issue.yaml")
+    assert str(raised.value).startswith(f"{Path('bad_country', 'issue.yaml')}:12: item 'SOLIDIFY audit': ")
+
+
+def test_missing_image_is_only_checked_when_asked() -> None:
+    issue = load_issue(BROKEN / "missing_image" / "issue.yaml", check_files=False)
+    assert issue.images() == ["images/report.png"]
+
+
+def test_broken_template_names_file_and_line(workspace: Path) -> None:
+    shutil.copy(BROKEN / "broken_template" / "layout.mjml.j2", workspace / "templates" / "email")
+    result = check(workspace, BASELINE)
+    assert result.exit_code == 1
+    assert "layout.mjml.j2:5: template syntax error" in result.output
+    assert "Traceback" not in result.output
+
+
+# --- warnings -----------------------------------------------------------------
+
+# case -> (text in the baseline, what replaces it, line, a distinctive part of the warning)
+WARNINGS: dict[str, tuple[str, str, int, str]] = {
+    "link_without_scheme": (
+        "link: https://example.org/events/solidify",
+        "link: www.example.org/events/solidify",
+        13,
+        "item 'SOLIDIFY audit': link 'www.example.org/events/solidify' is not an absolute http(s) URL",
+    ),
+    "link_ftp": (
+        "link: https://example.org/news/report",
+        "link: ftp://example.org/report.pdf",
+        21,
+        "item 'A new report on safer cities': link 'ftp://example.org/report.pdf' is not an absolute http(s) URL",
+    ),
+    "image_without_alt": (
+        "link: https://example.org/news/report",
+        "link: https://example.org/news/report\n        image: report.png",
+        22,
+        "item 'A new report on safer cities': image has no 'image_alt' text",
+    ),
+    "long_subject": (
+        '"Newsletter – February 2019"',
+        '"Newsletter of February 2019: events in five cities, news, calls for partners and good practice"',
+        1,
+        "subject is 94 characters; mail clients cut it off after about 80",
+    ),
+    "empty_section": (
+        "  - kind: news\n",
+        "  - kind: calls\n    items: []\n\n  - kind: news\n",
+        15,
+        "section 'Calls for partners': section has no items",
+    ),
+    "html_in_summary": (
+        "**what works**",
+        "<b>what works</b>",
+        18,
+        "item 'A new report on safer cities': field 'summary': HTML is not allowed and will be shown as plain text",
+    ),
+}
+
+
+@pytest.mark.parametrize(("old", "new", "line", "message"), list(WARNINGS.values()), ids=list(WARNINGS))
+def test_warning_does_not_stop_the_issue(
+    old: str, new: str, line: int, message: str, workspace: Path
+) -> None:
+    path = write_issue(workspace / "issues" / "warned", baseline_with(old, new))
+    issue = load_issue(path)
+    assert [(w.line, w.severity) for w in issue.warnings if message in w.message] == [
+        (line, Severity.WARNING)
+    ], issue.warnings
+    result = check(workspace, "warned")
+    assert result.exit_code == 0, result.output
+    assert f"{Path('issues', 'warned', 'issue.yaml')}:{line}: warning: {message}" in result.output
+
+
+def test_strict_turns_warnings_into_failure(workspace: Path) -> None:
+    write_issue(workspace / "issues" / "clean", BASELINE.read_text(encoding="utf-8"))
+    write_issue(workspace / "issues" / "warned", baseline_with("**what works**", "<b>what works</b>"))
+    assert check(workspace, "clean", "--strict").exit_code == 0
+    assert check(workspace, "warned").exit_code == 0
+    result = check(workspace, "warned", "--strict")
+    assert result.exit_code == 1
+    assert "HTML is not allowed" in result.output
+
+
+# --- what a valid file becomes --------------------------------------------------
+
+PARSED = """\
+subject: "Newsletter – March 2019"
+preheader: "Events, news and a call"
+date: 2019-03-01
+sections:
+  - kind: agenda
+    items:
+      - title: "Oslo conference"
+        date: 2019-03-27
+        end_date: 2019-03-28
+        country: NO
+        link: https://example.org/oslo
+      - title: "Members' meeting"
+        date: 2019-04-02
+        members_only: true
+        link: https://example.org/members/meeting
+  - kind: news
+    items:
+      - title: "A report"
+        link: https://example.org/report
+      - title: "A labelled report"
+        link: https://example.org/other
+        link_label: "Download the PDF"
+      - title: "Without a link"
+  - kind: calls
+    members_only: true
+    items:
+      - title: "A call for partners"
+        link: https://example.org/members/call
+"""
+
+
+def load_parsed(tmp_path: Path) -> Issue:
+    return load_issue(write_issue(tmp_path / "parsed", PARSED))
+
+
+def test_country_no_stays_norway(tmp_path: Path) -> None:
+    oslo = load_parsed(tmp_path).sections[0].items[0]
+    assert oslo.country == "NO"
+
+
+def test_dates_become_dates(tmp_path: Path) -> None:
+    issue = load_parsed(tmp_path)
+    oslo = issue.sections[0].items[0]
+    assert issue.date == dt.date(2019, 3, 1)
+    assert (oslo.date, oslo.end_date) == (dt.date(2019, 3, 27), dt.date(2019, 3, 28))
+    assert type(oslo.date) is dt.date
+
+
+def test_default_link_labels_follow_the_section_kind(tmp_path: Path) -> None:
+    agenda, news, calls = load_parsed(tmp_path).sections
+    assert [i.link_label for i in agenda.items] == ["Information", "Information"]
+    assert [i.link_label for i in news.items] == ["Read more", "Download the PDF", ""]
+    assert [i.link_label for i in calls.items] == ["More information"]
+
+
+def test_members_only_on_sections_and_items(tmp_path: Path) -> None:
+    agenda, news, calls = load_parsed(tmp_path).sections
+    assert (agenda.members_only, news.members_only, calls.members_only) == (False, False, True)
+    assert [i.members_only for i in agenda.items] == [False, True]
+    assert not any(i.members_only for i in calls.items), "the section, not its items, is members-only"
+
+
+def test_public_sees_no_members_only_item_or_section(tmp_path: Path) -> None:
+    agenda, news, calls = load_parsed(tmp_path).sections
+    assert [i.title for i in agenda.visible_items(Segment.PUBLIC)] == ["Oslo conference"]
+    assert agenda.visible_items(Segment.MEMBER) == agenda.items
+    assert len(agenda.items) == 2
+    assert news.visible_items(Segment.PUBLIC) == news.items
+    assert calls.visible_items(Segment.PUBLIC) == ()
+    assert [i.title for i in calls.visible_items(Segment.MEMBER)] == ["A call for partners"]
