@@ -350,6 +350,7 @@ def test_markdown_refuses_script_links() -> None:
         .split("href")[-1]
     )
     assert 'href="https://example.org"' in markup.to_html("[ok](https://example.org)")
+    assert any("not allowed" in m for m, _ in markup.lint("see [the site](www.example.org)"))
     problems = list(markup.lint("[click](javascript:alert(1))"))
     assert any("not allowed" in message for message, _ in problems)
 
