@@ -12,15 +12,14 @@ import datetime as dt
 import difflib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from . import markup
+from . import markup, yamlfile
 from .errors import IssueError, Problem, Severity, WorkspaceError
+from .yamlfile import LineMap
 
 ISSUE_FILE = "issue.yaml"
 
@@ -153,55 +152,6 @@ def load_issue(path: Path, *, check_files: bool = True) -> Issue:
     return issue
 
 
-# --- YAML with line numbers ---------------------------------------------------
-
-
-class _Map(dict[str, Any]):
-    """A YAML mapping that remembers its own line and the line of each key."""
-
-    line: int = 0
-    key_lines: dict[str, int]
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """YAML 1.2-like scalars: dates stay strings (we parse and report them), and only
-    ``true``/``false`` are booleans, so that a country code ``NO`` stays Norway."""
-
-
-_YamlLoader.yaml_implicit_resolvers = {
-    first: [
-        (tag, rx)
-        for tag, rx in resolvers
-        if tag not in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool")
-    ]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-class DuplicateKey(yaml.MarkedYAMLError):
-    pass
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _Map:
-    loader.flatten_mapping(node)
-    result = _Map()
-    result.line = node.start_mark.line + 1
-    result.key_lines = {}
-    for key_node, value_node in node.value:
-        key = str(loader.construct_object(key_node, deep=True))
-        if key in result:
-            raise DuplicateKey(problem=f"duplicate key '{key}'", problem_mark=key_node.start_mark)
-        result[key] = loader.construct_object(value_node, deep=True)
-        result.key_lines[key] = key_node.start_mark.line + 1
-    return result
-
-
-_YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def _is_url(value: str) -> bool:
     return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", value))
 
@@ -224,46 +174,27 @@ class _Reader:
         except OSError as exc:
             raise WorkspaceError(f"{self.name}: cannot read: {exc.strerror}") from None
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            bad_line = raw.count(b"\n", 0, exc.start) + 1
-            self.report(
-                bad_line, f"not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8"
-            )
+            data = yamlfile.parse(raw)
+        except yamlfile.SyntaxProblem as exc:
+            self.report(exc.line, exc.message)
             return None
-        try:
-            data = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
-        except yaml.reader.ReaderError as exc:
-            bad_line = text.count("\n", 0, exc.position) + 1
-            self.report(bad_line, f"special character #x{exc.character:04x} is not allowed; delete it")
-            return None
-        except yaml.MarkedYAMLError as exc:
-            # A scanner error's context is where the broken token starts (an unclosed
-            # quote, a key without ':'); its problem mark can be far below, even at the end.
-            scanning = isinstance(exc, yaml.scanner.ScannerError) and exc.context_mark
-            mark = exc.context_mark if scanning else exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark else None
-            what = " ".join(str(x) for x in (exc.context, exc.problem) if x)
-            self.report(line, f"YAML syntax error: {what} (check indentation, colons and quotes)")
-            return None
-        except yaml.YAMLError as exc:
-            self.report(None, f"YAML syntax error: {exc}")
-            return None
-        if not isinstance(data, _Map):
+        if not isinstance(data, LineMap):
             self.report(1, "expected the issue's fields (subject:, date:, sections:, ...), found no mapping")
             return None
         return self.issue(data)
 
     # -- fields ----------------------------------------------------------------
 
-    def unknown_fields(self, data: _Map, allowed: tuple[str, ...], where: str) -> None:
+    def unknown_fields(self, data: LineMap, allowed: tuple[str, ...], where: str) -> None:
         for key in data:
             if key not in allowed:
                 match = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
                 hint = f" (did you mean '{match[0]}'?)" if match else f" (allowed: {', '.join(allowed)})"
                 self.report(data.key_lines[key], f"{where}unknown field '{key}'{hint}")
 
-    def text(self, data: _Map, key: str, where: str, *, required: bool = False, one_line: bool = True) -> str:
+    def text(
+        self, data: LineMap, key: str, where: str, *, required: bool = False, one_line: bool = True
+    ) -> str:
         value = data.get(key)
         line = data.key_lines.get(key, data.line)
         if value is None or value == "":
@@ -282,7 +213,7 @@ class _Reader:
             return ""
         return value
 
-    def date(self, data: _Map, key: str, where: str, *, required: bool = False) -> dt.date | None:
+    def date(self, data: LineMap, key: str, where: str, *, required: bool = False) -> dt.date | None:
         raw = self.text(data, key, where, required=required)
         if not raw:
             return None
@@ -295,21 +226,21 @@ class _Reader:
             )
             return None
 
-    def flag(self, data: _Map, key: str, where: str) -> bool:
+    def flag(self, data: LineMap, key: str, where: str) -> bool:
         value = data.get(key, False)
         if not isinstance(value, bool):
             self.report(data.key_lines[key], f"{where}field '{key}' must be true or false, not {value!r}")
             return False
         return value
 
-    def markdown(self, data: _Map, key: str, where: str) -> str:
+    def markdown(self, data: LineMap, key: str, where: str) -> str:
         source = self.text(data, key, where, one_line=False)
         line = data.key_lines.get(key)
         for message, severity in markup.lint(source):
             self.report(line, f"{where}field '{key}': {message}", severity)
         return source
 
-    def link(self, data: _Map, key: str, where: str) -> str:
+    def link(self, data: LineMap, key: str, where: str) -> str:
         value = self.text(data, key, where)
         if value and not re.match(r"^https?://[^\s/]+", value):
             self.report(
@@ -317,7 +248,7 @@ class _Reader:
             )
         return value
 
-    def image(self, data: _Map, key: str, where: str) -> str:
+    def image(self, data: LineMap, key: str, where: str) -> str:
         value = self.text(data, key, where)
         if not value or _is_url(value):
             if value and not value.startswith("https://"):
@@ -339,7 +270,7 @@ class _Reader:
 
     # -- structure -------------------------------------------------------------
 
-    def issue(self, data: _Map) -> Issue | None:
+    def issue(self, data: LineMap) -> Issue | None:
         self.unknown_fields(data, ISSUE_FIELDS, "")
         subject = self.text(data, "subject", "", required=True)
         if len(subject) > 80:
@@ -383,7 +314,7 @@ class _Reader:
         )
 
     def members_only_mentions(
-        self, data: _Map, sections: tuple[Section, ...], shared: dict[str, str]
+        self, data: LineMap, sections: tuple[Section, ...], shared: dict[str, str]
     ) -> None:
         """Refuse a subject, preheader or intro that names a members-only item: the public gets them too."""
         hidden = [i for s in sections for i in s.items if s.members_only or i.members_only]
@@ -400,7 +331,7 @@ class _Reader:
                         f" variant shows the {key} too, so leave members-only content out of it",
                     )
 
-    def sections(self, data: _Map) -> tuple[Section, ...] | None:
+    def sections(self, data: LineMap) -> tuple[Section, ...] | None:
         raw = data.get("sections")
         if raw is None:
             self.report(data.line, "missing required field 'sections'")
@@ -419,7 +350,7 @@ class _Reader:
         return tuple(sections)
 
     def section(self, data: Any, index: int, parent_line: int) -> Section | None:
-        if not isinstance(data, _Map):
+        if not isinstance(data, LineMap):
             self.report(parent_line, f"section {index} must be a mapping with 'kind:' and 'items:'")
             return None
         raw_kind = self.text(data, "kind", f"section {index}: ", required=True)
@@ -466,8 +397,8 @@ class _Reader:
             ),
         )
 
-    def item(self, data: Any, number: int, section_where: str, section: _Map) -> Item | None:
-        if not isinstance(data, _Map):
+    def item(self, data: Any, number: int, section_where: str, section: LineMap) -> Item | None:
+        if not isinstance(data, LineMap):
             self.report(
                 section.key_lines.get("items"),
                 f"{section_where}item {number} must be a mapping starting with 'title:'",
@@ -514,8 +445,6 @@ class _Reader:
 
 
 def _with_label(item: Item, label: str) -> Item:
-    from dataclasses import replace
-
     return replace(item, link_label=label)
 
 
@@ -524,6 +453,6 @@ def _bad_date() -> dt.date:
 
 
 def _kind(value: Any) -> str:
-    return {list: "a list", dict: "a mapping", _Map: "a mapping", bool: "true/false"}.get(
+    return {list: "a list", dict: "a mapping", LineMap: "a mapping", bool: "true/false"}.get(
         type(value), type(value).__name__
     )

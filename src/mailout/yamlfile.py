@@ -1,0 +1,99 @@
+"""YAML for files people edit by hand: every mapping knows its lines, every error its line.
+
+The loader is PyYAML's safe loader with two changes that spare content authors
+YAML 1.1's surprises: dates stay text (the caller parses them and reports a bad
+one clearly), and only ``true``/``false`` are booleans, so that the country
+code ``NO`` stays Norway rather than becoming ``False``. A key given twice is an
+error rather than silently replacing the first.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+
+class LineMap(dict[str, Any]):
+    """A YAML mapping that remembers its own line and the line of each key."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+class SyntaxProblem(Exception):
+    """The file is not valid YAML (or not UTF-8); ``line`` is where to look."""
+
+    def __init__(self, line: int | None, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [
+        (tag, rx)
+        for tag, rx in resolvers
+        if tag not in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+class _DuplicateKey(yaml.MarkedYAMLError):
+    pass
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> LineMap:
+    loader.flatten_mapping(node)
+    result = LineMap()
+    result.line = node.start_mark.line + 1
+    result.key_lines = {}
+    for key_node, value_node in node.value:
+        key = str(loader.construct_object(key_node, deep=True))
+        if key in result:
+            raise _DuplicateKey(problem=f"duplicate key '{key}'", problem_mark=key_node.start_mark)
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse(raw: bytes) -> Any:
+    """Parse UTF-8 YAML; raise ``SyntaxProblem`` with the line of the first error."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise SyntaxProblem(
+            line, f"not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise SyntaxProblem(
+            line, f"special character #x{exc.character:04x} is not allowed; delete it"
+        ) from None
+    except yaml.MarkedYAMLError as exc:
+        # A scanner error's context is where the broken token starts (an unclosed
+        # quote, a key without ':'); its problem mark can be far below, even at the end.
+        scanning = isinstance(exc, yaml.scanner.ScannerError) and exc.context_mark
+        mark = exc.context_mark if scanning else exc.problem_mark or exc.context_mark
+        what = " ".join(str(x) for x in (exc.context, exc.problem) if x)
+        raise SyntaxProblem(
+            mark.line + 1 if mark else None,
+            f"YAML syntax error: {what} (check indentation, colons and quotes)",
+        ) from None
+    except yaml.YAMLError as exc:
+        raise SyntaxProblem(None, f"YAML syntax error: {exc}") from None
