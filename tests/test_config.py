@@ -116,3 +116,67 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, ""), env={})
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.sender.name = "changed"  # type: ignore[misc]
+
+
+def test_a_misspelt_environment_variable_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"MAILOUT_SENDER_ADRESS: unknown setting \(did you mean MAILOUT_SENDER_ADDRESS\?\)"
+    ):
+        load_settings(write(tmp_path, ""), env={"MAILOUT_SENDER_ADRESS": "x@example.org"})
+
+
+def test_errors_name_the_layer_the_value_came_from(tmp_path: Path) -> None:
+    root = write(tmp_path, "")
+    with pytest.raises(
+        ConfigError,
+        match=r"^environment variable MAILOUT_NEWSLETTER_PUBLIC_BASE_URL \(newsletter.public_base_url\): must be",
+    ):
+        load_settings(root, env={"MAILOUT_NEWSLETTER_PUBLIC_BASE_URL": "example.org"})
+    with pytest.raises(ConfigError, match=r"^command-line option --set newsletter.public_base_url: must be"):
+        load_settings(root, env={}, overrides={"newsletter.public_base_url": "nope"})
+    with pytest.raises(ConfigError, match=r"--set smtp.password: a secret is read only from the environment"):
+        load_settings(root, env={}, overrides={"smtp.password": "hunter2"})
+    with pytest.raises(ConfigError, match=r"--set nosuch.key: unknown section"):
+        load_settings(root, env={}, overrides={"nosuch.key": "1"})
+
+
+@pytest.mark.parametrize("teaser", ["{count[0]} more", "{count.real} more", "{} more", "{count"])
+def test_teaser_accepts_only_count_and_s(tmp_path: Path, teaser: str) -> None:
+    with pytest.raises(ConfigError, match=r"members_teaser: only \{count\} and \{s\}"):
+        load_settings(
+            write(tmp_path, f"[newsletter]\nmembers_teaser = {teaser!r}\n".replace("'", '"')), env={}
+        )
+
+
+def test_unreadable_config_is_a_clean_error(tmp_path: Path) -> None:
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "mailout.toml").write_bytes('[sender]\nname = "Caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"mailout.toml: not UTF-8 text"):
+        load_settings(tmp_path, env={})
+
+
+def test_database_password_belongs_in_the_environment(tmp_path: Path) -> None:
+    root = write(tmp_path, '[database]\nurl = "postgresql+psycopg://mailout:s3cret@db.example/news"\n')
+    with pytest.raises(
+        ConfigError, match=r"mailout.toml:2: database.url holds a password.* MAILOUT_DATABASE_URL"
+    ):
+        load_settings(root, env={})
+    settings = load_settings(
+        write(tmp_path / "ok", ""),
+        env={"MAILOUT_DATABASE_URL": "postgresql+psycopg://mailout:s3cret@db.example/news"},
+    )
+    assert settings.database_url().endswith("@db.example/news")
+    assert (
+        load_settings(write(tmp_path / "rel", ""), env={}).database_url()
+        == f"sqlite:///{(tmp_path / 'rel').resolve()}/mailout.db"
+    )
+
+
+def test_lists_come_from_the_settings(tmp_path: Path) -> None:
+    root = write(tmp_path, '[lists.partners]\nsegment = "member"\ndescription = "Project partners"\n')
+    settings = load_settings(root, env={})
+    assert [(lst.name, lst.segment) for lst in settings.lists] == [("partners", "member")]
+    with pytest.raises(ConfigError, match=r"no list 'members'.*\[lists.members\]"):
+        settings.mailing_list("members")
+    with pytest.raises(ConfigError, match=r"lists.partners.segment: must be 'member' or 'public'"):
+        load_settings(write(tmp_path / "bad", '[lists.partners]\nsegment = "vip"\n'), env={})

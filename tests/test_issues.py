@@ -152,12 +152,6 @@ WARNINGS: dict[str, tuple[str, str, int, str]] = {
         13,
         "item 'SOLIDIFY audit': link 'www.example.org/events/solidify' is not an absolute http(s) URL",
     ),
-    "link_ftp": (
-        "link: https://example.org/news/report",
-        "link: ftp://example.org/report.pdf",
-        21,
-        "item 'A new report on safer cities': link 'ftp://example.org/report.pdf' is not an absolute http(s) URL",
-    ),
     "image_without_alt": (
         "link: https://example.org/news/report",
         "link: https://example.org/news/report\n        image: report.png",
@@ -183,6 +177,56 @@ WARNINGS: dict[str, tuple[str, str, int, str]] = {
         "item 'A new report on safer cities': field 'summary': HTML is not allowed and will be shown as plain text",
     ),
 }
+
+
+UNSAFE_URLS = {
+    "link_javascript": (
+        "link: https://example.org/news/report",
+        "link: 'javascript:alert(document.cookie)'",
+        21,
+        "link 'javascript:alert(document.cookie)' must start with https://, http:// or mailto:",
+    ),
+    "link_ftp": (
+        "link: https://example.org/news/report",
+        "link: ftp://example.org/report.pdf",
+        21,
+        "link 'ftp://example.org/report.pdf' must start with",
+    ),
+    "link_protocol_relative": (
+        "link: https://example.org/news/report",
+        "link: //tracker.example/x",
+        21,
+        "link '//tracker.example/x' must start with",
+    ),
+    "link_data": (
+        "link: https://example.org/news/report",
+        "link: 'data:text/html,<script>1</script>'",
+        21,
+        "must start with https://",
+    ),
+    "image_http": (
+        "link: https://example.org/news/report",
+        "link: https://example.org/news/report\n        image: http://cdn.example/x.png\n        image_alt: x",
+        22,
+        "image 'http://cdn.example/x.png' must be an https:// URL or a file in the issue folder",
+    ),
+    "image_javascript": (
+        "link: https://example.org/news/report",
+        "link: https://example.org/news/report\n        image: 'javascript:x'\n        image_alt: x",
+        22,
+        "image 'javascript:x' must be an https:// URL",
+    ),
+}
+
+
+@pytest.mark.parametrize(("old", "new", "line", "message"), list(UNSAFE_URLS.values()), ids=list(UNSAFE_URLS))
+def test_unsafe_urls_are_errors(old: str, new: str, line: int, message: str, workspace: Path) -> None:
+    path = write_issue(workspace / "issues" / "unsafe", baseline_with(old, new))
+    with pytest.raises(IssueError) as caught:
+        load_issue(path)
+    assert [(p.line, p.severity) for p in caught.value.problems if message in p.message] == [
+        (line, Severity.ERROR)
+    ]
 
 
 @pytest.mark.parametrize(("old", "new", "line", "message"), list(WARNINGS.values()), ids=list(WARNINGS))
@@ -282,3 +326,62 @@ def test_public_sees_no_members_only_item_or_section(tmp_path: Path) -> None:
     assert news.visible_items(Segment.PUBLIC) == news.items
     assert calls.visible_items(Segment.PUBLIC) == ()
     assert [i.title for i in calls.visible_items(Segment.MEMBER)] == ["A call for partners"]
+
+
+MENTION = """subject: "{subject}"
+preheader: Public news
+date: 2019-01-10
+sections:
+  - kind: news
+    intro: "{intro}"
+    items:
+      - title: Open item
+        summary: "{summary}"
+        link: https://example.org/open
+  - kind: calls
+    members_only: true
+    items:
+      - title: Harm reduction strategies
+        link: https://example.org/members/harm
+      - title: Budget vote
+        link: https://example.org/members/budget
+"""
+
+
+@pytest.mark.parametrize(
+    ("fields", "line", "severity"),
+    [
+        ({"subject": "Harm reduction strategies inside"}, 1, Severity.ERROR),
+        ({"intro": "Also: the harm reduction strategies call"}, 5, Severity.ERROR),
+        ({"summary": "See https://example.org/members/harm"}, 8, Severity.ERROR),
+        ({"summary": "After the budget vote, a new plan"}, 8, Severity.WARNING),
+    ],
+)
+def test_public_text_may_not_name_a_members_only_item(
+    workspace: Path, fields: dict[str, str], line: int, severity: Severity
+) -> None:
+    values = {"subject": "January", "intro": "Welcome", "summary": "Nothing secret", **fields}
+    path = write_issue(workspace / "issues" / "mention", MENTION.format(**values))
+    clean = write_issue(
+        workspace / "issues" / "clean",
+        MENTION.format(subject="January", intro="Welcome", summary="Nothing secret"),
+    )
+    assert load_issue(clean).warnings == ()
+    if severity is Severity.ERROR:
+        with pytest.raises(IssueError) as caught:
+            load_issue(path)
+        problems = caught.value.problems
+    else:
+        problems = list(load_issue(path).warnings)
+    assert [(p.line, p.severity) for p in problems if "mentions the members-only item" in p.message] == [
+        (line, severity)
+    ]
+
+
+def test_issue_language_must_be_a_tag(workspace: Path) -> None:
+    path = write_issue(
+        workspace / "issues" / "lang",
+        BASELINE.read_text(encoding="utf-8").replace("date:", "language: English\ndate:", 1),
+    )
+    with pytest.raises(IssueError, match="'English' is not a language tag"):
+        load_issue(path)

@@ -11,8 +11,10 @@ never ends up in git.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
+import string
 import tomllib
 import types
 import typing
@@ -25,6 +27,8 @@ from urllib.parse import urlsplit
 from .errors import ConfigError
 
 CONFIG_FILE = "mailout.toml"
+#: A language tag as mailout writes it: "en", "fr", "pt-BR".
+LANGUAGE_TAG = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*")
 ENV_PREFIX = "MAILOUT_"
 #: Settings that must never be written in a file, with the variable that carries each.
 SECRETS = {"smtp.password": "MAILOUT_SMTP_PASSWORD", "secret_key": "MAILOUT_SECRET_KEY"}
@@ -39,8 +43,7 @@ class Newsletter:
     public_base_url: str = "http://127.0.0.1:8025"
     #: The sender's postal address, shown in every footer (required by anti-spam laws).
     postal_address: str = ""
-    #: Why the reader gets this email, shown in the footer; ``{list}`` is replaced
-    #: by the list's description at send time.
+    #: Why the reader gets this email, shown in the footer.
     reason: str = "You receive this newsletter because you subscribed to it."
     #: Used in the greeting when a subscriber has no name.
     greeting_fallback: str = "reader"
@@ -78,6 +81,29 @@ class Smtp:
 
 
 @dataclass(frozen=True)
+class Database:
+    #: A SQLAlchemy URL. A relative SQLite path is relative to the workspace.
+    #: PostgreSQL: ``postgresql+psycopg://user@host/dbname``; a URL with a password
+    #: belongs in the environment (``MAILOUT_DATABASE_URL``), not in this file.
+    url: str = "sqlite:///mailout.db"
+
+
+@dataclass(frozen=True)
+class MailingList:
+    """One ``[lists.NAME]`` table: who is on the list may see which segment."""
+
+    name: str
+    segment: str = "public"
+    description: str = ""
+
+
+DEFAULT_LISTS = (
+    MailingList("members", "member", "Members of the network"),
+    MailingList("public", "public", "Everyone who signed up on the website"),
+)
+
+
+@dataclass(frozen=True)
 class Preview:
     #: Warn when a variant's HTML grows past this many bytes (Gmail clips at about 102 KB).
     html_warn_bytes: int = 90_000
@@ -95,12 +121,34 @@ class Settings:
     paths: Paths = field(default_factory=Paths)
     smtp: Smtp = field(default_factory=Smtp)
     preview: Preview = field(default_factory=Preview)
+    database: Database = field(default_factory=Database)
+    lists: tuple[MailingList, ...] = DEFAULT_LISTS
     secret_key: str = field(default="", repr=False)
 
     def path(self, name: str) -> Path:
         """Return a ``[paths]`` entry resolved against the workspace root."""
         value: Path = getattr(self.paths, name)
         return value if value.is_absolute() else self.root / value
+
+    def database_url(self) -> str:
+        """Return the database URL, a relative SQLite path made relative to the workspace."""
+        url = self.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and url != prefix + ":memory:":
+            path = Path(url[len(prefix) :])
+            if not path.is_absolute():
+                return prefix + str(self.root / path)
+        return url
+
+    def mailing_list(self, name: str) -> MailingList:
+        """Return the ``[lists.NAME]`` settings; raise ``ConfigError`` for an unknown list."""
+        for entry in self.lists:
+            if entry.name == name:
+                return entry
+        known = ", ".join(entry.name for entry in self.lists)
+        raise ConfigError(
+            f"no list '{name}' in the settings (lists: {known}); add a [lists.{name}] table to mailout.toml"
+        )
 
 
 SECTIONS: dict[str, type] = {
@@ -109,6 +157,7 @@ SECTIONS: dict[str, type] = {
     "paths": Paths,
     "smtp": Smtp,
     "preview": Preview,
+    "database": Database,
 }
 
 
@@ -150,27 +199,48 @@ def load_settings(
         if value is None:
             continue
         section, _, key = dotted.partition(".")
-        layers[section][key] = (value, f"command-line option for {dotted}")
+        if dotted in SECRETS:
+            raise ConfigError(
+                f"--set {dotted}: a secret is read only from the environment ({SECRETS[dotted]})"
+            )
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {dotted}: unknown section '{section}' (known: {', '.join(SECTIONS)})")
+        layers[section][key] = (value, f"command-line option --set {dotted}")
 
-    sections = {name: _build(cls, name, layers[name]) for name, cls in SECTIONS.items()}
+    sections: dict[str, Any] = {name: _build(cls, name, layers[name]) for name, cls in SECTIONS.items()}
+    if "lists" in layers:
+        sections["lists"] = layers["lists"][""][0]
     password = env.get(SECRETS["smtp.password"], "")
     sections["smtp"] = dataclasses.replace(sections["smtp"], password=password)
     settings = Settings(
-        root=(config_path.parent if config_path else (root or Path.cwd())),
+        root=(config_path.parent if config_path else (root or Path.cwd())).resolve(),
         config_file=config_path,
         secret_key=env.get(SECRETS["secret_key"], ""),
         **sections,
     )
-    _validate(settings)
+    sources = {
+        f"{section}.{key}": source for section, keys in layers.items() for key, (_, source) in keys.items()
+    }
+    _validate(settings, sources)
     return settings
 
 
 def _read_file(path: Path, layers: dict[str, dict[str, tuple[Any, str]]]) -> None:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path.name}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path.name}: cannot read: {exc.strerror}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path.name}: not valid TOML: {exc}") from None
+    lists = data.pop("lists", None)
+    if lists is not None:
+        layers["lists"] = {"": (_read_lists(path, text, lists), "")}
     for section, table in data.items():
         if section in ("password", "secret_key"):
             raise ConfigError(_secret_message(path, text, section, section))
@@ -184,7 +254,38 @@ def _read_file(path: Path, layers: dict[str, dict[str, tuple[Any, str]]]) -> Non
             dotted = f"{section}.{key}"
             if dotted in SECRETS or key in ("password", "secret_key"):
                 raise ConfigError(_secret_message(path, text, key, dotted))
+            if (
+                dotted == "database.url"
+                and isinstance(value, str)
+                and re.match(r"^[\w+]+://[^/@]*:[^/@]*@", value)
+            ):
+                raise ConfigError(
+                    f"{_where(path, text, key, section)}: database.url holds a password, which is a secret;"
+                    " set the environment variable MAILOUT_DATABASE_URL instead"
+                )
             layers[section][key] = (value, f"{_where(path, text, key, section)}: {dotted}")
+
+
+def _read_lists(path: Path, text: str, tables: Any) -> tuple[MailingList, ...]:
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise ConfigError(f"{_where(path, text, 'lists')}: write each list as a table, e.g. [lists.members]")
+    found = []
+    for name, table in tables.items():
+        where = f"{_where(path, text, f'lists.{name}')}: lists.{name}"
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+            raise ConfigError(f"{where}: a list name is lower-case letters, digits, '-' or '_'")
+        for key, value in table.items():
+            if key not in ("segment", "description"):
+                raise ConfigError(
+                    f"{where}.{key}: unknown setting{_closest(key, {'segment', 'description'})}"
+                )
+            if not isinstance(value, str):
+                raise ConfigError(f"{where}.{key}: expected a string, got {value!r}")
+        segment = table.get("segment", "public")
+        if segment not in ("member", "public"):
+            raise ConfigError(f"{where}.segment: must be 'member' or 'public', got {segment!r}")
+        found.append(MailingList(name, segment, table.get("description", "")))
+    return tuple(found)
 
 
 def _secret_message(path: Path, text: str, key: str, dotted: str) -> str:
@@ -212,6 +313,17 @@ def _where(path: Path, text: str, key: str, section: str | None = None) -> str:
 
 
 def _read_env(env: Mapping[str, str], layers: dict[str, dict[str, tuple[Any, str]]]) -> None:
+    known = {
+        f"{ENV_PREFIX}{section}_{f.name}".upper()
+        for section, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+    }
+    known |= set(SECRETS.values())
+    for name in env:
+        if name.startswith(ENV_PREFIX) and name not in known:
+            match = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {match[0]}?)" if match else ""
+            raise ConfigError(f"environment variable {name}: unknown setting{hint}")
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             name = f"{ENV_PREFIX}{section}_{f.name}".upper()
@@ -232,8 +344,6 @@ def _build(cls: type, section: str, values: dict[str, tuple[Any, str]]) -> Any:
 
 
 def _closest(key: str, known: set[str]) -> str:
-    import difflib
-
     match = difflib.get_close_matches(key, sorted(known), n=1)
     return f" (did you mean '{match[0]}'?)" if match else f" (known: {', '.join(sorted(known))})"
 
@@ -273,32 +383,40 @@ def _coerce(value: Any, hint: Any, source: str) -> Any:
     raise ConfigError(f"{source}: unsupported setting type {hint!r}")  # pragma: no cover
 
 
-def _validate(settings: Settings) -> None:
-    origin = f"{settings.config_file.name}: " if settings.config_file else ""
+def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
+    """Check values across layers; each message names where the wrong value came from."""
+
+    def fail(dotted: str, message: str) -> ConfigError:
+        return ConfigError(f"{sources.get(dotted, f'{dotted} (built-in default)')}: {message}")
+
     url = urlsplit(settings.newsletter.public_base_url)
     if url.scheme not in ("http", "https") or not url.netloc:
-        raise ConfigError(
-            f"{origin}newsletter.public_base_url: must be an absolute http(s) URL,"
-            f" got {settings.newsletter.public_base_url!r}"
+        raise fail(
+            "newsletter.public_base_url",
+            f"must be an absolute http(s) URL, got {settings.newsletter.public_base_url!r}",
         )
     if "@" not in settings.sender.address or any(c in settings.sender.address for c in " \r\n<>"):
-        raise ConfigError(f"{origin}sender.address: not an email address: {settings.sender.address!r}")
+        raise fail("sender.address", f"not an email address: {settings.sender.address!r}")
     for name in ("name", "reply_to"):
         if any(c in getattr(settings.sender, name) for c in "\r\n\0"):
-            raise ConfigError(f"{origin}sender.{name}: must be one line")
-    if settings.smtp.security not in ("starttls", "tls", "plain"):
-        raise ConfigError(
-            f"{origin}smtp.security: must be 'starttls', 'tls' or 'plain', got {settings.smtp.security!r}"
+            raise fail(f"sender.{name}", "must be one line")
+    if "://" not in settings.database.url:
+        raise fail(
+            "database.url", f"not a database URL: {settings.database.url!r} (e.g. sqlite:///mailout.db)"
         )
+    if settings.smtp.security not in ("starttls", "tls", "plain"):
+        raise fail("smtp.security", f"must be 'starttls', 'tls' or 'plain', got {settings.smtp.security!r}")
     teaser = settings.newsletter.members_teaser
     try:
-        teaser.format(count=1, s="")
-    except (KeyError, IndexError, ValueError):
-        raise ConfigError(
-            f"{origin}newsletter.members_teaser: only {{count}} and {{s}} may appear in braces, got {teaser!r}"
-        ) from None
-    if not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*", settings.newsletter.language):
-        raise ConfigError(
-            f"{origin}newsletter.language: expected a language tag such as 'en' or 'fr',"
-            f" got {settings.newsletter.language!r}"
+        fields = {name for _, name, _, _ in string.Formatter().parse(teaser) if name is not None}
+    except ValueError:
+        fields = {"?"}
+    if not fields <= {"count", "s"}:
+        raise fail(
+            "newsletter.members_teaser", f"only {{count}} and {{s}} may appear in braces, got {teaser!r}"
+        )
+    if not LANGUAGE_TAG.fullmatch(settings.newsletter.language):
+        raise fail(
+            "newsletter.language",
+            f"expected a language tag such as 'en' or 'fr', got {settings.newsletter.language!r}",
         )

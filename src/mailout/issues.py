@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import markup, yamlfile
+from .config import LANGUAGE_TAG
 from .errors import IssueError, Problem, Severity, WorkspaceError
 from .yamlfile import LineMap
 
@@ -116,7 +117,7 @@ class Issue:
         """Return every local image file the issue references, relative to its folder."""
         names = [self.logo] if self.logo else []
         names += [i.image for s in self.sections for i in s.items if i.image]
-        return [n for n in names if not _is_url(n)]
+        return [n for n in names if not is_url(n)]
 
 
 def display_path(path: Path) -> str:
@@ -152,8 +153,13 @@ def load_issue(path: Path, *, check_files: bool = True) -> Issue:
     return issue
 
 
-def _is_url(value: str) -> bool:
-    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", value))
+def is_url(value: str) -> bool:
+    """Return whether ``value`` names a resource elsewhere (it has a scheme, or starts with //)."""
+    return value.startswith("//") or bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", value))
+
+
+def _scheme(value: str) -> str:
+    return value.split(":", 1)[0].lower() if is_url(value) and not value.startswith("//") else ""
 
 
 class _Reader:
@@ -242,7 +248,12 @@ class _Reader:
 
     def link(self, data: LineMap, key: str, where: str) -> str:
         value = self.text(data, key, where)
-        if value and not re.match(r"^https?://[^\s/]+", value):
+        if value and is_url(value) and _scheme(value) not in ("http", "https", "mailto"):
+            self.report(
+                data.key_lines[key], f"{where}link '{value}' must start with https://, http:// or mailto:"
+            )
+            return ""
+        if value and not re.match(r"^(https?://[^\s/]+|mailto:)", value, re.IGNORECASE):
             self.report(
                 data.key_lines[key], f"{where}link '{value}' is not an absolute http(s) URL", Severity.WARNING
             )
@@ -250,11 +261,15 @@ class _Reader:
 
     def image(self, data: LineMap, key: str, where: str) -> str:
         value = self.text(data, key, where)
-        if not value or _is_url(value):
-            if value and not value.startswith("https://"):
+        if not value:
+            return value
+        if is_url(value):
+            if _scheme(value) != "https":
                 self.report(
-                    data.key_lines[key], f"{where}image '{value}' should be an https URL", Severity.WARNING
+                    data.key_lines[key],
+                    f"{where}image '{value}' must be an https:// URL or a file in the issue folder",
                 )
+                return ""
             return value
         folder = self.path.parent.resolve()
         target = (folder / value).resolve()
@@ -286,6 +301,12 @@ class _Reader:
             self.report(data.key_lines["number"], f"field 'number' must be a whole number, not {number!r}")
             number = None
         language = self.text(data, "language", "")
+        if language and not LANGUAGE_TAG.fullmatch(language):
+            self.report(
+                data.key_lines["language"],
+                f"field 'language': '{language}' is not a language tag such as en or fr",
+            )
+            language = ""
         logo = self.image(data, "logo", "")
         logo_alt = self.text(data, "logo_alt", "")
         if logo and not logo_alt:
@@ -298,7 +319,7 @@ class _Reader:
             data, sections, {"subject": subject, "preheader": preheader, "intro": intro}
         )
         return Issue(
-            slug=self.path.parent.name,
+            slug=self.path.resolve().parent.name,
             folder=self.path.parent,
             source=self.path,
             subject=subject,
@@ -316,20 +337,42 @@ class _Reader:
     def members_only_mentions(
         self, data: LineMap, sections: tuple[Section, ...], shared: dict[str, str]
     ) -> None:
-        """Refuse a subject, preheader or intro that names a members-only item: the public gets them too."""
+        """Refuse public text that names a members-only item: the public variant carries it.
+
+        Public text is the subject, preheader and intro, and the titles, intros
+        and items of what the public sees. A members-only link found there is an
+        error, and so is a distinctive title; a short title ("Budget vote") may be
+        an ordinary phrase, so finding one is a warning.
+        """
         hidden = [i for s in sections for i in s.items if s.members_only or i.members_only]
-        for key, value in shared.items():
+        if not hidden:
+            return
+        places = [
+            (f"field '{key}'", data.key_lines.get(key, data.line), value) for key, value in shared.items()
+        ]
+        for section in sections:
+            if section.members_only:
+                continue
+            places.append((f"section '{section.title}'", section.line, f"{section.title} {section.intro}"))
+            for item in section.visible_items(Segment.PUBLIC):
+                text = " ".join((item.title, item.summary, item.link, item.link_label, item.image_alt))
+                places.append((f"public item '{item.title}'", item.line, text))
+        for what, line, value in places:
             folded = " ".join(value.split()).casefold()
             for item in hidden:
-                # Short titles ("Call", "Minutes") are ordinary words; only a distinctive one counts.
-                title = item.title.casefold()
-                named = (len(title) >= 15 and title in folded) or (item.link and item.link in value)
-                if named:
-                    self.report(
-                        data.key_lines.get(key, data.line),
-                        f"field '{key}' mentions the members-only item '{item.title}'; the public"
-                        f" variant shows the {key} too, so leave members-only content out of it",
-                    )
+                title = " ".join(item.title.split()).casefold()
+                if item.link and item.link in value:
+                    severity = Severity.ERROR
+                elif title and re.search(rf"(?<!\w){re.escape(title)}(?!\w)", folded):
+                    severity = Severity.ERROR if len(title) >= 15 else Severity.WARNING
+                else:
+                    continue
+                self.report(
+                    line,
+                    f"{what} mentions the members-only item '{item.title}'; the public variant shows it,"
+                    " so leave members-only content out of it",
+                    severity,
+                )
 
     def sections(self, data: LineMap) -> tuple[Section, ...] | None:
         raw = data.get("sections")

@@ -29,11 +29,14 @@ import premailer
 from . import markup
 from .config import Settings
 from .errors import Problem, Severity, TemplateError
-from .issues import Issue, Item, Section, Segment, display_path
+from .issues import Issue, Item, Section, Segment, display_path, is_url
 
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates" / "email"
 #: The per-recipient fields every variant carries, filled by ``Variant.personalize``.
 FIELDS = ("first_name", "unsubscribe_url", "view_url")
+
+
+_CONTROL = {c: " " for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,8 @@ class Variant:
 
     def personalize(self, recipient: Recipient) -> tuple[str, str]:
         """Return this variant's HTML and text filled in for one recipient."""
-        name = " ".join(recipient.first_name.split()) or self.greeting_fallback
+        # Control characters (ESC, NUL, BEL...) have no place in a greeting; whitespace runs collapse.
+        name = " ".join(recipient.first_name.translate(_CONTROL).split()) or self.greeting_fallback
         raw = {
             "first_name": name,
             "unsubscribe_url": recipient.unsubscribe_url,
@@ -168,7 +172,7 @@ def render_variant(
     asset_base = f"{settings.newsletter.public_base_url.rstrip('/')}/issues/{issue.slug}/"
 
     def asset_url(name: str) -> str:
-        return name if re.match(r"^[a-z]+:", name) else asset_base + name
+        return name if is_url(name) else asset_base + name
 
     context: dict[str, Any] = {
         "issue": issue,
@@ -185,8 +189,17 @@ def render_variant(
     }
     mjml_source = _render_template(env, "layout.mjml.j2", context)
     text = _render_template(env, "layout.txt.j2", context)
-    html_out = _to_html(mjml_source)
+    html_out = _to_html(mjml_source, settings)
     warnings = [*issue.warnings]
+    if not settings.newsletter.postal_address:
+        warnings.append(
+            Problem(
+                settings.config_file.name if settings.config_file else "settings",
+                None,
+                "newsletter.postal_address is empty: the footer must give the sender's postal address",
+                Severity.WARNING,
+            )
+        )
     limit = settings.preview.html_warn_bytes
     size = len(html_out.encode("utf-8"))
     if size > limit:
@@ -223,21 +236,31 @@ def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]
         )
         raise TemplateError(f"{where}: template syntax error: {exc.message}") from None
     except jinja2.TemplateNotFound as exc:
+        where = _template_frame(exc) or name
         raise TemplateError(
-            f"template '{exc.name}' not found in the workspace or the built-in templates"
+            f"{where}: template '{exc.name}' not found in the workspace or the built-in templates"
         ) from None
     except Exception as exc:  # a bug in a (trusted, but user-editable) template
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(".j2")]
-        where = f"{display_path(Path(frames[-1].filename))}:{frames[-1].lineno}" if frames else name
-        raise TemplateError(f"{where}: template error: {exc}") from None
+        raise TemplateError(f"{_template_frame(exc) or name}: template error: {exc}") from None
 
 
-def _to_html(mjml_source: str) -> str:
+def _template_frame(exc: BaseException) -> str:
+    """Return ``file:line`` of the innermost template frame of ``exc``'s traceback."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(".j2")]
+    return f"{display_path(Path(frames[-1].filename))}:{frames[-1].lineno}" if frames else ""
+
+
+def _to_html(mjml_source: str, settings: Settings) -> str:
     try:
         # fonts={}: MJML would otherwise link a web font from a remote host.
         converted = mjml.mjml2html(mjml_source, disable_comments=True, fonts={})
     except Exception as exc:
-        raise TemplateError(f"MJML could not be converted: {exc}") from None
+        folder = settings.path("templates")
+        overrides = (
+            sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.j2")) if folder.is_dir() else []
+        )
+        suspects = f" (workspace templates in use: {', '.join(overrides)})" if overrides else ""
+        raise TemplateError(f"the rendered MJML is not valid: {exc}{suspects}") from None
     inliner = premailer.Premailer(
         converted,
         allow_network=False,  # never fetch anything: no remote CSS, and no crash offline

@@ -97,3 +97,5 @@ def parse(raw: bytes) -> Any:
         ) from None
     except yaml.YAMLError as exc:
         raise SyntaxProblem(None, f"YAML syntax error: {exc}") from None
+    except RecursionError:
+        raise SyntaxProblem(None, "YAML nested too deeply to be an issue file") from None
