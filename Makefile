@@ -7,18 +7,23 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: demo test lint format bench system-deps clean
 
 $(STAMP): pyproject.toml
+	@scripts/system-deps python
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## The main job on the embedded defaults: check the example issue and build every variant.
+## The main job on the embedded defaults: build every variant of the example issue,
+## and import the sample subscriber lists into the SQLite database.
 demo: $(STAMP)
 	$(BIN)/mailout issue check 2019-01
 	$(BIN)/mailout preview 2019-01
+	$(BIN)/mailout db upgrade
+	$(BIN)/mailout subscribers sync
+	$(BIN)/mailout subscribers count
 
-## The whole test suite, browser tests included (installs Debian's chromium when missing and root).
-test: $(STAMP) system-deps
+## The whole test suite (installs Debian's chromium and postgresql when missing and root).
+test: system-deps $(STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -32,6 +37,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/render.py
+	$(BIN)/python bench/import.py
 
 system-deps:
 	@scripts/system-deps

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
 from mailout.config import Settings, load_settings
+from mailout.db import make_engine, upgrade
 from mailout.issues import Issue, load_issue
 from mailout.workspace import init_workspace
+from tests.postgres import PostgresServer, find_pg_bin
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -80,3 +84,64 @@ def browser() -> Iterator[object]:
         instance = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         yield instance
         instance.close()
+
+
+def _require(what: str, reason: str) -> None:
+    """Skip a test that needs ``what`` outside CI; fail it in CI, which must have everything."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is missing in CI: {reason}")
+    pytest.skip(f"{what} is not installed ({reason})")
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A real PostgreSQL server on loopback, with a migrated template database."""
+    if find_pg_bin() is None:
+        _require("PostgreSQL", "apt-get install postgresql; `make test` does it as root")
+    server = PostgresServer(tmp_path_factory.mktemp("pg"))
+    server.start()
+    try:
+        upgrade(server.create_database("mailout_template"))
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite database file, copied for each test."""
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+_database_names = itertools.count(1)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a fresh, migrated database: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        path = tmp_path / "mailout.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = f"test_{os.getpid()}_{next(_database_names)}"
+    yield server.create_database(name, template="mailout_template")
+    server.drop_database(name)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on the fresh database of ``database_url``."""
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db_workspace(workspace: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh workspace (the current folder) whose database is ``database_url``."""
+    monkeypatch.setenv("MAILOUT_DATABASE_URL", database_url)
+    return workspace

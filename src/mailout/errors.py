@@ -5,8 +5,11 @@ into a one-line message and a non-zero exit code, never a traceback::
 
     MailoutError
     ├── ConfigError        a missing, malformed or wrong setting (names file and key)
+    ├── CsvError           a file that cannot be read as a subscriber CSV at all
+    │                      (unreadable, empty, no email column; names file and line)
     ├── IssueError         an issue folder that does not load or validate
     │                      (carries every Problem found, each with file:line and field)
+    ├── DatabaseError      a database that cannot be opened or needs `mailout db upgrade`
     ├── TemplateError      an email template that does not parse or render
     └── WorkspaceError     a missing workspace, issue folder or file
 """
@@ -26,8 +29,16 @@ class ConfigError(MailoutError):
     """A setting is missing, malformed or of the wrong type."""
 
 
+class CsvError(MailoutError):
+    """A file cannot be read as a subscriber CSV: unreadable, empty or without an email column."""
+
+
 class WorkspaceError(MailoutError):
     """A workspace, an issue folder or a file is missing."""
+
+
+class DatabaseError(MailoutError):
+    """The database cannot be opened, or its schema is not up to date."""
 
 
 class TemplateError(MailoutError):

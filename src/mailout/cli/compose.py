@@ -1,120 +1,21 @@
-"""The ``mailout`` command line: parse, call one domain function, print.
-
-Every ``MailoutError`` becomes a message on stderr and exit status 1; a
-traceback means a bug in mailout, never a mistake of the user's.
-"""
+"""Commands that compose: start and check issues, preview them, show templates."""
 
 from __future__ import annotations
 
 import webbrowser
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
-from . import __version__
-from .config import Settings, load_settings
-from .errors import IssueError, MailoutError, Severity
-from .issues import Issue, display_path, find_issue, load_issue
-from .preview import all_warnings, write_preview
-from .render import BUILTIN_TEMPLATES, render_issue
-from .workspace import init_workspace, new_issue
-
-F = TypeVar("F", bound=Callable[..., Any])
+from ..errors import MailoutError, Severity
+from ..issues import display_path
+from ..preview import all_warnings, write_preview
+from ..render import BUILTIN_TEMPLATES, render_issue
+from ..workspace import new_issue
+from .state import State, pass_state
 
 
-@dataclass
-class State:
-    """What the root group hands to every command: where the workspace is, and overrides."""
-
-    workspace: Path | None
-    overrides: dict[str, str] = field(default_factory=dict)
-    _settings: Settings | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = load_settings(self.workspace, overrides=self.overrides)
-        return self._settings
-
-    def issue(self, name: str) -> Issue:
-        return load_issue(find_issue(name, self.settings.path("issues")))
-
-
-pass_state = click.make_pass_decorator(State)
-
-
-class MailoutGroup(click.Group):
-    """The root group: turns a ``MailoutError`` into a clean message and exit status 1."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except IssueError as exc:
-            for problem in exc.problems:
-                click.secho(str(problem), fg="red", err=True)
-            count = len(exc.problems)
-            click.echo(f"{count} error{'s' if count != 1 else ''}", err=True)
-            ctx.exit(1)
-        except MailoutError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            ctx.exit(1)
-
-
-def _parse_set(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
-    overrides = {}
-    for value in values:
-        key, sep, setting = value.partition("=")
-        if not sep or "." not in key:
-            raise click.BadParameter(f"expected TABLE.KEY=VALUE, e.g. sender.name=Efus; got {value!r}")
-        overrides[key.strip()] = setting
-    return overrides
-
-
-@click.group(cls=MailoutGroup)
-@click.version_option(__version__, prog_name="mailout")
-@click.option(
-    "-C", "--workspace", type=click.Path(file_okay=False, path_type=Path),
-    help="Workspace folder (default: the nearest folder with a mailout.toml).",
-)  # fmt: skip
-@click.option(
-    "--set", "overrides", multiple=True, callback=_parse_set, metavar="TABLE.KEY=VALUE",
-    help="Override one setting for this run, e.g. --set newsletter.public_base_url=https://news.example.org",
-)  # fmt: skip
-@click.pass_context
-def cli(ctx: click.Context, workspace: Path | None, overrides: dict[str, str]) -> None:
-    """Compose, preview, test and dispatch an email newsletter.
-
-    \b
-    Example:
-        mailout init my-newsletter && cd my-newsletter
-        mailout preview first-issue
-    """
-    ctx.obj = State(workspace=workspace, overrides=overrides)
-
-
-@cli.command()
-@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
-def init(directory: Path) -> None:
-    """Create a workspace: mailout.toml, templates/email/, subscribers/, issues/.
-
-    Existing files are never overwritten.
-
-    \b
-    Example:
-        mailout init newsletter
-    """
-    result = init_workspace(directory)
-    for path in result.created:
-        click.echo(f"created  {display_path(path)}")
-    for path in result.kept:
-        click.echo(f"kept     {display_path(path)} (exists)")
-    click.echo(f"Next: cd {directory} && mailout preview first-issue")
-
-
-@cli.group()
+@click.group()
 def issue() -> None:
     """Start and check issues (one folder per issue under issues/)."""
 
@@ -159,7 +60,7 @@ def issue_check(state: State, name: str, strict: bool) -> None:
         raise click.exceptions.Exit(1)
 
 
-@cli.command()
+@click.command()
 @click.argument("name", metavar="ISSUE")
 @click.option(
     "--out",
@@ -195,7 +96,7 @@ def preview(state: State, name: str, out: Path | None, open_browser: bool) -> No
             webbrowser.open(f.html_path.resolve().as_uri())
 
 
-@cli.group()
+@click.group()
 def templates() -> None:
     """List and show the email templates (built-in or overridden by the workspace)."""
 
@@ -229,8 +130,3 @@ def templates_show(name: str) -> None:
     if not path.resolve().is_relative_to(BUILTIN_TEMPLATES.resolve()) or not path.is_file():
         raise MailoutError(f"no built-in template '{name}'; see `mailout templates list`")
     click.echo(path.read_text(encoding="utf-8"), nl=False)
-
-
-def main() -> None:
-    """Run the command line."""
-    cli(prog_name="mailout")

@@ -1,0 +1,327 @@
+"""Commands for subscribers: import and sync the CSV lists, and the everyday changes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .. import csvfile
+from .. import subscribers as people
+from ..config import MailingList as ListSettings
+from ..db import transaction
+from ..errors import MailoutError
+from ..importer import ImportReport, import_file, sync_paths
+from ..issues import display_path
+from ..models import Source
+from .state import State, pass_state
+
+SHOWN_PROBLEMS = 50
+
+
+@click.group()
+def subscribers() -> None:
+    """Import, sync, list, change and export subscribers."""
+
+
+def _progress(rows: int) -> None:
+    # A line per chunk on stderr: long imports show they are alive, and scripts can follow.
+    click.echo(f"... {rows:,} rows read", err=True)
+
+
+def _print_report(report: ImportReport) -> None:
+    fmt = report.format
+    how = f" ({fmt.encoding}, '{fmt.delimiter}'-delimited)" if fmt else ""
+    verb = "would import" if report.dry_run else "imported"
+    click.echo(f"{report.file}{how} {verb} into list '{report.list_name}': {report.rows:,} rows")
+    for label, value in (
+        ("added", report.added),
+        ("updated", report.updated),
+        ("unchanged", report.unchanged),
+        ("kept out", report.kept_out),
+        ("duplicates", report.duplicates),
+        ("invalid", report.invalid),
+    ):
+        click.echo(f"  {label:<11}{value:>8,}")
+    if fmt and fmt.ignored:
+        click.echo(f"  ignored columns: {', '.join(fmt.ignored)}")
+    for line, reason in report.problems[:SHOWN_PROBLEMS]:
+        click.secho(f"{report.file}:{line}: {reason}", fg="yellow", err=True)
+    if report.invalid > SHOWN_PROBLEMS:
+        click.secho(f"... and {report.invalid - SHOWN_PROBLEMS:,} more invalid rows", fg="yellow", err=True)
+    for line, email, reason in report.kept_out_rows[:SHOWN_PROBLEMS]:
+        click.echo(f"{report.file}:{line}: kept out {email}: {reason}", err=True)
+    if report.missing:
+        action = (
+            "unsubscribed (source: sync)"
+            if report.removed
+            else "still subscribed; --remove-missing unsubscribes them"
+        )
+        click.echo(f"  on the list but not in the file: {report.missing:,}, {action}")
+        for email in report.missing_sample:
+            click.echo(f"    {email}")
+        if report.missing > len(report.missing_sample):
+            click.echo(f"    ... and {report.missing - len(report.missing_sample):,} more")
+    if report.dry_run:
+        click.echo("  dry run: nothing was written")
+
+
+@subscribers.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--list", "list_name", required=True, help="The list to import into (a [lists.NAME] of mailout.toml)."
+)
+@click.option(
+    "--delimiter", type=click.Choice([",", ";", "tab"]), help="Field delimiter (default: detected)."
+)
+@click.option("--encoding", help="File encoding, e.g. utf-8 or cp1252 (default: detected).")
+@click.option("--dry-run", is_flag=True, help="Print the report and write nothing.")
+@pass_state
+def import_command(
+    state: State, file: Path, list_name: str, delimiter: str | None, encoding: str | None, dry_run: bool
+) -> None:
+    """Import a CSV file into a list.
+
+    Rows that are invalid are reported with their line; the good rows are
+    imported in one transaction. People who unsubscribed or bounced are never
+    subscribed again.
+
+    \b
+    Example:
+        mailout subscribers import export.csv --list members --dry-run
+    """
+    lst = state.settings.mailing_list(list_name)
+    report = import_file(
+        state.engine(),
+        file,
+        lst,
+        encoding=encoding,
+        delimiter="\t" if delimiter == "tab" else delimiter,
+        dry_run=dry_run,
+        progress=_progress,
+    )
+    _print_report(report)
+
+
+@subscribers.command("sync")
+@click.option(
+    "--remove-missing", is_flag=True, help="Unsubscribe people on a list but missing from its file."
+)
+@click.option("--dry-run", is_flag=True, help="Print the reports and write nothing.")
+@pass_state
+def sync_command(state: State, remove_missing: bool, dry_run: bool) -> None:
+    """Import every subscribers/LIST.csv into its list.
+
+    The list's segment and description come from mailout.toml. Sync never
+    deletes anyone: people on the list but missing from the file are reported,
+    and only --remove-missing unsubscribes them (recorded with source "sync").
+
+    \b
+    Example:
+        mailout subscribers sync --dry-run
+    """
+    folder = state.settings.path("subscribers")
+    pairs = sync_paths(folder, state.settings.lists)
+    if not pairs:
+        expected = ", ".join(f"{lst.name}.csv" for lst in state.settings.lists)
+        raise MailoutError(f"no list files in {display_path(folder)}/ (expected {expected})")
+    for lst, path in pairs:
+        report = import_file(
+            state.engine(),
+            path,
+            lst,
+            dry_run=dry_run,
+            remove_missing=remove_missing,
+            report_missing=True,
+            progress=_progress,
+        )
+        _print_report(report)
+
+
+def _list_for(state: State, name: str) -> ListSettings:
+    return state.settings.mailing_list(name)
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--list", "list_name", required=True, help="The list to add to.")
+@click.option("--name", default="", help="The person's name.")
+@click.option("--organisation", default="")
+@click.option("--language", default="", help="A language code such as en or fr.")
+@pass_state
+def add_command(
+    state: State, email: str, list_name: str, name: str, organisation: str, language: str
+) -> None:
+    """Subscribe one person to a list (recorded as a manual subscription).
+
+    \b
+    Example:
+        mailout subscribers add ana@example.org --list public --name "Ana Silva"
+    """
+    with transaction(state.engine()) as session:
+        lst = people.ensure_list(session, _list_for(state, list_name))
+        person, changed = people.add(
+            session,
+            lst,
+            email,
+            name=name,
+            organisation=organisation,
+            language=language,
+            detail="mailout subscribers add",
+        )
+        click.echo(f"{person.email}: {'subscribed to' if changed else 'already on'} '{lst.name}'")
+
+
+@subscribers.command("unsubscribe")
+@click.argument("email")
+@click.option("--list", "list_name", help="Unsubscribe from this list only.")
+@click.option("--all", "every_list", is_flag=True, help="Unsubscribe from every list.")
+@click.option("--reason", default="", help="Why (kept in the consent history).")
+@pass_state
+def unsubscribe_command(
+    state: State, email: str, list_name: str | None, every_list: bool, reason: str
+) -> None:
+    """Unsubscribe one person from a list, or from every list.
+
+    \b
+    Example:
+        mailout subscribers unsubscribe ana@example.org --all --reason "asked by email"
+    """
+    if bool(list_name) == every_list:
+        raise click.UsageError("give either --list NAME or --all")
+    with transaction(state.engine()) as session:
+        person = people.find(session, email)
+        lst = people.ensure_list(session, _list_for(state, list_name)) if list_name else None
+        changed = people.unsubscribe(session, person, Source.MANUAL, lst=lst, detail=reason)
+        where = f"'{lst.name}'" if lst else "every list"
+        click.echo(f"{person.email}: {'unsubscribed from' if changed else 'was not subscribed to'} {where}")
+
+
+@subscribers.command("resubscribe")
+@click.argument("email")
+@click.option("--list", "list_name", required=True)
+@click.option("--reason", required=True, help="Why this person may be mailed again (kept in the history).")
+@click.option("--confirm-consent", is_flag=True, help="Confirm that the person asked to be subscribed again.")
+@pass_state
+def resubscribe_command(state: State, email: str, list_name: str, reason: str, confirm_consent: bool) -> None:
+    """Subscribe again someone who unsubscribed or bounced.
+
+    Needs --confirm-consent and a --reason, both recorded: an import or a sync
+    never does this.
+
+    \b
+    Example:
+        mailout subscribers resubscribe ana@example.org --list public --reason "asked at the GA" --confirm-consent
+    """
+    if not confirm_consent:
+        raise click.UsageError(
+            "resubscribing someone who left needs --confirm-consent (they asked to come back)"
+        )
+    with transaction(state.engine()) as session:
+        person = people.find(session, email)
+        lst = people.ensure_list(session, _list_for(state, list_name))
+        people.resubscribe(session, person, lst, reason=reason)
+        click.echo(f"{person.email}: subscribed again to '{lst.name}' ({reason.strip()})")
+
+
+@subscribers.command("show")
+@click.argument("email")
+@pass_state
+def show_command(state: State, email: str) -> None:
+    """Show one subscriber, their lists and their whole consent history.
+
+    \b
+    Example:
+        mailout subscribers show ana@example.org
+    """
+    with transaction(state.engine()) as session:
+        person = people.find(session, email)
+        click.echo(
+            f"{person.email}  {person.name or '-'}  {person.organisation or '-'}  {person.language or '-'}"
+        )
+        click.echo(f"status: {person.status}   since {person.created_at:%Y-%m-%d %H:%M}")
+        for membership in people.memberships(session, person):
+            click.echo(
+                f"list {membership.list_name}: {membership.status} (since {membership.since:%Y-%m-%d %H:%M})"
+            )
+        click.echo("history:")
+        for event, list_name in people.history(session, person):
+            scope = list_name or "every list"
+            detail = f": {event.detail}" if event.detail else ""
+            click.echo(
+                f"  {event.created_at:%Y-%m-%d %H:%M}  {event.kind:<12} {scope:<10} by {event.source}{detail}"
+            )
+
+
+@subscribers.command("list")
+@click.option("--list", "list_name", help="Only this list.")
+@click.option("--status", help="Only this status (subscribed, unsubscribed, bounced, complained).")
+@click.option("--limit", type=int, default=0, help="Stop after this many (default: all).")
+@pass_state
+def list_command(state: State, list_name: str | None, status: str | None, limit: int) -> None:
+    """List subscribers, one per line, ordered by address.
+
+    \b
+    Example:
+        mailout subscribers list --list members --status subscribed
+    """
+    with transaction(state.engine()) as session:
+        for shown, (person, state_name) in enumerate(
+            people.members(session, list_name=list_name, status=status), start=1
+        ):
+            click.echo(
+                f"{person.email}\t{state_name}\t{person.name}\t{person.organisation}\t{person.language}"
+            )
+            if limit and shown >= limit:
+                break
+
+
+@subscribers.command("count")
+@pass_state
+def count_command(state: State) -> None:
+    """Count subscribers per list and status.
+
+    \b
+    Example:
+        mailout subscribers count
+    """
+    with transaction(state.engine()) as session:
+        rows = people.counts(session)
+    click.echo(f"{'list':<16} {'status':<14} {'people':>8}")
+    for list_name, status, number in rows:
+        click.echo(f"{'(everyone)' if list_name == '*' else list_name:<16} {status:<14} {number:>8,}")
+
+
+@subscribers.command("export")
+@click.option("--list", "list_name", help="Only this list.")
+@click.option("--status", help="Only this status.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write here (default: standard output).",
+)
+@pass_state
+def export_command(state: State, list_name: str | None, status: str | None, output: Path | None) -> None:
+    """Export subscribers as CSV, safe to open in a spreadsheet.
+
+    Cells that a spreadsheet would run as a formula are written as text. The
+    file imports back unchanged.
+
+    \b
+    Example:
+        mailout subscribers export --list members -o members-export.csv
+    """
+    with transaction(state.engine()) as session:
+        rows = (
+            (person.email, person.name, person.organisation, person.language, status_name)
+            for person, status_name in people.members(session, list_name=list_name, status=status)
+        )
+        header = ("email", "name", "organisation", "language", "status")
+        if output is None:
+            written = csvfile.write_rows(sys.stdout, header, rows)
+        else:
+            with output.open("w", encoding="utf-8", newline="") as handle:
+                written = csvfile.write_rows(handle, header, rows)
+            click.echo(f"wrote {written:,} subscribers to {display_path(output)}", err=True)

@@ -1,0 +1,306 @@
+"""Subscriber CSV files as people really save them: read with detection, written safe for spreadsheets.
+
+The comms team's lists come from a member directory and a website sign-up form,
+and are often opened and re-saved in Excel. So the reader detects the encoding
+(UTF-8 with or without a BOM, else Excel's Windows-1252) and the delimiter
+(``,``, ``;`` or tab), maps headers to our fields through aliases in English,
+French and German, and streams the rows: a file of a million lines is never held
+in memory. It reads strictly, so that a quote left open is reported where it
+starts rather than silently swallowing the rows below it.
+
+The writer prefixes every cell a spreadsheet would run as a formula with ``'``
+(CSV injection, see OWASP); the reader takes that prefix off again, so an export
+imports back unchanged.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import itertools
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from .errors import CsvError
+from .issues import display_path
+
+if TYPE_CHECKING:
+    from _csv import Reader  # what csv.reader returns: an iterator that also counts lines
+
+FIELDS = ("email", "name", "organisation", "language")
+
+#: Header names accepted for each field, compared case-, accent-, space-, '-' and '_'-insensitively.
+#: ``first_name`` and ``last_name`` make ``name`` when the file has no full-name column.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "email": (
+        "email",
+        "e-mail",
+        "email address",
+        "mail",
+        "e-mail address",
+        "courriel",
+        "adresse e-mail",
+        "adresse courriel",
+        "e-mail-adresse",
+        "correo electrónico",
+    ),
+    "name": ("name", "full name", "nom", "nom complet", "display name"),
+    "first_name": ("first name", "firstname", "prénom", "given name", "vorname"),
+    "last_name": ("last name", "lastname", "surname", "nom de famille", "family name", "nachname"),
+    "organisation": ("organisation", "organization", "org", "company", "organisme", "institution"),
+    "language": ("language", "lang", "langue", "locale", "sprache"),
+}
+
+DELIMITERS = (",", ";", "\t")
+#: Characters that make a spreadsheet treat a cell as a formula (OWASP's list).
+_FORMULA_STARTS = frozenset("=+-@\t\r")
+_BOM = codecs.BOM_UTF8
+_CHUNK = 1 << 16
+# Excel writes, and honours, a first line "sep=;" naming the delimiter.
+_SEP_LINE = re.compile(r"^sep=(.)\r?\n?$")
+
+
+@dataclass(frozen=True)
+class CsvFormat:
+    """How a file was read: its encoding, delimiter and which header feeds which field."""
+
+    encoding: str
+    delimiter: str
+    columns: dict[str, str]
+    ignored: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One record of a subscriber file, cells stripped but not validated."""
+
+    line: int
+    email: str
+    name: str
+    organisation: str
+    language: str
+
+
+def detect_encoding(path: Path) -> str:
+    """Return "utf-8-sig", "utf-8" or "cp1252" for the file at ``path``, reading it in chunks."""
+    with path.open("rb") as handle:
+        if handle.read(len(_BOM)) == _BOM:
+            return "utf-8-sig"
+    return "utf-8" if _undecodable_line(path, "utf-8") is None else "cp1252"
+
+
+def detect_delimiter(header_line: str) -> str:
+    """Return the most frequent of ",", ";" and tab outside quotes in ``header_line`` ("," if none)."""
+    counts = dict.fromkeys(DELIMITERS, 0)
+    quoted = False
+    for char in header_line:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in counts:
+            counts[char] += 1
+    best = max(DELIMITERS, key=counts.__getitem__)
+    return best if counts[best] else ","
+
+
+@contextmanager
+def read_rows(
+    path: Path, *, encoding: str | None = None, delimiter: str | None = None
+) -> Iterator[tuple[CsvFormat, Iterator[Row]]]:
+    """Open a subscriber CSV and yield its format and a lazy iterator over its rows."""
+    name = display_path(path)
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise CsvError(f"{name}: unknown encoding '{encoding}' (try utf-8 or cp1252)") from None
+    if delimiter is not None and (len(delimiter) != 1 or delimiter in '"\r\n'):
+        raise CsvError(f"{name}: the delimiter must be one character other than a quote, got {delimiter!r}")
+    try:
+        used_encoding = encoding or detect_encoding(path)
+        handle = path.open(encoding=used_encoding, newline="")
+    except OSError as exc:
+        raise CsvError(f"{name}: cannot read the file: {_os_reason(exc)}") from None
+    with handle:
+        try:
+            # Leading blank lines (or lines of bare delimiters) are not the header.
+            skipped = 0
+            first = handle.readline()
+            while first and not first.strip(" \t\r\n,;\ufeff"):
+                skipped += 1
+                first = handle.readline()
+            if sep := _SEP_LINE.match(first.lstrip("\ufeff")):
+                delimiter = delimiter or sep.group(1)
+                skipped += 1
+                first = handle.readline()
+        except UnicodeDecodeError as exc:
+            raise _decode_error(path, name, used_encoding, exc) from None
+        if not first:
+            raise CsvError(f"{name}: the file is empty; it needs a header line with an email column")
+        used_delimiter = delimiter or detect_delimiter(first)
+        reader = csv.reader(itertools.chain([first], handle), delimiter=used_delimiter, strict=True)
+        header = _next_record(reader, path, name, used_encoding, skipped)[1] or []
+        fmt, indexes = _map_header(header, used_encoding, used_delimiter)
+        if "email" not in indexes:
+            found = ", ".join(f"'{_label(h)}'" for h in header if _label(h)) or "none"
+            accepted = ", ".join(ALIASES["email"])
+            how = f"read as {used_encoding}, {_delimiter_name(used_delimiter)}-delimited"
+            raise CsvError(
+                f"{name}:{skipped + 1}: no email column ({how}); headers found: {found}; "
+                f"name the email column one of: {accepted}"
+            )
+        yield fmt, _rows(reader, indexes, path, name, used_encoding, skipped)
+
+
+def neutralize(cell: str) -> str:
+    """Prefix ``'`` to a cell a spreadsheet would run as a formula."""
+    # A cell already of the form "'=..." gets one more quote, so that unneutralize
+    # gives it back exactly: the two are inverses on every string.
+    return "'" + cell if cell.lstrip("'")[:1] in _FORMULA_STARTS else cell
+
+
+def unneutralize(cell: str) -> str:
+    """Remove the ``'`` that ``neutralize`` put before a formula-like cell."""
+    if cell.startswith("'") and cell.lstrip("'")[:1] in _FORMULA_STARTS:
+        return cell[1:]
+    return cell
+
+
+def write_rows(handle: TextIO, header: Sequence[str], rows: Iterable[Sequence[str]]) -> int:
+    """Write ``header`` and ``rows`` as comma-separated CSV with every cell neutralized; return the row count."""
+    writer = csv.writer(handle)
+    writer.writerow([neutralize(cell) for cell in header])
+    written = 0
+    for row in rows:
+        writer.writerow([neutralize(cell) for cell in row])
+        written += 1
+    return written
+
+
+def _map_header(header: list[str], encoding: str, delimiter: str) -> tuple[CsvFormat, dict[str, int]]:
+    by_key = {_key(alias): field for field, aliases in ALIASES.items() for alias in aliases}
+    indexes: dict[str, int] = {}
+    for index, cell in enumerate(header):
+        field = by_key.get(_key(cell))
+        if field is not None and field not in indexes:  # the first of two same-field columns wins
+            indexes[field] = index
+    # In French, "Prénom" next to "Nom" means first and last name, not "Nom" as a full name.
+    french_pair = "first_name" in indexes and "last_name" not in indexes and "name" in indexes
+    if french_pair and _key(header[indexes["name"]]) == "nom":
+        indexes["last_name"] = indexes.pop("name")
+    if "name" in indexes:
+        indexes.pop("first_name", None)
+        indexes.pop("last_name", None)
+    used = set(indexes.values())
+    labels = [_label(cell) for cell in header]
+    fmt = CsvFormat(
+        encoding=encoding,
+        delimiter=delimiter,
+        columns={field: labels[index] for field, index in indexes.items()},
+        ignored=tuple(label for index, label in enumerate(labels) if index not in used and label),
+    )
+    return fmt, indexes
+
+
+def _rows(
+    reader: Reader, indexes: dict[str, int], path: Path, name: str, encoding: str, skipped: int
+) -> Iterator[Row]:
+    def cell(values: list[str], field: str) -> str:
+        index = indexes.get(field)
+        return values[index] if index is not None and index < len(values) else ""
+
+    while True:
+        line, cells = _next_record(reader, path, name, encoding, skipped)
+        if cells is None:
+            return
+        if not any(c.strip() for c in cells):  # a blank line, or Excel's ";;;" after the data
+            continue
+        if any("\0" in c for c in cells):
+            raise CsvError(
+                f"{name}:{line}: NUL character; this is not a text CSV (a binary file, or Excel's "
+                "UTF-16 'Unicode text'?); save it as 'CSV UTF-8'"
+            )
+        values = [unneutralize(c.strip()).strip() for c in cells]
+        if "first_name" in indexes or "last_name" in indexes:  # only when there is no full-name column
+            full_name = f"{cell(values, 'first_name')} {cell(values, 'last_name')}".strip()
+        else:
+            full_name = cell(values, "name")
+        yield Row(
+            line=line,
+            email=cell(values, "email"),
+            name=full_name,
+            organisation=cell(values, "organisation"),
+            language=cell(values, "language"),
+        )
+
+
+def _next_record(
+    reader: Reader, path: Path, name: str, encoding: str, skipped: int
+) -> tuple[int, list[str] | None]:
+    """Return the line where the next record starts and its cells (None at the end of the file)."""
+    # The csv module counts the lines it has taken from the file: a record starts
+    # on the line after the previous one ended, however many lines a quoted cell spans.
+    start = skipped + reader.line_num + 1
+    try:
+        return start, next(reader)
+    except StopIteration:
+        return start, None
+    except csv.Error as exc:
+        end = skipped + reader.line_num
+        hint = f" (the record runs to line {end}: a quote that is never closed?)" if end > start else ""
+        raise CsvError(f"{name}:{start}: cannot read this record: {exc}{hint}") from None
+    except UnicodeDecodeError as exc:
+        raise _decode_error(path, name, encoding, exc) from None
+
+
+def _decode_error(path: Path, name: str, encoding: str, exc: UnicodeDecodeError) -> CsvError:
+    line = _undecodable_line(path, encoding)
+    where = f"{name}:{line}" if line else name
+    return CsvError(f"{where}: not valid {encoding} text ({exc.reason}); save the file as 'CSV UTF-8'")
+
+
+def _undecodable_line(path: Path, encoding: str) -> int | None:
+    """Return the line of the first byte ``encoding`` cannot decode, or None if it all decodes."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    line = 1
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            pending = len(decoder.getstate()[0])  # bytes of a character cut at the last chunk's end
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                return line + chunk.count(b"\n", 0, max(exc.start - pending, 0))
+            line += chunk.count(b"\n")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return line
+    return None
+
+
+def _label(header: str) -> str:
+    """Return a header as written, without surrounding spaces or a BOM read as text."""
+    return header.strip().lstrip("\ufeff").strip()
+
+
+def _key(header: str) -> str:
+    folded = unicodedata.normalize("NFKD", _label(header).casefold())
+    return "".join(c for c in folded if c not in " -_" and not unicodedata.combining(c))
+
+
+def _delimiter_name(delimiter: str) -> str:
+    return "tab" if delimiter == "\t" else f"'{delimiter}'"
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "it is a folder, not a file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return exc.strerror or str(exc)

@@ -1,0 +1,358 @@
+"""Import a CSV file into a list, and sync every ``subscribers/<list>.csv`` into its list.
+
+The file is streamed in chunks; each chunk is looked up and written with a few
+batched statements. The whole import is one transaction: the good rows are
+written together at the end, an interrupted import (Ctrl-C, a crash, kill -9)
+leaves the database as it was, and ``--dry-run`` rolls the same work back.
+
+Which addresses the file held so far is kept in a temporary table, not in
+memory, so that duplicates across chunks are found and ``sync`` can tell who is
+on the list but missing from the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, Integer, MetaData, String, Table, and_, bindparam, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from . import csvfile
+from .config import MailingList as ListSettings
+from .issues import display_path
+from .models import (
+    ConsentEvent,
+    EventKind,
+    MailingList,
+    Source,
+    Subscriber,
+    SubscriberStatus,
+    Subscription,
+    SubscriptionStatus,
+    utcnow,
+)
+from .subscribers import InvalidSubscriber, clean_fields, ensure_list, normalise_email
+
+CHUNK = 2000
+#: How many invalid or kept-out rows a report keeps in detail; the rest are counted.
+DETAIL_LIMIT = 1000
+
+
+@dataclass
+class ImportReport:
+    """What an import did, or would do with ``--dry-run``; counts add up to ``rows``."""
+
+    file: str
+    list_name: str
+    dry_run: bool = False
+    rows: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    kept_out: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    problems: list[tuple[int, str]] = field(default_factory=list)
+    kept_out_rows: list[tuple[int, str, str]] = field(default_factory=list)
+    missing: int = 0
+    missing_sample: list[str] = field(default_factory=list)
+    removed: int = 0
+    format: csvfile.CsvFormat | None = None
+
+    def note_invalid(self, line: int, reason: str) -> None:
+        self.invalid += 1
+        if len(self.problems) < DETAIL_LIMIT:
+            self.problems.append((line, reason))
+
+    def note_kept_out(self, line: int, email: str, reason: str) -> None:
+        self.kept_out += 1
+        if len(self.kept_out_rows) < DETAIL_LIMIT:
+            self.kept_out_rows.append((line, email, reason))
+
+
+@dataclass
+class _Candidate:
+    line: int
+    email: str
+    name: str
+    organisation: str
+    language: str
+
+    def fill_from(self, other: _Candidate) -> None:
+        """Merge a duplicate row in: its values fill the fields this one left empty."""
+        self.name = self.name or other.name
+        self.organisation = self.organisation or other.organisation
+        self.language = self.language or other.language
+
+
+_scratch = MetaData()
+_SEEN = Table(
+    "mailout_import_seen",
+    _scratch,
+    Column("email", String(320), primary_key=True),
+    Column("line", Integer, nullable=False),
+    prefixes=["TEMPORARY"],
+)
+
+
+def import_file(
+    engine: Engine,
+    path: Path,
+    settings: ListSettings,
+    *,
+    encoding: str | None = None,
+    delimiter: str | None = None,
+    dry_run: bool = False,
+    remove_missing: bool = False,
+    report_missing: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Import ``path`` into the list ``settings.name``; see the module docstring."""
+    name = display_path(path)
+    report = ImportReport(file=name, list_name=settings.name, dry_run=dry_run)
+    with (
+        csvfile.read_rows(path, encoding=encoding, delimiter=delimiter) as (fmt, rows),
+        engine.connect() as conn,
+    ):
+        report.format = fmt
+        _SEEN.drop(conn, checkfirst=True)
+        _SEEN.create(conn)
+        conn.commit()
+        try:
+            with Session(bind=conn, expire_on_commit=False) as session:
+                transaction = session.begin()
+                lst = ensure_list(session, settings)
+                session.flush()
+                for chunk in _chunks(rows, CHUNK):
+                    _import_chunk(session, lst, chunk, name, report)
+                    if progress and len(chunk) == CHUNK:  # a long file: say it is alive
+                        progress(report.rows)
+                if report_missing or remove_missing:
+                    _missing(session, lst, name, report, remove=remove_missing)
+                if dry_run:
+                    transaction.rollback()
+                else:
+                    transaction.commit()
+        finally:
+            if conn.in_transaction():
+                conn.rollback()
+            _SEEN.drop(conn, checkfirst=True)
+            conn.commit()
+    return report
+
+
+def _chunks(rows: Iterable[csvfile.Row], size: int) -> Iterator[list[csvfile.Row]]:
+    iterator = iter(rows)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _import_chunk(
+    session: Session, lst: MailingList, rows: list[csvfile.Row], name: str, report: ImportReport
+) -> None:
+    conn = session.connection()
+    candidates: dict[str, _Candidate] = {}
+    for row in rows:
+        report.rows += 1
+        try:
+            email = normalise_email(row.email)
+            fields = clean_fields(row.name, row.organisation, row.language)
+        except InvalidSubscriber as exc:
+            report.note_invalid(row.line, str(exc))
+            continue
+        candidate = _Candidate(row.line, email, *fields)
+        if email in candidates:
+            report.duplicates += 1
+            candidates[email].fill_from(candidate)
+        else:
+            candidates[email] = candidate
+    if not candidates:
+        return
+    # Rows seen in an earlier chunk are duplicates too: they fill blanks of the stored row only.
+    earlier = dict(
+        conn.execute(select(_SEEN.c.email, _SEEN.c.line).where(_SEEN.c.email.in_(candidates))).all()
+    )
+    conn.execute(
+        insert(_SEEN), [{"email": c.email, "line": c.line} for e, c in candidates.items() if e not in earlier]
+    )
+    existing = {
+        row.email: row
+        for row in conn.execute(
+            select(
+                Subscriber.id,
+                Subscriber.email,
+                Subscriber.name,
+                Subscriber.organisation,
+                Subscriber.language,
+                Subscriber.status,
+                Subscription.status.label("subscription"),
+            )
+            .outerjoin(
+                Subscription,
+                and_(Subscription.subscriber_id == Subscriber.id, Subscription.list_id == lst.id),
+            )
+            .where(Subscriber.email.in_(candidates))
+        )
+    }
+    now = utcnow()
+    new_people: list[_Candidate] = []
+    new_subscriptions: list[tuple[int, _Candidate]] = []
+    changes: list[dict[str, Any]] = []
+    for email, cand in candidates.items():
+        stored = existing.get(email)
+        if email in earlier:
+            report.duplicates += 1
+            if stored is not None and (change := _fill_blanks(stored, cand)):
+                changes.append(change)
+            continue
+        if stored is None:
+            new_people.append(cand)
+            continue
+        if stored.status is not SubscriberStatus.SUBSCRIBED:
+            report.note_kept_out(cand.line, email, f"{stored.status}; never re-subscribed by an import")
+            continue
+        if stored.subscription is SubscriptionStatus.UNSUBSCRIBED:
+            report.note_kept_out(
+                cand.line, email, f"unsubscribed from '{lst.name}'; never re-subscribed by an import"
+            )
+            continue
+        change = _changes(stored, cand)
+        if change:
+            changes.append(change)
+        if stored.subscription is None:
+            new_subscriptions.append((stored.id, cand))
+            report.added += 1
+        elif change:
+            report.updated += 1
+        else:
+            report.unchanged += 1
+    if new_people:
+        inserted = conn.execute(
+            insert(Subscriber).returning(Subscriber.id, Subscriber.email, sort_by_parameter_order=True),
+            [
+                {
+                    "email": c.email,
+                    "name": c.name,
+                    "organisation": c.organisation,
+                    "language": c.language,
+                    "status": SubscriberStatus.SUBSCRIBED,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for c in new_people
+            ],
+        ).all()
+        new_subscriptions += [(row.id, cand) for row, cand in zip(inserted, new_people, strict=True)]
+        report.added += len(new_people)
+    if new_subscriptions:
+        conn.execute(
+            insert(Subscription),
+            [
+                {
+                    "subscriber_id": sid,
+                    "list_id": lst.id,
+                    "status": SubscriptionStatus.SUBSCRIBED,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for sid, _ in new_subscriptions
+            ],
+        )
+        conn.execute(
+            insert(ConsentEvent),
+            [
+                {
+                    "subscriber_id": sid,
+                    "list_id": lst.id,
+                    "kind": EventKind.SUBSCRIBED,
+                    "source": Source.IMPORT,
+                    "detail": f"{name}:{cand.line}",
+                    "created_at": now,
+                }
+                for sid, cand in new_subscriptions
+            ],
+        )
+    if changes:
+        conn.execute(
+            update(Subscriber)
+            .where(Subscriber.id == bindparam("b_id"))
+            .values(
+                name=bindparam("b_name"),
+                organisation=bindparam("b_organisation"),
+                language=bindparam("b_language"),
+                updated_at=now,
+            ),
+            changes,
+        )
+
+
+def _changes(stored: Any, cand: _Candidate) -> dict[str, Any] | None:
+    """Return the update for ``stored`` if the file's non-empty values differ from it."""
+    new = {key: getattr(cand, key) or getattr(stored, key) for key in ("name", "organisation", "language")}
+    if all(new[key] == getattr(stored, key) for key in new):
+        return None
+    return {"b_id": stored.id, **{f"b_{key}": value for key, value in new.items()}}
+
+
+def _fill_blanks(stored: Any, cand: _Candidate) -> dict[str, Any] | None:
+    """Return the update that fills ``stored``'s empty fields from a later duplicate row."""
+    new = {key: getattr(stored, key) or getattr(cand, key) for key in ("name", "organisation", "language")}
+    if all(new[key] == getattr(stored, key) for key in new):
+        return None
+    return {"b_id": stored.id, **{f"b_{key}": value for key, value in new.items()}}
+
+
+def _missing(session: Session, lst: MailingList, name: str, report: ImportReport, *, remove: bool) -> None:
+    """Count (and with ``remove``, unsubscribe) those on the list but not in the file, a page at a time."""
+    conn: Connection = session.connection()
+    query = (
+        select(Subscription.id, Subscriber.id.label("subscriber_id"), Subscriber.email)
+        .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+        .outerjoin(_SEEN, _SEEN.c.email == Subscriber.email)
+        .where(
+            Subscription.list_id == lst.id,
+            Subscription.status == SubscriptionStatus.SUBSCRIBED,
+            _SEEN.c.email.is_(None),
+        )
+        .order_by(Subscriber.email)
+        .limit(CHUNK)
+    )
+    now = utcnow()
+    last = ""
+    while page := conn.execute(query.where(Subscriber.email > last)).all():
+        last = page[-1].email
+        report.missing += len(page)
+        report.missing_sample += [row.email for row in page][: max(0, 20 - len(report.missing_sample))]
+        if not remove:
+            continue
+        conn.execute(
+            update(Subscription)
+            .where(Subscription.id == bindparam("b_id"))
+            .values(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now),
+            [{"b_id": row.id} for row in page],
+        )
+        conn.execute(
+            insert(ConsentEvent),
+            [
+                {
+                    "subscriber_id": row.subscriber_id,
+                    "list_id": lst.id,
+                    "kind": EventKind.UNSUBSCRIBED,
+                    "source": Source.SYNC,
+                    "detail": f"not in {name}",
+                    "created_at": now,
+                }
+                for row in page
+            ],
+        )
+        report.removed += len(page)
+
+
+def sync_paths(folder: Path, lists: Iterable[ListSettings]) -> list[tuple[ListSettings, Path]]:
+    """Return every configured list that has a ``<folder>/<list>.csv``, with that file."""
+    return [(lst, folder / f"{lst.name}.csv") for lst in lists if (folder / f"{lst.name}.csv").is_file()]

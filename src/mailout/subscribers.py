@@ -1,0 +1,279 @@
+"""Subscribers: normalise addresses, and the everyday changes with their consent history.
+
+Every change of consent writes a ``ConsentEvent``; nothing here deletes one.
+An unsubscribed, bounced or complaining person is never subscribed again
+without an explicit, recorded resubscription.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from .config import LANGUAGE_TAG
+from .config import MailingList as ListSettings
+from .errors import MailoutError
+from .models import (
+    ConsentEvent,
+    EventKind,
+    MailingList,
+    Source,
+    Subscriber,
+    SubscriberStatus,
+    Subscription,
+    SubscriptionStatus,
+    utcnow,
+)
+
+MAX_LENGTHS = {"name": 200, "organisation": 200, "language": 16}
+
+
+class InvalidSubscriber(MailoutError):
+    """An address or a field that cannot be stored; the message says why."""
+
+
+class SubscriberNotFound(MailoutError):
+    """No subscriber has this address."""
+
+
+# RFC 5322 dot-atom: the local part of nearly every real address. Anything else
+# (quotes, non-ASCII) goes through email-validator's full rules.
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+def normalise_email(raw: str) -> str:
+    """Return ``raw`` trimmed, with its domain lower-cased and IDNA-encoded; raise if invalid."""
+    value = raw.strip()
+    if not value:
+        raise InvalidSubscriber("empty address")
+    if any(c in value for c in "\r\n\0"):
+        raise InvalidSubscriber("address contains a line break or NUL")
+    local, at, domain = value.rpartition("@")
+    if at and len(local) <= 64 and len(value) <= 254 and _DOT_ATOM.fullmatch(local):
+        # Lists repeat their domains: validating each once makes a large import twice as fast.
+        try:
+            return f"{local}@{_checked_domain(domain)}"
+        except EmailNotValidError as exc:
+            raise InvalidSubscriber(f"invalid address '{value}': {exc}") from None
+    try:
+        checked = validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidSubscriber(f"invalid address '{value}': {exc}") from None
+    return f"{checked.local_part}@{checked.ascii_domain}"
+
+
+@lru_cache(maxsize=4096)
+def _checked_domain(domain: str) -> str:
+    """Return the IDNA-encoded ``domain``, checked by email-validator (syntax only: no DNS look-ups)."""
+    return validate_email(f"postmaster@{domain}", check_deliverability=False).ascii_domain
+
+
+def clean_fields(name: str, organisation: str, language: str) -> tuple[str, str, str]:
+    """Return the fields trimmed and checked; raise ``InvalidSubscriber`` saying which one is wrong."""
+    values = {"name": name.strip(), "organisation": organisation.strip(), "language": language.strip()}
+    for key, value in values.items():
+        if any(c in value for c in "\r\n\0"):
+            raise InvalidSubscriber(f"{key} contains a line break or NUL character")
+        if len(value) > MAX_LENGTHS[key]:
+            raise InvalidSubscriber(f"{key} is {len(value)} characters long; at most {MAX_LENGTHS[key]}")
+    language = values["language"].replace("_", "-").lower()
+    if language and not LANGUAGE_TAG.fullmatch(language):
+        raise InvalidSubscriber(
+            f"language '{values['language']}' is not a language code such as en, fr or pt-BR"
+        )
+    return values["name"], values["organisation"], language
+
+
+def ensure_list(session: Session, settings: ListSettings) -> MailingList:
+    """Return the database row of a configured list, creating or updating it from the settings."""
+    row = session.scalars(select(MailingList).where(MailingList.name == settings.name)).one_or_none()
+    if row is None:
+        row = MailingList(name=settings.name, segment=settings.segment, description=settings.description)
+        session.add(row)
+        session.flush()
+    elif (row.segment, row.description) != (settings.segment, settings.description):
+        row.segment, row.description = settings.segment, settings.description
+    return row
+
+
+def find(session: Session, email: str) -> Subscriber:
+    """Return the subscriber with ``email`` (any spelling that normalises the same)."""
+    try:
+        address = normalise_email(email)
+    except InvalidSubscriber:
+        address = email.strip()
+    found = session.scalars(select(Subscriber).where(Subscriber.email == address)).one_or_none()
+    if found is None:
+        raise SubscriberNotFound(f"no subscriber with the address '{email.strip()}'")
+    return found
+
+
+def record(
+    session: Session,
+    subscriber: Subscriber,
+    kind: EventKind,
+    source: Source,
+    *,
+    lst: MailingList | None = None,
+    detail: str = "",
+) -> None:
+    """Append one event to the consent history."""
+    session.add(
+        ConsentEvent(
+            subscriber_id=subscriber.id,
+            list_id=lst.id if lst else None,
+            kind=kind,
+            source=source,
+            detail=detail,
+        )
+    )
+
+
+def subscription(session: Session, subscriber: Subscriber, lst: MailingList) -> Subscription | None:
+    return session.scalars(
+        select(Subscription).where(
+            Subscription.subscriber_id == subscriber.id, Subscription.list_id == lst.id
+        )
+    ).one_or_none()
+
+
+def add(
+    session: Session,
+    lst: MailingList,
+    email: str,
+    *,
+    name: str = "",
+    organisation: str = "",
+    language: str = "",
+    source: Source = Source.MANUAL,
+    detail: str = "",
+) -> tuple[Subscriber, bool]:
+    """Subscribe ``email`` to ``lst``; return the subscriber and whether anything changed.
+
+    Someone who unsubscribed or bounced is refused: that takes ``resubscribe``.
+    """
+    address = normalise_email(email)
+    name, organisation, language = clean_fields(name, organisation, language)
+    person = session.scalars(select(Subscriber).where(Subscriber.email == address)).one_or_none()
+    if person is None:
+        person = Subscriber(email=address, name=name, organisation=organisation, language=language)
+        session.add(person)
+        session.flush()
+    elif person.status is not SubscriberStatus.SUBSCRIBED:
+        raise InvalidSubscriber(
+            f"{address} is {person.status}; use `mailout subscribers resubscribe` with a reason"
+        )
+    existing = subscription(session, person, lst)
+    if existing is not None and existing.status is SubscriptionStatus.UNSUBSCRIBED:
+        raise InvalidSubscriber(
+            f"{address} unsubscribed from '{lst.name}'; use `mailout subscribers resubscribe` with a reason"
+        )
+    if existing is not None:
+        return person, False
+    session.add(Subscription(subscriber_id=person.id, list_id=lst.id))
+    record(session, person, EventKind.SUBSCRIBED, source, lst=lst, detail=detail)
+    return person, True
+
+
+def unsubscribe(
+    session: Session, person: Subscriber, source: Source, *, lst: MailingList | None = None, detail: str = ""
+) -> int:
+    """Unsubscribe ``person`` from ``lst``, or from every list when ``lst`` is None; return how many changed."""
+    now = utcnow()
+    query = update(Subscription).where(
+        Subscription.subscriber_id == person.id, Subscription.status == SubscriptionStatus.SUBSCRIBED
+    )
+    if lst is not None:
+        query = query.where(Subscription.list_id == lst.id)
+    changed = session.execute(query.values(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now)).rowcount  # type: ignore[attr-defined]
+    if lst is None and person.status is SubscriberStatus.SUBSCRIBED:
+        person.status = SubscriberStatus.UNSUBSCRIBED
+        changed += 1
+    if changed:
+        record(session, person, EventKind.UNSUBSCRIBED, source, lst=lst, detail=detail)
+    return int(changed)
+
+
+def resubscribe(session: Session, person: Subscriber, lst: MailingList, *, reason: str) -> None:
+    """Subscribe again someone who left or bounced, recording who decided and why."""
+    if not reason.strip():
+        raise InvalidSubscriber("a resubscription needs a reason (--reason), kept in the consent history")
+    person.status = SubscriberStatus.SUBSCRIBED
+    existing = subscription(session, person, lst)
+    if existing is None:
+        session.add(Subscription(subscriber_id=person.id, list_id=lst.id))
+    else:
+        existing.status = SubscriptionStatus.SUBSCRIBED
+    record(session, person, EventKind.RESUBSCRIBED, Source.MANUAL, lst=lst, detail=reason.strip())
+
+
+@dataclass(frozen=True)
+class Membership:
+    list_name: str
+    status: str
+    since: dt.datetime
+
+
+def memberships(session: Session, person: Subscriber) -> list[Membership]:
+    rows = session.execute(
+        select(MailingList.name, Subscription.status, Subscription.updated_at)
+        .join(Subscription, Subscription.list_id == MailingList.id)
+        .where(Subscription.subscriber_id == person.id)
+        .order_by(MailingList.name)
+    )
+    return [Membership(name, str(status), since) for name, status, since in rows]
+
+
+def history(session: Session, person: Subscriber) -> list[tuple[ConsentEvent, str | None]]:
+    """Return every consent event of ``person``, oldest first, with its list's name."""
+    rows = session.execute(
+        select(ConsentEvent, MailingList.name)
+        .outerjoin(MailingList, MailingList.id == ConsentEvent.list_id)
+        .where(ConsentEvent.subscriber_id == person.id)
+        .order_by(ConsentEvent.id)
+    )
+    return [(event, name) for event, name in rows]
+
+
+def members(
+    session: Session, *, list_name: str | None = None, status: str | None = None, batch: int = 1000
+) -> Iterator[tuple[Subscriber, str]]:
+    """Stream subscribers (with their status on ``list_name``), ordered by address."""
+    query = select(Subscriber, Subscription.status if list_name else Subscriber.status).order_by(
+        Subscriber.email
+    )
+    if list_name:
+        query = (
+            query.join(Subscription, Subscription.subscriber_id == Subscriber.id)
+            .join(MailingList, MailingList.id == Subscription.list_id)
+            .where(MailingList.name == list_name)
+        )
+        if status:
+            query = query.where(Subscription.status == status)
+    elif status:
+        query = query.where(Subscriber.status == status)
+    for person, state in session.execute(query.execution_options(yield_per=batch)):
+        yield person, str(state)
+
+
+def counts(session: Session) -> list[tuple[str, str, int]]:
+    """Return (list, status, number) for every list, plus people by overall status under '*'."""
+    per_list = session.execute(
+        select(MailingList.name, Subscription.status, func.count())
+        .join(Subscription, Subscription.list_id == MailingList.id)
+        .group_by(MailingList.name, Subscription.status)
+        .order_by(MailingList.name, Subscription.status)
+    )
+    overall = session.execute(
+        select(Subscriber.status, func.count()).group_by(Subscriber.status).order_by(Subscriber.status)
+    )
+    return [(name, str(state), n) for name, state, n in per_list] + [
+        ("*", str(state), n) for state, n in overall
+    ]
