@@ -13,14 +13,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## The main job on the embedded defaults: build every variant of the example issue,
-## and import the sample subscriber lists into the SQLite database.
+## The main job on the embedded defaults: build every variant of the example issue, import
+## the sample subscribers into SQLite, send a test of each variant and dispatch the issue to
+## both lists, all into the local outbox (outbox/*.eml), then print the status.
+## The key below signs the links of these local messages only; set your own for real use.
+demo: export MAILOUT_SECRET_KEY ?= demo-key-for-the-local-outbox-only
 demo: $(STAMP)
 	$(BIN)/mailout issue check 2019-01
 	$(BIN)/mailout preview 2019-01
 	$(BIN)/mailout db upgrade
 	$(BIN)/mailout subscribers sync
-	$(BIN)/mailout subscribers count
+	$(BIN)/mailout test 2019-01 --to comms@efus.example
+	$(BIN)/mailout send 2019-01 --list members --yes --again
+	$(BIN)/mailout send 2019-01 --list public --yes --again
+	$(BIN)/mailout status
 
 ## The whole test suite (installs Debian's chromium and postgresql when missing and root).
 test: system-deps $(STAMP)

@@ -16,6 +16,7 @@ from mailout.db import make_engine, upgrade
 from mailout.issues import Issue, load_issue
 from mailout.workspace import init_workspace
 from tests.postgres import PostgresServer, find_pg_bin
+from tests.smtpserver import SMTPServer
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -145,3 +146,57 @@ def db_workspace(workspace: Path, database_url: str, monkeypatch: pytest.MonkeyP
     """A fresh workspace (the current folder) whose database is ``database_url``."""
     monkeypatch.setenv("MAILOUT_DATABASE_URL", database_url)
     return workspace
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SMTPServer]:
+    """A real SMTP server on loopback that records every message it accepts."""
+    with SMTPServer() as server:
+        yield server
+
+
+SECRET_KEY = "test-secret-key-0123456789abcdef"
+
+
+@pytest.fixture
+def sending_workspace(db_workspace: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A workspace with the example issue, a database, and the test SMTP server as its transport."""
+    (db_workspace / "mailout.toml").write_text(
+        f"""
+[newsletter]
+name = "Efus Newsletter"
+public_base_url = "https://news.example"
+postal_address = "10 rue de l'Exemple, 75020 Paris"
+
+[sender]
+name = "Efus – Zoë's newsletter"
+address = "newsletter@efus.example"
+reply_to = "team@efus.example"
+
+[smtp]
+host = "127.0.0.1"
+port = {smtp_server.port}
+security = "plain"
+timeout = 5
+
+[sending]
+concurrency = 2
+batch_size = 5
+retry_delay = 0.05
+retry_max_age = 60
+worker_timeout = 2
+policy_failures_pause = 3
+
+[lists.members]
+segment = "member"
+description = "Members"
+
+[lists.public]
+segment = "public"
+description = "Public"
+""",
+        encoding="utf-8",
+    )
+    shutil.copytree(EXAMPLE_ISSUE.parent, db_workspace / "issues" / "2019-01")
+    monkeypatch.setenv("MAILOUT_SECRET_KEY", SECRET_KEY)
+    return db_workspace

@@ -78,6 +78,26 @@ class Smtp:
     username: str = ""
     password: str = field(default="", repr=False)
     timeout: float = 30.0
+    #: Allow ``security = "plain"`` to a host other than loopback (a trusted relay).
+    allow_plain: bool = False
+
+
+@dataclass(frozen=True)
+class Sending:
+    #: SMTP connections (threads) per sending process.
+    concurrency: int = 4
+    #: Messages per second across every process of a dispatch; 0 means no limit.
+    rate_limit: float = 0.0
+    #: Deliveries a thread claims at a time.
+    batch_size: int = 20
+    #: First wait after a temporary failure (4xx), doubled at each retry, in seconds.
+    retry_delay: float = 60.0
+    #: Give up on a deferred delivery this many seconds after the dispatch began.
+    retry_max_age: float = 86_400.0
+    #: Pause the dispatch after this many 5.7.x refusals in a row (a problem with our sending).
+    policy_failures_pause: int = 5
+    #: A sending process that has not been heard of for this long is taken for dead.
+    worker_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +142,7 @@ class Settings:
     smtp: Smtp = field(default_factory=Smtp)
     preview: Preview = field(default_factory=Preview)
     database: Database = field(default_factory=Database)
+    sending: Sending = field(default_factory=Sending)
     lists: tuple[MailingList, ...] = DEFAULT_LISTS
     secret_key: str = field(default="", repr=False)
 
@@ -158,6 +179,7 @@ SECTIONS: dict[str, type] = {
     "smtp": Smtp,
     "preview": Preview,
     "database": Database,
+    "sending": Sending,
 }
 
 

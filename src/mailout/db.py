@@ -1,10 +1,11 @@
 """Engines, sessions and schema migrations, for SQLite and PostgreSQL alike.
 
-SQLite is the embedded default: a file in the workspace, in WAL mode (readers
-never wait for the writer), with foreign keys enforced and a busy timeout so
-that two processes wait for each other instead of failing. Transactions are
-begun explicitly (the driver's own implicit transactions are switched off), so
-that a transaction means the same on both databases.
+SQLite is the embedded default: a file in the workspace, in WAL mode, with
+foreign keys enforced and a busy timeout so that two processes wait for each
+other instead of failing. Transactions are begun explicitly, with ``BEGIN
+IMMEDIATE`` (the driver's own implicit transactions are switched off), so that
+a transaction that reads and then writes never fails half-way on a busy
+database.
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN")
+    # IMMEDIATE: take the write lock up front. A transaction that reads and then writes
+    # would otherwise fail at once with SQLITE_BUSY when another process wrote in
+    # between (WAL mode cannot upgrade a stale snapshot, and no busy timeout helps).
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def safe_url(url: str) -> str:

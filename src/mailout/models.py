@@ -141,3 +141,86 @@ class ConsentEvent(Base):
     #: Where exactly: ``subscribers/members.csv:12``, a dispatch, a person's reason.
     detail: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeliveryStatus(StrEnum):
+    """Where one recipient's message of a dispatch stands."""
+
+    QUEUED = "queued"  # waiting to be claimed
+    CLAIMED = "claimed"  # taken by a sending process, not yet on the wire
+    SENDING = "sending"  # on the wire now (at most one per connection)
+    SENT = "sent"  # the server accepted it; ``reply`` says what it answered
+    DEFERRED = "deferred"  # a 4xx: retried from ``next_attempt_at``
+    FAILED = "failed"  # a 5xx, or deferred for too long
+    SKIPPED = "skipped"  # unsubscribed or bounced before their turn came
+    UNKNOWN = "unknown"  # on the wire when its process died: sent again only on request
+
+
+#: States after which nothing more will happen to a delivery.
+FINAL = (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SKIPPED, DeliveryStatus.UNKNOWN)
+
+
+class Dispatch(Base):
+    """One issue sent to one list, with the rendered variant frozen at its creation."""
+
+    __tablename__ = "dispatches"
+    __table_args__ = (Index("ix_dispatches_issue_list", "issue", "list_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: A random name, in every Message-ID of the dispatch.
+    key: Mapped[str] = mapped_column(String(40), unique=True)
+    issue: Mapped[str] = mapped_column(String(200))
+    list_id: Mapped[int] = mapped_column(ForeignKey("lists.id", ondelete="RESTRICT"))
+    segment: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(String(500))
+    preheader: Mapped[str] = mapped_column(String(500), default="")
+    html: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    #: The placeholder tokens of ``html`` and ``text``, as JSON: token -> field.
+    tokens: Mapped[str] = mapped_column(Text)
+    greeting_fallback: Mapped[str] = mapped_column(String(200), default="")
+    from_name: Mapped[str] = mapped_column(String(200))
+    from_address: Mapped[str] = mapped_column(String(320))
+    reply_to: Mapped[str] = mapped_column(String(320), default="")
+    total: Mapped[int] = mapped_column(default=0)
+    #: Set when a pause was forced (e.g. repeated 5.7.x refusals), with the reason.
+    paused_reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Delivery(Base):
+    """One recipient of one dispatch: the durable record of what was sent and what the server said."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("dispatch_id", "subscriber_id"),
+        Index("ix_deliveries_dispatch_id_status", "dispatch_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dispatch_id: Mapped[int] = mapped_column(ForeignKey("dispatches.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="RESTRICT"))
+    #: Frozen with the dispatch: later edits to the subscriber change nothing.
+    email: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[DeliveryStatus] = mapped_column(_enum(DeliveryStatus), default=DeliveryStatus.QUEUED)
+    worker: Mapped[str] = mapped_column(String(100), default="")
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The server's last reply ("250 2.0.0 Ok: queued as ...", "550 5.1.1 ...").
+    reply: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Worker(Base):
+    """A process sending a dispatch, and when it was last heard of."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    dispatch_id: Mapped[int] = mapped_column(ForeignKey("dispatches.id", ondelete="CASCADE"))
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int]
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -48,7 +48,7 @@ class Recipient:
     view_url: str
 
 
-class _Slots:
+class Slots:
     """A finished document split around its placeholders, ready to be filled cheaply."""
 
     def __init__(self, source: str, tokens: Mapping[str, str]) -> None:
@@ -79,15 +79,15 @@ class Variant:
     items_shown: int
     items_hidden: int
     warnings: tuple[Problem, ...] = ()
-    _html_slots: _Slots = field(init=False, repr=False, compare=False)
-    _text_slots: _Slots = field(init=False, repr=False, compare=False)
+    html_slots: Slots = field(init=False, repr=False, compare=False)
+    text_slots: Slots = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_html_slots", _Slots(self.html, self.tokens))
-        object.__setattr__(self, "_text_slots", _Slots(self.text, self.tokens))
+        object.__setattr__(self, "html_slots", Slots(self.html, self.tokens))
+        object.__setattr__(self, "text_slots", Slots(self.text, self.tokens))
 
-    def personalize(self, recipient: Recipient) -> tuple[str, str]:
-        """Return this variant's HTML and text filled in for one recipient."""
+    def field_values(self, recipient: Recipient) -> tuple[dict[str, str], dict[str, str]]:
+        """Return the recipient's values for the HTML part (escaped) and for the text part."""
         # Control characters (ESC, NUL, BEL...) have no place in a greeting; whitespace runs collapse.
         name = " ".join(recipient.first_name.translate(_CONTROL).split()) or self.greeting_fallback
         raw = {
@@ -95,8 +95,12 @@ class Variant:
             "unsubscribe_url": recipient.unsubscribe_url,
             "view_url": recipient.view_url,
         }
-        escaped = {key: html.escape(value, quote=True) for key, value in raw.items()}
-        return self._html_slots.fill(escaped), self._text_slots.fill(raw)
+        return {key: html.escape(value, quote=True) for key, value in raw.items()}, raw
+
+    def personalize(self, recipient: Recipient) -> tuple[str, str]:
+        """Return this variant's HTML and text filled in for one recipient."""
+        escaped, raw = self.field_values(recipient)
+        return self.html_slots.fill(escaped), self.text_slots.fill(raw)
 
 
 def template_environment(settings: Settings) -> jinja2.Environment:

@@ -17,6 +17,7 @@ from ..issues import display_path
 from ..workspace import init_workspace
 from .compose import issue, preview, templates
 from .database import db
+from .sending import send_command, status_command, test_command, worker_command
 from .state import State
 from .subscribers import subscribers
 
@@ -97,7 +98,17 @@ def init(state: State, directory: Path | None) -> None:
     click.echo(f"Next: cd {directory} && mailout preview first-issue")
 
 
-for command in (issue, preview, templates, db, subscribers):
+for command in (
+    issue,
+    preview,
+    templates,
+    db,
+    subscribers,
+    test_command,
+    send_command,
+    status_command,
+    worker_command,
+):
     cli.add_command(command)
 
 

@@ -1,0 +1,316 @@
+"""The send loop: claim deliveries, send them over pooled connections, record each answer.
+
+Each of ``sending.concurrency`` threads holds one connection to the transport
+and one to the database. It claims a few deliveries at a time, and for each:
+marks it ``sending`` (committed), sends it, and records the server's answer
+(committed) before the next message goes on that connection. That ordering is
+what makes a crash at any moment safe; see ``outbox``.
+
+Ctrl-C or SIGTERM stops the claiming: messages already on the wire finish and
+are recorded, claimed ones go back to the queue, and the process says how far
+it got. Running the same command again resumes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+from sqlalchemy import Engine, update
+
+from . import outbox
+from .config import Settings
+from .errors import MailoutError
+from .message import Addressing, MessageTemplate, message_id, one_line
+from .models import DeliveryStatus, Dispatch, MailingList, utcnow
+from .render import Recipient
+from .tokens import Purpose, Signer
+from .transports import PermanentFailure, TemporaryFailure, Transport
+
+
+class AnotherSender(MailoutError):
+    """Another process is sending this dispatch, and the database allows only one."""
+
+
+@dataclass
+class Tally:
+    """What this process did, for the progress line and the summary."""
+
+    sent: int = 0
+    failed: int = 0
+    deferred: int = 0
+    skipped: int = 0
+    started: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, what: str, n: int = 1) -> None:
+        with self.lock:
+            setattr(self, what, getattr(self, what) + n)
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.sent / elapsed if elapsed > 0 else 0.0
+
+
+class RateLimit:
+    """At most ``per_second`` messages a second from this process (0: no limit)."""
+
+    def __init__(self, per_second: float) -> None:
+        self.per_second = per_second
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait(self, stop: threading.Event) -> None:
+        if self.per_second <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(self._next, now)
+            self._next = slot + 1.0 / self.per_second
+        if slot > now:
+            stop.wait(slot - now)
+
+
+def first_name(name: str) -> str:
+    """Return the first word of a full name, for the greeting ("" when there is none)."""
+    words = one_line(name).split()
+    return words[0] if words else ""
+
+
+class Mailer:
+    """Sends one dispatch until it is finished, paused or stopped."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        dispatch: Dispatch,
+        lst: MailingList,
+        transport: Transport,
+        signer: Signer,
+        *,
+        on_progress: Callable[[Tally], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.dispatch = dispatch
+        self.list = lst
+        self.transport = transport
+        self.signer = signer
+        self.on_progress = on_progress
+        self.stop = threading.Event()
+        self.tally = Tally()
+        self.worker = outbox.worker_name()
+        self.policy_streak = 0
+        self.errors: list[BaseException] = []
+        variant = outbox.frozen_variant(dispatch)
+        self.template = MessageTemplate(
+            variant,
+            Addressing(
+                dispatch.from_name, dispatch.from_address, dispatch.reply_to, lst.name, lst.description
+            ),
+        )
+        self.base_url = settings.newsletter.public_base_url.rstrip("/")
+        self.rate = RateLimit(settings.sending.rate_limit)
+
+    # -- set-up and tear-down ---------------------------------------------------
+
+    def start(self) -> tuple[int, int]:
+        """Register this process; take over from dead ones. Returns (requeued, unknown)."""
+        timeout = self.settings.sending.worker_timeout
+        with self.engine.begin() as conn:
+            recovered = outbox.recover(conn, self.dispatch.id, timeout)
+            others = outbox.live_workers(conn, self.dispatch.id, timeout)
+            if others and self.engine.dialect.name == "sqlite":
+                raise AnotherSender(
+                    f"another process is sending this dispatch ({others[0]}); wait for it to finish,"
+                    " or run `mailout status` to follow it"
+                )
+            outbox.register_worker(conn, self.dispatch.id, self.worker)
+        self._share_rate(len(others) + 1)
+        return recovered
+
+    def _share_rate(self, workers: int) -> None:
+        # The limit holds across every process of the dispatch: each takes its share.
+        total = self.settings.sending.rate_limit
+        self.rate.per_second = total / workers if total > 0 else 0.0
+
+    def finish(self) -> bool:
+        """Give back what was claimed but not sent; return whether the dispatch is finished."""
+        with self.engine.begin() as conn:
+            outbox.retire_worker(conn, self.worker)
+            return outbox.finish_if_done(conn, self.dispatch.id)
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(self) -> bool:
+        """Send until nothing is left, or until stopped; return whether the dispatch is finished."""
+        self.start()
+        beat = threading.Thread(target=self._heartbeat, name="mailout-heartbeat", daemon=True)
+        beat.start()
+        threads = [
+            threading.Thread(target=self._thread, name=f"mailout-sender-{n}", daemon=True)
+            for n in range(max(1, self.settings.sending.concurrency))
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            while any(t.is_alive() for t in threads):
+                for thread in threads:
+                    thread.join(timeout=0.2)
+                if self.on_progress:
+                    self.on_progress(self.tally)
+        finally:
+            self.stop.set()
+            for thread in threads:
+                thread.join()
+            beat.join(timeout=5)
+        done = self.finish()
+        if self.errors:
+            raise self.errors[0]
+        return done
+
+    def _heartbeat(self) -> None:
+        interval = max(0.5, self.settings.sending.worker_timeout / 3)
+        while not self.stop.wait(interval):
+            with self.engine.begin() as conn:
+                outbox.heartbeat(conn, self.worker)
+                self._share_rate(
+                    max(
+                        1,
+                        len(
+                            outbox.live_workers(conn, self.dispatch.id, self.settings.sending.worker_timeout)
+                        ),
+                    )
+                )
+
+    def _thread(self) -> None:
+        connection = None
+        try:
+            connection = self.transport.connect()
+            while not self.stop.is_set():
+                with self.engine.begin() as conn:
+                    batch = outbox.claim(
+                        conn, self.dispatch.id, self.worker, self.settings.sending.batch_size
+                    )
+                if not batch:
+                    if not self._wait_for_more():
+                        return
+                    continue
+                for claimed in batch:
+                    if self.stop.is_set():
+                        return  # the rest of the batch goes back to the queue in finish()
+                    self.rate.wait(self.stop)
+                    self._send_one(connection, claimed)
+        except BaseException as exc:  # a bug or a database failure: stop everything, report it
+            self.errors.append(exc)
+            self.stop.set()
+        finally:
+            if connection is not None:
+                connection.close()
+
+    def _wait_for_more(self) -> bool:
+        """With nothing to claim now: wait for deferred deliveries, or say there is nothing left."""
+        with self.engine.connect() as conn:
+            state = outbox.counts(conn, self.dispatch.id)
+            due = outbox.next_due(conn, self.dispatch.id)
+        if state[DeliveryStatus.QUEUED] == 0 and state[DeliveryStatus.DEFERRED] == 0:
+            return False
+        wait = 0.2 if due is None else min(1.0, max(0.0, (due - utcnow()).total_seconds()))
+        self.stop.wait(wait)
+        return True
+
+    def _send_one(self, connection: object, claimed: outbox.Claimed) -> None:
+        data = self._build(claimed)
+        with self.engine.begin() as conn:
+            outbox.mark(conn, claimed.id, DeliveryStatus.SENDING, attempt=True)
+        try:
+            reply = connection.send(self.dispatch.from_address, claimed.email, data)  # type: ignore[attr-defined]
+        except PermanentFailure as failure:
+            self._failed(claimed, failure)
+        except TemporaryFailure as failure:
+            self._deferred(claimed, failure)
+        else:
+            with self.engine.begin() as conn:
+                outbox.mark(conn, claimed.id, DeliveryStatus.SENT, reply=str(reply))
+            self.policy_streak = 0
+            self.tally.add("sent")
+
+    def _build(self, claimed: outbox.Claimed) -> bytes:
+        unsubscribe_token = self.signer.sign(Purpose.UNSUBSCRIBE, claimed.subscriber_id, self.list.id)
+        if self.dispatch.segment == "member":
+            view = f"{self.base_url}/issues/{self.dispatch.issue}?t={self.signer.sign(Purpose.VIEW, claimed.subscriber_id, self.list.id)}"
+        else:
+            view = f"{self.base_url}/issues/{self.dispatch.issue}"
+        recipient = Recipient(
+            first_name(claimed.name), f"{self.base_url}/unsubscribe/{unsubscribe_token}", view
+        )
+        return self.template.build(
+            to_name=claimed.name,
+            to_address=claimed.email,
+            message_id=message_id(self.dispatch.key, claimed.id, self.template.addressing.domain),
+            recipient=recipient,
+            unsubscribe_mailto=self.template.unsubscribe_mailto(unsubscribe_token),
+        )
+
+    def _failed(self, claimed: outbox.Claimed, failure: PermanentFailure) -> None:
+        with self.engine.begin() as conn:
+            outbox.mark(conn, claimed.id, DeliveryStatus.FAILED, reply=str(failure))
+            if failure.enhanced.startswith("5.1."):
+                # No such mailbox: never mail this address again.
+                outbox.mark_bounced(conn, claimed.subscriber_id, f"dispatch {self.dispatch.id}: {failure}")
+        self.tally.add("failed")
+        if failure.enhanced.startswith("5.7."):
+            # Refused for a reason of ours (SPF, DKIM, reputation), not the address's fault.
+            self.policy_streak += 1
+            if self.policy_streak >= self.settings.sending.policy_failures_pause:
+                self._pause(
+                    f"{self.policy_streak} messages in a row refused with {failure.enhanced} ({failure.text});"
+                    " check the sender domain's SPF and DKIM records and the server's policy, then run send again"
+                )
+        else:
+            self.policy_streak = 0
+
+    def _deferred(self, claimed: outbox.Claimed, failure: TemporaryFailure) -> None:
+        age = (utcnow() - outbox.as_utc(self.dispatch.created_at)).total_seconds()
+        retry = self.settings.sending.retry_delay * (2 ** min(claimed.attempts, 16))
+        with self.engine.begin() as conn:
+            if age + retry > self.settings.sending.retry_max_age:
+                outbox.mark(
+                    conn,
+                    claimed.id,
+                    DeliveryStatus.FAILED,
+                    reply=f"gave up after {claimed.attempts + 1} attempts: {failure}",
+                )
+                self.tally.add("failed")
+                return
+            outbox.mark(
+                conn,
+                claimed.id,
+                DeliveryStatus.DEFERRED,
+                reply=str(failure),
+                next_attempt_at=utcnow() + dt.timedelta(seconds=retry),
+            )
+        self.tally.add("deferred")
+
+    def _pause(self, reason: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(Dispatch).where(Dispatch.id == self.dispatch.id).values(paused_reason=reason))
+        self.dispatch.paused_reason = reason
+        self.stop.set()
+
+    # -- signals ----------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """Make Ctrl-C and SIGTERM finish what is on the wire, then stop."""
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.stop.set()
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)

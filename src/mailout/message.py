@@ -1,0 +1,199 @@
+"""Build each recipient's message from a frozen variant, by substitution, not by rendering.
+
+A ``MessageTemplate`` encodes a variant once: the headers every recipient
+shares, and the text and HTML parts quoted-printable encoded piece by piece
+around the per-recipient placeholders. Building a message then only encodes
+the recipient's few values and joins bytes. Each value starts on a line of its
+own after a soft line break (``=`` at the end of a line), which every decoder
+removes, so the decoded parts are exactly ``Variant.personalize``'s.
+
+What comes out meets RFC 5322 and RFC 2045: CRLF line ends, no line over 76
+characters in the body or 998 anywhere, non-ASCII headers in RFC 2047
+encoded words, ``multipart/alternative`` with the text part first. No line of
+the body starts with a dot (it is encoded as ``=2E``), so SMTP needs no dot
+stuffing. Names and subjects lose their control characters: no header can be
+injected through them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.header import Header
+from email.utils import format_datetime, formataddr
+from urllib.parse import quote
+
+from .render import Recipient, Slots, Variant
+
+CRLF = b"\r\n"
+MAX_LINE = 76
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+# How each byte appears in quoted-printable: printable ASCII as itself, all else as =XX.
+_QP = [bytes([b]) if 33 <= b <= 126 and b != ord("=") else b"=%02X" % b for b in range(256)]
+_QP[ord(" ")] = b" "
+_QP[ord("\t")] = b"\t"
+
+
+def one_line(value: str) -> str:
+    """Return ``value`` with every control character (CR, LF, NUL, ...) turned into a space."""
+    return " ".join(_CONTROL.sub(" ", value).split())
+
+
+def qp_encode(text: str, *, soft_end: bool) -> bytes:
+    """Encode ``text`` as quoted-printable lines ending in CRLF.
+
+    With ``soft_end`` the last line ends in a soft line break, so that what
+    follows continues the same decoded line.
+    """
+    lines = text.replace("\r\n", "\n").split("\n")
+    out: list[bytes] = []
+    for number, line in enumerate(lines):
+        tokens = [_QP[b] for b in line.encode("utf-8")]
+        if tokens and tokens[0] == b".":
+            tokens[0] = b"=2E"  # a lone "." line would end the SMTP data; no dot stuffing needed
+        last = number == len(lines) - 1
+        if tokens and tokens[-1] in (b" ", b"\t") and not (last and soft_end):
+            tokens[-1] = b"=%02X" % tokens[-1][0]  # trailing white space is lost in transit
+        current: list[bytes] = []
+        width = 0
+        for token in tokens:
+            if width + len(token) > MAX_LINE - 1:
+                out.append(b"".join(current) + b"=" + CRLF)
+                current, width = [], 0
+            current.append(token)
+            width += len(token)
+        if last:
+            out.append(b"".join(current) + (b"=" + CRLF if soft_end else b""))
+        else:
+            out.append(b"".join(current) + CRLF)
+    return b"".join(out)
+
+
+class EncodedPart:
+    """A variant's text or HTML, encoded once, with holes for the recipient's values."""
+
+    def __init__(self, slots: Slots) -> None:
+        count = len(slots.pieces)
+        self.pieces = [qp_encode(piece, soft_end=n < count - 1) for n, piece in enumerate(slots.pieces)]
+        self.keys = slots.keys
+
+    def fill(self, values: Mapping[str, bytes]) -> bytes:
+        out = [self.pieces[0]]
+        for key, piece in zip(self.keys, self.pieces[1:], strict=True):
+            out.append(values[key])
+            out.append(piece)
+        return b"".join(out)
+
+
+@dataclass(frozen=True)
+class Addressing:
+    """Who sends, and how the list is named, for every message of a dispatch."""
+
+    from_name: str
+    from_address: str
+    reply_to: str = ""
+    list_name: str = "newsletter"
+    list_description: str = ""
+
+    @property
+    def domain(self) -> str:
+        return self.from_address.rpartition("@")[2].lower()
+
+
+def _header(name: str, value: str) -> bytes:
+    """Return one header line, RFC 2047-encoded and folded if needed."""
+    text = one_line(value)
+    if text.isascii() and len(name) + len(text) + 2 <= 78:
+        return f"{name}: {text}".encode("ascii") + CRLF
+    folded = Header(text, "utf-8" if not text.isascii() else "us-ascii", header_name=name).encode(
+        linesep="\r\n"
+    )
+    return f"{name}: {folded}".encode("ascii") + CRLF
+
+
+def _address(name: str, address: str) -> str:
+    return formataddr((one_line(name), address), charset="utf-8")
+
+
+class MessageTemplate:
+    """One variant of one dispatch, ready to be filled in for each recipient."""
+
+    def __init__(self, variant: Variant, addressing: Addressing, *, subject: str | None = None) -> None:
+        self.variant = variant
+        self.addressing = addressing
+        self.boundary = f"=_mailout_{secrets.token_hex(12)}"
+        shared = [
+            b"From: " + _address(addressing.from_name, addressing.from_address).encode("ascii") + CRLF,
+            _header("Subject", subject if subject is not None else variant.subject),
+            b"MIME-Version: 1.0" + CRLF,
+            _header(
+                "List-Id",
+                _address(
+                    addressing.list_description or addressing.list_name,
+                    f"{addressing.list_name}.{addressing.domain}",
+                ),
+            ),
+            b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" + CRLF,
+            f'Content-Type: multipart/alternative;\r\n boundary="{self.boundary}"'.encode("ascii") + CRLF,
+        ]
+        if addressing.reply_to:
+            shared.insert(1, b"Reply-To: " + _address("", addressing.reply_to).encode("ascii") + CRLF)
+        self.shared_headers = b"".join(shared)
+        self.text = EncodedPart(variant.text_slots)
+        self.html = EncodedPart(variant.html_slots)
+        self.text_head = (
+            f'--{self.boundary}\r\nContent-Type: text/plain; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        ).encode("ascii")
+        self.html_head = (
+            f'\r\n--{self.boundary}\r\nContent-Type: text/html; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        ).encode("ascii")
+        self.tail = f"\r\n--{self.boundary}--\r\n".encode("ascii")
+
+    def unsubscribe_mailto(self, token: str) -> str:
+        return f"mailto:unsubscribe@{self.addressing.domain}?subject={quote('unsubscribe ' + token)}"
+
+    def build(
+        self,
+        *,
+        to_name: str,
+        to_address: str,
+        message_id: str,
+        recipient: Recipient,
+        unsubscribe_mailto: str,
+        date: dt.datetime | None = None,
+    ) -> bytes:
+        """Return the complete message for one recipient, CRLF line ends, ready for SMTP DATA."""
+        escaped, raw = self.variant.field_values(recipient)
+        html_values = {k: qp_encode(v, soft_end=True) for k, v in escaped.items()}
+        text_values = {k: qp_encode(one_line(v), soft_end=True) for k, v in raw.items()}
+        unsubscribe = f"<{one_line(recipient.unsubscribe_url)}>,\r\n <{one_line(unsubscribe_mailto)}>"
+        headers = b"".join(
+            [
+                b"Date: " + format_datetime(date or dt.datetime.now(dt.UTC)).encode("ascii") + CRLF,
+                self.shared_headers,
+                b"To: " + _address(to_name, to_address).encode("utf-8") + CRLF,
+                f"Message-ID: <{message_id}>".encode("ascii") + CRLF,
+                b"List-Unsubscribe: " + unsubscribe.encode("ascii") + CRLF,
+            ]
+        )
+        return b"".join(
+            [
+                headers,
+                CRLF,
+                self.text_head,
+                self.text.fill(text_values),
+                self.html_head,
+                self.html.fill(html_values),
+                self.tail,
+            ]
+        )
+
+
+def message_id(dispatch_key: str, delivery_id: int, domain: str) -> str:
+    """Return a Message-ID stable for one delivery of one dispatch, whatever the retry."""
+    return f"{dispatch_key}.{delivery_id}@{domain}"

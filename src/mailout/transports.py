@@ -1,0 +1,233 @@
+"""Where messages go: a real SMTP server, or the local outbox folder.
+
+A transport opens connections; a connection sends one message at a time and
+answers with the server's reply, or raises ``TemporaryFailure`` (4xx, a
+dropped connection: try again later) or ``PermanentFailure`` (5xx: do not).
+The send loop depends on this interface only, never on smtplib.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import smtplib
+import ssl
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from .config import Settings, Smtp
+from .errors import ConfigError, MailoutError
+from .issues import display_path
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}".strip()
+
+
+class DeliveryFailure(MailoutError):
+    """The server refused a message, or the connection failed while sending it."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"{code} {text}".strip())
+        self.code = code
+        self.text = text
+
+    @property
+    def enhanced(self) -> str:
+        """Return the RFC 3463 status code (``5.1.1``) the reply starts with, if any."""
+        match = re.match(r"\s*([245]\.\d{1,3}\.\d{1,3})", self.text)
+        return match.group(1) if match else ""
+
+
+class TemporaryFailure(DeliveryFailure):
+    """A 4xx reply, or a lost connection: the same message may succeed later."""
+
+
+class PermanentFailure(DeliveryFailure):
+    """A 5xx reply: sending the same message again will fail again."""
+
+
+class Connection(Protocol):
+    def send(self, sender: str, recipient: str, data: bytes) -> Reply: ...
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    description: str
+
+    def connect(self) -> Connection: ...
+
+
+# --- the local outbox -----------------------------------------------------------
+
+
+class OutboxTransport:
+    """Writes each message as an .eml file that any mail program opens."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.description = f"local outbox {display_path(folder)}/"
+
+    def connect(self) -> OutboxConnection:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return OutboxConnection(self.folder)
+
+
+class OutboxConnection:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def send(self, sender: str, recipient: str, data: bytes) -> Reply:
+        """Write the message atomically: a temporary file, fsync, then rename."""
+        match = re.search(rb"^Message-ID: <([^>]+)>", data, re.MULTILINE | re.IGNORECASE)
+        stem = match.group(1).decode("ascii", "replace") if match else f"{time.time_ns()}"
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", stem)[:150] + ".eml"
+        target = self.folder / name
+        handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".eml")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return Reply(250, f"written to {display_path(target)}")
+
+    def close(self) -> None:
+        pass
+
+
+# --- SMTP -------------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class SmtpTransport:
+    """A real SMTP server: STARTTLS, implicit TLS, or plain on loopback."""
+
+    def __init__(self, settings: Smtp) -> None:
+        self.settings = settings
+        security = settings.security
+        if security == "plain" and not _is_loopback(settings.host) and not settings.allow_plain:
+            raise ConfigError(
+                f"smtp.security = 'plain' sends mail unencrypted to {settings.host}; use 'starttls' or 'tls',"
+                " or set smtp.allow_plain = true if this network is trusted"
+            )
+        if security == "plain" and settings.username and not _is_loopback(settings.host):
+            raise ConfigError("smtp: refusing to send a username and password without TLS")
+        self.description = f"SMTP {settings.host}:{settings.port} ({security})"
+
+    def connect(self) -> SmtpConnection:
+        return SmtpConnection(self.settings)
+
+
+class SmtpConnection:
+    """One SMTP session, reused for many messages and reopened when the server drops it."""
+
+    def __init__(self, settings: Smtp) -> None:
+        self.settings = settings
+        self.client: smtplib.SMTP | None = None
+
+    def _open(self) -> smtplib.SMTP:
+        s = self.settings
+        context = ssl.create_default_context()
+        try:
+            client: smtplib.SMTP
+            if s.security == "tls":
+                client = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=context)
+            else:
+                client = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+                if s.security == "starttls":
+                    client.starttls(context=context)
+            client.ehlo_or_helo_if_needed()
+            if s.username:
+                client.login(s.username, s.password)
+        except smtplib.SMTPAuthenticationError as exc:
+            raise ConfigError(
+                f"SMTP {s.host}: login refused: {exc.smtp_code} {_text(exc.smtp_error)}"
+            ) from None
+        except smtplib.SMTPNotSupportedError as exc:
+            raise ConfigError(f"SMTP {s.host}: {exc}") from None
+        except ssl.SSLError as exc:
+            raise ConfigError(f"SMTP {s.host}: TLS failed: {exc.reason or exc}") from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise TemporaryFailure(0, f"cannot connect to {s.host}:{s.port}: {exc}") from None
+        return client
+
+    def send(self, sender: str, recipient: str, data: bytes) -> Reply:
+        """Send one message; raise ``TemporaryFailure`` or ``PermanentFailure`` if it was not accepted."""
+        if self.client is None:
+            self.client = self._open()
+        client = self.client
+        try:
+            code, text = client.mail(sender)
+            if code != 250:
+                self._fail(code, text, reset=True)
+            code, text = client.rcpt(recipient)
+            if code not in (250, 251):
+                self._fail(code, text, reset=True)
+            # The body never has a line starting with "." (message.py encodes it), so the
+            # DATA phase needs no dot stuffing: smtplib's would cost most of its CPU time.
+            code, text = client.docmd("DATA")
+            if code != 354:
+                self._fail(code, text, reset=True)
+            client.send(data if data.endswith(b"\r\n") else data + b"\r\n")
+            client.send(b".\r\n")
+            code, text = client.getreply()
+        except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
+            self.close()
+            raise TemporaryFailure(0, f"connection lost: {exc}") from None
+        if code == 421:
+            self.close()
+        if code != 250:
+            self._fail(code, text, reset=False)
+        return Reply(code, _text(text))
+
+    def _fail(self, code: int, text: bytes, *, reset: bool) -> None:
+        if code == 421:
+            self.close()
+        elif reset and self.client is not None:
+            try:
+                self.client.rset()
+            except (smtplib.SMTPException, OSError):
+                self.close()
+        failure = PermanentFailure if 500 <= code < 600 else TemporaryFailure
+        raise failure(code, _text(text))
+
+    def close(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.quit()
+            except (smtplib.SMTPException, OSError):
+                self.client.close()
+            self.client = None
+
+
+def _text(raw: bytes | str) -> str:
+    return (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw).replace("\n", " ").strip()
+
+
+def make_transport(settings: Settings) -> Transport:
+    """Return SMTP when ``smtp.host`` is set, else the local outbox."""
+    if settings.smtp.host:
+        return SmtpTransport(settings.smtp)
+    return OutboxTransport(settings.path("outbox"))

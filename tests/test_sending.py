@@ -1,0 +1,399 @@
+"""Sending against a real SMTP server on loopback, on SQLite and PostgreSQL.
+
+What the server received is parsed from its raw bytes: these tests check what
+went over the wire, not what mailout meant to build.
+"""
+
+from __future__ import annotations
+
+import collections
+import email
+import email.policy
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from mailout.cli import cli
+from mailout.config import load_settings
+from mailout.db import make_engine, transaction
+from mailout.models import Delivery, Subscriber, SubscriberStatus, Subscription
+from mailout.tokens import Purpose, Signer
+from tests.conftest import SECRET_KEY
+from tests.smtpserver import SMTPServer
+
+pytestmark = pytest.mark.slow
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def add_subscribers(workspace: Path, rows: list[tuple[str, str]], list_name: str = "members") -> None:
+    lines = "".join(f'{email},"{name.replace(chr(34), chr(34) * 2)}"\n' for email, name in rows)
+    path = workspace / f"{list_name}-import.csv"
+    path.write_text("email,name\n" + lines, encoding="utf-8")
+    code, out = run("subscribers", "import", str(path), "--list", list_name)
+    assert code == 0, out
+
+
+def people(n: int, prefix: str = "p") -> list[tuple[str, str]]:
+    return [(f"{prefix}{i}@example.org", f"Person {i}") for i in range(n)]
+
+
+def statuses(workspace: Path) -> dict[str, str]:
+    engine = make_engine(load_settings(workspace).database_url())
+    with transaction(engine) as session:
+        found = {
+            email: str(status) for email, status in session.execute(select(Delivery.email, Delivery.status))
+        }
+    engine.dispose()
+    return found
+
+
+# --- the messages on the wire ----------------------------------------------------
+
+
+def test_messages_meet_the_standards(sending_workspace: Path, smtp_server: SMTPServer) -> None:
+    add_subscribers(
+        sending_workspace, [("ana@example.org", "Ana Conceição"), ("long@example.org", "A" * 150 + " Long")]
+    )
+    # The import refuses a name with a line break; one stored by other means must still not inject.
+    engine = make_engine(load_settings(sending_workspace).database_url())
+    with transaction(engine) as session:
+        ana = session.scalars(select(Subscriber).where(Subscriber.email == "ana@example.org")).one()
+        eve = Subscriber(email="eve@example.org", name="Eve\r\nBcc: victim@example.net")
+        session.add(eve)
+        session.flush()
+        session.add(
+            Subscription(
+                subscriber_id=eve.id,
+                list_id=session.scalars(
+                    select(Subscription.list_id).where(Subscription.subscriber_id == ana.id)
+                ).one(),
+            )
+        )
+    engine.dispose()
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0, out
+    received = smtp_server.messages
+    assert sorted(r.rcpt_tos[0] for r in received) == [
+        "ana@example.org",
+        "eve@example.org",
+        "long@example.org",
+    ]
+    ids = set()
+    for r in received:
+        raw = r.raw
+        assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b""), "CRLF line ends only"
+        _, _, body = raw.partition(b"\r\n\r\n")
+        assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+        assert all(len(line) <= 78 for line in body.split(b"\r\n")), "body lines within 78"
+        assert not re.search(rb"^\.", body, re.M), "no line starts with a dot"
+        assert r.mail_from == "newsletter@efus.example"
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        assert message["From"].addresses[0].display_name == "Efus – Zoë's newsletter"
+        assert message["Reply-To"] == "team@efus.example"
+        assert message["Subject"] == "Efus Newsletter – January 2019"
+        assert message["MIME-Version"] == "1.0"
+        assert message["Date"].datetime is not None
+        assert re.fullmatch(r"<mo[0-9a-f]+\.\d+@efus\.example>", message["Message-ID"])
+        ids.add(message["Message-ID"])
+        assert message["List-Id"].endswith("<members.efus.example>")
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        unsubscribe = re.findall(r"<([^>]+)>", message["List-Unsubscribe"])
+        assert unsubscribe[0].startswith("https://news.example/unsubscribe/")
+        assert unsubscribe[1].startswith("mailto:unsubscribe@efus.example?subject=unsubscribe")
+        token = unsubscribe[0].rsplit("/", 1)[1]
+        claim = Signer([SECRET_KEY]).verify(Purpose.UNSUBSCRIBE, token)
+        assert claim is not None
+        assert "@" not in token, "tokens hold no address"
+        assert message.get_content_type() == "multipart/alternative"
+        parts = list(message.iter_parts())
+        assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
+        text, html = parts[0].get_content(), parts[1].get_content()
+        assert unsubscribe[0] in text and unsubscribe[0] in html
+        assert "Bcc" not in message, "no header injected through a name"
+        to = message["To"].addresses[0]
+        if to.addr_spec == "ana@example.org":
+            assert to.display_name == "Ana Conceição"
+            assert "Dear Ana," in text
+        if to.addr_spec == "eve@example.org":
+            assert to.display_name == "Eve Bcc: victim@example.net"
+    assert len(ids) == 3, "one Message-ID per recipient"
+
+
+def test_a_line_starting_with_a_dot_arrives_intact(sending_workspace: Path, smtp_server: SMTPServer) -> None:
+    issue = sending_workspace / "issues" / "2019-01" / "issue.yaml"
+    text = issue.read_text(encoding="utf-8").replace(
+        "intro: |\n", "intro: |\n  .dotted first line\n\n  . and a lone dot line\n\n", 1
+    )
+    issue.write_text(text, encoding="utf-8")
+    add_subscribers(sending_workspace, [("dot@example.org", "Dot")])
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0, out
+    message = smtp_server.messages[0].message()
+    plain = next(iter(message.iter_parts())).get_content()
+    assert ".dotted first line" in plain and ". and a lone dot line" in plain
+
+
+# --- one message per recipient, and every state ---------------------------------
+
+
+def test_each_recipient_gets_exactly_one_message(sending_workspace: Path, smtp_server: SMTPServer) -> None:
+    add_subscribers(sending_workspace, people(40))
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0, out
+    received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages)
+    assert set(received) == {e for e, _ in people(40)} and set(received.values()) == {1}
+    assert "40 sent" in out and "finished" in out
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 1 and "--again" in out, "the same issue is not sent twice to a list"
+    assert len(smtp_server.messages) == 40
+    code, out = run("send", "2019-01", "--list", "members", "--yes", "--again")
+    assert code == 0 and len(smtp_server.messages) == 80
+
+
+def test_temporary_failures_are_retried_and_permanent_ones_recorded(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    add_subscribers(sending_workspace, people(6))
+    smtp_server.answer("p0@example.org", 451, "4.3.0 try again later", times=2)
+    smtp_server.answer("p1@example.org", 454, "4.7.0 throttling, try later", times=1)
+    smtp_server.answer("p2@example.org", 550, "5.1.1 no such mailbox")
+    smtp_server.answer("p3@example.org", 550, "5.7.1 rejected by policy")
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0, out
+    states = statuses(sending_workspace)
+    assert states == {
+        "p0@example.org": "sent",
+        "p1@example.org": "sent",
+        "p2@example.org": "failed",
+        "p3@example.org": "failed",
+        "p4@example.org": "sent",
+        "p5@example.org": "sent",
+    }
+    engine = make_engine(load_settings(sending_workspace).database_url())
+    with transaction(engine) as session:
+        status_of = dict(session.execute(select(Subscriber.email, Subscriber.status)).all())
+        attempts = dict(session.execute(select(Delivery.email, Delivery.attempts)).all())
+        replies = dict(session.execute(select(Delivery.email, Delivery.reply)).all())
+    engine.dispose()
+    assert status_of["p2@example.org"] is SubscriberStatus.BOUNCED, "no such mailbox: suppressed"
+    assert status_of["p3@example.org"] is SubscriberStatus.SUBSCRIBED, "5.7.x is about us, not the address"
+    assert attempts["p0@example.org"] == 3 and attempts["p1@example.org"] == 2
+    assert replies["p2@example.org"].startswith("550 5.1.1") and replies["p4@example.org"].startswith("250")
+    code, out = run("status", "1", "--json")
+    report = json.loads(out)
+    assert sum(report["counts"].values()) == report["total"] == 6
+    assert {f["reply"] for f in report["failures"]} == {
+        "550 5.1.1 no such mailbox",
+        "550 5.7.1 rejected by policy",
+    }
+    # the bounced address is left out of the next dispatch
+    code, out = run("send", "2019-01", "--list", "members", "--yes", "--again")
+    assert "recipients: 5" in out
+
+
+def test_repeated_policy_refusals_pause_the_dispatch(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    add_subscribers(sending_workspace, people(10))
+    for address, _ in people(10):
+        smtp_server.answer(address, 550, "5.7.1 SPF check failed", times=1)
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 3, out
+    assert "paused" in out and "SPF and DKIM" in out
+    states = collections.Counter(statuses(sending_workspace).values())
+    assert states["failed"] >= 3 and states["queued"] > 0, states
+    smtp_server.rules.clear()  # the sender domain is fixed
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0 and "resuming dispatch 1" in out, out
+
+
+def test_421_and_dropped_connections_reconnect(sending_workspace: Path, smtp_server: SMTPServer) -> None:
+    add_subscribers(sending_workspace, people(20))
+    smtp_server.answer("p3@example.org", 421, "4.7.0 closing connection", times=1)
+    smtp_server.drop_after(7)
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0, out
+    received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages)
+    assert set(received) == {e for e, _ in people(20)}
+    assert smtp_server.connections > 2, "reconnected after the 421 and the drop"
+    assert set(statuses(sending_workspace).values()) == {"sent"}
+
+
+def test_someone_who_unsubscribes_mid_dispatch_is_skipped(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    add_subscribers(sending_workspace, people(5))
+    smtp_server.answer("p0@example.org", 451, "4.3.0 later", times=1)
+    smtp_server.stall("p1@example.org", 0.5)
+    with subprocess.Popen(
+        [sys.executable, "-m", "mailout", "send", "2019-01", "--list", "members", "--yes"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as process:
+        smtp_server.wait_for(1, timeout=20)
+        code, out = run("subscribers", "unsubscribe", "p4@example.org", "--all")
+        assert code == 0, out
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    received = {r.rcpt_tos[0] for r in smtp_server.messages}
+    states = statuses(sending_workspace)
+    if "p4@example.org" not in received:
+        assert states["p4@example.org"] == "skipped"
+    assert "p4@example.org" not in received or states["p4@example.org"] == "sent"
+
+
+def test_test_send_marks_the_subject_and_records_nothing(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    add_subscribers(sending_workspace, [("me@example.org", "Me")])
+    code, out = run("test", "2019-01", "--to", "me@example.org")
+    assert code == 0, out
+    subjects = sorted(r.message()["Subject"] for r in smtp_server.messages)
+    assert subjects == [
+        "[TEST member] Efus Newsletter – January 2019",
+        "[TEST public] Efus Newsletter – January 2019",
+    ]
+    assert statuses(sending_workspace) == {}
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0 and statuses(sending_workspace) == {"me@example.org": "sent"}
+
+
+def test_send_refuses_without_a_secret_key(sending_workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MAILOUT_SECRET_KEY")
+    add_subscribers(sending_workspace, people(1))
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 1 and "MAILOUT_SECRET_KEY" in out
+
+
+def test_dry_run_writes_nothing(sending_workspace: Path, smtp_server: SMTPServer) -> None:
+    add_subscribers(sending_workspace, people(3))
+    code, out = run("send", "2019-01", "--list", "members", "--dry-run")
+    assert code == 0 and "recipients: 3" in out and "transport:  SMTP 127.0.0.1" in out
+    assert statuses(sending_workspace) == {} and smtp_server.messages == []
+
+
+def test_rate_limit_is_held(sending_workspace: Path, smtp_server: SMTPServer) -> None:
+    (sending_workspace / "mailout.toml").write_text(
+        (sending_workspace / "mailout.toml")
+        .read_text(encoding="utf-8")
+        .replace("concurrency = 2", "concurrency = 3\nrate_limit = 20"),
+        encoding="utf-8",
+    )
+    add_subscribers(sending_workspace, people(30))
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0, out
+    times = sorted(r.at for r in smtp_server.messages)
+    assert len(times) == 30
+    # 30 messages at 20/s: at least 29 intervals of 50 ms, whatever the concurrency
+    assert times[-1] - times[0] >= 29 / 20 * 0.9
+
+
+# --- crashes and stops ------------------------------------------------------------
+
+
+def start_send(*extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailout", "send", "2019-01", "--list", "members", "--yes", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def slow_sending(workspace: Path, rate: int) -> None:
+    config = workspace / "mailout.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8").replace(
+            "concurrency = 2", f"concurrency = 3\nrate_limit = {rate}"
+        ),
+        encoding="utf-8",
+    )
+
+
+def test_kill_9_then_resume_sends_everyone_exactly_once(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    slow_sending(sending_workspace, 100)
+    add_subscribers(sending_workspace, people(120))
+    process = start_send()
+    try:
+        smtp_server.wait_for(40, timeout=30)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.stdout.close()  # type: ignore[union-attr]
+    time.sleep(2.5)  # the dead process's heartbeat goes stale (worker_timeout = 2)
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0, out
+    code, report = run("status", "1", "--json")
+    unknown = set(json.loads(report)["unknown"])
+    assert len(unknown) <= 3, "at most one in flight per connection"
+    received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages)
+    everyone = {e for e, _ in people(120)}
+    assert set(received) | unknown == everyone, "nobody is skipped"
+    duplicates = {e for e, n in received.items() if n > 1}
+    assert duplicates <= unknown, "duplicates only among the reported unknowns"
+    assert all(n == 1 for e, n in received.items() if e not in unknown)
+    counts = json.loads(report)["counts"]
+    assert sum(counts.values()) == 120
+
+
+def test_sigterm_pauses_and_the_same_command_resumes(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    slow_sending(sending_workspace, 60)
+    add_subscribers(sending_workspace, people(60))
+    process = start_send()
+    smtp_server.wait_for(10, timeout=30)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 3, output
+    assert re.search(r"paused at \d+ of 60; run the same command to resume", output), output
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0, out
+    received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages)
+    assert set(received) == {e for e, _ in people(60)} and set(received.values()) == {1}
+    code, report = run("status", "1", "--json")
+    assert json.loads(report)["unknown"] == []
+
+
+def test_two_processes_share_a_dispatch_without_duplicates(
+    sending_workspace: Path, smtp_server: SMTPServer, database_url: str
+) -> None:
+    slow_sending(sending_workspace, 60)
+    add_subscribers(sending_workspace, people(150))
+    first = start_send()
+    smtp_server.wait_for(5, timeout=30)
+    second = subprocess.Popen(
+        [sys.executable, "-m", "mailout", "worker", "--dispatch", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out_second, _ = second.communicate(timeout=120)
+    out_first, _ = first.communicate(timeout=120)
+    if database_url.startswith("sqlite"):
+        assert second.returncode == 1 and "another process is sending this dispatch" in out_second
+    else:
+        assert second.returncode in (0, 3), out_second
+    assert first.returncode in (0, 3), out_first  # 3: the other process finished the last ones
+    code, report = run("status", "1", "--json")
+    assert code == 0, report
+    assert json.loads(report)["state"] == "finished", report
+    received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages)
+    assert set(received) == {e for e, _ in people(150)}
+    assert set(received.values()) == {1}, "no recipient twice"
