@@ -150,8 +150,9 @@ class SmtpConnection:
     def _open(self) -> smtplib.SMTP:
         s = self.settings
         context = ssl.create_default_context()
+        client: smtplib.SMTP | None = None
+        failure: MailoutError
         try:
-            client: smtplib.SMTP
             if s.security == "tls":
                 client = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=context)
             else:
@@ -161,17 +162,18 @@ class SmtpConnection:
             client.ehlo_or_helo_if_needed()
             if s.username:
                 client.login(s.username, s.password)
+            return client
         except smtplib.SMTPAuthenticationError as exc:
-            raise ConfigError(
-                f"SMTP {s.host}: login refused: {exc.smtp_code} {_text(exc.smtp_error)}"
-            ) from None
+            failure = ConfigError(f"SMTP {s.host}: login refused: {exc.smtp_code} {_text(exc.smtp_error)}")
         except smtplib.SMTPNotSupportedError as exc:
-            raise ConfigError(f"SMTP {s.host}: {exc}") from None
+            failure = ConfigError(f"SMTP {s.host}: {exc}")
         except ssl.SSLError as exc:
-            raise ConfigError(f"SMTP {s.host}: TLS failed: {exc.reason or exc}") from None
+            failure = ConfigError(f"SMTP {s.host}: TLS failed: {exc.reason or exc}")
         except (OSError, smtplib.SMTPException) as exc:
-            raise TemporaryFailure(0, f"cannot connect to {s.host}:{s.port}: {exc}") from None
-        return client
+            failure = TemporaryFailure(0, f"cannot connect to {s.host}:{s.port}: {exc}")
+        if client is not None:
+            client.close()  # never leave a half-open (TLS) socket behind
+        raise failure
 
     def send(self, sender: str, recipient: str, data: bytes) -> Reply:
         """Send one message; raise ``TemporaryFailure`` or ``PermanentFailure`` if it was not accepted."""
