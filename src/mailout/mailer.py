@@ -19,9 +19,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from types import FrameType
 
+from sqlalchemy import Connection as DbConnection
 from sqlalchemy import Engine, update
+from sqlalchemy.exc import OperationalError
 
 from . import outbox
 from .config import Settings
@@ -30,7 +33,16 @@ from .message import Addressing, MessageTemplate, message_id, one_line
 from .models import DeliveryStatus, Dispatch, MailingList, utcnow
 from .render import Recipient
 from .tokens import Purpose, Signer
-from .transports import PermanentFailure, TemporaryFailure, Transport
+from .transports import Connection, PermanentFailure, TemporaryFailure, Transport
+
+Record = Callable[[DbConnection], None]
+
+
+def _flush(pending: Record | None, db: DbConnection) -> Record | None:
+    """Record the previous message's outcome, if there is one waiting; return None (nothing waits now)."""
+    if pending is not None:
+        pending(db)
+    return None
 
 
 class AnotherSender(MailoutError):
@@ -178,35 +190,49 @@ class Mailer:
     def _heartbeat(self) -> None:
         interval = max(0.5, self.settings.sending.worker_timeout / 3)
         while not self.stop.wait(interval):
-            with self.engine.begin() as conn:
-                outbox.heartbeat(conn, self.worker)
-                self._share_rate(
-                    max(
-                        1,
-                        len(
-                            outbox.live_workers(conn, self.dispatch.id, self.settings.sending.worker_timeout)
-                        ),
+            try:
+                with self.engine.begin() as conn:
+                    outbox.heartbeat(conn, self.worker)
+                    workers = outbox.live_workers(
+                        conn, self.dispatch.id, self.settings.sending.worker_timeout
                     )
-                )
+            except OperationalError:
+                continue  # a busy database: the next beat will do; a missed one is not fatal
+            self._share_rate(max(1, len(workers)))
 
     def _thread(self) -> None:
-        connection = None
+        connection: Connection | None = None
+        # What happened to the previous message, recorded in the same transaction that
+        # marks the next one "sending": one commit per message, and still nothing goes
+        # on the wire before the previous outcome is durable.
+        pending: Record | None = None
         try:
             connection = self.transport.connect()
-            while not self.stop.is_set():
-                with self.engine.begin() as conn:
-                    batch = outbox.claim(
-                        conn, self.dispatch.id, self.worker, self.settings.sending.batch_size
-                    )
-                if not batch:
-                    if not self._wait_for_more():
-                        return
-                    continue
-                for claimed in batch:
-                    if self.stop.is_set():
-                        return  # the rest of the batch goes back to the queue in finish()
-                    self.rate.wait(self.stop)
-                    self._send_one(connection, claimed)
+            with self.engine.connect() as db:
+                try:
+                    while not self.stop.is_set():
+                        with db.begin():
+                            pending = _flush(pending, db)
+                            batch = outbox.claim(
+                                db, self.dispatch.id, self.worker, self.settings.sending.batch_size
+                            )
+                        if not batch:
+                            if not self._wait_for_more():
+                                return
+                            continue
+                        for claimed in batch:
+                            if self.stop.is_set():
+                                return  # the rest of the batch goes back to the queue in finish()
+                            self.rate.wait(self.stop)
+                            data = self._build(claimed)
+                            with db.begin():
+                                pending = _flush(pending, db)
+                                outbox.mark_sending(db, claimed.id)
+                            pending = self._attempt(connection, claimed, data)
+                finally:
+                    if pending is not None:
+                        with db.begin():
+                            pending(db)
         except BaseException as exc:  # a bug or a database failure: stop everything, report it
             self.errors.append(exc)
             self.stop.set()
@@ -225,21 +251,17 @@ class Mailer:
         self.stop.wait(wait)
         return True
 
-    def _send_one(self, connection: object, claimed: outbox.Claimed) -> None:
-        data = self._build(claimed)
-        with self.engine.begin() as conn:
-            outbox.mark(conn, claimed.id, DeliveryStatus.SENDING, attempt=True)
+    def _attempt(self, connection: Connection, claimed: outbox.Claimed, data: bytes) -> Record:
+        """Send one message; return how to record what happened."""
         try:
-            reply = connection.send(self.dispatch.from_address, claimed.email, data)  # type: ignore[attr-defined]
+            reply = connection.send(self.dispatch.from_address, claimed.email, data)
         except PermanentFailure as failure:
-            self._failed(claimed, failure)
+            return partial(self._failed, claimed=claimed, failure=failure)
         except TemporaryFailure as failure:
-            self._deferred(claimed, failure)
-        else:
-            with self.engine.begin() as conn:
-                outbox.mark(conn, claimed.id, DeliveryStatus.SENT, reply=str(reply))
-            self.policy_streak = 0
-            self.tally.add("sent")
+            return partial(self._deferred, claimed=claimed, failure=failure)
+        self.policy_streak = 0
+        self.tally.add("sent")
+        return partial(outbox.mark_sent, delivery_id=claimed.id, reply=str(reply))
 
     def _build(self, claimed: outbox.Claimed) -> bytes:
         unsubscribe_token = self.signer.sign(Purpose.UNSUBSCRIBE, claimed.subscriber_id, self.list.id)
@@ -258,49 +280,39 @@ class Mailer:
             unsubscribe_mailto=self.template.unsubscribe_mailto(unsubscribe_token),
         )
 
-    def _failed(self, claimed: outbox.Claimed, failure: PermanentFailure) -> None:
-        with self.engine.begin() as conn:
-            outbox.mark(conn, claimed.id, DeliveryStatus.FAILED, reply=str(failure))
-            if failure.enhanced.startswith("5.1."):
-                # No such mailbox: never mail this address again.
-                outbox.mark_bounced(conn, claimed.subscriber_id, f"dispatch {self.dispatch.id}: {failure}")
+    def _failed(self, db: DbConnection, *, claimed: outbox.Claimed, failure: PermanentFailure) -> None:
+        outbox.mark(db, claimed.id, DeliveryStatus.FAILED, reply=str(failure))
+        if failure.enhanced.startswith("5.1."):
+            # No such mailbox: never mail this address again.
+            outbox.mark_bounced(db, claimed.subscriber_id, f"dispatch {self.dispatch.id}: {failure}")
         self.tally.add("failed")
         if failure.enhanced.startswith("5.7."):
             # Refused for a reason of ours (SPF, DKIM, reputation), not the address's fault.
             self.policy_streak += 1
             if self.policy_streak >= self.settings.sending.policy_failures_pause:
                 self._pause(
+                    db,
                     f"{self.policy_streak} messages in a row refused with {failure.enhanced} ({failure.text});"
-                    " check the sender domain's SPF and DKIM records and the server's policy, then run send again"
+                    " check the sender domain's SPF and DKIM records and the server's policy, then run send again",
                 )
         else:
             self.policy_streak = 0
 
-    def _deferred(self, claimed: outbox.Claimed, failure: TemporaryFailure) -> None:
+    def _deferred(self, db: DbConnection, *, claimed: outbox.Claimed, failure: TemporaryFailure) -> None:
         age = (utcnow() - outbox.as_utc(self.dispatch.created_at)).total_seconds()
         retry = self.settings.sending.retry_delay * (2 ** min(claimed.attempts, 16))
-        with self.engine.begin() as conn:
-            if age + retry > self.settings.sending.retry_max_age:
-                outbox.mark(
-                    conn,
-                    claimed.id,
-                    DeliveryStatus.FAILED,
-                    reply=f"gave up after {claimed.attempts + 1} attempts: {failure}",
-                )
-                self.tally.add("failed")
-                return
-            outbox.mark(
-                conn,
-                claimed.id,
-                DeliveryStatus.DEFERRED,
-                reply=str(failure),
-                next_attempt_at=utcnow() + dt.timedelta(seconds=retry),
-            )
+        if age + retry > self.settings.sending.retry_max_age:
+            reply = f"gave up after {claimed.attempts + 1} attempts: {failure}"
+            outbox.mark(db, claimed.id, DeliveryStatus.FAILED, reply=reply)
+            self.tally.add("failed")
+            return
+        next_attempt = utcnow() + dt.timedelta(seconds=retry)
+        outbox.mark(db, claimed.id, DeliveryStatus.DEFERRED, reply=str(failure), next_attempt_at=next_attempt)
         self.tally.add("deferred")
 
-    def _pause(self, reason: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(update(Dispatch).where(Dispatch.id == self.dispatch.id).values(paused_reason=reason))
+    def _pause(self, db: DbConnection, reason: str) -> None:
+        # In the caller's transaction: a second one would wait for the lock this thread holds.
+        db.execute(update(Dispatch).where(Dispatch.id == self.dispatch.id).values(paused_reason=reason))
         self.dispatch.paused_reason = reason
         self.stop.set()
 

@@ -34,6 +34,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 # How each byte appears in quoted-printable: printable ASCII as itself, all else as =XX.
 _QP = [bytes([b]) if 33 <= b <= 126 and b != ord("=") else b"=%02X" % b for b in range(256)]
 _QP[ord(" ")] = b" "
+# Printable ASCII without "=", not starting with a dot: quoted-printable leaves it as it is.
+_PLAIN = re.compile(r"[\x21-\x2d\x2f-\x3c\x3e-\x7e][\x20-\x3c\x3e-\x7e]*")
 _QP[ord("\t")] = b"\t"
 
 
@@ -48,6 +50,8 @@ def qp_encode(text: str, *, soft_end: bool) -> bytes:
     With ``soft_end`` the last line ends in a soft line break, so that what
     follows continues the same decoded line.
     """
+    if soft_end and len(text) < MAX_LINE - 1 and _PLAIN.fullmatch(text):
+        return text.encode("ascii") + b"=" + CRLF  # a short plain value: the common case, fast
     lines = text.replace("\r\n", "\n").split("\n")
     out: list[bytes] = []
     for number, line in enumerate(lines):

@@ -31,6 +31,7 @@ from sqlalchemy import (
     Integer,
     String,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -356,6 +357,30 @@ def mark(
     if attempt:
         values["attempts"] = Delivery.attempts + 1
     conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
+
+
+# The two transitions every message makes, built once: constructing a statement costs
+# more than running it, and these run twice per message.
+_SENDING = (
+    update(Delivery)
+    .where(Delivery.id == bindparam("b_id"))
+    .values(status=DeliveryStatus.SENDING, attempts=Delivery.attempts + 1, updated_at=bindparam("b_now"))
+)
+_SENT = (
+    update(Delivery)
+    .where(Delivery.id == bindparam("b_id"))
+    .values(status=DeliveryStatus.SENT, reply=bindparam("b_reply"), updated_at=bindparam("b_now"))
+)
+
+
+def mark_sending(conn: Connection, delivery_id: int) -> None:
+    """Record that this delivery is going on the wire now."""
+    conn.execute(_SENDING, {"b_id": delivery_id, "b_now": utcnow()})
+
+
+def mark_sent(conn: Connection, delivery_id: int, reply: str) -> None:
+    """Record the server's acceptance."""
+    conn.execute(_SENT, {"b_id": delivery_id, "b_reply": reply[:2000], "b_now": utcnow()})
 
 
 def mark_bounced(conn: Connection, subscriber_id: int, detail: str) -> None:

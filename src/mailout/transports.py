@@ -180,23 +180,44 @@ class SmtpConnection:
         if self.client is None:
             self.client = self._open()
         client = self.client
+        replies: list[tuple[int, bytes]] = []
         try:
-            code, text = client.mail(sender)
-            if code != 250:
-                self._fail(code, text, reset=True)
-            code, text = client.rcpt(recipient)
-            if code not in (250, 251):
-                self._fail(code, text, reset=True)
+            if client.has_extn("pipelining"):
+                # RFC 2920: MAIL, RCPT and DATA in one round trip instead of three.
+                client.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii"))
+                for _ in range(3):
+                    replies.append(client.getreply())
+                (mail, mail_text), (rcpt, rcpt_text), (data_code, data_text) = replies
+                if data_code == 354 and (mail != 250 or rcpt not in (250, 251)):
+                    client.send(
+                        b".\r\n"
+                    )  # a server that took DATA anyway gets an empty message, refused below
+                    client.getreply()
+                for code, text in ((mail, mail_text), (rcpt, rcpt_text)):
+                    if code not in (250, 251):
+                        self._fail(code, text, reset=True)
+                if data_code != 354:
+                    self._fail(data_code, data_text, reset=True)
+            else:
+                code, text = client.mail(sender)
+                if code != 250:
+                    self._fail(code, text, reset=True)
+                code, text = client.rcpt(recipient)
+                if code not in (250, 251):
+                    self._fail(code, text, reset=True)
+                code, text = client.docmd("DATA")
+                if code != 354:
+                    self._fail(code, text, reset=True)
             # The body never has a line starting with "." (message.py encodes it), so the
             # DATA phase needs no dot stuffing: smtplib's would cost most of its CPU time.
-            code, text = client.docmd("DATA")
-            if code != 354:
-                self._fail(code, text, reset=True)
             client.send(data if data.endswith(b"\r\n") else data + b"\r\n")
             client.send(b".\r\n")
             code, text = client.getreply()
         except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
             self.close()
+            closing = [text for code, text in replies if code == 421]
+            if closing:  # "421 closing connection" to a pipelined command, then the hang-up
+                raise TemporaryFailure(421, _text(closing[0])) from None
             raise TemporaryFailure(0, f"connection lost: {exc}") from None
         if code == 421:
             self.close()

@@ -1,0 +1,195 @@
+"""Benchmark a dispatch: the example issue to 100,000 subscribers, into Postfix's smtp-sink.
+
+Run from the repository root:  python bench/dispatch.py [--recipients N] [--no-postgres]
+It needs Debian's postfix package for smtp-sink and smtp-source
+(``apt-get install postfix``; the Postfix daemon itself is not used and not started).
+
+For SQLite and PostgreSQL, it runs ``mailout send`` with the default settings
+(concurrency, batch size) as a child process into ``smtp-sink`` on loopback,
+and reports messages per second, CPU seconds and peak memory (max RSS) of that
+process; for 10,000 recipients too, to compare memory. In the same run it
+measures the ceiling: ``smtp-source`` pushing one of the same messages, as many
+times, over as many connections, into the same sink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SENDER = "newsletter@efus.example"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_sink(port: int) -> subprocess.Popen[bytes]:
+    command = ["smtp-sink", "-4"]
+    if os.geteuid() == 0:
+        command += ["-u", "nobody"]
+    sink = subprocess.Popen([*command, f"127.0.0.1:{port}", "1024"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return sink
+        except OSError:
+            time.sleep(0.05)
+    sink.kill()
+    raise RuntimeError("smtp-sink did not start")
+
+
+def workspace(folder: Path, url: str, port: int) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "mailout.toml").write_text(
+        f'[newsletter]\nname = "Efus Newsletter"\npublic_base_url = "https://news.example"\n'
+        f'postal_address = "10 rue de l\'Exemple, Paris"\n[sender]\nname = "Efus Newsletter"\naddress = "{SENDER}"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "plain"\n'
+        f'[database]\nurl = "{url}"\n[lists.members]\nsegment = "member"\n',
+        encoding="utf-8",
+    )
+    shutil.copytree(ROOT / "issues" / "2019-01", folder / "issues" / "2019-01")
+    return folder
+
+
+def fill(url: str, recipients: int) -> None:
+    """Create the schema and ``recipients`` subscribers on the members list, quickly."""
+    from sqlalchemy import insert
+
+    from mailout.db import make_engine, upgrade
+    from mailout.models import MailingList, Subscriber, Subscription, utcnow
+
+    upgrade(url)
+    engine = make_engine(url)
+    now = utcnow()
+    with engine.begin() as conn:
+        list_id = conn.execute(insert(MailingList).values(name="members", segment="member", description="", created_at=now)).inserted_primary_key[0]  # type: ignore[index]
+        for start in range(0, recipients, 10_000):
+            rows = [
+                {"email": f"reader{n}@city{n % 997}.example", "name": f"Reader {n}", "organisation": "", "language": "en",
+                 "status": "subscribed", "created_at": now, "updated_at": now}
+                for n in range(start, min(start + 10_000, recipients))
+            ]  # fmt: skip
+            ids = conn.execute(insert(Subscriber).returning(Subscriber.id, sort_by_parameter_order=True), rows).scalars().all()
+            conn.execute(
+                insert(Subscription),
+                [{"subscriber_id": i, "list_id": list_id, "status": "subscribed", "created_at": now, "updated_at": now} for i in ids],
+            )
+    engine.dispose()
+
+
+def run_send(folder: Path) -> dict[str, float]:
+    env = {**os.environ, "MAILOUT_SECRET_KEY": "benchmark-key-0123456789"}
+    env.pop("MAILOUT_DATABASE_URL", None)
+    start = time.perf_counter()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mailout", "send", "2019-01", "--list", "members", "--yes"],
+        cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - start
+    output = child.stdout.read().decode() if child.stdout else ""
+    if child.stdout:
+        child.stdout.close()
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0 or "finished" not in output:
+        raise RuntimeError(f"send failed: {output}")
+    return {"seconds": seconds, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024}
+
+
+def message_file(folder: Path) -> Path:
+    """One message exactly as mailout builds it, for smtp-source to send."""
+    from mailout.config import load_settings
+    from mailout.issues import Segment, load_issue
+    from mailout.message import Addressing, MessageTemplate
+    from mailout.render import Recipient, render_variant
+
+    settings = load_settings(folder)
+    variant = render_variant(load_issue(folder / "issues" / "2019-01" / "issue.yaml"), settings, Segment.MEMBER)
+    template = MessageTemplate(variant, Addressing("Efus Newsletter", SENDER, list_name="members"))
+    data = template.build(
+        to_name="Reader 1", to_address="reader1@city1.example", message_id=f"bench.1@{template.addressing.domain}",
+        recipient=Recipient("Reader", "https://news.example/unsubscribe/x", "https://news.example/issues/2019-01"),
+        unsubscribe_mailto=template.unsubscribe_mailto("x"),
+    )  # fmt: skip
+    path = folder / "message.eml"
+    path.write_bytes(data)
+    return path
+
+
+def run_source(port: int, path: Path, count: int, sessions: int) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        ["smtp-source", "-s", str(sessions), "-m", str(count), "-F", str(path), "-f", SENDER, "-t", "reader@city.example", f"127.0.0.1:{port}"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipients", type=int, default=100_000)
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("smtp-sink") is None:
+        sys.exit("smtp-sink not found: apt-get install postfix (the daemon need not run)")
+    sys.path.insert(0, str(ROOT))
+    from mailout.config import Sending
+
+    concurrency = Sending().concurrency
+    port = free_port()
+    sink = start_sink(port)
+    results = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="mailout-dispatch-") as scratch:
+            base = Path(scratch)
+            databases = [("SQLite", lambda name: f"sqlite:///{base / name}.db")]
+            server = None
+            if not args.no_postgres:
+                from tests.postgres import PostgresServer, find_pg_bin
+
+                if find_pg_bin() is not None:
+                    server = PostgresServer(base / "pg")
+                    server.start()
+                    databases.append(("PostgreSQL", lambda name: server.create_database(name)))  # type: ignore[union-attr]
+            try:
+                for label, make_url in databases:
+                    for n in (args.recipients, args.recipients // 10):
+                        name = f"{label.lower()}_{n}"
+                        url = make_url(name)
+                        folder = workspace(base / name, url, port)
+                        fill(url, n)
+                        measured = run_send(folder)
+                        ceiling = run_source(port, message_file(folder), n, concurrency)
+                        results.append((label, n, measured, ceiling, (folder / "message.eml").stat().st_size))
+            finally:
+                if server is not None:
+                    server.stop()
+    finally:
+        sink.kill()
+        sink.wait()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    print(f"Machine: {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}; concurrency {concurrency}\n")
+    print("| database | recipients | message | time | messages/s | smtp-source messages/s | ratio | CPU | peak memory |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, n, m, ceiling, size in results:
+        rate = n / m["seconds"]
+        print(
+            f"| {label} | {n:,} | {size / 1000:.0f} KB | {m['seconds']:.1f} s | {rate:,.0f} | {ceiling:,.0f} | {rate / ceiling:.2f}x"
+            f" | {m['cpu']:.1f} s | {m['rss_mb']:.0f} MB |"
+        )
+
+
+if __name__ == "__main__":
+    main()
