@@ -109,6 +109,7 @@ def test_import_reports_every_row_and_normalises(engine: Engine, tmp_path: Path)
     )
     report = import_file(engine, path, MEMBERS)
     assert (report.rows, report.added, report.duplicates, report.invalid) == (7, 3, 1, 3)
+    assert added_up(report) == report.rows
     lines = dict(report.problems)
     assert set(lines) == {4, 6, 7}, "each invalid row is reported with the line it starts on"
     assert "invalid address 'not-an-address'" in lines[4]
@@ -396,3 +397,69 @@ def test_import_of_a_missing_or_unusable_file_is_a_clean_error(db_workspace: Pat
     write_csv(tmp_path / "nomail.csv", "name,organisation\nAna,X\n")
     code, out = run("subscribers", "import", str(tmp_path / "nomail.csv"), "--list", "members")
     assert code == 1 and "email" in out
+
+
+def added_up(report: object) -> int:
+    r = report
+    return r.added + r.updated + r.unchanged + r.kept_out + r.duplicates + r.invalid  # type: ignore[attr-defined]
+
+
+def test_a_chunk_of_only_duplicates_imports(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mailout.importer.CHUNK", 2)
+    path = write_csv(
+        tmp_path / "m.csv", "email\na@example.org\nb@example.org\nA@example.org\nb@EXAMPLE.org\n"
+    )
+    report = import_file(engine, path, MEMBERS)
+    assert (report.added, report.duplicates) == (2, 2)
+    assert added_up(report) == report.rows == 4
+
+
+def test_the_case_of_an_address_never_makes_a_second_person(engine: Engine, tmp_path: Path) -> None:
+    import_file(engine, write_csv(tmp_path / "a.csv", "email\nana@example.org\n"), MEMBERS)
+    with transaction(engine) as session:
+        people.unsubscribe(session, people.find(session, "ANA@Example.org"), Source.LINK)
+    again = import_file(engine, write_csv(tmp_path / "b.csv", "email\nAna@EXAMPLE.ORG\n"), MEMBERS)
+    assert (again.added, again.kept_out) == (0, 1)
+    assert count(engine, Subscriber) == 1
+
+
+def test_sync_never_removes_on_the_word_of_a_file_with_bad_rows(engine: Engine, tmp_path: Path) -> None:
+    path = write_csv(
+        tmp_path / "members.csv", "email,language\na@example.org,en\nbob@example.org,en\nc@example.org,en\n"
+    )
+    import_file(engine, path, MEMBERS)
+    write_csv(path, "email,language\na@example.org,en\nbob@example.org,English\n")
+    report = import_file(engine, path, MEMBERS, remove_missing=True)
+    assert report.invalid == 1 and report.removal_refused
+    assert report.missing_sample == ["c@example.org"], "bob is in the file, only his language is wrong"
+    assert report.removed == 0
+    with transaction(engine) as session:
+        assert {m.status for m in people.memberships(session, people.find(session, "c@example.org"))} == {
+            "subscribed"
+        }
+
+
+def test_a_bounce_ends_every_list_and_resubscribing_brings_back_one(engine: Engine, tmp_path: Path) -> None:
+    from mailout.outbox import mark_bounced
+
+    path = write_csv(tmp_path / "m.csv", "email\nana@example.org\n")
+    import_file(engine, path, MEMBERS)
+    import_file(engine, path, PUBLIC)
+    with transaction(engine) as session:
+        ana = people.find(session, "ana@example.org")
+        mark_bounced(session.connection(), ana.id, "550 5.1.1 no such mailbox")
+    with transaction(engine) as session:
+        ana = people.find(session, "ana@example.org")
+        assert ana.status is SubscriberStatus.BOUNCED
+        assert {m.status for m in people.memberships(session, ana)} == {"unsubscribed"}
+        people.resubscribe(session, ana, people.ensure_list(session, PUBLIC), reason="asked for public only")
+    with transaction(engine) as session:
+        ana = people.find(session, "ana@example.org")
+        assert {m.list_name: m.status for m in people.memberships(session, ana)} == {
+            "members": "unsubscribed",
+            "public": "subscribed",
+        }
+        with pytest.raises(people.InvalidSubscriber, match="already"):
+            people.resubscribe(session, ana, people.ensure_list(session, PUBLIC), reason="again")

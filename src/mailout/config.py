@@ -294,8 +294,8 @@ def _read_lists(path: Path, text: str, tables: Any) -> tuple[MailingList, ...]:
     found = []
     for name, table in tables.items():
         where = f"{_where(path, text, f'lists.{name}')}: lists.{name}"
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
-            raise ConfigError(f"{where}: a list name is lower-case letters, digits, '-' or '_'")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", name):
+            raise ConfigError(f"{where}: a list name is up to 64 lower-case letters, digits, '-' or '_'")
         for key, value in table.items():
             if key not in ("segment", "description"):
                 raise ConfigError(
@@ -303,6 +303,8 @@ def _read_lists(path: Path, text: str, tables: Any) -> tuple[MailingList, ...]:
                 )
             if not isinstance(value, str):
                 raise ConfigError(f"{where}.{key}: expected a string, got {value!r}")
+        if len(table.get("description", "")) > 500:
+            raise ConfigError(f"{where}.description: at most 500 characters")
         segment = table.get("segment", "public")
         if segment not in ("member", "public"):
             raise ConfigError(f"{where}.segment: must be 'member' or 'public', got {segment!r}")

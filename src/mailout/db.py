@@ -20,7 +20,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import DatabaseError as SQLAlchemyDatabaseError
 from sqlalchemy.exc import NoSuchModuleError as NoSuchDriver
 from sqlalchemy.orm import Session
 
@@ -34,7 +35,7 @@ def make_engine(url: str) -> Engine:
     """Return an engine for ``url``, configured for mailout's use of it."""
     try:
         engine = create_engine(url, pool_pre_ping=url.startswith("postgresql"))
-    except (ArgumentError, NoSuchDriver) as exc:
+    except (ArgumentError, NoSuchDriver, ValueError, ImportError) as exc:
         raise DatabaseError(f"cannot use database URL {safe_url(url)!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_connect)
@@ -108,7 +109,7 @@ def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
 def _checked(call: Any, url: str) -> Any:
     try:
         return call()
-    except OperationalError as exc:
+    except SQLAlchemyDatabaseError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise DatabaseError(f"cannot open database {safe_url(url)}: {reason}") from None
 
@@ -119,6 +120,11 @@ def open_engine(url: str) -> Engine:
     revision = _checked(lambda: current_revision(engine), url)
     if revision != head_revision():
         engine.dispose()
+        known = {r.revision for r in ScriptDirectory.from_config(alembic_config(url)).walk_revisions()}
+        if revision is not None and revision not in known:
+            raise DatabaseError(
+                f"the database {safe_url(url)} is at schema {revision}, made by a newer mailout: upgrade mailout"
+            )
         state = (
             "has no mailout tables" if revision is None else f"is at schema {revision}, not {head_revision()}"
         )

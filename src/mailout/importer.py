@@ -62,6 +62,8 @@ class ImportReport:
     missing: int = 0
     missing_sample: list[str] = field(default_factory=list)
     removed: int = 0
+    #: --remove-missing was asked for, but the file had invalid rows: nobody was removed.
+    removal_refused: bool = False
     format: csvfile.CsvFormat | None = None
 
     def note_invalid(self, line: int, reason: str) -> None:
@@ -133,7 +135,10 @@ def import_file(
                     if progress and len(chunk) == CHUNK:  # a long file: say it is alive
                         progress(report.rows)
                 if report_missing or remove_missing:
-                    _missing(session, lst, name, report, remove=remove_missing)
+                    # A file with bad rows may be missing people only because of them:
+                    # never unsubscribe anyone on the word of such a file.
+                    report.removal_refused = remove_missing and report.invalid > 0
+                    _missing(session, lst, name, report, remove=remove_missing and not report.removal_refused)
                 if dry_run:
                     transaction.rollback()
                 else:
@@ -156,36 +161,47 @@ def _import_chunk(
     session: Session, lst: MailingList, rows: list[csvfile.Row], name: str, report: ImportReport
 ) -> None:
     conn = session.connection()
+    # Keyed by the lower-cased address: Ana@ and ana@ are one person.
     candidates: dict[str, _Candidate] = {}
+    # A row with a valid address but a bad field is invalid, yet the person is in the
+    # file: sync must not count them as missing.
+    seen_invalid: dict[str, int] = {}
     for row in rows:
         report.rows += 1
+        email = ""
         try:
             email = normalise_email(row.email)
             fields = clean_fields(row.name, row.organisation, row.language)
         except InvalidSubscriber as exc:
             report.note_invalid(row.line, str(exc))
+            if email:
+                seen_invalid.setdefault(email.lower(), row.line)
             continue
         candidate = _Candidate(row.line, email, *fields)
-        if email in candidates:
+        key = email.lower()
+        if key in candidates:
             report.duplicates += 1
-            candidates[email].fill_from(candidate)
+            candidates[key].fill_from(candidate)
         else:
-            candidates[email] = candidate
-    if not candidates:
+            candidates[key] = candidate
+    keys = set(candidates) | set(seen_invalid)
+    if not keys:
         return
     # Rows seen in an earlier chunk are duplicates too: they fill blanks of the stored row only.
-    earlier = dict(
-        conn.execute(select(_SEEN.c.email, _SEEN.c.line).where(_SEEN.c.email.in_(candidates))).all()
-    )
-    conn.execute(
-        insert(_SEEN), [{"email": c.email, "line": c.line} for e, c in candidates.items() if e not in earlier]
-    )
+    earlier = dict(conn.execute(select(_SEEN.c.email, _SEEN.c.line).where(_SEEN.c.email.in_(keys))).all())
+    fresh = {key: c.line for key, c in candidates.items()} | seen_invalid
+    new_seen = [{"email": key, "line": line} for key, line in fresh.items() if key not in earlier]
+    if new_seen:
+        conn.execute(insert(_SEEN), new_seen)
+    if not candidates:
+        return
     existing = {
-        row.email: row
+        row.email_key: row
         for row in conn.execute(
             select(
                 Subscriber.id,
                 Subscriber.email,
+                Subscriber.email_key,
                 Subscriber.name,
                 Subscriber.organisation,
                 Subscriber.language,
@@ -196,7 +212,7 @@ def _import_chunk(
                 Subscription,
                 and_(Subscription.subscriber_id == Subscriber.id, Subscription.list_id == lst.id),
             )
-            .where(Subscriber.email.in_(candidates))
+            .where(Subscriber.email_key.in_(candidates))
         )
     }
     now = utcnow()
@@ -237,6 +253,7 @@ def _import_chunk(
             [
                 {
                     "email": c.email,
+                    "email_key": c.email.lower(),
                     "name": c.name,
                     "organisation": c.organisation,
                     "language": c.language,
@@ -311,21 +328,21 @@ def _missing(session: Session, lst: MailingList, name: str, report: ImportReport
     """Count (and with ``remove``, unsubscribe) those on the list but not in the file, a page at a time."""
     conn: Connection = session.connection()
     query = (
-        select(Subscription.id, Subscriber.id.label("subscriber_id"), Subscriber.email)
+        select(Subscription.id, Subscriber.id.label("subscriber_id"), Subscriber.email, Subscriber.email_key)
         .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
-        .outerjoin(_SEEN, _SEEN.c.email == Subscriber.email)
+        .outerjoin(_SEEN, _SEEN.c.email == Subscriber.email_key)
         .where(
             Subscription.list_id == lst.id,
             Subscription.status == SubscriptionStatus.SUBSCRIBED,
             _SEEN.c.email.is_(None),
         )
-        .order_by(Subscriber.email)
+        .order_by(Subscriber.email_key)
         .limit(CHUNK)
     )
     now = utcnow()
     last = ""
-    while page := conn.execute(query.where(Subscriber.email > last)).all():
-        last = page[-1].email
+    while page := conn.execute(query.where(Subscriber.email_key > last)).all():
+        last = page[-1].email_key
         report.missing += len(page)
         report.missing_sample += [row.email for row in page][: max(0, 20 - len(report.missing_sample))]
         if not remove:

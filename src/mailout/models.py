@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import (
     DateTime,
@@ -82,12 +83,19 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+def _email_key(context: Any) -> str:
+    return str(context.get_current_parameters()["email"]).lower()
+
+
 class Subscriber(Base):
     __tablename__ = "subscribers"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    #: Normalised: trimmed, domain lower-cased and IDNA-encoded.
+    #: Normalised: trimmed, domain lower-cased and IDNA-encoded; the local part as written.
     email: Mapped[str] = mapped_column(String(320), unique=True)
+    #: The address lower-cased: unique, so that Ana@ and ana@ are one person (mail systems
+    #: ignore the case of the local part in practice), and someone who left stays out.
+    email_key: Mapped[str] = mapped_column(String(320), unique=True, default=_email_key)
     name: Mapped[str] = mapped_column(String(200), default="")
     organisation: Mapped[str] = mapped_column(String(200), default="")
     language: Mapped[str] = mapped_column(String(16), default="")

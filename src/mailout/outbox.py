@@ -391,6 +391,15 @@ def mark_bounced(conn: Connection, subscriber_id: int, detail: str) -> None:
         .values(status=SubscriberStatus.BOUNCED, updated_at=utcnow())
     ).rowcount
     if changed:
+        # Every list ends: resubscribing later brings back only the list it names.
+        conn.execute(
+            update(Subscription)
+            .where(
+                Subscription.subscriber_id == subscriber_id,
+                Subscription.status == SubscriptionStatus.SUBSCRIBED,
+            )
+            .values(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=utcnow())
+        )
         conn.execute(
             insert(ConsentEvent).values(
                 subscriber_id=subscriber_id,

@@ -109,7 +109,7 @@ def find(session: Session, email: str) -> Subscriber:
         address = normalise_email(email)
     except InvalidSubscriber:
         address = email.strip()
-    found = session.scalars(select(Subscriber).where(Subscriber.email == address)).one_or_none()
+    found = session.scalars(select(Subscriber).where(Subscriber.email_key == address.lower())).one_or_none()
     if found is None:
         raise SubscriberNotFound(f"no subscriber with the address '{email.strip()}'")
     return found
@@ -161,9 +161,11 @@ def add(
     """
     address = normalise_email(email)
     name, organisation, language = clean_fields(name, organisation, language)
-    person = session.scalars(select(Subscriber).where(Subscriber.email == address)).one_or_none()
+    person = session.scalars(select(Subscriber).where(Subscriber.email_key == address.lower())).one_or_none()
     if person is None:
-        person = Subscriber(email=address, name=name, organisation=organisation, language=language)
+        person = Subscriber(
+            email=address, email_key=address.lower(), name=name, organisation=organisation, language=language
+        )
         session.add(person)
         session.flush()
     elif person.status is not SubscriberStatus.SUBSCRIBED:
@@ -205,8 +207,15 @@ def resubscribe(session: Session, person: Subscriber, lst: MailingList, *, reaso
     """Subscribe again someone who left or bounced, recording who decided and why."""
     if not reason.strip():
         raise InvalidSubscriber("a resubscription needs a reason (--reason), kept in the consent history")
-    person.status = SubscriberStatus.SUBSCRIBED
     existing = subscription(session, person, lst)
+    if (
+        person.status is SubscriberStatus.SUBSCRIBED
+        and existing
+        and existing.status is SubscriptionStatus.SUBSCRIBED
+    ):
+        raise InvalidSubscriber(f"{person.email} is subscribed to '{lst.name}' already")
+    # Only the named list comes back: a bounce or a global unsubscribe ended every other one.
+    person.status = SubscriberStatus.SUBSCRIBED
     if existing is None:
         session.add(Subscription(subscriber_id=person.id, list_id=lst.id))
     else:

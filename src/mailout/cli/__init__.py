@@ -6,10 +6,12 @@ traceback means a bug in mailout, never a mistake of the user's.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
+import sqlalchemy.exc
 
 from .. import __version__
 from ..errors import IssueError, MailoutError
@@ -36,6 +38,11 @@ class MailoutGroup(click.Group):
             ctx.exit(1)
         except MailoutError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(1)
+        except sqlalchemy.exc.OperationalError as exc:
+            # A database gone away or locked for too long mid-command.
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            click.secho(f"error: database: {reason}", fg="red", err=True)
             ctx.exit(1)
         except OSError as exc:
             # A folder where a file should be, a read-only disk, a missing permission: the
@@ -114,4 +121,8 @@ for command in (
 
 def main() -> None:
     """Run the command line."""
-    cli(prog_name="mailout")
+    try:
+        cli(prog_name="mailout")
+    except BrokenPipeError:  # `mailout subscribers export | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        sys.exit(0)

@@ -18,6 +18,7 @@ from ..models import Source
 from .state import State, pass_state
 
 SHOWN_PROBLEMS = 50
+STATUSES = ["subscribed", "unsubscribed", "bounced", "complained"]
 
 
 @click.group()
@@ -53,11 +54,12 @@ def _print_report(report: ImportReport) -> None:
     for line, email, reason in report.kept_out_rows[:SHOWN_PROBLEMS]:
         click.echo(f"{report.file}:{line}: kept out {email}: {reason}", err=True)
     if report.missing:
-        action = (
-            "unsubscribed (source: sync)"
-            if report.removed
-            else "still subscribed; --remove-missing unsubscribes them"
-        )
+        if report.removed:
+            action = "unsubscribed (source: sync)"
+        elif report.removal_refused:
+            action = f"still subscribed: the file has {report.invalid:,} invalid rows; fix them before --remove-missing"
+        else:
+            action = "still subscribed; --remove-missing unsubscribes them"
         click.echo(f"  on the list but not in the file: {report.missing:,}, {action}")
         for email in report.missing_sample:
             click.echo(f"    {email}")
@@ -126,6 +128,14 @@ def sync_command(state: State, remove_missing: bool, dry_run: bool) -> None:
     if not pairs:
         expected = ", ".join(f"{lst.name}.csv" for lst in state.settings.lists)
         raise MailoutError(f"no list files in {display_path(folder)}/ (expected {expected})")
+    configured = {path.name for _, path in pairs}
+    for stray in sorted(folder.glob("*.csv")):
+        if stray.name not in configured:
+            click.secho(
+                f"{display_path(stray)}: no [lists.{stray.stem}] in mailout.toml; not imported",
+                fg="yellow",
+                err=True,
+            )
     for lst, path in pairs:
         report = import_file(
             state.engine(),
@@ -256,8 +266,8 @@ def show_command(state: State, email: str) -> None:
 
 @subscribers.command("list")
 @click.option("--list", "list_name", help="Only this list.")
-@click.option("--status", help="Only this status (subscribed, unsubscribed, bounced, complained).")
-@click.option("--limit", type=int, default=0, help="Stop after this many (default: all).")
+@click.option("--status", type=click.Choice(STATUSES), help="Only this status.")
+@click.option("--limit", type=click.IntRange(min=0), default=0, help="Stop after this many (default: all).")
 @pass_state
 def list_command(state: State, list_name: str | None, status: str | None, limit: int) -> None:
     """List subscribers, one per line, ordered by address.
@@ -266,6 +276,8 @@ def list_command(state: State, list_name: str | None, status: str | None, limit:
     Example:
         mailout subscribers list --list members --status subscribed
     """
+    if list_name:
+        state.settings.mailing_list(list_name)  # an unknown list is an error, not an empty answer
     with transaction(state.engine()) as session:
         for shown, (person, state_name) in enumerate(
             people.members(session, list_name=list_name, status=status), start=1
@@ -295,7 +307,7 @@ def count_command(state: State) -> None:
 
 @subscribers.command("export")
 @click.option("--list", "list_name", help="Only this list.")
-@click.option("--status", help="Only this status.")
+@click.option("--status", type=click.Choice(STATUSES), help="Only this status.")
 @click.option(
     "-o",
     "--output",
