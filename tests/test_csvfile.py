@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import csv
 import io
 import re
 import tracemalloc
@@ -21,6 +23,7 @@ from mailout.csvfile import (
     write_rows,
 )
 from mailout.errors import CsvError, MailoutError
+from mailout.subscribers import InvalidSubscriber, clean_fields, normalise_email
 
 SUBSCRIBERS = Path(__file__).resolve().parent.parent / "subscribers"
 
@@ -119,6 +122,101 @@ def test_unknown_forced_encoding(tmp_path: Path) -> None:
     path = write(tmp_path, b"email\na@example.org\n")
     with pytest.raises(CsvError, match="unknown encoding 'klingon'"):
         read_all(path, encoding="klingon")
+
+
+@pytest.mark.parametrize("encoding", ["rot13", "base64", "hex", "zlib"])
+def test_a_forced_encoding_must_be_a_text_encoding(tmp_path: Path, encoding: str) -> None:
+    path = write(tmp_path, b"email\na@example.org\n")
+    with pytest.raises(CsvError, match=rf"list\.csv: '{encoding}' is not a text encoding"):
+        read_all(path, encoding=encoding)
+
+
+def test_forced_utf16_without_a_bom_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, b"email\na@example.org\n")
+    with pytest.raises(CsvError, match=r"list\.csv:1: not valid utf-16 text \(.*BOM"):
+        read_all(path, encoding="utf-16")
+
+
+# Mixed encodings: UTF-8 lines, then a row pasted in from a Windows-1252 file.
+
+MIXED_HEAD = "email,name\nmarie@example.org,Marie Lefèvre\nann@example.org,Ann Lee\n".encode()
+
+
+def test_utf8_with_a_cp1252_row_is_refused_not_garbled(tmp_path: Path) -> None:
+    path = write(tmp_path, MIXED_HEAD + "renee@example.org,Renée Café\n".encode("cp1252"), "members.csv")
+    with pytest.raises(CsvError) as caught:
+        detect_encoding(path)
+    message = str(caught.value)
+    assert re.search(r"members\.csv:4: not valid UTF-8, although line 2 is UTF-8", message)
+    assert "mixes encodings" in message and "CSV UTF-8" in message
+    with pytest.raises(CsvError, match=r"members\.csv:4: .*mixes encodings"):
+        read_all(path)
+
+
+def test_a_cp1252_row_before_utf8_lines_is_refused_too(tmp_path: Path) -> None:
+    data = b"email,name\n" + "renee@example.org,Renée\n".encode("cp1252") + MIXED_HEAD[11:]
+    with pytest.raises(CsvError, match=r"list\.csv:2: not valid UTF-8, although line 3 is UTF-8"):
+        read_all(write(tmp_path, data))
+
+
+def test_mixed_encodings_are_found_far_apart_in_a_large_file(tmp_path: Path) -> None:
+    filler = b"".join(b"person%d@example.org,Person %d\n" % (i, i) for i in range(10_000))
+    data = MIXED_HEAD + filler + "renee@example.org,Renée\n".encode("cp1252")
+    assert len(data) > 4 * 65_536
+    with pytest.raises(CsvError, match=r"list\.csv:10004: not valid UTF-8, although line 2"):
+        detect_encoding(write(tmp_path, data))
+
+
+def test_an_invalid_byte_right_after_a_chunk_boundary_names_its_line(tmp_path: Path) -> None:
+    for pad in range(65_530, 65_540):
+        data = "email\né@example.org\n".encode() + b"a" * pad + b"\n\xe9@example.org\n"
+        with pytest.raises(CsvError, match=r"list\.csv:4: not valid UTF-8, although line 2"):
+            detect_encoding(write(tmp_path, data))
+
+
+def test_high_bytes_without_any_utf8_character_are_still_cp1252(tmp_path: Path) -> None:
+    # "é" then "»" in Windows-1252 is E9 BB: not a UTF-8 sequence (E9 needs two continuation bytes).
+    path = write(tmp_path, "email,name\na@example.org,Zoé »\n".encode("cp1252"))
+    assert detect_encoding(path) == "cp1252"
+    assert read_all(path)[1] == [Row(2, "a@example.org", "Zoé »", "", "")]
+
+
+# UTF-16 and workbooks: what Excel's other "Save as" choices give.
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_excel_unicode_text_is_utf16_and_tabs(tmp_path: Path, codec: str) -> None:
+    bom = codecs.BOM_UTF16_LE if codec == "utf-16-le" else codecs.BOM_UTF16_BE
+    text = 'E-mail\tNom\r\nzoe@example.org\tZoë Müller\r\n\r\nłucja@example.pl\t"Łucja\r\nW."\r\nx@example.org\tX\r\n'
+    path = write(tmp_path, bom + text.encode(codec))
+    assert detect_encoding(path) == "utf-16"
+    fmt, rows = read_all(path)
+    assert (fmt.encoding, fmt.delimiter) == ("utf-16", "\t")
+    assert fmt.columns == {"email": "E-mail", "name": "Nom"}
+    assert rows == [
+        Row(2, "zoe@example.org", "Zoë Müller", "", ""),
+        Row(4, "łucja@example.pl", "Łucja\r\nW.", "", ""),
+        Row(6, "x@example.org", "X", "", ""),
+    ]
+
+
+def test_a_broken_utf16_file_names_the_line(tmp_path: Path) -> None:
+    text = "email\tname\na@example.org\tAnn\nb@example.org\tBo\ud800\n"
+    path = write(tmp_path, codecs.BOM_UTF16_LE + text.encode("utf-16-le", "surrogatepass"))
+    with pytest.raises(CsvError, match=r"list\.csv:3: not valid utf-16 text"):
+        read_all(path)
+
+
+@pytest.mark.parametrize("encoding", [None, "utf-8", "cp1252"])
+@pytest.mark.parametrize(
+    "start", [b"PK\x03\x04\x14\x00\x06\x00\x08\x00", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1\x00\x00"]
+)
+def test_an_excel_workbook_is_not_a_csv_file(tmp_path: Path, start: bytes, encoding: str | None) -> None:
+    path = write(tmp_path, start + b"\x00!\x00", "members.xlsx")
+    options = {"encoding": encoding} if encoding else {}
+    with pytest.raises(CsvError, match=r"members\.xlsx: this is an Excel workbook, not a CSV") as caught:
+        read_all(path, **options)
+    assert "CSV UTF-8" in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -249,9 +347,44 @@ def test_a_row_without_email_is_still_yielded(tmp_path: Path) -> None:
     assert rows == [Row(2, "", "Ann", "", "")]
 
 
-def test_nul_byte_names_file_and_line(tmp_path: Path) -> None:
-    path = write(tmp_path, b"email,name\na@example.org,Ann\nb@exam\x00ple.org,Bo\n")
-    with pytest.raises(CsvError, match=r"list\.csv:3: NUL character"):
+def test_a_row_with_a_nul_byte_is_yielded_for_the_importer_to_reject(tmp_path: Path) -> None:
+    data = (
+        b'email,name\na@example.org,Ann\nb@exam\x00ple.org,Bo\nc@example.org,"C\x00y\nCy"\nd@example.org,Di\n'
+    )
+    _, rows = read_all(write(tmp_path, data))
+    assert rows == [
+        Row(2, "a@example.org", "Ann", "", ""),
+        Row(3, "b@exam\0ple.org", "Bo", "", ""),
+        Row(4, "c@example.org", "C\0y\nCy", "", ""),
+        Row(6, "d@example.org", "Di", "", ""),
+    ]
+    with pytest.raises(InvalidSubscriber, match="NUL"):
+        normalise_email(rows[1].email)
+    with pytest.raises(InvalidSubscriber, match="NUL"):
+        clean_fields(rows[2].name, "", "")
+
+
+def test_a_nul_header_hints_at_utf16_without_a_bom(tmp_path: Path) -> None:
+    path = write(tmp_path, "email\tname\na@example.org\tAnn\n".encode("utf-16-le"))
+    with pytest.raises(CsvError, match=r"list\.csv:1: NUL characters in the header.*UTF-16") as caught:
+        read_all(path)
+    assert "\0" not in str(caught.value)
+
+
+def test_a_field_over_the_csv_module_limit_is_yielded(tmp_path: Path) -> None:
+    long_name = "N" * 200_000
+    data = f'email,name\na@example.org,"{long_name}"\nb@example.org,Bo\n'.encode()
+    limit = csv.field_size_limit()
+    assert len(long_name) > limit
+    _, rows = read_all(write(tmp_path, data))
+    assert rows == [Row(2, "a@example.org", long_name, "", ""), Row(3, "b@example.org", "Bo", "", "")]
+    assert csv.field_size_limit() == limit, "the csv module's limit is put back"
+
+
+def test_a_quote_never_closed_in_a_large_file_is_still_an_error(tmp_path: Path) -> None:
+    rows = "".join(f"p{i}@example.org,P {i}\n" for i in range(100_000))
+    path = write(tmp_path, f'email,name\na@example.org,"Ann\n{rows}'.encode())
+    with pytest.raises(CsvError, match=r"list\.csv:2: cannot read this record.*a quote that is never closed"):
         read_all(path)
 
 

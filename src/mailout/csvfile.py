@@ -2,11 +2,15 @@
 
 The comms team's lists come from a member directory and a website sign-up form,
 and are often opened and re-saved in Excel. So the reader detects the encoding
-(UTF-8 with or without a BOM, else Excel's Windows-1252) and the delimiter
-(``,``, ``;`` or tab), maps headers to our fields through aliases in English,
-French and German, and streams the rows: a file of a million lines is never held
-in memory. It reads strictly, so that a quote left open is reported where it
-starts rather than silently swallowing the rows below it.
+(UTF-8 with or without a BOM, UTF-16 with a BOM as in Excel's "Unicode Text",
+else Excel's Windows-1252) and the delimiter (``,``, ``;`` or tab), maps headers
+to our fields through aliases in English, French and German, and streams the
+rows: a file of a million lines is never held in memory. It refuses a workbook
+saved under a .csv name, and a UTF-8 file with lines of another encoding pasted
+in, rather than garble every accent in it. It reads strictly, so that a quote
+left open is reported where it starts rather than silently swallowing the rows
+below it; a row with a bad cell (a NUL, a huge field) is still yielded, for the
+importer to report with its line while the good rows import.
 
 The writer prefixes every cell a spreadsheet would run as a formula with ``'``
 (CSV injection, see OWASP); the reader takes that prefix off again, so an export
@@ -60,7 +64,15 @@ DELIMITERS = (",", ";", "\t")
 #: Characters that make a spreadsheet treat a cell as a formula (OWASP's list).
 _FORMULA_STARTS = frozenset("=+-@\t\r")
 _BOM = codecs.BOM_UTF8
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+#: How .xlsx (a zip archive) and .xls files start.
+_WORKBOOK_STARTS = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")
 _CHUNK = 1 << 16
+#: The csv module refuses fields over 128 KiB; the importer reports long fields row by row instead.
+_FIELD_LIMIT = 1 << 20
+# What the "surrogateescape" error handler makes of bytes that are not UTF-8, and real non-ASCII text.
+_ESCAPED = re.compile("[\udc80-\udcff]")
+_NON_ASCII = re.compile("[^\x00-\x7f\udc80-\udcff]")
 # Excel writes, and honours, a first line "sep=;" naming the delimiter.
 _SEP_LINE = re.compile(r"^sep=(.)\r?\n?$")
 
@@ -87,11 +99,24 @@ class Row:
 
 
 def detect_encoding(path: Path) -> str:
-    """Return "utf-8-sig", "utf-8" or "cp1252" for the file at ``path``, reading it in chunks."""
-    with path.open("rb") as handle:
-        if handle.read(len(_BOM)) == _BOM:
-            return "utf-8-sig"
-    return "utf-8" if _undecodable_line(path, "utf-8") is None else "cp1252"
+    """Return "utf-8-sig", "utf-16", "utf-8" or "cp1252" for the file at ``path``, reading it in chunks.
+
+    Raise ``CsvError`` for an Excel workbook, and for UTF-8 text with bytes of another encoding in it.
+    """
+    start = _check_not_workbook(path)
+    if start.startswith(_BOM):
+        return "utf-8-sig"
+    if start.startswith(_UTF16_BOMS):
+        return "utf-16"
+    invalid, utf8 = _scan_utf8(path)
+    if invalid is None:
+        return "utf-8"
+    if utf8 is None:  # high bytes, but never a UTF-8 character: a Windows file
+        return "cp1252"
+    raise CsvError(
+        f"{display_path(path)}:{invalid}: not valid UTF-8, although line {utf8} is UTF-8: "
+        "the file mixes encodings; save it again as 'CSV UTF-8'"
+    )
 
 
 def detect_delimiter(header_line: str) -> str:
@@ -115,12 +140,16 @@ def read_rows(
     name = display_path(path)
     if encoding is not None:
         try:
-            codecs.lookup(encoding)
+            codec = codecs.lookup(encoding)
         except LookupError:
             raise CsvError(f"{name}: unknown encoding '{encoding}' (try utf-8 or cp1252)") from None
+        if not codec._is_text_encoding:  # rot13, base64, zlib...: bytes to bytes or str to str
+            raise CsvError(f"{name}: '{encoding}' is not a text encoding (try utf-8 or cp1252)")
     if delimiter is not None and (len(delimiter) != 1 or delimiter in '"\r\n'):
         raise CsvError(f"{name}: the delimiter must be one character other than a quote, got {delimiter!r}")
     try:
+        if encoding is not None:
+            _check_not_workbook(path)
         used_encoding = encoding or detect_encoding(path)
         handle = path.open(encoding=used_encoding, newline="")
     except OSError as exc:
@@ -137,7 +166,7 @@ def read_rows(
                 delimiter = delimiter or sep.group(1)
                 skipped += 1
                 first = handle.readline()
-        except UnicodeDecodeError as exc:
+        except UnicodeError as exc:
             raise _decode_error(path, name, used_encoding, exc) from None
         if not first:
             raise CsvError(f"{name}: the file is empty; it needs a header line with an email column")
@@ -146,6 +175,11 @@ def read_rows(
         header = _next_record(reader, path, name, used_encoding, skipped)[1] or []
         fmt, indexes = _map_header(header, used_encoding, used_delimiter)
         if "email" not in indexes:
+            if "\0" in first:
+                raise CsvError(
+                    f"{name}:{skipped + 1}: NUL characters in the header line; this is not a text CSV "
+                    "(UTF-16 text without a byte order mark, or a binary file?); save it as 'CSV UTF-8'"
+                )
             found = ", ".join(f"'{_label(h)}'" for h in header if _label(h)) or "none"
             accepted = ", ".join(ALIASES["email"])
             how = f"read as {used_encoding}, {_delimiter_name(used_delimiter)}-delimited"
@@ -219,11 +253,7 @@ def _rows(
             return
         if not any(c.strip() for c in cells):  # a blank line, or Excel's ";;;" after the data
             continue
-        if any("\0" in c for c in cells):
-            raise CsvError(
-                f"{name}:{line}: NUL character; this is not a text CSV (a binary file, or Excel's "
-                "UTF-16 'Unicode text'?); save it as 'CSV UTF-8'"
-            )
+        # A NUL stays in its cell: the importer rejects the row, naming its line.
         values = [unneutralize(c.strip()).strip() for c in cells]
         if "first_name" in indexes or "last_name" in indexes:  # only when there is no full-name column
             full_name = f"{cell(values, 'first_name')} {cell(values, 'last_name')}".strip()
@@ -245,6 +275,10 @@ def _next_record(
     # The csv module counts the lines it has taken from the file: a record starts
     # on the line after the previous one ended, however many lines a quoted cell spans.
     start = skipped + reader.line_num + 1
+    # The limit is the csv module's global: raise it for this record only, the reading being lazy.
+    limit = csv.field_size_limit()
+    if limit < _FIELD_LIMIT:
+        csv.field_size_limit(_FIELD_LIMIT)
     try:
         return start, next(reader)
     except StopIteration:
@@ -253,14 +287,55 @@ def _next_record(
         end = skipped + reader.line_num
         hint = f" (the record runs to line {end}: a quote that is never closed?)" if end > start else ""
         raise CsvError(f"{name}:{start}: cannot read this record: {exc}{hint}") from None
-    except UnicodeDecodeError as exc:
+    except UnicodeError as exc:
         raise _decode_error(path, name, encoding, exc) from None
+    finally:
+        if limit < _FIELD_LIMIT:
+            csv.field_size_limit(limit)
 
 
-def _decode_error(path: Path, name: str, encoding: str, exc: UnicodeDecodeError) -> CsvError:
+def _check_not_workbook(path: Path) -> bytes:
+    """Return the first bytes of the file; raise ``CsvError`` if they are those of an Excel workbook."""
+    with path.open("rb") as handle:
+        start = handle.read(8)
+    if start.startswith(_WORKBOOK_STARTS):
+        raise CsvError(
+            f"{display_path(path)}: this is an Excel workbook, not a CSV file: "
+            "in Excel, save it as 'CSV UTF-8'"
+        )
+    return start
+
+
+def _scan_utf8(path: Path) -> tuple[int | None, int | None]:
+    """Return the lines of the first byte that is not UTF-8 and of the first non-ASCII UTF-8 character."""
+    # Bytes that are not UTF-8 decode to lone surrogates, so one pass finds both; a
+    # character cut at a chunk's end waits in the decoder for the next chunk.
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+    invalid: int | None = None
+    utf8: int | None = None
+    line = 1
+    with path.open("rb") as handle:
+        while True:
+            chunk = handle.read(_CHUNK)
+            text = decoder.decode(chunk, final=not chunk)
+            if not text.isascii():
+                if invalid is None and (found := _ESCAPED.search(text)):
+                    invalid = line + text.count("\n", 0, found.start())
+                if utf8 is None and (found := _NON_ASCII.search(text)):
+                    utf8 = line + text.count("\n", 0, found.start())
+                if invalid is not None and utf8 is not None:
+                    break
+            line += text.count("\n")
+            if not chunk:
+                break
+    return invalid, utf8
+
+
+def _decode_error(path: Path, name: str, encoding: str, exc: UnicodeError) -> CsvError:
     line = _undecodable_line(path, encoding)
     where = f"{name}:{line}" if line else name
-    return CsvError(f"{where}: not valid {encoding} text ({exc.reason}); save the file as 'CSV UTF-8'")
+    reason = exc.reason if isinstance(exc, UnicodeDecodeError) else str(exc)
+    return CsvError(f"{where}: not valid {encoding} text ({reason}); save the file as 'CSV UTF-8'")
 
 
 def _undecodable_line(path: Path, encoding: str) -> int | None:
@@ -268,18 +343,20 @@ def _undecodable_line(path: Path, encoding: str) -> int | None:
     decoder = codecs.getincrementaldecoder(encoding)()
     line = 1
     with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            pending = len(decoder.getstate()[0])  # bytes of a character cut at the last chunk's end
+        while True:
+            chunk = handle.read(_CHUNK)
+            state = decoder.getstate()  # its bytes are a character cut at the last chunk's end
             try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as exc:
-                return line + chunk.count(b"\n", 0, max(exc.start - pending, 0))
-            line += chunk.count(b"\n")
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        return line
-    return None
+                text = decoder.decode(chunk, final=not chunk)
+            except UnicodeError as exc:
+                if not isinstance(exc, UnicodeDecodeError):  # e.g. UTF-16 without a BOM: no position
+                    return line
+                # Count decoded newlines, not b"\n": in UTF-16 other characters have that byte too.
+                decoder.setstate(state)
+                return line + decoder.decode(chunk[: max(exc.start - len(state[0]), 0)]).count("\n")
+            line += text.count("\n")
+            if not chunk:
+                return None
 
 
 def _label(header: str) -> str:
