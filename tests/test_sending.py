@@ -244,12 +244,7 @@ def test_someone_who_unsubscribes_mid_dispatch_is_skipped(
     )
     add_subscribers(sending_workspace, people(5))
     smtp_server.stall("p1@example.org", 1.5)  # one connection, one at a time: p4's turn is well after
-    with subprocess.Popen(
-        [sys.executable, "-m", "mailout", "send", "2019-01", "--list", "members", "--yes"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as process:
+    with start_send() as process:
         smtp_server.wait_for(1, timeout=20)
         code, out = run("subscribers", "unsubscribe", "p4@example.org", "--all")
         assert code == 0, out

@@ -203,7 +203,8 @@ class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("dispatch_id", "subscriber_id"),
-        Index("ix_deliveries_dispatch_id_status", "dispatch_id", "status"),
+        # Claims read each state of a dispatch in id order: the index gives that order.
+        Index("ix_deliveries_dispatch_id_status_id", "dispatch_id", "status", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
