@@ -324,18 +324,21 @@ def claim(conn: Connection, dispatch_id: int, worker: str, limit: int) -> list[C
     if not rows:
         return []
     # Checked now, not when the dispatch was written: someone who left since gets nothing more.
-    dispatch_list = select(Dispatch.list_id).where(Dispatch.id == dispatch_id).scalar_subquery()
-    still_subscribed = (
-        select(Subscriber.id)
-        .join(Subscription, Subscription.subscriber_id == Subscriber.id)
-        .where(
-            Subscriber.id.in_([r.subscriber_id for r in rows]),
-            Subscriber.status == SubscriberStatus.SUBSCRIBED,
-            Subscription.list_id == dispatch_list,
-            Subscription.status == SubscriptionStatus.SUBSCRIBED,
-        )
-    )
-    keep = set(conn.scalars(still_subscribed))
+    # Looked up by subscriber only (their few subscriptions, through the unique index) and
+    # filtered here: a condition on the list let SQLite scan the list's whole membership.
+    list_id = conn.scalar(select(Dispatch.list_id).where(Dispatch.id == dispatch_id))
+    memberships = conn.execute(
+        select(Subscription.subscriber_id, Subscription.list_id, Subscription.status, Subscriber.status)
+        .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+        .where(Subscription.subscriber_id.in_([r.subscriber_id for r in rows]))
+    ).all()
+    keep = {
+        subscriber_id
+        for subscriber_id, member_of, status, person in memberships
+        if member_of == list_id
+        and status is SubscriptionStatus.SUBSCRIBED
+        and person is SubscriberStatus.SUBSCRIBED
+    }
     gone = [r.id for r in rows if r.subscriber_id not in keep]
     if gone:
         conn.execute(
