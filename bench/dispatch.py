@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -24,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import describe
 
 ROOT = Path(__file__).resolve().parent.parent
 SENDER = "newsletter@efus.example"
@@ -39,7 +40,9 @@ def start_sink(port: int) -> subprocess.Popen[bytes]:
     command = ["smtp-sink", "-4"]
     if os.geteuid() == 0:
         command += ["-u", "nobody"]
-    sink = subprocess.Popen([*command, f"127.0.0.1:{port}", "1024"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sink = subprocess.Popen(
+        [*command, f"127.0.0.1:{port}", "1024"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -74,17 +77,32 @@ def fill(url: str, recipients: int) -> None:
     engine = make_engine(url)
     now = utcnow()
     with engine.begin() as conn:
-        list_id = conn.execute(insert(MailingList).values(name="members", segment="member", description="", created_at=now)).inserted_primary_key[0]  # type: ignore[index]
+        list_id = conn.execute(
+            insert(MailingList).values(name="members", segment="member", description="", created_at=now)
+        ).inserted_primary_key[0]  # type: ignore[index]
         for start in range(0, recipients, 10_000):
             rows = [
                 {"email": f"reader{n}@city{n % 997}.example", "name": f"Reader {n}", "organisation": "", "language": "en",
                  "status": "subscribed", "created_at": now, "updated_at": now}
                 for n in range(start, min(start + 10_000, recipients))
             ]  # fmt: skip
-            ids = conn.execute(insert(Subscriber).returning(Subscriber.id, sort_by_parameter_order=True), rows).scalars().all()
+            ids = (
+                conn.execute(insert(Subscriber).returning(Subscriber.id, sort_by_parameter_order=True), rows)
+                .scalars()
+                .all()
+            )
             conn.execute(
                 insert(Subscription),
-                [{"subscriber_id": i, "list_id": list_id, "status": "subscribed", "created_at": now, "updated_at": now} for i in ids],
+                [
+                    {
+                        "subscriber_id": i,
+                        "list_id": list_id,
+                        "status": "subscribed",
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for i in ids
+                ],
             )
     engine.dispose()
 
@@ -116,7 +134,9 @@ def message_file(folder: Path) -> Path:
     from mailout.render import Recipient, render_variant
 
     settings = load_settings(folder)
-    variant = render_variant(load_issue(folder / "issues" / "2019-01" / "issue.yaml"), settings, Segment.MEMBER)
+    variant = render_variant(
+        load_issue(folder / "issues" / "2019-01" / "issue.yaml"), settings, Segment.MEMBER
+    )
     template = MessageTemplate(variant, Addressing("Efus Newsletter", SENDER, list_name="members"))
     data = template.build(
         to_name="Reader 1", to_address="reader1@city1.example", message_id=f"bench.1@{template.addressing.domain}",
@@ -179,9 +199,10 @@ def main() -> None:
     finally:
         sink.kill()
         sink.wait()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    print(f"Machine: {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}; concurrency {concurrency}\n")
-    print("| database | recipients | message | time | messages/s | smtp-source messages/s | ratio | CPU | peak memory |")
+    print(f"Machine: {describe()}; concurrency {concurrency}\n")
+    print(
+        "| database | recipients | message | time | messages/s | smtp-source messages/s | ratio | CPU | peak memory |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, n, m, ceiling, size in results:
         rate = n / m["seconds"]

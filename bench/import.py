@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import resource
 import subprocess
@@ -23,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import describe
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST = ["Ana", "Zoë", "Jörg", "Łukasz", "Inês", "Åsa", "Pierre", "María", "Giulia", "Sean"]
@@ -102,17 +102,7 @@ def main() -> None:
                         results.append(
                             ("PostgreSQL", rows, measure(server.create_database(f"bench_{rows}"), path))
                         )
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    print(
-        f"Machine: {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}; {platform.system()}\n"
-    )
+    print(f"Machine: {describe()}\n")
     print("| database | rows | first import | rows/s | re-import (unchanged) | rows/s | peak memory |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, rows, r in results:

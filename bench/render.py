@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
+
+from machine import describe
 
 from mailout.config import load_settings
 from mailout.issues import Issue, Segment, load_issue
@@ -59,16 +59,6 @@ def time_personalize(issue: Issue, recipients: int) -> float:
     return (time.perf_counter() - start) / recipients * 1e6
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=9)
@@ -82,9 +72,7 @@ def main() -> None:
         seconds, size = time_builds(issue, args.runs)
         per_recipient = time_personalize(issue, args.recipients)
         rows.append((label, items, seconds, size, per_recipient))
-    print(
-        f"Machine: {cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}; {platform.system()}"
-    )
+    print(f"Machine: {describe()}")
     print(f"Median of {args.runs} runs; personalization over {args.recipients:,} recipients.\n")
     print("| issue | items | all variants built | largest HTML | fill per recipient |")
     print("|---|---:|---:|---:|---:|")

@@ -463,3 +463,29 @@ def test_a_bounce_ends_every_list_and_resubscribing_brings_back_one(engine: Engi
         }
         with pytest.raises(people.InvalidSubscriber, match="already"):
             people.resubscribe(session, ana, people.ensure_list(session, PUBLIC), reason="again")
+
+
+def test_every_kind_of_bad_row_is_reported_with_its_line(engine: Engine, tmp_path: Path) -> None:
+    long_name = "N" * 201
+    path = tmp_path / "bad.csv"
+    path.write_bytes(
+        (
+            "email,name,organisation,language\n"
+            "ok@example.org,Ok,,en\n"  # 2
+            "lang@example.org,L,,English\n"  # 3
+            f"long@example.org,{long_name},,en\n"  # 4
+            "nul@example.org,Nu\0l,,en\n"  # 5
+            'lf@example.org,C,"Org\nX",en\n'  # 6-7: a line break inside quotes
+            "@example.org,No local part,,en\n"  # 8
+            "good@example.org,Good,,fr\n"  # 9
+        ).encode()
+    )
+    report = import_file(engine, path, MEMBERS)
+    reasons = dict(report.problems)
+    assert set(reasons) == {3, 4, 5, 6, 8}
+    assert "not a language code" in reasons[3]
+    assert "name is 201 characters long" in reasons[4]
+    assert "NUL" in reasons[5]
+    assert "organisation contains a line break" in reasons[6]
+    assert "invalid address" in reasons[8]
+    assert report.added == 2 and added_up(report) == report.rows == 7
