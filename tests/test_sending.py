@@ -434,3 +434,14 @@ def test_two_processes_share_a_dispatch_without_duplicates(
     received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages)
     assert set(received) == {e for e, _ in people(150)}
     assert set(received.values()) == {1}, "no recipient twice"
+
+
+def test_plain_http_links_are_warned_about_before_a_real_send(sending_workspace: Path) -> None:
+    config = sending_workspace / "mailout.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("https://news.example", "http://news.example"),
+        encoding="utf-8",
+    )
+    add_subscribers(sending_workspace, people(1))
+    code, out = run("send", "2019-01", "--list", "members", "--dry-run")
+    assert code == 0 and "should be https" in out

@@ -216,6 +216,13 @@ def send_command(
     click.echo(f"recipients: {recipients:,}")
     click.echo(f"sender:     {settings.sender.name} <{settings.sender.address}>")
     click.echo(f"transport:  {transport.description}")
+    if settings.smtp.host and not settings.newsletter.public_base_url.startswith("https://"):
+        click.secho(
+            f"warning: newsletter.public_base_url is {settings.newsletter.public_base_url}: the unsubscribe"
+            " and view-in-browser links should be https for real readers",
+            fg="yellow",
+            err=True,
+        )
     if dry_run:
         click.echo("dry run: nothing was written or sent")
         return
