@@ -223,7 +223,7 @@ def _import_chunk(
         stored = existing.get(email)
         if email in earlier:
             report.duplicates += 1
-            if stored is not None and (change := _fill_blanks(stored, cand)):
+            if stored is not None and (change := _update(stored, cand, file_wins=False)):
                 changes.append(change)
             continue
         if stored is None:
@@ -237,7 +237,7 @@ def _import_chunk(
                 cand.line, email, f"unsubscribed from '{lst.name}'; never re-subscribed by an import"
             )
             continue
-        change = _changes(stored, cand)
+        change = _update(stored, cand, file_wins=True)
         if change:
             changes.append(change)
         if stored.subscription is None:
@@ -308,17 +308,15 @@ def _import_chunk(
         )
 
 
-def _changes(stored: Any, cand: _Candidate) -> dict[str, Any] | None:
-    """Return the update for ``stored`` if the file's non-empty values differ from it."""
-    new = {key: getattr(cand, key) or getattr(stored, key) for key in ("name", "organisation", "language")}
-    if all(new[key] == getattr(stored, key) for key in new):
-        return None
-    return {"b_id": stored.id, **{f"b_{key}": value for key, value in new.items()}}
+def _update(stored: Any, cand: _Candidate, *, file_wins: bool) -> dict[str, Any] | None:
+    """Return the update that merges ``cand`` into ``stored``, or None if nothing changes.
 
-
-def _fill_blanks(stored: Any, cand: _Candidate) -> dict[str, Any] | None:
-    """Return the update that fills ``stored``'s empty fields from a later duplicate row."""
-    new = {key: getattr(stored, key) or getattr(cand, key) for key in ("name", "organisation", "language")}
+    With ``file_wins`` the file's non-empty values replace the stored ones; without
+    it (a later duplicate row) they only fill the stored row's empty fields. An empty
+    cell never blanks a stored value.
+    """
+    first, second = (cand, stored) if file_wins else (stored, cand)
+    new = {key: getattr(first, key) or getattr(second, key) for key in ("name", "organisation", "language")}
     if all(new[key] == getattr(stored, key) for key in new):
         return None
     return {"b_id": stored.id, **{f"b_{key}": value for key, value in new.items()}}

@@ -120,16 +120,4 @@ def wrap(text: str, width: int = 72, first: str = "", rest: str | None = None) -
 
 
 def _wrap(text: str, width: int, prefix: str) -> str:
-    lines = []
-    for paragraph in text.split("\n"):
-        lines.append(
-            textwrap.fill(
-                paragraph,
-                width=width,
-                initial_indent=prefix,
-                subsequent_indent=" " * len(prefix),
-                break_long_words=False,
-                break_on_hyphens=False,
-            )
-        )
-    return "\n".join(lines)
+    return "\n".join(wrap(line, width, prefix, " " * len(prefix)) for line in text.split("\n"))

@@ -357,7 +357,6 @@ def mark(
     *,
     reply: str | None = None,
     next_attempt_at: dt.datetime | None = None,
-    attempt: bool = False,
 ) -> None:
     """Move one delivery to ``status`` (committed by the caller before anything else is sent)."""
     values: dict[str, object] = {"status": status, "updated_at": utcnow()}
@@ -365,8 +364,6 @@ def mark(
         values["reply"] = reply[:2000]
     if next_attempt_at is not None:
         values["next_attempt_at"] = next_attempt_at
-    if attempt:
-        values["attempts"] = Delivery.attempts + 1
     conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
 
 

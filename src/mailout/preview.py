@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import Settings
 from .errors import Problem
 from .issues import Issue, Segment
-from .render import Recipient, Variant, render_issue
+from .render import Recipient, Variant, asset_base, render_issue
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,6 @@ def sample_recipient(settings: Settings, issue: Issue) -> Recipient:
     return Recipient(
         first_name="", unsubscribe_url=f"{base}/unsubscribe/preview", view_url=f"{base}/issues/{issue.slug}"
     )
-
-
-def asset_base(settings: Settings, issue: Issue) -> str:
-    """Return the URL prefix under which the issue's images are published."""
-    return f"{settings.newsletter.public_base_url.rstrip('/')}/issues/{issue.slug}/"
 
 
 def write_preview(issue: Issue, settings: Settings, out_dir: Path | None = None) -> list[PreviewFile]:

@@ -173,10 +173,10 @@ def render_variant(
         if hidden
         else ""
     )
-    asset_base = f"{settings.newsletter.public_base_url.rstrip('/')}/issues/{issue.slug}/"
+    base = asset_base(settings, issue)
 
     def asset_url(name: str) -> str:
-        return name if is_url(name) else asset_base + name
+        return name if is_url(name) else base + name
 
     context: dict[str, Any] = {
         "issue": issue,
@@ -229,6 +229,11 @@ def render_variant(
         items_hidden=hidden,
         warnings=tuple(warnings),
     )
+
+
+def asset_base(settings: Settings, issue: Issue) -> str:
+    """Return the URL prefix under which the issue's images are published."""
+    return f"{settings.newsletter.public_base_url.rstrip('/')}/issues/{issue.slug}/"
 
 
 def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:

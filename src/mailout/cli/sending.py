@@ -175,8 +175,7 @@ def send_command(
     """
     settings = state.settings
     list_settings = settings.mailing_list(list_name)
-    signer = _signer(state)  # refuse early: every message needs signed links
-    del signer
+    _signer(state)  # refuse early, before any work: every message needs signed links
     engine = state.engine()
     issue = state.issue(name)
     with transaction(engine) as session:
