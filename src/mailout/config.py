@@ -31,7 +31,11 @@ CONFIG_FILE = "mailout.toml"
 LANGUAGE_TAG = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*")
 ENV_PREFIX = "MAILOUT_"
 #: Settings that must never be written in a file, with the variable that carries each.
-SECRETS = {"smtp.password": "MAILOUT_SMTP_PASSWORD", "secret_key": "MAILOUT_SECRET_KEY"}
+SECRETS = {
+    "smtp.password": "MAILOUT_SMTP_PASSWORD",
+    "web.preview_password": "MAILOUT_PREVIEW_PASSWORD",
+    "secret_key": "MAILOUT_SECRET_KEY",
+}
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,15 @@ class Preview:
 
 
 @dataclass(frozen=True)
+class Web:
+    #: Where ``mailout serve`` listens. On loopback the team's preview is open;
+    #: bound anywhere else it asks for ``MAILOUT_PREVIEW_PASSWORD`` (and is off without one).
+    host: str = "127.0.0.1"
+    port: int = 8025
+    preview_password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of one workspace, resolved and validated."""
 
@@ -143,6 +156,7 @@ class Settings:
     preview: Preview = field(default_factory=Preview)
     database: Database = field(default_factory=Database)
     sending: Sending = field(default_factory=Sending)
+    web: Web = field(default_factory=Web)
     lists: tuple[MailingList, ...] = DEFAULT_LISTS
     secret_key: str = field(default="", repr=False)
 
@@ -180,6 +194,7 @@ SECTIONS: dict[str, type] = {
     "preview": Preview,
     "database": Database,
     "sending": Sending,
+    "web": Web,
 }
 
 
@@ -234,6 +249,9 @@ def load_settings(
         sections["lists"] = layers["lists"][""][0]
     password = env.get(SECRETS["smtp.password"], "")
     sections["smtp"] = dataclasses.replace(sections["smtp"], password=password)
+    sections["web"] = dataclasses.replace(
+        sections["web"], preview_password=env.get(SECRETS["web.preview_password"], "")
+    )
     settings = Settings(
         root=(config_path.parent if config_path else (root or Path.cwd())).resolve(),
         config_file=config_path,
@@ -428,6 +446,8 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
         raise fail(
             "database.url", f"not a database URL: {settings.database.url!r} (e.g. sqlite:///mailout.db)"
         )
+    if not 0 < settings.web.port < 65536:
+        raise fail("web.port", f"must be a port number from 1 to 65535, got {settings.web.port}")
     if settings.smtp.security not in ("starttls", "tls", "plain"):
         raise fail("smtp.security", f"must be 'starttls', 'tls' or 'plain', got {settings.smtp.security!r}")
     teaser = settings.newsletter.members_teaser

@@ -70,6 +70,7 @@ class Source(StrEnum):
     MANUAL = "manual"
     LINK = "link"
     ONE_CLICK = "one-click"
+    MAIL = "mail"  # a message to the List-Unsubscribe mailto address
     SYNC = "sync"
     BOUNCE = "bounce"
 

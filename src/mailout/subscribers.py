@@ -22,6 +22,9 @@ from .config import MailingList as ListSettings
 from .errors import MailoutError
 from .models import (
     ConsentEvent,
+    Delivery,
+    DeliveryStatus,
+    Dispatch,
     EventKind,
     MailingList,
     Source,
@@ -200,7 +203,30 @@ def unsubscribe(
         changed += 1
     if changed:
         record(session, person, EventKind.UNSUBSCRIBED, source, lst=lst, detail=detail)
+    skip_pending(session, person, lst)
     return int(changed)
+
+
+def skip_pending(session: Session, person: Subscriber, lst: MailingList | None) -> int:
+    """Skip what a running dispatch still has waiting for ``person`` (on ``lst``, or every list).
+
+    A sending process checks each batch when it claims it; this takes the person out
+    of the queue at once, so an unsubscribe is honoured even before their turn comes.
+    Deliveries already claimed (at most one batch per process) are checked by their claim.
+    """
+    running = select(Dispatch.id).where(Dispatch.finished_at.is_(None))
+    if lst is not None:
+        running = running.where(Dispatch.list_id == lst.id)
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.subscriber_id == person.id,
+            Delivery.dispatch_id.in_(running.scalar_subquery()),
+            Delivery.status.in_([DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED]),
+        )
+        .values(status=DeliveryStatus.SKIPPED, reply="unsubscribed before sending", updated_at=utcnow())
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def resubscribe(session: Session, person: Subscriber, lst: MailingList, *, reason: str) -> None:
