@@ -22,6 +22,7 @@ from .database import db
 from .sending import send_command, status_command, test_command, worker_command
 from .state import State
 from .subscribers import subscribers
+from .web import archive_group, serve_command
 
 
 class MailoutGroup(click.Group):
@@ -115,6 +116,8 @@ for command in (
     send_command,
     status_command,
     worker_command,
+    serve_command,
+    archive_group,
 ):
     cli.add_command(command)
 

@@ -298,6 +298,9 @@ def status_command(state: State, dispatch_id: int | None, as_json: bool) -> None
                     f"{r['id']:>4} {r['issue']:<16} {r['list']:<10} {r['created'][:16]:<17} {r['total']:>7,}"
                     f" {r['counts']['sent']:>7,} {r['counts']['failed']:>7,}  {r['state']}"
                 )
+            if any(d.segment == Segment.PUBLIC for d, _ in rows):
+                base = state.settings.newsletter.public_base_url.rstrip("/")
+                click.echo(f"archive: {base}/issues/ (answered by `mailout serve`)")
             return
         found = session.execute(
             select(Dispatch, MailingList.name)

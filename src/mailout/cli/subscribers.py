@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import click
+from sqlalchemy.orm import Session
 
-from .. import csvfile
+from .. import csvfile, unsubmail
 from .. import subscribers as people
 from ..config import MailingList as ListSettings
 from ..db import transaction
@@ -15,6 +16,7 @@ from ..errors import MailoutError
 from ..importer import ImportReport, import_file, sync_paths
 from ..issues import display_path
 from ..models import Source
+from ..tokens import Signer
 from .state import State, pass_state
 
 SHOWN_PROBLEMS = 50
@@ -206,6 +208,42 @@ def unsubscribe_command(
         changed = people.unsubscribe(session, person, Source.MANUAL, lst=lst, detail=reason)
         where = f"'{lst.name}'" if lst else "every list"
         click.echo(f"{person.email}: {'unsubscribed from' if changed else 'was not subscribed to'} {where}")
+
+
+@subscribers.command("unsubscribe-mail")
+@click.argument("mailbox_path", metavar="MAILBOX", type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
+@pass_state
+def unsubscribe_mail_command(state: State, mailbox_path: Path, dry_run: bool) -> None:
+    """Process the requests sent to the List-Unsubscribe mailto address.
+
+    MAILBOX is a Maildir folder (its unread messages are read, then marked seen) or
+    an mbox file. A message with a valid token in its subject unsubscribes from that
+    list; one that says "unsubscribe" without a token unsubscribes its sender from
+    every list; anything else is listed for a person to read.
+
+    \b
+    Example:
+        mailout subscribers unsubscribe-mail ~/Maildir/.unsubscribe
+    """
+    signer = Signer.from_secret(state.settings.secret_key)
+    engine = state.engine()
+    outcomes = []
+    seen = []
+    with Session(engine) as session, session.begin():
+        for key, message, box in unsubmail.messages(mailbox_path):
+            outcomes.append(unsubmail.process(session, signer, message))
+            seen.append((box, key))
+        if dry_run:
+            session.rollback()
+    if not dry_run:
+        for box, key in seen:  # after the commit: a crash before it reads them again, harmlessly
+            unsubmail.mark_seen(box, key)
+    for outcome in outcomes:
+        click.echo(f"{outcome.action:<15} {outcome.sender or '(no sender)'}  {outcome.detail}")
+    done = sum(o.action == "unsubscribed" for o in outcomes)
+    read = f"{len(outcomes)} message{'s' if len(outcomes) != 1 else ''} read"
+    click.echo(f"{read}; {done} {'would be unsubscribed (dry run)' if dry_run else 'unsubscribed'}")
 
 
 @subscribers.command("resubscribe")

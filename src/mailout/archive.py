@@ -1,0 +1,223 @@
+"""The archive of sent issues: the pages behind "view in browser", and their static export.
+
+A page is the variant exactly as it was frozen with its dispatch, filled in like
+a message: the public page with no one's name, a member's page (reached only
+through the signed link in that member's own message) with theirs. Nothing is
+rendered again, so the archive shows what readers got, whatever happened to the
+issue file since.
+
+Only issues dispatched to a public list are in the public archive; an issue sent
+to members only has no public page.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .config import Settings
+from .errors import ConfigError, WorkspaceError
+from .issues import Segment
+from .mailer import first_name
+from .models import Delivery, Dispatch
+from .outbox import as_utc, frozen_variant
+from .render import Recipient
+from .tokens import Claim, Purpose, Signer
+
+#: Picture files the web app and the export may publish from an issue's folder.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp"})
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+@dataclass(frozen=True)
+class ArchivedIssue:
+    """One issue in the public archive."""
+
+    slug: str
+    subject: str
+    preheader: str
+    sent_at: dt.datetime
+
+
+def is_slug(value: str) -> bool:
+    """Return whether ``value`` can name an issue (a folder name, no path)."""
+    return bool(_SLUG.fullmatch(value)) and ".." not in value
+
+
+def archived_issues(session: Session) -> list[ArchivedIssue]:
+    """Return the issues dispatched to a public list, newest first.
+
+    The subject is the newest public dispatch's; the date is the first one's.
+    """
+    rows = session.execute(
+        select(Dispatch.issue, Dispatch.subject, Dispatch.preheader, Dispatch.created_at)
+        .where(Dispatch.segment == Segment.PUBLIC.value)
+        .order_by(Dispatch.id)
+    ).all()
+    first: dict[str, dt.datetime] = {}
+    latest: dict[str, tuple[str, str]] = {}
+    for slug, subject, preheader, created_at in rows:
+        first.setdefault(slug, as_utc(created_at))
+        latest[slug] = (subject, preheader)
+    found = [ArchivedIssue(slug, *latest[slug], first[slug]) for slug in first]
+    return sorted(found, key=lambda entry: entry.sent_at, reverse=True)
+
+
+def public_dispatch(session: Session, slug: str) -> Dispatch | None:
+    """Return the newest dispatch of ``slug`` to a public list, if any."""
+    return session.scalars(
+        select(Dispatch)
+        .where(Dispatch.issue == slug, Dispatch.segment == Segment.PUBLIC.value)
+        .order_by(Dispatch.id.desc())
+        .limit(1)
+    ).first()
+
+
+def member_dispatch(session: Session, slug: str, claim: Claim) -> tuple[Dispatch, Delivery] | None:
+    """Return the newest dispatch of ``slug`` that the token's holder was a recipient of.
+
+    A view token names a subscriber and a list; it opens only the issues that went to
+    that person on that list, not every issue the list ever got (someone who left
+    the network keeps the issues they received, and sees none sent after).
+    """
+    row = session.execute(
+        select(Dispatch, Delivery)
+        .join(Delivery, Delivery.dispatch_id == Dispatch.id)
+        .where(
+            Dispatch.issue == slug,
+            Dispatch.list_id == claim.list_id,
+            Delivery.subscriber_id == claim.subscriber_id,
+        )
+        .order_by(Dispatch.id.desc())
+        .limit(1)
+    ).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+class Links:
+    """The absolute links filled into pages, as messages have them."""
+
+    def __init__(self, settings: Settings, signer: Signer | None) -> None:
+        self.base = settings.newsletter.public_base_url.rstrip("/")
+        self.domain = settings.sender.address.rpartition("@")[2]
+        self.signer = signer
+
+    def issue(self, slug: str) -> str:
+        return f"{self.base}/issues/{quote(slug)}"
+
+    def _signer(self) -> Signer:
+        if self.signer is None:
+            raise ConfigError("no secret key (MAILOUT_SECRET_KEY): members' links cannot be signed")
+        return self.signer
+
+    def member_view(self, slug: str, subscriber_id: int, list_id: int) -> str:
+        return f"{self.issue(slug)}?t={self._signer().sign(Purpose.VIEW, subscriber_id, list_id)}"
+
+    def unsubscribe(self, subscriber_id: int, list_id: int) -> str:
+        return f"{self.base}/unsubscribe/{self._signer().sign(Purpose.UNSUBSCRIBE, subscriber_id, list_id)}"
+
+    def unsubscribe_by_mail(self) -> str:
+        """The public page's unsubscribe link: no one's token, so a message to the list's mailbox."""
+        return f"mailto:unsubscribe@{self.domain}?subject=unsubscribe"
+
+    def asset_prefix(self, slug: str) -> str:
+        """Where a dispatch's HTML says the issue's pictures are."""
+        return f"{self.base}/issues/{quote(slug)}/"
+
+
+def public_page(dispatch: Dispatch, links: Links) -> str:
+    """Return the public page of a dispatch: its HTML filled in for no one in particular."""
+    html, _ = frozen_variant(dispatch).personalize(
+        Recipient(
+            first_name="", unsubscribe_url=links.unsubscribe_by_mail(), view_url=links.issue(dispatch.issue)
+        )
+    )
+    return html
+
+
+def member_page(dispatch: Dispatch, delivery: Delivery, links: Links) -> str:
+    """Return a member's own page: their message's HTML, with their name and links."""
+    html, _ = frozen_variant(dispatch).personalize(
+        Recipient(
+            first_name=first_name(delivery.name),
+            unsubscribe_url=links.unsubscribe(delivery.subscriber_id, dispatch.list_id),
+            view_url=links.member_view(dispatch.issue, delivery.subscriber_id, dispatch.list_id),
+        )
+    )
+    return html
+
+
+def images_in(html: str, prefix: str) -> list[str]:
+    """Return the picture file names that ``html`` loads from under ``prefix``, each once."""
+    pattern = re.compile(re.escape(prefix) + r"""([^"'\s?#()<>]+)""")
+    names = dict.fromkeys(m.group(1) for m in pattern.finditer(html))
+    return [n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES and ".." not in n.split("/")]
+
+
+def image_file(settings: Settings, slug: str, name: str) -> Path | None:
+    """Return the file of picture ``name`` in issue ``slug``'s folder, if it is a picture there."""
+    if not is_slug(slug) or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+        return None
+    folder = (settings.path("issues") / slug).resolve()
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder) or not path.is_file():
+        return None
+    return path
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    issues: list[ArchivedIssue]
+    files: int
+    missing_images: list[str]
+
+
+def export_archive(
+    session: Session, settings: Settings, signer: Signer | None, out_dir: Path, index_html: str
+) -> ExportResult:
+    """Write the public archive as static files: ``index.html`` and ``<slug>/index.html`` with pictures.
+
+    ``index_html`` is the rendered index page (the web app's template, with relative links).
+    Only public variants are written: no member's page, no members-only picture.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise WorkspaceError(f"{out_dir}: exists and is not a folder")
+    links = Links(settings, signer)
+    issues = archived_issues(session)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = 0
+    missing: list[str] = []
+    for entry in issues:
+        dispatch = public_dispatch(session, entry.slug)
+        assert dispatch is not None  # listed because it has one
+        prefix = links.asset_prefix(entry.slug)
+        html = public_page(dispatch, links)
+        folder = out_dir / entry.slug
+        folder.mkdir(exist_ok=True)
+        for name in images_in(html, prefix):
+            source = image_file(settings, entry.slug, name)
+            if source is None:
+                missing.append(f"{entry.slug}/{name}")
+                continue
+            target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            files += 1
+        _write(folder / "index.html", html.replace(prefix, ""))
+        files += 1
+    _write(out_dir / "index.html", index_html)
+    return ExportResult(issues, files + 1, missing)
+
+
+def _write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so a reader never sees half a page."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)

@@ -1,0 +1,141 @@
+"""``mailout serve`` and ``mailout archive export``: the web side, locally and as static files."""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import signal
+import socket
+from pathlib import Path
+from types import FrameType
+from urllib.parse import urlsplit
+
+import click
+
+from ..archive import archived_issues, export_archive
+from ..db import transaction
+from ..errors import MailoutError
+from ..issues import display_path
+from ..tokens import Signer
+from ..web import PACKAGE, create_app, standalone_page
+from .state import State, pass_state
+
+
+def is_loopback(host: str) -> bool:
+    """Return whether ``host`` is this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command("serve")
+@click.option("--host", help="Address to listen on (default: web.host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default: web.port, 8025).")
+@pass_state
+def serve_command(state: State, host: str | None, port: int | None) -> None:
+    """Run the web app for local use: unsubscribe links, the archive, the preview.
+
+    On loopback (the default) the team's preview is open. Bound to another address,
+    the preview asks for MAILOUT_PREVIEW_PASSWORD, and is off without one.
+    In production, run `mailout.web:create_app()` under a WSGI server (see docs/web.md).
+
+    \b
+    Example:
+        mailout serve
+        open http://127.0.0.1:8025/preview/
+    """
+    from werkzeug.serving import make_server
+
+    settings = state.settings
+    host = host or settings.web.host
+    port = port or settings.web.port
+    local = is_loopback(host)
+    app = create_app(settings, local=local)
+    click.get_current_context().call_on_close(app.extensions["mailout"].engine.dispose)
+    try:
+        # Werkzeug would print its own advice and exit: check first, and say it our way.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+        server = make_server(host, port, app, threaded=True)
+    except OSError as exc:
+        raise MailoutError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+            " (is another `mailout serve` running? choose another with --port)"
+        ) from None
+    where = f"http://{host if ':' not in host else f'[{host}]'}:{server.server_port}"
+    click.echo(f"serving {settings.newsletter.name} at {where}/ (Ctrl-C to stop)")
+    click.echo(f"  archive:  {where}/issues/")
+    if local or settings.web.preview_password:
+        protected = "" if local else " (password: MAILOUT_PREVIEW_PASSWORD)"
+        click.echo(f"  preview:  {where}/preview/{protected}")
+    else:
+        click.echo("  preview:  off (bound beyond loopback: set MAILOUT_PREVIEW_PASSWORD to turn it on)")
+    base = urlsplit(settings.newsletter.public_base_url)
+    if base.hostname and is_loopback(base.hostname) and (base.port or 80) != server.server_port:
+        click.secho(
+            f"warning: messages link to {settings.newsletter.public_base_url}, not to this server;"
+            " set newsletter.public_base_url or --port to match",
+            fg="yellow",
+            err=True,
+        )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.server_close()
+        click.echo("stopped")
+
+
+@click.group("archive")
+def archive_group() -> None:
+    """The public archive of sent issues."""
+
+
+@archive_group.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@pass_state
+def export_command(state: State, directory: Path) -> None:
+    """Write the public archive as static files, for a website without Python.
+
+    Writes DIRECTORY/index.html and DIRECTORY/<issue>/index.html with the issue's
+    pictures: the public version of every issue sent to a public list, as sent.
+
+    \b
+    Example:
+        mailout archive export build/archive
+    """
+    settings = state.settings
+    engine = state.engine()
+    # Public pages carry no one's token: no key is needed to write them.
+    signer = Signer.from_secret(settings.secret_key) if settings.secret_key else None
+    with transaction(engine) as session:
+        issues = archived_issues(session)
+        index = standalone_page(
+            "mailout/archive.html",
+            settings,
+            title=f"{settings.newsletter.name}: past issues",
+            issues=issues,
+            css_url="mailout.css",
+            issue_url=lambda slug: f"{slug}/index.html",
+        )
+        result = export_archive(session, settings, signer, directory, index)
+    shutil.copyfile(PACKAGE / "static" / "mailout.css", directory / "mailout.css")
+    for missing in result.missing_images:
+        click.secho(
+            f"warning: picture {missing} is not in the issue's folder any more", fg="yellow", err=True
+        )
+    count = len(result.issues)
+    click.echo(f"wrote {count} issue{'s' if count != 1 else ''} to {display_path(directory / 'index.html')}")
+    click.echo(f"served by `mailout serve` at {settings.newsletter.public_base_url.rstrip('/')}/issues/")

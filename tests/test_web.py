@@ -1,0 +1,515 @@
+"""The web app through Flask's test client, on SQLite and PostgreSQL, after real dispatches.
+
+Every link comes from a message the test SMTP server received: the tests follow
+what readers would click, not URLs they build themselves.
+"""
+
+from __future__ import annotations
+
+import html as htmlmod
+import mailbox
+import re
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from click.testing import CliRunner
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from mailout import tokens
+from mailout.cli import cli
+from mailout.config import load_settings
+from mailout.db import make_engine, transaction
+from mailout.errors import ConfigError
+from mailout.issues import Segment, load_issue
+from mailout.models import (
+    ConsentEvent,
+    Delivery,
+    DeliveryStatus,
+    MailingList,
+    Subscriber,
+    SubscriberStatus,
+    Subscription,
+)
+from mailout.outbox import create_dispatch
+from mailout.render import render_variant
+from mailout.web import create_app
+from tests.conftest import SECRET_KEY
+from tests.smtpserver import SMTPServer
+from tests.test_render import members_only_items, secret_strings
+
+pytestmark = pytest.mark.slow
+
+MEMBERS = [("ana@example.org", "Ana Conceição"), ("bo@example.org", "Bo Berg")]
+PUBLIC = [("cy@example.org", "Cy Dupont"), ("ana@example.org", "Ana Conceição")]
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def import_list(workspace: Path, rows: list[tuple[str, str]], list_name: str) -> None:
+    path = workspace / f"{list_name}.csv"
+    path.write_text("email,name\n" + "".join(f"{e},{n}\n" for e, n in rows), encoding="utf-8")
+    code, out = run("subscribers", "import", str(path), "--list", list_name)
+    assert code == 0, out
+
+
+def received(smtp_server: SMTPServer) -> dict[tuple[str, str], EmailMessage]:
+    """Return the messages received, by (list, recipient)."""
+    found = {}
+    for r in smtp_server.messages:
+        message = r.message()
+        list_name = "members" if "<members." in str(message["List-Id"]) else "public"
+        found[(list_name, r.rcpt_tos[0])] = message
+    return found
+
+
+def unsubscribe_url(message: EmailMessage) -> str:
+    header = " ".join(str(message["List-Unsubscribe"]).split())
+    return re.search(r"<(https?://[^>]+)>", header).group(1)  # type: ignore[union-attr]
+
+
+def view_url(message: EmailMessage) -> str:
+    text = message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    return re.search(r"View in your browser: (\S+)", text).group(1)  # type: ignore[union-attr]
+
+
+def path_of(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def leaked(page: str, secrets: set[str]) -> set[str]:
+    visible = " ".join(htmlmod.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+    return {s for s in secrets if s in page or s in htmlmod.unescape(page) or s in visible}
+
+
+@pytest.fixture
+def sent(sending_workspace: Path, smtp_server: SMTPServer) -> Path:
+    """The example issue dispatched to a members list and a public list."""
+    import_list(sending_workspace, MEMBERS, "members")
+    import_list(sending_workspace, PUBLIC, "public")
+    for list_name in ("members", "public"):
+        code, out = run("send", "2019-01", "--list", list_name, "--yes")
+        assert code == 0, out
+    return sending_workspace
+
+
+@pytest.fixture
+def app(sent: Path) -> Iterator[Flask]:
+    app = create_app(load_settings(sent), local=True)
+    yield app
+    app.extensions["mailout"].engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def subscription_status(workspace: Path, address: str, list_name: str) -> str:
+    engine = make_engine(load_settings(workspace).database_url())
+    with transaction(engine) as session:
+        status = session.scalar(
+            select(Subscription.status)
+            .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+            .join(MailingList, MailingList.id == Subscription.list_id)
+            .where(Subscriber.email == address, MailingList.name == list_name)
+        )
+    engine.dispose()
+    return str(status)
+
+
+def events(workspace: Path, address: str) -> list[tuple[str, str]]:
+    engine = make_engine(load_settings(workspace).database_url())
+    with transaction(engine) as session:
+        rows = session.execute(
+            select(ConsentEvent.kind, ConsentEvent.source)
+            .join(Subscriber, Subscriber.id == ConsentEvent.subscriber_id)
+            .where(Subscriber.email == address)
+            .order_by(ConsentEvent.id)
+        ).all()
+    engine.dispose()
+    return [(str(k), str(s)) for k, s in rows]
+
+
+# --- unsubscribe -----------------------------------------------------------------
+
+
+def test_get_shows_a_confirmation_and_never_unsubscribes(
+    sent: Path, client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    url = unsubscribe_url(received(smtp_server)[("members", "ana@example.org")])
+    assert url.startswith("https://news.example/unsubscribe/")
+    for _ in range(3):  # a mail scanner fetching the link, again and again
+        response = client.get(path_of(url))
+        assert response.status_code == 200
+        page = response.get_data(as_text=True)
+        assert 'method="post"' in page and "Members" in page
+        assert "ana@example.org" not in page  # masked
+        assert "a•••" in page
+    assert subscription_status(sent, "ana@example.org", "members") == "subscribed"
+    assert response.headers["X-Robots-Tag"] == "noindex"
+
+
+def test_one_click_post_unsubscribes_once_and_is_harmless_to_repeat(
+    sent: Path, client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    url = unsubscribe_url(received(smtp_server)[("members", "ana@example.org")])
+    # What a mail client sends (RFC 8058): a form body, no cookies, no confirmation.
+    for _ in range(2):
+        response = client.post(
+            path_of(url),
+            data="List-Unsubscribe=One-Click",
+            content_type="application/x-www-form-urlencoded",
+        )
+        assert response.status_code == 200
+        assert "Location" not in response.headers
+        assert "Set-Cookie" not in response.headers
+    assert subscription_status(sent, "ana@example.org", "members") == "unsubscribed"
+    # Only that list: Ana still gets the public list.
+    assert subscription_status(sent, "ana@example.org", "public") == "subscribed"
+    assert events(sent, "ana@example.org").count(("unsubscribed", "one-click")) == 1
+
+
+def test_one_click_as_multipart_form_data(sent: Path, client: FlaskClient, smtp_server: SMTPServer) -> None:
+    url = unsubscribe_url(received(smtp_server)[("members", "bo@example.org")])
+    response = client.post(
+        path_of(url), data={"List-Unsubscribe": "One-Click"}, content_type="multipart/form-data"
+    )
+    assert response.status_code == 200
+    assert ("unsubscribed", "one-click") in events(sent, "bo@example.org")
+
+
+def test_the_pages_buttons_unsubscribe_from_the_list_or_from_every_list(
+    sent: Path, client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    messages = received(smtp_server)
+    response = client.post(
+        path_of(unsubscribe_url(messages[("members", "bo@example.org")])), data={"scope": "list"}
+    )
+    assert response.status_code == 200
+    assert subscription_status(sent, "bo@example.org", "members") == "unsubscribed"
+    assert ("unsubscribed", "link") in events(sent, "bo@example.org")
+
+    response = client.post(
+        path_of(unsubscribe_url(messages[("public", "ana@example.org")])), data={"scope": "all"}
+    )
+    assert response.status_code == 200
+    assert "any list" in response.get_data(as_text=True)
+    assert subscription_status(sent, "ana@example.org", "members") == "unsubscribed"
+    assert subscription_status(sent, "ana@example.org", "public") == "unsubscribed"
+    engine = make_engine(load_settings(sent).database_url())
+    with transaction(engine) as session:
+        ana = session.scalars(select(Subscriber).where(Subscriber.email == "ana@example.org")).one()
+        assert ana.status is SubscriberStatus.UNSUBSCRIBED
+    engine.dispose()
+
+
+def test_bad_tokens_all_get_the_answer_of_an_unknown_one(
+    sent: Path, client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    url = unsubscribe_url(received(smtp_server)[("members", "ana@example.org")])
+    token = url.rsplit("/", 1)[1]
+    body, mac = token.split(".")
+    signer = tokens.Signer.from_secret(SECRET_KEY)
+    other = tokens.Signer.from_secret("another-key-of-another-site-000")
+    bad = {
+        "forged mac": f"{body}.{'A' * len(mac)}",
+        "truncated": token[:-3],
+        "no mac": body,
+        "a view token": signer.sign(tokens.Purpose.VIEW, 1, 1),
+        "another key": other.sign(tokens.Purpose.UNSUBSCRIBE, 1, 1),
+        "unknown subscriber": signer.sign(tokens.Purpose.UNSUBSCRIBE, 999_999, 1),
+        "unknown list": signer.sign(tokens.Purpose.UNSUBSCRIBE, 1, 999_999),
+        "garbage": "%00%0d%0a<script>",
+    }
+    answers = set()
+    for token_value in bad.values():
+        for method in (client.get, client.post):
+            response = method(f"/unsubscribe/{token_value}", data={"List-Unsubscribe": "One-Click"})
+            answers.add((response.status_code, response.get_data()))
+    assert len(answers) == 1, answers
+    status, page = answers.pop()
+    assert status == 404 and b"not valid" in page
+    assert subscription_status(sent, "ana@example.org", "members") == "subscribed"
+
+
+def test_the_page_is_the_same_whether_or_not_still_subscribed(
+    sent: Path, client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    url = path_of(unsubscribe_url(received(smtp_server)[("members", "ana@example.org")]))
+    before = client.get(url).get_data()
+    client.post(url, data={"List-Unsubscribe": "One-Click"})
+    assert client.get(url).get_data() == before
+
+
+def test_the_links_of_test_messages_and_previews_unsubscribe_nobody(client: FlaskClient) -> None:
+    for token in ("test", "preview"):
+        response = client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+        assert response.status_code == 200
+        assert "test message" in response.get_data(as_text=True)
+
+
+def test_an_unsubscribe_during_a_dispatch_skips_what_is_still_queued(
+    sent: Path, client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    settings = load_settings(sent)
+    engine = make_engine(settings.database_url())
+    with transaction(engine) as session:  # a dispatch written, not yet sent: everyone queued
+        lst = session.scalars(select(MailingList).where(MailingList.name == "members")).one()
+        variant = render_variant(
+            load_issue(sent / "issues" / "2019-01" / "issue.yaml"), settings, Segment.MEMBER
+        )
+        dispatch = create_dispatch(
+            session, "2019-01", lst, variant, from_name="N", from_address="n@efus.example", reply_to=""
+        )
+        dispatch_id = dispatch.id
+    url = unsubscribe_url(received(smtp_server)[("members", "bo@example.org")])
+    assert client.post(path_of(url), data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    with transaction(engine) as session:
+        states = dict(
+            session.execute(
+                select(Delivery.email, Delivery.status).where(Delivery.dispatch_id == dispatch_id)
+            ).all()
+        )
+    engine.dispose()
+    assert states == {"ana@example.org": DeliveryStatus.QUEUED, "bo@example.org": DeliveryStatus.SKIPPED}
+    before = len(smtp_server.messages)
+    code, out = run("send", "2019-01", "--list", "members", "--yes")  # resumes that dispatch
+    assert code == 0, out
+    assert [r.rcpt_tos[0] for r in smtp_server.messages[before:]] == ["ana@example.org"]
+
+
+# --- view in browser and the archive ------------------------------------------------
+
+
+def test_the_public_page_shows_no_members_only_text(sent: Path, client: FlaskClient) -> None:
+    response = client.get("/issues/2019-01")
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert "<title>" in page and "January 2019" in page
+    secrets = secret_strings(load_issue(sent / "issues" / "2019-01" / "issue.yaml"))
+    assert secrets and not leaked(page, secrets)
+    assert "?t=" not in page and "/unsubscribe/" not in page  # nobody's token on a public page
+    policy = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "script-src" not in policy
+    assert "https:" not in policy and "http:" not in policy  # nothing from another site
+
+
+def test_a_member_sees_the_members_version_through_their_own_link(
+    sent: Path, client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    url = view_url(received(smtp_server)[("members", "ana@example.org")])
+    assert "?t=" in url
+    response = client.get(path_of(url))
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    issue = load_issue(sent / "issues" / "2019-01" / "issue.yaml")
+    titles = {i.title for i in members_only_items(issue)}
+    assert len(titles) >= 2 and leaked(page, titles) == titles  # every members-only item is there
+    assert "Ana" in page  # their own greeting
+    assert response.headers["Referrer-Policy"] == "no-referrer"  # the token stays on this site
+    assert "no-store" in response.headers["Cache-Control"]
+
+
+def test_the_members_page_is_refused_without_a_valid_token(
+    sent: Path, client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    secrets = secret_strings(load_issue(sent / "issues" / "2019-01" / "issue.yaml"))
+    signer = tokens.Signer.from_secret(SECRET_KEY)
+    url = view_url(received(smtp_server)[("members", "ana@example.org")])
+    token = url.rsplit("t=", 1)[1]
+    engine = make_engine(load_settings(sent).database_url())
+    with transaction(engine) as session:  # a member who joined after the dispatch
+        claim = signer.verify(tokens.Purpose.VIEW, token)
+        assert claim is not None
+        late = Subscriber(email="late@example.org", name="Late")
+        session.add(late)
+        session.flush()
+        session.add(Subscription(subscriber_id=late.id, list_id=claim.list_id))
+        session.flush()
+        late_token = signer.sign(tokens.Purpose.VIEW, late.id, claim.list_id)
+        ana_unsubscribe = signer.sign(tokens.Purpose.UNSUBSCRIBE, claim.subscriber_id, claim.list_id)
+    engine.dispose()
+    answers = set()
+    for bad in (token[:-2], ana_unsubscribe, late_token, "x.y", ""):
+        response = client.get(f"/issues/2019-01?t={bad}")
+        page = response.get_data(as_text=True)
+        assert not leaked(page, secrets)
+        answers.add((response.status_code, page))
+    assert len(answers) == 1
+    status, page = answers.pop()
+    assert status == 403 and 'href="/issues/2019-01"' in page
+
+
+def test_the_archive_lists_issues_sent_to_a_public_list(client: FlaskClient) -> None:
+    response = client.get("/issues/")
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert 'href="/issues/2019-01"' in page and "January 2019" in page
+    assert client.get("/issues/2020-01").status_code == 404
+
+
+def test_pictures_are_served_and_nothing_else_of_the_issue_folder(client: FlaskClient) -> None:
+    with client.get("/issues/2019-01/images/logo.png") as response:
+        assert response.status_code == 200 and response.data.startswith(b"\x89PNG")
+        assert response.mimetype == "image/png"
+    for path in (
+        "/issues/2019-01/issue.yaml",
+        "/issues/2019-01/../../mailout.toml",
+        "/issues/2019-01/%2e%2e/%2e%2e/mailout.toml",
+        "/issues/2019-01/images/missing.png",
+    ):
+        assert client.get(path).status_code == 404, path
+
+
+def test_every_page_sends_the_security_headers(client: FlaskClient, smtp_server: SMTPServer) -> None:
+    url = unsubscribe_url(received(smtp_server)[("members", "ana@example.org")])
+    for path in (
+        "/issues/",
+        "/issues/2019-01",
+        path_of(url),
+        "/unsubscribe/x.y",
+        "/preview/2019-01",
+        "/nope",
+    ):
+        response = client.get(path)
+        assert "default-src 'none'" in response.headers["Content-Security-Policy"], path
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_the_static_archive_export(sent: Path, tmp_path: Path) -> None:
+    out = tmp_path / "site"
+    code, output = run("archive", "export", str(out))
+    assert code == 0, output
+    assert "wrote 1 issue" in output
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert 'href="2019-01/index.html"' in index
+    page = (out / "2019-01" / "index.html").read_text(encoding="utf-8")
+    secrets = secret_strings(load_issue(sent / "issues" / "2019-01" / "issue.yaml"))
+    assert not leaked(page, secrets)
+    assert 'src="images/logo.png"' in page
+    assert (out / "2019-01" / "images" / "logo.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "mailout.css").is_file()
+    assert not list(out.rglob("*.yaml"))
+
+
+# --- the preview -----------------------------------------------------------------
+
+
+def test_the_preview_shows_both_variants_rerendered_on_reload(sent: Path, client: FlaskClient) -> None:
+    page = client.get("/preview/2019-01").get_data(as_text=True)
+    assert page.count("<iframe") == 4  # each variant at two widths
+    assert "Members" in page and "Public" in page and "members-only left out" in page
+    issue_file = sent / "issues" / "2019-01" / "issue.yaml"
+    issue_file.write_text(
+        issue_file.read_text(encoding="utf-8").replace("SOLIDIFY, study visit", "SOLIDIFY, edited visit"),
+        encoding="utf-8",
+    )
+    page = client.get("/preview/2019-01").get_data(as_text=True)
+    assert "SOLIDIFY, edited visit" in page
+    with client.get("/preview/2019-01/files/images/logo.png") as response:
+        assert response.status_code == 200
+    assert client.get("/preview/2019-01/files/issue.yaml").status_code == 404
+
+
+def test_a_broken_issue_is_shown_with_its_file_and_line(sent: Path, client: FlaskClient) -> None:
+    issue_file = sent / "issues" / "2019-01" / "issue.yaml"
+    issue_file.write_text(
+        issue_file.read_text(encoding="utf-8").replace("subject:", "subjet:", 1), encoding="utf-8"
+    )
+    response = client.get("/preview/2019-01")
+    assert response.status_code == 422
+    assert re.search(r"issue\.yaml:\d+", response.get_data(as_text=True))
+
+
+def test_the_preview_needs_a_password_beyond_loopback(sent: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    closed = create_app(load_settings(sent), local=False)
+    assert closed.test_client().get("/preview/2019-01").status_code == 404  # no password: off
+    monkeypatch.setenv("MAILOUT_PREVIEW_PASSWORD", "correct horse")
+    app = create_app(load_settings(sent), local=False)
+    client = app.test_client()
+    response = client.get("/preview/2019-01")
+    assert response.status_code == 401 and "Basic" in response.headers["WWW-Authenticate"]
+    assert client.get("/preview/2019-01", auth=("team", "wrong")).status_code == 401
+    assert client.get("/preview/2019-01", auth=("team", "correct horse")).status_code == 200
+    # The links in messages need no password.
+    assert client.get("/issues/2019-01").status_code == 200
+    for each in (closed, app):
+        each.extensions["mailout"].engine.dispose()
+
+
+def test_no_app_without_a_secret_key(sent: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MAILOUT_SECRET_KEY")
+    with pytest.raises(ConfigError, match="MAILOUT_SECRET_KEY"):
+        create_app(load_settings(sent))
+    code, out = run("serve", "--port", "1")
+    assert code == 1 and "MAILOUT_SECRET_KEY" in out
+
+
+# --- unsubscribe requests by mail --------------------------------------------------------
+
+
+def _mail(sender: str, subject: str, body: str = "") -> bytes:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = "unsubscribe@efus.example"
+    message["Subject"] = subject
+    message["Message-ID"] = f"<{abs(hash((sender, subject)))}@client.example>"
+    message.set_content(body or "sent from my phone")
+    return message.as_bytes()
+
+
+def test_requests_to_the_mailto_address_are_processed_from_a_maildir(
+    sent: Path, smtp_server: SMTPServer, tmp_path: Path
+) -> None:
+    header = " ".join(str(received(smtp_server)[("members", "ana@example.org")]["List-Unsubscribe"]).split())
+    mailto = re.search(r"<mailto:([^>]+)>", header).group(1)  # type: ignore[union-attr]
+    subject = re.search(r"subject=([^&>]+)", mailto).group(1).replace("%20", " ")  # type: ignore[union-attr]
+    assert subject.startswith("unsubscribe ")
+    box = mailbox.Maildir(tmp_path / "Maildir", create=True)
+    box.add(_mail("alias@elsewhere.example", subject))  # the token decides, not the sender
+    box.add(_mail("Cy Dupont <cy@example.org>", "Re: Efus Newsletter", "Unsubscribe me please"))
+    box.add(_mail("stranger@example.net", "unsubscribe"))
+    box.add(_mail("bo@example.org", "Question about the agenda", "When is the next meeting?"))
+    # A damaged token: still a request to unsubscribe, so its sender leaves every list.
+    box.add(_mail("bo@example.org", "unsubscribe " + subject.split()[1][:-4]))
+
+    code, out = run("subscribers", "unsubscribe-mail", str(tmp_path / "Maildir"), "--dry-run")
+    assert code == 0, out
+    assert subscription_status(sent, "ana@example.org", "members") == "subscribed"
+
+    code, out = run("subscribers", "unsubscribe-mail", str(tmp_path / "Maildir"))
+    assert code == 0, out
+    assert "5 messages read; 3 unsubscribed" in out
+    assert subscription_status(sent, "ana@example.org", "members") == "unsubscribed"
+    assert subscription_status(sent, "ana@example.org", "public") == "subscribed"
+    assert subscription_status(sent, "cy@example.org", "public") == "unsubscribed"
+    assert subscription_status(sent, "bo@example.org", "members") == "unsubscribed"
+    assert re.search(r"unsubscribed\s+bo@example.org\s+from every list", out)
+    assert re.search(r"unknown sender\s+stranger@example.net", out)
+    assert re.search(r"ignored\s+bo@example.org", out)
+    assert ("unsubscribed", "mail") in events(sent, "ana@example.org")
+    # Read messages are marked seen: the next run has nothing to do.
+    code, out = run("subscribers", "unsubscribe-mail", str(tmp_path / "Maildir"))
+    assert "0 messages read" in out
+
+
+def test_an_mbox_file_and_a_wrong_path(sent: Path, tmp_path: Path) -> None:
+    box = mailbox.mbox(tmp_path / "requests.mbox", create=True)
+    box.add(_mail("cy@example.org", "UNSUBSCRIBE"))
+    box.close()
+    code, out = run("subscribers", "unsubscribe-mail", str(tmp_path / "requests.mbox"))
+    assert code == 0 and "1 message read; 1 unsubscribed" in out, out
+    assert subscription_status(sent, "cy@example.org", "public") == "unsubscribed"
+    code, out = run("subscribers", "unsubscribe-mail", str(tmp_path / "nowhere"))
+    assert code == 1 and "no such Maildir or mbox" in out
