@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 
 ## The main job on the embedded defaults: build every variant of the example issue, import
 ## the sample subscribers into SQLite, send a test of each variant and dispatch the issue to
-## both lists, all into the local outbox (outbox/*.eml), then print the status.
+## both lists, all into the local outbox (outbox/*.eml), write the public archive
+## (build/archive/), then print the status and the archive's address (`mailout serve`).
 ## The key below signs the links of these local messages only; set your own for real use.
 demo: export MAILOUT_SECRET_KEY ?= demo-key-for-the-local-outbox-only
 demo: $(STAMP)
@@ -26,6 +27,7 @@ demo: $(STAMP)
 	$(BIN)/mailout test 2019-01 --to comms@efus.example
 	$(BIN)/mailout send 2019-01 --list members --yes --again
 	$(BIN)/mailout send 2019-01 --list public --yes --again
+	$(BIN)/mailout archive export build/archive
 	$(BIN)/mailout status
 
 ## The whole test suite (installs Debian's chromium and postgresql when missing and root).
