@@ -149,6 +149,13 @@ def test_the_preview_and_archive_pages_render_in_chromium(
     for index in range(4):
         body = frames.nth(index).content_frame.locator("body")
         assert "January 2019" in body.inner_text()
+    for index in (0, 1):  # every picture loaded (from this site, under the page's policy)
+        sizes = (
+            frames.nth(index)
+            .content_frame.locator("img")
+            .evaluate_all("images => images.map(i => i.complete ? i.naturalWidth : -1)")
+        )
+        assert sizes and all(width > 0 for width in sizes), sizes
     widths = [frames.nth(i).bounding_box()["width"] for i in range(4)]  # type: ignore[index]
     assert widths[:2] == [widths[0]] * 2 and widths[2:] == [widths[2]] * 2 and widths[2] < widths[0]
     # The members-only teaser appears in the public frames only.

@@ -20,7 +20,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from mailout import tokens
+from mailout import archive, tokens
 from mailout.cli import cli
 from mailout.config import load_settings
 from mailout.db import make_engine, transaction
@@ -36,7 +36,7 @@ from mailout.models import (
     Subscription,
 )
 from mailout.outbox import create_dispatch
-from mailout.render import render_variant
+from mailout.render import private_images, render_variant
 from mailout.web import create_app
 from tests.conftest import SECRET_KEY
 from tests.smtpserver import SMTPServer
@@ -337,9 +337,13 @@ def test_the_members_page_is_refused_without_a_valid_token(
         session.flush()
         late_token = signer.sign(tokens.Purpose.VIEW, late.id, claim.list_id)
         ana_unsubscribe = signer.sign(tokens.Purpose.UNSUBSCRIBE, claim.subscriber_id, claim.list_id)
+        # Bo was on the list but never got the issue (skipped: he left before his turn).
+        bo_delivery = session.scalars(select(Delivery).where(Delivery.email == "bo@example.org")).one()
+        bo_delivery.status = DeliveryStatus.SKIPPED
     engine.dispose()
+    bo_token = view_url(received(smtp_server)[("members", "bo@example.org")]).rsplit("t=", 1)[1]
     answers = set()
-    for bad in (token[:-2], ana_unsubscribe, late_token, "x.y", ""):
+    for bad in (token[:-2], ana_unsubscribe, late_token, bo_token, "x.y", ""):
         response = client.get(f"/issues/2019-01?t={bad}")
         page = response.get_data(as_text=True)
         assert not leaked(page, secrets)
@@ -368,6 +372,42 @@ def test_pictures_are_served_and_nothing_else_of_the_issue_folder(client: FlaskC
         "/issues/2019-01/images/missing.png",
     ):
         assert client.get(path).status_code == 404, path
+
+
+def test_a_members_only_picture_is_only_at_the_address_the_members_version_gives(
+    sent: Path, client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    issue = load_issue(sent / "issues" / "2019-01" / "issue.yaml")
+    [private] = private_images(issue)
+    assert client.get(f"/issues/2019-01/{private}").status_code == 404  # its plain name
+    public_page = client.get("/issues/2019-01").get_data(as_text=True)
+    assert private not in public_page
+    member_page = client.get(path_of(view_url(received(smtp_server)[("members", "ana@example.org")])))
+    found = re.search(
+        r'src="(/issues/2019-01/m/([0-9a-f]+)/' + re.escape(private) + ')"',
+        member_page.get_data(as_text=True),
+    )
+    assert found, "the members' page loads it from its private address"
+    with client.get(found.group(1)) as response:
+        assert response.status_code == 200 and response.data.startswith(b"\x89PNG")
+        assert response.headers["Cache-Control"].startswith("private")
+    wrong = "0" * len(found.group(2))
+    for path in (
+        f"/issues/2019-01/m/{wrong}/{private}",
+        f"/issues/2019-01/m/{found.group(2)}/images/logo.png",  # a digest opens only its own picture
+        f"/issues/2019-01/m/{found.group(2)}/../../../mailout.toml",
+        f"/issues/2019-01/m/{found.group(2)}/issue.yaml",
+    ):
+        assert client.get(path).status_code == 404, path
+
+
+def test_an_image_file_outside_the_issue_folder_is_never_served(sent: Path) -> None:
+    settings = load_settings(sent)
+    (sent / "secret.png").write_bytes(b"\x89PNG not for you")
+    (sent / "issues" / "2019-01" / "link.png").symlink_to(sent / "secret.png")
+    assert archive.image_file(settings, "2019-01", "../../secret.png") is None
+    assert archive.image_file(settings, "2019-01", "link.png") is None  # a symlink out of the folder
+    assert archive.image_file(settings, "2019-01", "images/logo.png") is not None
 
 
 def test_every_page_sends_the_security_headers(client: FlaskClient, smtp_server: SMTPServer) -> None:
@@ -419,6 +459,9 @@ def test_the_preview_shows_both_variants_rerendered_on_reload(sent: Path, client
     assert "SOLIDIFY, edited visit" in page
     with client.get("/preview/2019-01/files/images/logo.png") as response:
         assert response.status_code == 200
+    # Under another name than loopback's (DNS rebinding), the open preview is refused.
+    assert client.get("/preview/2019-01", headers={"Host": "evil.example:8025"}).status_code == 403
+    assert client.get("/preview/2019-01", headers={"Host": "127.0.0.1:8025"}).status_code == 200
     assert client.get("/preview/2019-01/files/issue.yaml").status_code == 404
 
 
@@ -480,36 +523,63 @@ def test_requests_to_the_mailto_address_are_processed_from_a_maildir(
     box.add(_mail("alias@elsewhere.example", subject))  # the token decides, not the sender
     box.add(_mail("Cy Dupont <cy@example.org>", "Re: Efus Newsletter", "Unsubscribe me please"))
     box.add(_mail("stranger@example.net", "unsubscribe"))
-    box.add(_mail("bo@example.org", "Question about the agenda", "When is the next meeting?"))
-    # A damaged token: still a request to unsubscribe, so its sender leaves every list.
-    box.add(_mail("bo@example.org", "unsubscribe " + subject.split()[1][:-4]))
+    question = box.add(_mail("bo@example.org", "Question about the agenda", "When is the next meeting?"))
+    box.add(_mail("bo@example.org", "unsubscribe test"))  # the mailto of a test message
+    box.add(_mail("bo@example.org", "cancellation of the Lisbon visit"))
 
     code, out = run("subscribers", "unsubscribe-mail", str(tmp_path / "Maildir"), "--dry-run")
     assert code == 0, out
+    assert "6 new messages; 2 would be unsubscribed" in out
     assert subscription_status(sent, "ana@example.org", "members") == "subscribed"
 
     code, out = run("subscribers", "unsubscribe-mail", str(tmp_path / "Maildir"))
     assert code == 0, out
-    assert "5 messages read; 3 unsubscribed" in out
+    assert "6 new messages; 2 unsubscribed" in out
     assert subscription_status(sent, "ana@example.org", "members") == "unsubscribed"
     assert subscription_status(sent, "ana@example.org", "public") == "subscribed"
     assert subscription_status(sent, "cy@example.org", "public") == "unsubscribed"
-    assert subscription_status(sent, "bo@example.org", "members") == "unsubscribed"
-    assert re.search(r"unsubscribed\s+bo@example.org\s+from every list", out)
+    assert subscription_status(sent, "bo@example.org", "members") == "subscribed"
     assert re.search(r"unknown sender\s+stranger@example.net", out)
-    assert re.search(r"ignored\s+bo@example.org", out)
+    assert re.search(r"ignored\s+bo@example.org\s+the link of a test message", out)
+    assert len(re.findall(r"ignored\s+bo@example.org\s+no unsubscribe request", out)) == 2
     assert ("unsubscribed", "mail") in events(sent, "ana@example.org")
-    # Read messages are marked seen: the next run has nothing to do.
+    # What was acted on is marked seen; what a person must read stays unread.
+    box = mailbox.Maildir(tmp_path / "Maildir", create=False)
+    assert "S" not in box.get_message(question).get_flags()
+    assert sum("S" in m.get_flags() for m in box) == 2
+    # Each message once: a run after a resubscription undoes nothing.
+    code, out = run(
+        "subscribers",
+        "resubscribe",
+        "cy@example.org",
+        "--list",
+        "public",
+        "--reason",
+        "asked",
+        "--confirm-consent",
+    )
+    assert code == 0, out
     code, out = run("subscribers", "unsubscribe-mail", str(tmp_path / "Maildir"))
-    assert "0 messages read" in out
+    assert "0 new messages (6 handled before); 0 unsubscribed" in out
+    assert subscription_status(sent, "cy@example.org", "public") == "subscribed"
 
 
-def test_an_mbox_file_and_a_wrong_path(sent: Path, tmp_path: Path) -> None:
+def test_an_mbox_file_an_encoded_token_and_a_wrong_path(
+    sent: Path, smtp_server: SMTPServer, tmp_path: Path
+) -> None:
+    header = " ".join(str(received(smtp_server)[("members", "bo@example.org")]["List-Unsubscribe"]).split())
+    encoded = re.search(r"subject=([^&>]+)", header).group(1)  # type: ignore[union-attr]
+    assert "%20" in encoded
     box = mailbox.mbox(tmp_path / "requests.mbox", create=True)
-    box.add(_mail("cy@example.org", "UNSUBSCRIBE"))
+    box.add(_mail("bo@example.org", encoded))  # a client that left the space encoded
+    box.add(b"From: \xff\xfe broken\r\n\r\n")
     box.close()
     code, out = run("subscribers", "unsubscribe-mail", str(tmp_path / "requests.mbox"))
-    assert code == 0 and "1 message read; 1 unsubscribed" in out, out
-    assert subscription_status(sent, "cy@example.org", "public") == "unsubscribed"
+    assert code == 0 and "2 new messages; 1 unsubscribed" in out, out
+    assert re.search(r"ignored\s+.*broken", out)  # the odd one is reported, not fatal
+    assert re.search(r"unsubscribed\s+bo@example.org\s+from list members", out)
+    assert subscription_status(sent, "bo@example.org", "members") == "unsubscribed"
+    code, out = run("subscribers", "unsubscribe-mail", str(tmp_path / "requests.mbox"))
+    assert "handled before" in out
     code, out = run("subscribers", "unsubscribe-mail", str(tmp_path / "nowhere"))
     assert code == 1 and "no such Maildir or mbox" in out

@@ -13,6 +13,7 @@ to members only has no public page.
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import re
 import shutil
 from dataclasses import dataclass
@@ -26,13 +27,15 @@ from .config import Settings
 from .errors import ConfigError, WorkspaceError
 from .issues import Segment
 from .mailer import first_name
-from .models import Delivery, Dispatch
+from .models import Delivery, DeliveryStatus, Dispatch
 from .outbox import as_utc, frozen_variant
-from .render import Recipient
+from .render import DIGEST_LENGTH, Recipient, image_digest
 from .tokens import Claim, Purpose, Signer
 
 #: Picture files the web app and the export may publish from an issue's folder.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp"})
+#: The delivery states in which a recipient may have the message, and so its links.
+RECEIVED = (DeliveryStatus.SENT, DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN)
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
@@ -81,7 +84,7 @@ def public_dispatch(session: Session, slug: str) -> Dispatch | None:
 
 
 def member_dispatch(session: Session, slug: str, claim: Claim) -> tuple[Dispatch, Delivery] | None:
-    """Return the newest dispatch of ``slug`` that the token's holder was a recipient of.
+    """Return the newest dispatch of ``slug`` that was sent to the token's holder.
 
     A view token names a subscriber and a list; it opens only the issues that went to
     that person on that list, not every issue the list ever got (someone who left
@@ -94,6 +97,9 @@ def member_dispatch(session: Session, slug: str, claim: Claim) -> tuple[Dispatch
             Dispatch.issue == slug,
             Dispatch.list_id == claim.list_id,
             Delivery.subscriber_id == claim.subscriber_id,
+            # Sent to them (or possibly: on the wire when a process died), not merely listed:
+            # someone skipped because they left, or whose address bounced, did not get it.
+            Delivery.status.in_(RECEIVED),
         )
         .order_by(Dispatch.id.desc())
         .limit(1)
@@ -170,6 +176,26 @@ def image_file(settings: Settings, slug: str, name: str) -> Path | None:
     if not path.is_relative_to(folder) or not path.is_file():
         return None
     return path
+
+
+_PRIVATE = re.compile(rf"m/([0-9a-f]{{{DIGEST_LENGTH}}})/(.+)")
+
+
+def private_image_file(settings: Settings, slug: str, path: str) -> Path | None:
+    """Return the members-only picture at ``m/<digest>/<name>``, if the digest is its content's."""
+    match = _PRIVATE.fullmatch(path)
+    if match is None:
+        return None
+    found = image_file(settings, slug, match.group(2))
+    if found is None or not hmac.compare_digest(image_digest(found), match.group(1)):
+        return None
+    return found
+
+
+def strip_private(path: str) -> str:
+    """Return the file name in a picture's address, private (``m/<digest>/``) or not."""
+    match = _PRIVATE.fullmatch(path)
+    return match.group(2) if match else path
 
 
 @dataclass(frozen=True)

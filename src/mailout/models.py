@@ -234,3 +234,16 @@ class Worker(Base):
     pid: Mapped[int]
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class MailRequest(Base):
+    """A message read from the unsubscribe mailbox, and what was done with it (each one once)."""
+
+    __tablename__ = "mail_requests"
+
+    #: The message's Message-ID, or a digest of its bytes when it has none.
+    key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    sender: Mapped[str] = mapped_column(String(320), default="")
+    outcome: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

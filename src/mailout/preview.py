@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import Settings
 from .errors import Problem
 from .issues import Issue, Segment
-from .render import Recipient, Variant, asset_base, render_issue
+from .render import Recipient, Variant, asset_base, private_image_path, private_images, render_issue
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,10 @@ def write_preview(issue: Issue, settings: Settings, out_dir: Path | None = None)
     variants = render_issue(issue, settings)
     out = out_dir or settings.path("build") / issue.slug
     out.mkdir(parents=True, exist_ok=True)
+    private = private_images(issue)
     for name in issue.images():
-        target = out / name
+        # Where the variants load it from: members-only pictures under their private path.
+        target = out / (private_image_path(issue, name) if name in private else name)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(issue.folder / name, target)
     recipient = sample_recipient(settings, issue)

@@ -12,6 +12,7 @@ can never be mistaken for a placeholder.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import html
 import logging
 import re
@@ -174,9 +175,12 @@ def render_variant(
         else ""
     )
     base = asset_base(settings, issue)
+    private = private_images(issue)
 
     def asset_url(name: str) -> str:
-        return name if is_url(name) else base + name
+        if is_url(name):
+            return name
+        return base + (private_image_path(issue, name) if name in private else name)
 
     context: dict[str, Any] = {
         "issue": issue,
@@ -229,6 +233,37 @@ def render_variant(
         items_hidden=hidden,
         warnings=tuple(warnings),
     )
+
+
+def private_images(issue: Issue) -> set[str]:
+    """Return the local pictures only members-only items show (none the public variant shows)."""
+    public = {i.image for s in issue.sections for i in s.visible_items(Segment.PUBLIC) if i.image}
+    public.add(issue.logo)
+    hidden = {
+        i.image for s in issue.sections for i in s.items if i.image and (s.members_only or i.members_only)
+    }
+    return {name for name in hidden - public if not is_url(name)}
+
+
+#: How many hex digits of a picture's SHA-256 its private address carries (80 bits).
+DIGEST_LENGTH = 20
+
+
+def image_digest(path: Path) -> str:
+    """Return the part of a members-only picture's address that only its readers know."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:DIGEST_LENGTH]
+    except OSError:  # checked by load_issue; a preview of a file being edited may race it
+        return "0" * DIGEST_LENGTH
+
+
+def private_image_path(issue: Issue, name: str) -> str:
+    """Return where a members-only picture is published: ``m/<digest>/<name>``.
+
+    Its address holds a digest of its content, so only those who got the members'
+    version can ask for it; the public variant and archive never name it.
+    """
+    return f"m/{image_digest(issue.folder / name)}/{name}"
 
 
 def asset_base(settings: Settings, issue: Issue) -> str:

@@ -7,18 +7,23 @@ instead. This reads such messages from a Maildir or an mbox file:
 - a subject (or first lines of the body) with a valid token unsubscribes the
   subscriber and list the token names, whoever the message is from (it may come
   from an alias);
-- otherwise a message that says "unsubscribe" unsubscribes its sender (``From``)
-  from every list, as a reply to an issue asks;
+- the pseudo-tokens of test messages and previews (``test``, ``preview``)
+  unsubscribe nobody;
+- otherwise a message whose subject or first lines say "unsubscribe"
+  unsubscribes its sender (``From``) from every list, as a reply to an issue asks;
 - anything else is left for a person and reported.
 
-In a Maildir, read messages are marked seen and moved to ``cur/``; a later run
-looks only at unseen ones. Unsubscribing twice changes nothing, so reading an
-mbox again is harmless.
+Each message is handled once, ever: its Message-ID (or a digest of its bytes)
+is recorded in ``mail_requests`` in the same transaction as what it changed, so
+reading the mailbox again, or a person opening it first, changes nothing and
+loses nothing. In a Maildir, messages that led to an unsubscribe are marked
+seen; the others stay as they were, for a person to read.
 """
 
 from __future__ import annotations
 
 import email.policy
+import hashlib
 import mailbox
 import re
 from collections.abc import Iterator
@@ -30,44 +35,65 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from .errors import WorkspaceError
-from .models import MailingList, Source, Subscriber
+from .models import MailingList, MailRequest, Source, Subscriber
 from .subscribers import InvalidSubscriber, SubscriberNotFound, find, unsubscribe
 from .tokens import Purpose, Signer
 
-_TOKEN = re.compile(r"\bunsubscribe\s+([A-Za-z0-9_-]{1,40}\.[A-Za-z0-9_-]{10,40})", re.IGNORECASE)
-_WORD = re.compile(r"\b(unsubscribe|d[ée]sinscri|abmelden|darse de baja|cancella)", re.IGNORECASE)
+# "unsubscribe TOKEN", also with the space left URL-encoded by a careless client.
+_TOKEN = re.compile(r"\bunsubscribe(?:\s+|%20)([A-Za-z0-9_-]{1,40}\.[A-Za-z0-9_-]{10,40})", re.IGNORECASE)
+_SAMPLE = re.compile(r"\bunsubscribe(?:\s+|%20)(test|preview)\b", re.IGNORECASE)
+_WORD = re.compile(
+    r"\b(unsubscribe|d[ée]sinscri(re|ption|vez)|d[ée]sabonne|abmelden|darse de baja)\b", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What was done with one message."""
 
-    message_id: str
+    key: str
     sender: str
-    action: str  # "unsubscribed", "already", "unknown sender", "ignored"
+    action: str  # "unsubscribed", "already", "unknown sender", "ignored", "error"
     detail: str
 
 
-def messages(path: Path) -> Iterator[tuple[str, EmailMessage, mailbox.Mailbox[mailbox.Message]]]:
-    """Yield (key, message, box) for each unread message of a Maildir, or each of an mbox file."""
+@dataclass
+class Read:
+    """One message of the mailbox: its key there, its identity, and the parsed message (or why not)."""
+
+    box_key: str
+    identity: str
+    message: EmailMessage | None
+    problem: str = ""
+
+
+def open_mailbox(path: Path) -> mailbox.Mailbox[mailbox.Message]:
+    """Open a Maildir folder or an mbox file, or say clearly what ``path`` is not."""
     if path.is_dir():
         if not all((path / sub).is_dir() for sub in ("cur", "new", "tmp")):
             raise WorkspaceError(f"{path}: a folder but not a Maildir (no cur/, new/ and tmp/)")
-        box: mailbox.Mailbox[mailbox.Message] = mailbox.Maildir(path, factory=None, create=False)
-    elif path.is_file():
-        box = mailbox.mbox(path, create=False)
-    else:
-        raise WorkspaceError(f"{path}: no such Maildir or mbox file")
-    try:
-        for key in box.iterkeys():  # iterating a Mailbox itself yields messages, not keys
-            message = box.get_message(key)
-            if isinstance(message, mailbox.MaildirMessage) and "S" in message.get_flags():
-                continue
-            parsed = email.message_from_bytes(box.get_bytes(key), policy=email.policy.default)
-            assert isinstance(parsed, EmailMessage)
-            yield key, parsed, box
-    finally:
-        box.close()  # an mbox holds its file open; a Maildir can still be marked after this
+        return mailbox.Maildir(path, create=False)
+    if path.is_file():
+        return mailbox.mbox(path, create=False)
+    raise WorkspaceError(f"{path}: no such Maildir or mbox file")
+
+
+def messages(box: mailbox.Mailbox[mailbox.Message]) -> Iterator[Read]:
+    """Yield every message of ``box``, read flags or not (each is handled once anyway)."""
+    for key in box.iterkeys():  # iterating a Mailbox itself yields messages, not keys
+        raw = box.get_bytes(key)
+        try:
+            parsed = email.message_from_bytes(raw, policy=email.policy.default)
+            identity = str(parsed.get("Message-ID", "")).strip()
+        except Exception as exc:  # a message broken beyond parsing: report it, go on
+            yield Read(key, _digest(raw), None, f"unreadable message: {exc}")
+            continue
+        assert isinstance(parsed, EmailMessage)
+        yield Read(key, identity[:250] if identity else _digest(raw), parsed)
+
+
+def _digest(raw: bytes) -> str:
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def mark_seen(box: mailbox.Mailbox[mailbox.Message], key: str) -> None:
@@ -80,22 +106,36 @@ def mark_seen(box: mailbox.Mailbox[mailbox.Message], key: str) -> None:
 
 
 def _body_start(message: EmailMessage) -> str:
-    part = message.get_body(preferencelist=("plain",))
-    if part is None:
-        return ""
     try:
-        return str(part.get_content())[:2000]
-    except (LookupError, ValueError):
+        part = message.get_body(preferencelist=("plain",))
+        return str(part.get_content())[:300] if part is not None else ""
+    except (LookupError, ValueError, KeyError):
         return ""
 
 
-def process(session: Session, signer: Signer, message: EmailMessage) -> Outcome:
-    """Act on one message: unsubscribe what it asks, in ``session``."""
-    message_id = str(message.get("Message-ID", "")).strip()
-    sender = parseaddr(str(message.get("From", "")))[1]
+def handled(session: Session, identity: str) -> bool:
+    """Return whether this message was handled by an earlier run."""
+    return session.get(MailRequest, identity) is not None
+
+
+def process(session: Session, signer: Signer, identity: str, message: EmailMessage) -> Outcome:
+    """Act on one message in ``session`` and record it as handled."""
+    outcome = _decide(session, signer, identity, message)
+    session.add(
+        MailRequest(key=identity, sender=outcome.sender[:320], outcome=outcome.action, detail=outcome.detail)
+    )
+    return outcome
+
+
+def _decide(session: Session, signer: Signer, identity: str, message: EmailMessage) -> Outcome:
+    # Printed to the terminal and stored: no control characters (escape sequences) from a stranger.
+    sender = "".join(c for c in parseaddr(str(message.get("From", "")))[1] if c.isprintable())
     subject = str(message.get("Subject", ""))
     body = _body_start(message)
+    detail = f"message {identity}"
     for text in (subject, body):
+        if _SAMPLE.search(text):
+            return Outcome(identity, sender, "ignored", "the link of a test message or a preview")
         for match in _TOKEN.finditer(text):
             claim = signer.verify(Purpose.UNSUBSCRIBE, match.group(1))
             if claim is None:
@@ -104,15 +144,15 @@ def process(session: Session, signer: Signer, message: EmailMessage) -> Outcome:
             lst = session.get(MailingList, claim.list_id)
             if person is None or lst is None:
                 continue
-            changed = unsubscribe(session, person, Source.MAIL, lst=lst, detail=f"message {message_id}")
+            changed = unsubscribe(session, person, Source.MAIL, lst=lst, detail=detail)
             return Outcome(
-                message_id, sender, "unsubscribed" if changed else "already", f"from list {lst.name}"
+                identity, sender, "unsubscribed" if changed else "already", f"from list {lst.name}"
             )
-    if not _WORD.search(subject) and not _WORD.search(body[:300]):
-        return Outcome(message_id, sender, "ignored", "no unsubscribe request in it")
+    if not _WORD.search(subject) and not _WORD.search(body):
+        return Outcome(identity, sender, "ignored", "no unsubscribe request in it")
     try:
         person = find(session, sender)
     except (SubscriberNotFound, InvalidSubscriber):
-        return Outcome(message_id, sender, "unknown sender", "no subscriber with this address")
-    changed = unsubscribe(session, person, Source.MAIL, detail=f"message {message_id}, no token")
-    return Outcome(message_id, sender, "unsubscribed" if changed else "already", "from every list")
+        return Outcome(identity, sender, "unknown sender", "no subscriber with this address")
+    changed = unsubscribe(session, person, Source.MAIL, detail=f"{detail}, no token")
+    return Outcome(identity, sender, "unsubscribed" if changed else "already", "from every list")

@@ -15,7 +15,7 @@ from ..db import transaction
 from ..errors import MailoutError
 from ..importer import ImportReport, import_file, sync_paths
 from ..issues import display_path
-from ..models import Source
+from ..models import MailRequest, Source
 from ..tokens import Signer
 from .state import State, pass_state
 
@@ -217,10 +217,10 @@ def unsubscribe_command(
 def unsubscribe_mail_command(state: State, mailbox_path: Path, dry_run: bool) -> None:
     """Process the requests sent to the List-Unsubscribe mailto address.
 
-    MAILBOX is a Maildir folder (its unread messages are read, then marked seen) or
-    an mbox file. A message with a valid token in its subject unsubscribes from that
-    list; one that says "unsubscribe" without a token unsubscribes its sender from
-    every list; anything else is listed for a person to read.
+    MAILBOX is a Maildir folder or an mbox file. A message with a valid token in its
+    subject unsubscribes from that list; one that says "unsubscribe" without a token
+    unsubscribes its sender from every list; anything else is listed for a person to
+    read. Each message is handled once, however often the mailbox is read.
 
     \b
     Example:
@@ -228,22 +228,36 @@ def unsubscribe_mail_command(state: State, mailbox_path: Path, dry_run: bool) ->
     """
     signer = Signer.from_secret(state.settings.secret_key)
     engine = state.engine()
-    outcomes = []
-    seen = []
-    with Session(engine) as session, session.begin():
-        for key, message, box in unsubmail.messages(mailbox_path):
-            outcomes.append(unsubmail.process(session, signer, message))
-            seen.append((box, key))
-        if dry_run:
-            session.rollback()
-    if not dry_run:
-        for box, key in seen:  # after the commit: a crash before it reads them again, harmlessly
-            unsubmail.mark_seen(box, key)
-    for outcome in outcomes:
-        click.echo(f"{outcome.action:<15} {outcome.sender or '(no sender)'}  {outcome.detail}")
+    box = unsubmail.open_mailbox(mailbox_path)
+    outcomes: list[unsubmail.Outcome] = []
+    before = 0
+    try:
+        for read in unsubmail.messages(box):
+            # One transaction per message: a message that fails loses nothing done for the
+            # others, and the database is never held for the whole mailbox.
+            with Session(engine) as session, session.begin():
+                if unsubmail.handled(session, read.identity):
+                    before += 1
+                    continue
+                if read.message is None:
+                    outcome = unsubmail.Outcome(read.identity, "", "error", read.problem)
+                    session.add(MailRequest(key=read.identity, outcome="error", detail=read.problem[:2000]))
+                else:
+                    outcome = unsubmail.process(session, signer, read.identity, read.message)
+                if dry_run:
+                    session.rollback()
+            outcomes.append(outcome)
+            click.echo(f"{outcome.action:<15} {outcome.sender or '(no sender)'}  {outcome.detail}")
+            if not dry_run and outcome.action in ("unsubscribed", "already"):
+                unsubmail.mark_seen(box, read.box_key)  # done: what stays unread is for a person
+    finally:
+        box.close()
     done = sum(o.action == "unsubscribed" for o in outcomes)
-    read = f"{len(outcomes)} message{'s' if len(outcomes) != 1 else ''} read"
-    click.echo(f"{read}; {done} {'would be unsubscribed (dry run)' if dry_run else 'unsubscribed'}")
+    read_count = f"{len(outcomes)} new message{'s' if len(outcomes) != 1 else ''}"
+    earlier = f" ({before} handled before)" if before else ""
+    click.echo(
+        f"{read_count}{earlier}; {done} {'would be unsubscribed (dry run)' if dry_run else 'unsubscribed'}"
+    )
 
 
 @subscribers.command("resubscribe")

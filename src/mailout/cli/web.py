@@ -8,7 +8,7 @@ import signal
 import socket
 from pathlib import Path
 from types import FrameType
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import click
 
@@ -76,7 +76,8 @@ def serve_command(state: State, host: str | None, port: int | None) -> None:
     else:
         click.echo("  preview:  off (bound beyond loopback: set MAILOUT_PREVIEW_PASSWORD to turn it on)")
     base = urlsplit(settings.newsletter.public_base_url)
-    if base.hostname and is_loopback(base.hostname) and (base.port or 80) != server.server_port:
+    default_port = 443 if base.scheme == "https" else 80
+    if base.hostname and is_loopback(base.hostname) and (base.port or default_port) != server.server_port:
         click.secho(
             f"warning: messages link to {settings.newsletter.public_base_url}, not to this server;"
             " set newsletter.public_base_url or --port to match",
@@ -128,7 +129,7 @@ def export_command(state: State, directory: Path) -> None:
             title=f"{settings.newsletter.name}: past issues",
             issues=issues,
             css_url="mailout.css",
-            issue_url=lambda slug: f"{slug}/index.html",
+            issue_url=lambda slug: f"{quote(slug)}/index.html",
         )
         result = export_archive(session, settings, signer, directory, index)
     shutil.copyfile(PACKAGE / "static" / "mailout.css", directory / "mailout.css")
@@ -138,4 +139,6 @@ def export_command(state: State, directory: Path) -> None:
         )
     count = len(result.issues)
     click.echo(f"wrote {count} issue{'s' if count != 1 else ''} to {display_path(directory / 'index.html')}")
-    click.echo(f"served by `mailout serve` at {settings.newsletter.public_base_url.rstrip('/')}/issues/")
+    click.echo(
+        f"the web app (`mailout serve`) shows it at {settings.newsletter.public_base_url.rstrip('/')}/issues/"
+    )

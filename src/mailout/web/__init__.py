@@ -18,6 +18,10 @@ Routes (blueprint ``mailout``):
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,32 @@ from ..tokens import Signer
 PACKAGE = Path(__file__).resolve().parent
 
 
+class TimedCache:
+    """A small thread-safe cache whose entries expire: at most ``size`` of them, each ``ttl`` seconds."""
+
+    def __init__(self, ttl: float = 60.0, size: int = 256) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+
+    def get(self, key: str, compute: Callable[[], Any], *, keep: Callable[[Any], bool] = bool) -> Any:
+        """Return the value for ``key``, computed again when absent or expired; kept only if ``keep`` says so."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and now - entry[0] < self.ttl:
+            return entry[1]
+        value = compute()
+        if keep(value):
+            with self._lock:
+                self._entries[key] = (now, value)
+                self._entries.move_to_end(key)
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        return value
+
+
 class Mailout:
     """What the views share: settings, database, signer, and who may see the preview."""
 
@@ -40,6 +70,8 @@ class Mailout:
         self.engine = engine
         self.signer = signer
         self.preview_open = preview_open
+        #: Issue slug -> the pictures its public dispatches load (messages load them on every open).
+        self.images = TimedCache()
 
 
 def create_app(settings: Settings | None = None, *, local: bool = False) -> Flask:
@@ -60,6 +92,7 @@ def create_app(settings: Settings | None = None, *, local: bool = False) -> Flas
         MAX_CONTENT_LENGTH=64 * 1024,
         TEMPLATES_AUTO_RELOAD=False,
     )
+
     # No sessions and no cookies: the links carry their own signed tokens.
     app.extensions["mailout"] = Mailout(settings, engine, signer, preview_open=local)
     app.register_blueprint(blueprint)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hmac
-import threading
-import time
+import ipaddress
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -254,43 +254,39 @@ def issue_page(slug: str) -> Response:
 _NO_ISSUE = "There is no issue at this address in the archive."
 
 
-class _ImageIndex:
-    """Which pictures each issue's dispatches load, kept for a minute (emails load them on every open)."""
-
-    ttl = 60.0
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: dict[str, tuple[float, frozenset[str]]] = {}
-
-    def names(self, slug: str) -> frozenset[str]:
-        now = time.monotonic()
-        with self._lock:
-            entry = self._entries.get(slug)
-        if entry is not None and now - entry[0] < self.ttl:
-            return entry[1]
-        prefix = archive.Links(mailout().settings, mailout().signer).asset_prefix(slug)
-        with session() as s:
-            pages = s.scalars(select(Dispatch.html).where(Dispatch.issue == slug)).all()
-        names = frozenset(name for html in pages for name in archive.images_in(html, prefix))
-        with self._lock:
-            self._entries[slug] = (now, names)
-        return names
-
-
-_images = _ImageIndex()
+def public_images(slug: str) -> frozenset[str]:
+    """Return the pictures the public dispatches of ``slug`` load."""
+    prefix = archive.Links(mailout().settings, mailout().signer).asset_prefix(slug)
+    with session() as s:
+        pages = s.scalars(
+            select(Dispatch.html).where(Dispatch.issue == slug, Dispatch.segment == Segment.PUBLIC.value)
+        ).all()
+    return frozenset(name for html in pages for name in archive.images_in(html, prefix))
 
 
 @blueprint.get("/issues/<slug>/<path:name>")
 def issue_image(slug: str, name: str) -> Response:
-    """A picture of a sent issue: only files its messages load, never the issue file itself."""
-    if name not in _images.names(slug):
+    """A picture of a sent issue, never the issue file itself.
+
+    Public pictures: those the public version loads. A members-only picture is
+    published under ``m/<digest of its content>/``, an address only the members'
+    version gives.
+    """
+    state = mailout()
+    if not archive.is_slug(slug):
         abort(404)
-    path = archive.image_file(mailout().settings, slug, name)
+    if name.startswith("m/"):
+        path = archive.private_image_file(state.settings, slug, name)
+        cache = "private, max-age=3600"
+    else:
+        # Unknown slugs are not cached: asking for many of them cannot fill the memory.
+        names: frozenset[str] = state.images.get(slug, lambda: public_images(slug))
+        path = archive.image_file(state.settings, slug, name) if name in names else None
+        cache = "public, max-age=3600"
     if path is None:
         abort(404)
     response = send_file(path, max_age=3600)
-    response.headers["Cache-Control"] = "public, max-age=3600"
+    response.headers["Cache-Control"] = cache
     return response
 
 
@@ -303,7 +299,13 @@ def guard_preview() -> Response | None:
         return None
     state = mailout()
     if state.preview_open:
-        return None
+        # Open, but only under this machine's own names: a web page that rebinds its domain
+        # to 127.0.0.1 (DNS rebinding) must not read unpublished issues through a team
+        # member's browser.
+        host = urlsplit(f"//{request.host}").hostname or ""
+        if host == "localhost" or _is_loopback_address(host):
+            return None
+        abort(403)
     password = state.settings.web.preview_password
     if not password:
         abort(404)  # off: bound beyond loopback with no password set
@@ -315,6 +317,13 @@ def guard_preview() -> Response | None:
     )
     response.headers["WWW-Authenticate"] = 'Basic realm="mailout preview", charset="UTF-8"'
     return response
+
+
+def _is_loopback_address(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @blueprint.get("/preview/")
@@ -390,6 +399,7 @@ def preview_file(slug: str, name: str) -> Response:
         issue = _load(slug)
     except MailoutError:
         abort(404)
+    name = archive.strip_private(name)
     if name not in issue.images():
         abort(404)
     path = archive.image_file(mailout().settings, slug, name)
