@@ -9,6 +9,8 @@ from __future__ import annotations
 import html as htmlmod
 import mailbox
 import re
+import sqlite3
+import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -583,3 +585,22 @@ def test_an_mbox_file_an_encoded_token_and_a_wrong_path(
     assert "handled before" in out
     code, out = run("subscribers", "unsubscribe-mail", str(tmp_path / "nowhere"))
     assert code == 1 and "no such Maildir or mbox" in out
+
+
+def test_pages_that_only_read_do_not_wait_for_a_sqlite_writer(
+    sent: Path, client: FlaskClient, smtp_server: SMTPServer, database_url: str
+) -> None:
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite's write lock; PostgreSQL readers never wait for writers")
+    url = path_of(unsubscribe_url(received(smtp_server)[("members", "ana@example.org")]))
+    writer = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a sending process in the middle of a commit, held
+    try:
+        started = time.monotonic()
+        for path in ("/issues/", "/issues/2019-01", url, "/issues/2019-01/images/logo.png"):
+            with client.get(path) as response:
+                assert response.status_code == 200, path
+        assert time.monotonic() - started < 5  # the busy timeout is 30 s: nothing waited for it
+    finally:
+        writer.rollback()
+        writer.close()

@@ -55,10 +55,27 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: Any) -> None:
+    if connection.get_execution_options().get(READ_ONLY):
+        # A reader in WAL mode takes no lock: it waits for no writer and blocks none.
+        connection.exec_driver_sql("BEGIN")
+        return
     # IMMEDIATE: take the write lock up front. A transaction that reads and then writes
     # would otherwise fail at once with SQLITE_BUSY when another process wrote in
     # between (WAL mode cannot upgrade a stale snapshot, and no busy timeout helps).
     connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+#: The execution option of an engine whose transactions only read (see ``reader``).
+READ_ONLY = "mailout_read_only"
+
+
+def reader(engine: Engine) -> Engine:
+    """Return ``engine`` for transactions that only read: on SQLite they take no write lock.
+
+    For the web pages: a mail scanner fetching every link must not queue behind a
+    dispatch, nor hold it up. Writing through it is a bug, and SQLite may refuse it.
+    """
+    return engine.execution_options(**{READ_ONLY: True})
 
 
 def safe_url(url: str) -> str:

@@ -25,6 +25,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from .. import archive
+from ..db import reader
 from ..errors import IssueError, MailoutError
 from ..issues import Issue, Segment, find_issue, load_issue
 from ..models import Dispatch, MailingList, Source, Subscriber
@@ -62,9 +63,14 @@ def mailout() -> Mailout:
 
 
 @contextmanager
-def session() -> Iterator[Session]:
-    """A session committed at the end of the block, or rolled back on an error."""
-    with Session(mailout().engine, expire_on_commit=False) as s, s.begin():
+def session(*, write: bool = False) -> Iterator[Session]:
+    """A session committed at the end of the block, or rolled back on an error.
+
+    Pages only read (``write=False``): on SQLite that takes no lock. Only the
+    unsubscribe POST writes.
+    """
+    engine = mailout().engine if write else reader(mailout().engine)
+    with Session(engine, expire_on_commit=False) as s, s.begin():
         yield s
 
 
@@ -180,7 +186,7 @@ def unsubscribe_post(token: str) -> Response:
         return _invalid_link()
     one_click = request.form.get("List-Unsubscribe") == "One-Click"
     every_list = not one_click and request.form.get("scope") == "all"
-    with session() as s:
+    with session(write=True) as s:
         person = s.get(Subscriber, claim.subscriber_id)
         lst = s.get(MailingList, claim.list_id)
         if person is None or lst is None:
