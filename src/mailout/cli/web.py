@@ -62,6 +62,8 @@ def serve_command(state: State, host: str | None, port: int | None) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
         server = make_server(host, port, app, threaded=True)
+        # On SIGTERM or Ctrl-C, let requests in progress (an unsubscribe being recorded) finish.
+        server.daemon_threads = False
     except OSError as exc:
         raise MailoutError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}"
