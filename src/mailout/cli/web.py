@@ -47,7 +47,7 @@ def serve_command(state: State, host: str | None, port: int | None) -> None:
         mailout serve
         open http://127.0.0.1:8025/preview/
     """
-    from werkzeug.serving import make_server
+    from werkzeug.serving import ThreadedWSGIServer, make_server
 
     settings = state.settings
     host = host or settings.web.host
@@ -63,6 +63,7 @@ def serve_command(state: State, host: str | None, port: int | None) -> None:
             probe.bind((host, port))
         server = make_server(host, port, app, threaded=True)
         # On SIGTERM or Ctrl-C, let requests in progress (an unsubscribe being recorded) finish.
+        assert isinstance(server, ThreadedWSGIServer)
         server.daemon_threads = False
     except OSError as exc:
         raise MailoutError(
