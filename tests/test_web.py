@@ -604,3 +604,26 @@ def test_pages_that_only_read_do_not_wait_for_a_sqlite_writer(
     finally:
         writer.rollback()
         writer.close()
+
+
+def test_the_links_of_a_test_message_work_before_any_dispatch(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    code, out = run("test", "2019-01", "--to", "me@efus.example")
+    assert code == 0, out
+    app = create_app(load_settings(sending_workspace), local=True)
+    client = app.test_client()
+    try:
+        for r in smtp_server.messages:
+            html = r.message().get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
+            pictures = re.findall(r'src="(https://news\.example/[^"]+)"', html)
+            assert pictures
+            for url in pictures:
+                with client.get(path_of(url)) as response:
+                    assert response.status_code == 200, url
+            links = re.findall(r'href="(https://news\.example/[^"]+)"', html)
+            assert {urlsplit(u).path for u in links} == {"/unsubscribe/test", "/preview/2019-01"}
+            for url in links:
+                assert client.get(path_of(url)).status_code == 200, url
+    finally:
+        app.extensions["mailout"].engine.dispose()

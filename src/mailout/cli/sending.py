@@ -72,7 +72,8 @@ def test_command(state: State, name: str, addresses: tuple[str, ...]) -> None:
                     to_name="",
                     to_address=address,
                     message_id=f"test.{uuid.uuid4().hex}@{template.addressing.domain}",
-                    recipient=Recipient("", f"{base}/unsubscribe/test", f"{base}/issues/{issue.slug}"),
+                    # "View in browser" of a test opens the team's preview: nothing is published yet.
+                    recipient=Recipient("", f"{base}/unsubscribe/test", f"{base}/preview/{issue.slug}"),
                     unsubscribe_mailto=template.unsubscribe_mailto("test"),
                 )
                 try:

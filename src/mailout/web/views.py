@@ -30,7 +30,7 @@ from ..errors import IssueError, MailoutError
 from ..issues import Issue, Segment, find_issue, load_issue
 from ..models import Dispatch, MailingList, Source, Subscriber
 from ..preview import sample_recipient
-from ..render import asset_base, render_issue
+from ..render import asset_base, private_images, render_issue
 from ..subscribers import unsubscribe
 from ..tokens import Purpose
 from . import Mailout
@@ -261,13 +261,25 @@ _NO_ISSUE = "There is no issue at this address in the archive."
 
 
 def public_images(slug: str) -> frozenset[str]:
-    """Return the pictures the public dispatches of ``slug`` load."""
-    prefix = archive.Links(mailout().settings, mailout().signer).asset_prefix(slug)
+    """Return the pictures anyone may load for ``slug``.
+
+    Those its public dispatches load, and those the public items of its issue file
+    show now: test messages go out before any dispatch, and must show their pictures.
+    """
+    state = mailout()
+    prefix = archive.Links(state.settings, state.signer).asset_prefix(slug)
     with session() as s:
         pages = s.scalars(
             select(Dispatch.html).where(Dispatch.issue == slug, Dispatch.segment == Segment.PUBLIC.value)
         ).all()
-    return frozenset(name for html in pages for name in archive.images_in(html, prefix))
+    names = {name for html in pages for name in archive.images_in(html, prefix)}
+    try:
+        issue = load_issue(find_issue(slug, state.settings.path("issues")))
+    except MailoutError:
+        pass  # no such issue file (any more), or one being edited: the dispatches' pictures only
+    else:
+        names |= set(issue.images()) - private_images(issue)
+    return frozenset(names)
 
 
 @blueprint.get("/issues/<slug>/<path:name>")
