@@ -627,3 +627,14 @@ def test_the_links_of_a_test_message_work_before_any_dispatch(
                 assert client.get(path_of(url)).status_code == 200, url
     finally:
         app.extensions["mailout"].engine.dispose()
+
+
+def test_the_factory_finds_the_workspace_like_a_command(sent: Path) -> None:
+    # What `gunicorn 'mailout.web:create_app()'` does, from the workspace folder.
+    assert Path.cwd() == sent
+    app = create_app()
+    try:
+        assert app.test_client().get("/issues/2019-01").status_code == 200
+        assert app.test_client().get("/preview/2019-01").status_code == 404  # not local, no password: off
+    finally:
+        app.extensions["mailout"].engine.dispose()
