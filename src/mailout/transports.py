@@ -8,7 +8,6 @@ The send loop depends on this interface only, never on smtplib.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import smtplib
@@ -22,6 +21,7 @@ from typing import Protocol
 from .config import Settings, Smtp
 from .errors import ConfigError, MailoutError
 from .issues import display_path
+from .net import is_loopback
 
 
 @dataclass(frozen=True)
@@ -112,27 +112,18 @@ class OutboxConnection:
 # --- SMTP -------------------------------------------------------------------------
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class SmtpTransport:
     """A real SMTP server: STARTTLS, implicit TLS, or plain on loopback."""
 
     def __init__(self, settings: Smtp) -> None:
         self.settings = settings
         security = settings.security
-        if security == "plain" and not _is_loopback(settings.host) and not settings.allow_plain:
+        if security == "plain" and not is_loopback(settings.host) and not settings.allow_plain:
             raise ConfigError(
                 f"smtp.security = 'plain' sends mail unencrypted to {settings.host}; use 'starttls' or 'tls',"
                 " or set smtp.allow_plain = true if this network is trusted"
             )
-        if security == "plain" and settings.username and not _is_loopback(settings.host):
+        if security == "plain" and settings.username and not is_loopback(settings.host):
             raise ConfigError("smtp: refusing to send a username and password without TLS")
         self.description = f"SMTP {settings.host}:{settings.port} ({security})"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import shutil
 import signal
 import socket
@@ -16,19 +15,10 @@ from ..archive import archived_issues, export_archive
 from ..db import transaction
 from ..errors import MailoutError
 from ..issues import display_path
+from ..net import is_loopback
 from ..tokens import Signer
 from ..web import PACKAGE, create_app, standalone_page
 from .state import State, pass_state
-
-
-def is_loopback(host: str) -> bool:
-    """Return whether ``host`` is this machine only (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @click.command("serve")

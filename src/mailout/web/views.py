@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,6 +28,7 @@ from ..db import reader
 from ..errors import IssueError, MailoutError
 from ..issues import Issue, Segment, find_issue, load_issue
 from ..models import Dispatch, MailingList, Source, Subscriber
+from ..net import is_loopback
 from ..preview import sample_recipient
 from ..render import asset_base, private_images, render_issue
 from ..subscribers import unsubscribe
@@ -321,7 +321,7 @@ def guard_preview() -> Response | None:
         # to 127.0.0.1 (DNS rebinding) must not read unpublished issues through a team
         # member's browser.
         host = urlsplit(f"//{request.host}").hostname or ""
-        if host == "localhost" or _is_loopback_address(host):
+        if is_loopback(host):
             return None
         abort(403)
     password = state.settings.web.preview_password
@@ -335,13 +335,6 @@ def guard_preview() -> Response | None:
     )
     response.headers["WWW-Authenticate"] = 'Basic realm="mailout preview", charset="UTF-8"'
     return response
-
-
-def _is_loopback_address(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @blueprint.get("/preview/")
