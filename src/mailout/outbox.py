@@ -30,16 +30,20 @@ from sqlalchemy import (
     DateTime,
     Integer,
     String,
+    Update,
     and_,
+    bindparam,
+    case,
     delete,
     func,
     insert,
     literal,
+    literal_column,
     or_,
     select,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql import ColumnElement, Select
 
 from .errors import MailoutError
@@ -285,68 +289,100 @@ def retire_worker(conn: Connection, name: str) -> int:
 # --- deliveries ----------------------------------------------------------------
 
 
-def claim(conn: Connection, dispatch_id: int, worker: str, limit: int) -> list[Claimed]:
-    """Claim up to ``limit`` due deliveries; skip those who unsubscribed meanwhile.
+def _constant(value: str) -> ColumnElement[str]:
+    """Return one of our own constants written into the SQL, not sent as a parameter."""
+    return literal_column(f"'{value}'", String)
 
-    On PostgreSQL, ``FOR UPDATE SKIP LOCKED`` lets several processes claim at once
-    without ever taking the same row; SQLite runs one writer at a time anyway.
+
+def _claim_statement(status: DeliveryStatus) -> Update:
+    """UPDATE the first due deliveries in ``status`` to ``claimed`` (or ``skipped``), RETURNING them.
+
+    One statement, so that it holds on its own: the rows are picked, locked
+    (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: several processes claim at once and never
+    take the same row) and changed together, subscription check included. Built once.
+
+    The states and the limit are written into the SQL: psycopg prepares a statement run
+    often, and PostgreSQL's generic plan for it, not knowing how few rows the limit lets
+    through, read every delivery and every subscription of the list at each claim.
     """
-    now = utcnow()
-
-    def due(condition: ColumnElement[bool], n: int) -> list[int]:
-        # One status at a time: each is a range of the (dispatch_id, status, id) index, read
-        # in order from its start. An OR of the two made every claim scan the rows already
-        # sent, and a large dispatch slowed down as it went.
-        query = (
-            select(Delivery.id)
-            .where(Delivery.dispatch_id == dispatch_id, condition)
-            .order_by(Delivery.id)
-            .limit(n)
-            .with_for_update(skip_locked=True)
-        )
-        return list(conn.scalars(query))
-
-    ids = due(Delivery.status == DeliveryStatus.QUEUED, limit)
-    if len(ids) < limit:
-        ids += due(
-            and_(Delivery.status == DeliveryStatus.DEFERRED, Delivery.next_attempt_at <= now),
-            limit - len(ids),
-        )
-    if not ids:
-        return []
-    rows = conn.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(ids))
-        .values(status=DeliveryStatus.CLAIMED, worker=worker, updated_at=now)
-        .returning(Delivery.id, Delivery.subscriber_id, Delivery.email, Delivery.name, Delivery.attempts)
-    ).all()
-    if not rows:
-        return []
-    # Checked now, not when the dispatch was written: someone who left since gets nothing more.
-    # Looked up by subscriber only (their few subscriptions, through the unique index) and
-    # filtered here: a condition on the list let SQLite scan the list's whole membership.
-    list_id = conn.scalar(select(Dispatch.list_id).where(Dispatch.id == dispatch_id))
-    memberships = conn.execute(
-        select(Subscription.subscriber_id, Subscription.list_id, Subscription.status, Subscriber.status)
+    now = bindparam("now", type_=DateTime(timezone=True))
+    queue = aliased(Delivery)
+    # One state at a time, in id order along the (dispatch_id, status, id) index from its
+    # start: an OR of two states made every claim scan the rows already sent.
+    due = select(queue.id).where(
+        queue.dispatch_id == bindparam("dispatch"), queue.status == _constant(status.value)
+    )
+    if status is DeliveryStatus.DEFERRED:
+        due = due.where(queue.next_attempt_at <= now)
+    due = (
+        due.order_by(queue.id)
+        .limit(bindparam("limit", type_=Integer, literal_execute=True))
+        .with_for_update(skip_locked=True)
+    )
+    # Checked now, not when the dispatch was written: someone who left since gets nothing
+    # more. The subscription is looked up by its whole unique key, (subscriber_id, list_id),
+    # and its status compared outside: with the status in the lookup too, the (list_id,
+    # status) index matched as fully, and PostgreSQL, before it had statistics on a list
+    # just imported, chose it and read the list's whole membership for every row claimed.
+    subscription = (
+        select(Subscription.status)
         .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
-        .where(Subscription.subscriber_id.in_([r.subscriber_id for r in rows]))
-    ).all()
-    keep = {
-        subscriber_id
-        for subscriber_id, member_of, status, person in memberships
-        if member_of == list_id
-        and status is SubscriptionStatus.SUBSCRIBED
-        and person is SubscriberStatus.SUBSCRIBED
-    }
-    gone = [r.id for r in rows if r.subscriber_id not in keep]
-    if gone:
-        conn.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(gone))
-            .values(status=DeliveryStatus.SKIPPED, reply="unsubscribed before sending", updated_at=now)
+        .where(
+            Subscription.subscriber_id == Delivery.subscriber_id,
+            Subscription.list_id
+            == select(Dispatch.list_id).where(Dispatch.id == bindparam("dispatch")).scalar_subquery(),
+            Subscriber.status == _constant(SubscriberStatus.SUBSCRIBED.value),
         )
+        .scalar_subquery()
+    )
+    subscribed = subscription == _constant(SubscriptionStatus.SUBSCRIBED.value)
+    return (
+        update(Delivery)
+        .where(Delivery.id.in_(due.scalar_subquery()))
+        .values(
+            status=case(
+                (subscribed, _constant(DeliveryStatus.CLAIMED.value)),
+                else_=_constant(DeliveryStatus.SKIPPED.value),
+            ),
+            reply=case((subscribed, Delivery.reply), else_=_constant("unsubscribed before sending")),
+            worker=bindparam("claimer"),
+            updated_at=now,
+        )
+        .returning(
+            Delivery.id,
+            Delivery.subscriber_id,
+            Delivery.email,
+            Delivery.name,
+            Delivery.attempts,
+            Delivery.status,
+        )
+    )
+
+
+_CLAIM_QUEUED = _claim_statement(DeliveryStatus.QUEUED)
+_CLAIM_DEFERRED = _claim_statement(DeliveryStatus.DEFERRED)
+
+
+def claim(conn: Connection, dispatch_id: int, worker: str, limit: int) -> list[Claimed]:
+    """Claim up to ``limit`` due deliveries, in id order; skip those who unsubscribed meanwhile.
+
+    Queued deliveries first, then deferred ones whose time has come. Each of the two
+    statements holds on its own: it needs no transaction around it.
+    """
+    params: dict[str, object] = {
+        "dispatch": dispatch_id,
+        "claimer": worker,
+        "now": utcnow(),
+        "limit": limit,
+    }
+    rows = list(conn.execute(_CLAIM_QUEUED, params))
+    if len(rows) < limit:
+        rows += conn.execute(_CLAIM_DEFERRED, {**params, "limit": limit - len(rows)})
+    rows.sort(key=lambda row: row.id)
     return [
-        Claimed(r.id, r.subscriber_id, r.email, r.name, r.attempts) for r in rows if r.subscriber_id in keep
+        Claimed(r.id, r.subscriber_id, r.email, r.name, r.attempts)
+        for r in rows
+        if r.status is DeliveryStatus.CLAIMED
     ]
 
 
