@@ -22,12 +22,14 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import (
     Connection,
     DateTime,
+    Engine,
     Integer,
     String,
     Update,
@@ -289,6 +291,37 @@ def retire_worker(conn: Connection, name: str) -> int:
 # --- deliveries ----------------------------------------------------------------
 
 
+@contextmanager
+def loop_connection(engine: Engine) -> Iterator[Connection]:
+    """Yield a connection for the send loop: on PostgreSQL, each statement commits by itself.
+
+    The loop's steps are single statements (a claim; the previous message's outcome with
+    the next one's ``sending`` mark), and a transaction adds two round trips to the server,
+    each awaited: BEGIN, and COMMIT. In autocommit the statement is one round trip, and it
+    is committed, as durable as by any COMMIT, when it returns. On SQLite the connection is
+    the usual one: its transactions run in-process. Steps of several statements that must
+    hold together use ``transaction(conn)``.
+    """
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+
+
+@contextmanager
+def transaction(conn: Connection) -> Iterator[None]:
+    """Run a block as one transaction, also on a ``loop_connection`` (all or nothing)."""
+    autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+    if autocommit:
+        conn.execution_options(isolation_level=conn.default_isolation_level)
+    try:
+        with conn.begin():
+            yield
+    finally:
+        if autocommit and not conn.invalidated:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def _constant(value: str) -> ColumnElement[str]:
     """Return one of our own constants written into the SQL, not sent as a parameter."""
     return literal_column(f"'{value}'", String)
@@ -297,7 +330,7 @@ def _constant(value: str) -> ColumnElement[str]:
 def _claim_statement(status: DeliveryStatus) -> Update:
     """UPDATE the first due deliveries in ``status`` to ``claimed`` (or ``skipped``), RETURNING them.
 
-    One statement, so that it holds on its own: the rows are picked, locked
+    One statement, so that it holds on its own in autocommit: the rows are picked, locked
     (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: several processes claim at once and never
     take the same row) and changed together, subscription check included. Built once.
 
@@ -367,7 +400,7 @@ def claim(conn: Connection, dispatch_id: int, worker: str, limit: int) -> list[C
     """Claim up to ``limit`` due deliveries, in id order; skip those who unsubscribed meanwhile.
 
     Queued deliveries first, then deferred ones whose time has come. Each of the two
-    statements holds on its own: it needs no transaction around it.
+    statements holds on its own, so a ``loop_connection`` may run them in autocommit.
     """
     params: dict[str, object] = {
         "dispatch": dispatch_id,
@@ -403,13 +436,30 @@ def mark(
     conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
 
 
-# The two transitions every message makes run twice per message: they go to the driver
-# as plain SQL, skipping SQLAlchemy's statement machinery, which cost more than the
-# statements themselves. ``?`` placeholders, rewritten for drivers that want ``%s``.
+@dataclass(frozen=True)
+class Sent:
+    """A message the server accepted: recorded with the next one's ``sending`` mark."""
+
+    delivery_id: int
+    reply: str
+
+
+# The transitions every message makes go to the driver as plain SQL, skipping
+# SQLAlchemy's statement machinery, which cost more than the statements themselves.
+# ``?`` placeholders, rewritten for drivers that want ``%s``.
 _SENDING_SQL = (
     "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, updated_at = ? WHERE id = ?"
 )
 _SENT_SQL = "UPDATE deliveries SET status = 'sent', reply = ?, updated_at = ? WHERE id = ?"
+# Both at once, on two rows: the previous message sent, the next one sending.
+_SENT_AND_SENDING_SQL = (
+    "UPDATE deliveries SET"
+    " status = CASE WHEN id = ? THEN 'sending' ELSE 'sent' END,"
+    " attempts = CASE WHEN id = ? THEN attempts + 1 ELSE attempts END,"
+    " reply = CASE WHEN id = ? THEN reply ELSE ? END,"
+    " updated_at = ?"
+    " WHERE id IN (?, ?)"
+)
 
 
 def _driver(conn: Connection, sql: str, params: tuple[object, ...]) -> None:
@@ -435,6 +485,23 @@ def mark_sending(conn: Connection, delivery_id: int) -> None:
 def mark_sent(conn: Connection, delivery_id: int, reply: str) -> None:
     """Record the server's acceptance."""
     _driver(conn, _SENT_SQL, (reply[:2000], _now_param(conn), delivery_id))
+
+
+def advance(conn: Connection, sent: Sent | None, sending: int | None) -> None:
+    """Record ``sent`` and mark delivery ``sending`` as going on the wire, in one statement.
+
+    Either may be None. The caller commits before the next message goes on the wire; on a
+    ``loop_connection`` to PostgreSQL the statement is committed when it returns.
+    """
+    if sent is None:
+        if sending is not None:
+            mark_sending(conn, sending)
+    elif sending is None:
+        mark_sent(conn, sent.delivery_id, sent.reply)
+    else:
+        now = _now_param(conn)
+        params = (sending, sending, sending, sent.reply[:2000], now, sent.delivery_id, sending)
+        _driver(conn, _SENT_AND_SENDING_SQL, params)
 
 
 def mark_bounced(conn: Connection, subscriber_id: int, detail: str) -> None:
