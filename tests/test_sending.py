@@ -28,7 +28,7 @@ from mailout.db import make_engine, transaction
 from mailout.models import Delivery, Subscriber, SubscriberStatus, Subscription
 from mailout.tokens import Purpose, Signer
 from tests.conftest import SECRET_KEY
-from tests.smtpserver import SMTPServer, tls_available
+from tests.smtpserver import Received, SMTPServer, tls_available
 
 pytestmark = pytest.mark.slow
 
@@ -337,6 +337,41 @@ def test_rate_limit_is_held(sending_workspace: Path, smtp_server: SMTPServer) ->
     assert len(times) == 30
     # 30 messages at 20/s: at least 29 intervals of 50 ms, whatever the concurrency
     assert times[-1] - times[0] >= 29 / 20 * 0.9
+
+
+def test_nothing_goes_on_the_wire_before_the_previous_outcome_is_committed(
+    sending_workspace: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_subscribers(sending_workspace, people(30))
+    engine = make_engine(load_settings(sending_workspace).database_url())
+    earlier: dict[int, list[str]] = collections.defaultdict(list)
+    problems: list[str] = []
+    record = smtp_server._record
+
+    def check(received: Received) -> None:
+        # Runs in the server as the message ends, before it answers: a connection of
+        # our own sees only what the sender committed.
+        with engine.connect() as conn:
+            state = {
+                email: str(status) for email, status in conn.execute(select(Delivery.email, Delivery.status))
+            }
+        recipient = received.rcpt_tos[0]
+        if state[recipient] != "sending":
+            problems.append(f"{recipient} on the wire while {state[recipient]}")
+        problems.extend(
+            f"{recipient} on the wire while {before}, sent earlier on the same connection, is {state[before]}"
+            for before in earlier[received.connection]
+            if state[before] != "sent"
+        )
+        earlier[received.connection].append(recipient)
+        record(received)
+
+    monkeypatch.setattr(smtp_server, "_record", check)
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    engine.dispose()
+    assert code == 0, out
+    assert len(smtp_server.messages) == 30 and problems == []
+    assert set(statuses(sending_workspace).values()) == {"sent"}
 
 
 # --- crashes and stops ------------------------------------------------------------

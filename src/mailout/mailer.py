@@ -35,14 +35,10 @@ from .render import Recipient
 from .tokens import Purpose, Signer
 from .transports import Connection, PermanentFailure, TemporaryFailure, Transport
 
+#: How to record a message that was not accepted: a few statements, in one transaction.
 Record = Callable[[DbConnection], None]
-
-
-def _flush(pending: Record | None, db: DbConnection) -> Record | None:
-    """Record the previous message's outcome, if there is one waiting; return None (nothing waits now)."""
-    if pending is not None:
-        pending(db)
-    return None
+#: What happened to the message last sent on a connection, until it is recorded.
+Outcome = outbox.Sent | Record
 
 
 class AnotherSender(MailoutError):
@@ -202,17 +198,17 @@ class Mailer:
 
     def _thread(self) -> None:
         connection: Connection | None = None
-        # What happened to the previous message, recorded in the same transaction that
-        # marks the next one "sending": one commit per message, and still nothing goes
-        # on the wire before the previous outcome is durable.
-        pending: Record | None = None
+        # What happened to the previous message, recorded with the next one's "sending"
+        # mark (see _record): one commit per message, and still nothing goes on the wire
+        # before the previous outcome is durable.
+        pending: Outcome | None = None
         try:
             connection = self.transport.connect()
-            with self.engine.connect() as db:
+            with outbox.loop_connection(self.engine) as db:
                 try:
                     while not self.stop.is_set():
+                        pending = self._record(db, pending)
                         with db.begin():
-                            pending = _flush(pending, db)
                             batch = outbox.claim(
                                 db, self.dispatch.id, self.worker, self.settings.sending.batch_size
                             )
@@ -225,20 +221,38 @@ class Mailer:
                                 return  # the rest of the batch goes back to the queue in finish()
                             self.rate.wait(self.stop)
                             data = self._build(claimed)
-                            with db.begin():
-                                pending = _flush(pending, db)
-                                outbox.mark_sending(db, claimed.id)
+                            pending = self._record(db, pending, sending=claimed.id)
                             pending = self._attempt(connection, claimed, data)
                 finally:
                     if pending is not None:
-                        with db.begin():
-                            pending(db)
+                        self._record(db, pending)
         except BaseException as exc:  # a bug or a database failure: stop everything, report it
             self.errors.append(exc)
             self.stop.set()
         finally:
             if connection is not None:
                 connection.close()
+
+    def _record(
+        self, db: DbConnection, pending: Outcome | None, sending: int | None = None
+    ) -> Outcome | None:
+        """Record the previous message's outcome and mark ``sending`` as on the wire; both committed.
+
+        Returns None: nothing waits to be recorded any more.
+        """
+        if pending is None or isinstance(pending, outbox.Sent):
+            # The usual case: one statement. On PostgreSQL ``db`` is in autocommit, and
+            # this is one round trip, committed when it returns (see outbox.loop_connection).
+            if pending is not None or sending is not None:
+                with db.begin():
+                    outbox.advance(db, pending, sending)
+            return None
+        # A refusal takes several statements (a bounce suppresses the address too): all or nothing.
+        with outbox.transaction(db):
+            pending(db)
+            if sending is not None:
+                outbox.mark_sending(db, sending)
+        return None
 
     def _wait_for_more(self) -> bool:
         """With nothing to claim now: wait for deferred deliveries, or say there is nothing left."""
@@ -251,7 +265,7 @@ class Mailer:
         self.stop.wait(wait)
         return True
 
-    def _attempt(self, connection: Connection, claimed: outbox.Claimed, data: bytes) -> Record:
+    def _attempt(self, connection: Connection, claimed: outbox.Claimed, data: bytes) -> Outcome:
         """Send one message; return how to record what happened."""
         try:
             reply = connection.send(self.dispatch.from_address, claimed.email, data)
@@ -261,7 +275,7 @@ class Mailer:
             return partial(self._deferred, claimed=claimed, failure=failure)
         self.policy_streak = 0
         self.tally.add("sent")
-        return partial(outbox.mark_sent, delivery_id=claimed.id, reply=str(reply))
+        return outbox.Sent(claimed.id, str(reply))
 
     def _build(self, claimed: outbox.Claimed) -> bytes:
         unsubscribe_token = self.signer.sign(Purpose.UNSUBSCRIBE, claimed.subscriber_id, self.list.id)

@@ -22,24 +22,30 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import (
     Connection,
     DateTime,
+    Engine,
     Integer,
     String,
+    Update,
     and_,
+    bindparam,
+    case,
     delete,
     func,
     insert,
     literal,
+    literal_column,
     or_,
     select,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql import ColumnElement, Select
 
 from .errors import MailoutError
@@ -285,68 +291,131 @@ def retire_worker(conn: Connection, name: str) -> int:
 # --- deliveries ----------------------------------------------------------------
 
 
-def claim(conn: Connection, dispatch_id: int, worker: str, limit: int) -> list[Claimed]:
-    """Claim up to ``limit`` due deliveries; skip those who unsubscribed meanwhile.
+@contextmanager
+def loop_connection(engine: Engine) -> Iterator[Connection]:
+    """Yield a connection for the send loop: on PostgreSQL, each statement commits by itself.
 
-    On PostgreSQL, ``FOR UPDATE SKIP LOCKED`` lets several processes claim at once
-    without ever taking the same row; SQLite runs one writer at a time anyway.
+    The loop's steps are single statements (a claim; the previous message's outcome with
+    the next one's ``sending`` mark), and a transaction adds two round trips to the server,
+    each awaited: BEGIN, and COMMIT. In autocommit the statement is one round trip, and it
+    is committed, as durable as by any COMMIT, when it returns. On SQLite the connection is
+    the usual one: its transactions run in-process. Steps of several statements that must
+    hold together use ``transaction(conn)``.
     """
-    now = utcnow()
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
 
-    def due(condition: ColumnElement[bool], n: int) -> list[int]:
-        # One status at a time: each is a range of the (dispatch_id, status, id) index, read
-        # in order from its start. An OR of the two made every claim scan the rows already
-        # sent, and a large dispatch slowed down as it went.
-        query = (
-            select(Delivery.id)
-            .where(Delivery.dispatch_id == dispatch_id, condition)
-            .order_by(Delivery.id)
-            .limit(n)
-            .with_for_update(skip_locked=True)
-        )
-        return list(conn.scalars(query))
 
-    ids = due(Delivery.status == DeliveryStatus.QUEUED, limit)
-    if len(ids) < limit:
-        ids += due(
-            and_(Delivery.status == DeliveryStatus.DEFERRED, Delivery.next_attempt_at <= now),
-            limit - len(ids),
-        )
-    if not ids:
-        return []
-    rows = conn.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(ids))
-        .values(status=DeliveryStatus.CLAIMED, worker=worker, updated_at=now)
-        .returning(Delivery.id, Delivery.subscriber_id, Delivery.email, Delivery.name, Delivery.attempts)
-    ).all()
-    if not rows:
-        return []
-    # Checked now, not when the dispatch was written: someone who left since gets nothing more.
-    # Looked up by subscriber only (their few subscriptions, through the unique index) and
-    # filtered here: a condition on the list let SQLite scan the list's whole membership.
-    list_id = conn.scalar(select(Dispatch.list_id).where(Dispatch.id == dispatch_id))
-    memberships = conn.execute(
-        select(Subscription.subscriber_id, Subscription.list_id, Subscription.status, Subscriber.status)
+@contextmanager
+def transaction(conn: Connection) -> Iterator[None]:
+    """Run a block as one transaction, also on a ``loop_connection`` (all or nothing)."""
+    autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+    if autocommit:
+        conn.execution_options(isolation_level=conn.default_isolation_level)
+    try:
+        with conn.begin():
+            yield
+    finally:
+        if autocommit and not conn.invalidated:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def _constant(value: str) -> ColumnElement[str]:
+    """Return one of our own constants written into the SQL, not sent as a parameter."""
+    return literal_column(f"'{value}'", String)
+
+
+def _claim_statement(status: DeliveryStatus) -> Update:
+    """UPDATE the first due deliveries in ``status`` to ``claimed`` (or ``skipped``), RETURNING them.
+
+    One statement, so that it holds on its own in autocommit: the rows are picked, locked
+    (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: several processes claim at once and never
+    take the same row) and changed together, subscription check included. Built once.
+
+    The states and the limit are written into the SQL: psycopg prepares a statement run
+    often, and PostgreSQL's generic plan for it, not knowing how few rows the limit lets
+    through, read every delivery and every subscription of the list at each claim.
+    """
+    now = bindparam("now", type_=DateTime(timezone=True))
+    queue = aliased(Delivery)
+    # One state at a time, in id order along the (dispatch_id, status, id) index from its
+    # start: an OR of two states made every claim scan the rows already sent.
+    due = select(queue.id).where(
+        queue.dispatch_id == bindparam("dispatch"), queue.status == _constant(status.value)
+    )
+    if status is DeliveryStatus.DEFERRED:
+        due = due.where(queue.next_attempt_at <= now)
+    due = (
+        due.order_by(queue.id)
+        .limit(bindparam("limit", type_=Integer, literal_execute=True))
+        .with_for_update(skip_locked=True)
+    )
+    # Checked now, not when the dispatch was written: someone who left since gets nothing
+    # more. The subscription is looked up by its whole unique key, (subscriber_id, list_id),
+    # and its status compared outside: with the status in the lookup too, the (list_id,
+    # status) index matched as fully, and PostgreSQL, before it had statistics on a list
+    # just imported, chose it and read the list's whole membership for every row claimed.
+    subscription = (
+        select(Subscription.status)
         .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
-        .where(Subscription.subscriber_id.in_([r.subscriber_id for r in rows]))
-    ).all()
-    keep = {
-        subscriber_id
-        for subscriber_id, member_of, status, person in memberships
-        if member_of == list_id
-        and status is SubscriptionStatus.SUBSCRIBED
-        and person is SubscriberStatus.SUBSCRIBED
-    }
-    gone = [r.id for r in rows if r.subscriber_id not in keep]
-    if gone:
-        conn.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(gone))
-            .values(status=DeliveryStatus.SKIPPED, reply="unsubscribed before sending", updated_at=now)
+        .where(
+            Subscription.subscriber_id == Delivery.subscriber_id,
+            Subscription.list_id
+            == select(Dispatch.list_id).where(Dispatch.id == bindparam("dispatch")).scalar_subquery(),
+            Subscriber.status == _constant(SubscriberStatus.SUBSCRIBED.value),
         )
+        .scalar_subquery()
+    )
+    subscribed = subscription == _constant(SubscriptionStatus.SUBSCRIBED.value)
+    return (
+        update(Delivery)
+        .where(Delivery.id.in_(due.scalar_subquery()))
+        .values(
+            status=case(
+                (subscribed, _constant(DeliveryStatus.CLAIMED.value)),
+                else_=_constant(DeliveryStatus.SKIPPED.value),
+            ),
+            reply=case((subscribed, Delivery.reply), else_=_constant("unsubscribed before sending")),
+            worker=bindparam("claimer"),
+            updated_at=now,
+        )
+        .returning(
+            Delivery.id,
+            Delivery.subscriber_id,
+            Delivery.email,
+            Delivery.name,
+            Delivery.attempts,
+            Delivery.status,
+        )
+    )
+
+
+_CLAIM_QUEUED = _claim_statement(DeliveryStatus.QUEUED)
+_CLAIM_DEFERRED = _claim_statement(DeliveryStatus.DEFERRED)
+
+
+def claim(conn: Connection, dispatch_id: int, worker: str, limit: int) -> list[Claimed]:
+    """Claim up to ``limit`` due deliveries, in id order; skip those who unsubscribed meanwhile.
+
+    Queued deliveries first, then deferred ones whose time has come. Each of the two
+    statements holds on its own, so a ``loop_connection`` may run them in autocommit.
+    """
+    params: dict[str, object] = {
+        "dispatch": dispatch_id,
+        "claimer": worker,
+        "now": utcnow(),
+        "limit": limit,
+    }
+    rows = list(conn.execute(_CLAIM_QUEUED, params))
+    if len(rows) < limit:
+        rows += conn.execute(_CLAIM_DEFERRED, {**params, "limit": limit - len(rows)})
+    rows.sort(key=lambda row: row.id)
     return [
-        Claimed(r.id, r.subscriber_id, r.email, r.name, r.attempts) for r in rows if r.subscriber_id in keep
+        Claimed(r.id, r.subscriber_id, r.email, r.name, r.attempts)
+        for r in rows
+        if r.status is DeliveryStatus.CLAIMED
     ]
 
 
@@ -367,13 +436,30 @@ def mark(
     conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
 
 
-# The two transitions every message makes run twice per message: they go to the driver
-# as plain SQL, skipping SQLAlchemy's statement machinery, which cost more than the
-# statements themselves. ``?`` placeholders, rewritten for drivers that want ``%s``.
+@dataclass(frozen=True)
+class Sent:
+    """A message the server accepted: recorded with the next one's ``sending`` mark."""
+
+    delivery_id: int
+    reply: str
+
+
+# The transitions every message makes go to the driver as plain SQL, skipping
+# SQLAlchemy's statement machinery, which cost more than the statements themselves.
+# ``?`` placeholders, rewritten for drivers that want ``%s``.
 _SENDING_SQL = (
     "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, updated_at = ? WHERE id = ?"
 )
 _SENT_SQL = "UPDATE deliveries SET status = 'sent', reply = ?, updated_at = ? WHERE id = ?"
+# Both at once, on two rows: the previous message sent, the next one sending.
+_SENT_AND_SENDING_SQL = (
+    "UPDATE deliveries SET"
+    " status = CASE WHEN id = ? THEN 'sending' ELSE 'sent' END,"
+    " attempts = CASE WHEN id = ? THEN attempts + 1 ELSE attempts END,"
+    " reply = CASE WHEN id = ? THEN reply ELSE ? END,"
+    " updated_at = ?"
+    " WHERE id IN (?, ?)"
+)
 
 
 def _driver(conn: Connection, sql: str, params: tuple[object, ...]) -> None:
@@ -399,6 +485,23 @@ def mark_sending(conn: Connection, delivery_id: int) -> None:
 def mark_sent(conn: Connection, delivery_id: int, reply: str) -> None:
     """Record the server's acceptance."""
     _driver(conn, _SENT_SQL, (reply[:2000], _now_param(conn), delivery_id))
+
+
+def advance(conn: Connection, sent: Sent | None, sending: int | None) -> None:
+    """Record ``sent`` and mark delivery ``sending`` as going on the wire, in one statement.
+
+    Either may be None. The caller commits before the next message goes on the wire; on a
+    ``loop_connection`` to PostgreSQL the statement is committed when it returns.
+    """
+    if sent is None:
+        if sending is not None:
+            mark_sending(conn, sending)
+    elif sending is None:
+        mark_sent(conn, sent.delivery_id, sent.reply)
+    else:
+        now = _now_param(conn)
+        params = (sending, sending, sending, sent.reply[:2000], now, sent.delivery_id, sending)
+        _driver(conn, _SENT_AND_SENDING_SQL, params)
 
 
 def mark_bounced(conn: Connection, subscriber_id: int, detail: str) -> None:
