@@ -178,3 +178,30 @@ def test_concurrent_claims_never_take_the_same_delivery(engine: Engine) -> None:
     assert [c.email for c in first] == ["p0@example.org", "p1@example.org", "p2@example.org"]
     assert [c.email for c in second] == ["p3@example.org", "p4@example.org", "p5@example.org"]
     assert {d.worker for d in deliveries(engine).values()} == {"w1", "w2"}
+
+
+def test_a_claimed_delivery_skipped_by_an_unsubscribe_is_never_marked_sending(engine: Engine) -> None:
+    from mailout.models import Source
+    from mailout.subscribers import unsubscribe
+
+    dispatch_id = make_dispatch(engine, 3)
+    with outbox.loop_connection(engine) as db:
+        with db.begin():
+            first, second, third = outbox.claim(db, dispatch_id, "w1", 3)
+        # Both still claimed, waiting in the process's batch, when they unsubscribe.
+        with transaction(engine) as session:
+            for email in (second.email, third.email):
+                person = session.scalars(select(Subscriber).where(Subscriber.email == email)).one()
+                unsubscribe(session, person, Source.ONE_CLICK)
+        with db.begin():
+            assert outbox.advance(db, None, first.id) is True
+        with db.begin():  # the combined statement: the sent one recorded, the skipped one left alone
+            assert outbox.advance(db, outbox.Sent(first.id, "250 ok"), second.id) is False
+        with db.begin():  # the single statement, after a refusal's transaction
+            assert outbox.mark_sending(db, third.id) is False
+    state = deliveries(engine)
+    assert state[first.email].status is DeliveryStatus.SENT
+    assert [(state[e].status, state[e].attempts) for e in (second.email, third.email)] == [
+        (DeliveryStatus.SKIPPED, 0),
+        (DeliveryStatus.SKIPPED, 0),
+    ]

@@ -207,7 +207,8 @@ class Mailer:
             with outbox.loop_connection(self.engine) as db:
                 try:
                     while not self.stop.is_set():
-                        pending = self._record(db, pending)
+                        self._record(db, pending)
+                        pending = None
                         with db.begin():
                             batch = outbox.claim(
                                 db, self.dispatch.id, self.worker, self.settings.sending.batch_size
@@ -221,7 +222,12 @@ class Mailer:
                                 return  # the rest of the batch goes back to the queue in finish()
                             self.rate.wait(self.stop)
                             data = self._build(claimed)
-                            pending = self._record(db, pending, sending=claimed.id)
+                            marked = self._record(db, pending, sending=claimed.id)
+                            pending = None
+                            if not marked:
+                                # Skipped since the claim: they unsubscribed while it waited.
+                                self.tally.add("skipped")
+                                continue
                             pending = self._attempt(connection, claimed, data)
                 finally:
                     if pending is not None:
@@ -233,26 +239,23 @@ class Mailer:
             if connection is not None:
                 connection.close()
 
-    def _record(
-        self, db: DbConnection, pending: Outcome | None, sending: int | None = None
-    ) -> Outcome | None:
+    def _record(self, db: DbConnection, pending: Outcome | None, sending: int | None = None) -> bool:
         """Record the previous message's outcome and mark ``sending`` as on the wire; both committed.
 
-        Returns None: nothing waits to be recorded any more.
+        Returns whether ``sending`` was marked: not when it stopped being claimed meanwhile
+        (an unsubscribe skipped it), and then it must not be sent.
         """
         if pending is None or isinstance(pending, outbox.Sent):
             # The usual case: one statement. On PostgreSQL ``db`` is in autocommit, and
             # this is one round trip, committed when it returns (see outbox.loop_connection).
-            if pending is not None or sending is not None:
-                with db.begin():
-                    outbox.advance(db, pending, sending)
-            return None
+            if pending is None and sending is None:
+                return False
+            with db.begin():
+                return outbox.advance(db, pending, sending)
         # A refusal takes several statements (a bounce suppresses the address too): all or nothing.
         with outbox.transaction(db):
             pending(db)
-            if sending is not None:
-                outbox.mark_sending(db, sending)
-        return None
+            return outbox.mark_sending(db, sending) if sending is not None else False
 
     def _wait_for_more(self) -> bool:
         """With nothing to claim now: wait for deferred deliveries, or say there is nothing left."""

@@ -448,7 +448,8 @@ class Sent:
 # SQLAlchemy's statement machinery, which cost more than the statements themselves.
 # ``?`` placeholders, rewritten for drivers that want ``%s``.
 _SENDING_SQL = (
-    "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, updated_at = ? WHERE id = ?"
+    "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, updated_at = ?"
+    " WHERE id = ? AND status = 'claimed'"
 )
 _SENT_SQL = "UPDATE deliveries SET status = 'sent', reply = ?, updated_at = ? WHERE id = ?"
 # Both at once, on two rows: the previous message sent, the next one sending.
@@ -458,14 +459,16 @@ _SENT_AND_SENDING_SQL = (
     " attempts = CASE WHEN id = ? THEN attempts + 1 ELSE attempts END,"
     " reply = CASE WHEN id = ? THEN reply ELSE ? END,"
     " updated_at = ?"
-    " WHERE id IN (?, ?)"
+    # The next one only if it is still claimed: an unsubscribe may have skipped it since.
+    " WHERE id = ? OR (id = ? AND status = 'claimed')"
 )
 
 
-def _driver(conn: Connection, sql: str, params: tuple[object, ...]) -> None:
+def _driver(conn: Connection, sql: str, params: tuple[object, ...]) -> int:
+    """Run ``sql`` on the driver; return how many rows it changed."""
     if conn.dialect.paramstyle != "qmark":
         sql = sql.replace("?", "%s")
-    conn.exec_driver_sql(sql, params)
+    return int(conn.exec_driver_sql(sql, params).rowcount)
 
 
 def _now_param(conn: Connection) -> object:
@@ -477,9 +480,9 @@ def _now_param(conn: Connection) -> object:
     return now
 
 
-def mark_sending(conn: Connection, delivery_id: int) -> None:
-    """Record that this delivery is going on the wire now."""
-    _driver(conn, _SENDING_SQL, (_now_param(conn), delivery_id))
+def mark_sending(conn: Connection, delivery_id: int) -> bool:
+    """Record that this delivery is going on the wire now; False if it is no longer claimed."""
+    return _driver(conn, _SENDING_SQL, (_now_param(conn), delivery_id)) == 1
 
 
 def mark_sent(conn: Connection, delivery_id: int, reply: str) -> None:
@@ -487,21 +490,21 @@ def mark_sent(conn: Connection, delivery_id: int, reply: str) -> None:
     _driver(conn, _SENT_SQL, (reply[:2000], _now_param(conn), delivery_id))
 
 
-def advance(conn: Connection, sent: Sent | None, sending: int | None) -> None:
+def advance(conn: Connection, sent: Sent | None, sending: int | None) -> bool:
     """Record ``sent`` and mark delivery ``sending`` as going on the wire, in one statement.
 
     Either may be None. The caller commits before the next message goes on the wire; on a
     ``loop_connection`` to PostgreSQL the statement is committed when it returns.
+    Returns whether ``sending`` was marked (not if it stopped being claimed meanwhile).
     """
     if sent is None:
-        if sending is not None:
-            mark_sending(conn, sending)
-    elif sending is None:
+        return mark_sending(conn, sending) if sending is not None else False
+    if sending is None:
         mark_sent(conn, sent.delivery_id, sent.reply)
-    else:
-        now = _now_param(conn)
-        params = (sending, sending, sending, sent.reply[:2000], now, sent.delivery_id, sending)
-        _driver(conn, _SENT_AND_SENDING_SQL, params)
+        return False
+    now = _now_param(conn)
+    params = (sending, sending, sending, sent.reply[:2000], now, sent.delivery_id, sending)
+    return _driver(conn, _SENT_AND_SENDING_SQL, params) == 2
 
 
 def mark_bounced(conn: Connection, subscriber_id: int, detail: str) -> None:

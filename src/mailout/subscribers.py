@@ -211,8 +211,8 @@ def skip_pending(session: Session, person: Subscriber, lst: MailingList | None) 
     """Skip what a running dispatch still has waiting for ``person`` (on ``lst``, or every list).
 
     A sending process checks each batch when it claims it; this takes the person out
-    of the queue at once, so an unsubscribe is honoured even before their turn comes.
-    Deliveries already claimed (at most one batch per process) are checked by their claim.
+    of the queue at once, even from a batch already claimed: only the message on the
+    wire at this very moment can still reach them.
     """
     running = select(Dispatch.id).where(Dispatch.finished_at.is_(None))
     if lst is not None:
@@ -222,7 +222,9 @@ def skip_pending(session: Session, person: Subscriber, lst: MailingList | None) 
         .where(
             Delivery.subscriber_id == person.id,
             Delivery.dispatch_id.in_(running.scalar_subquery()),
-            Delivery.status.in_([DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED]),
+            # Claimed too: a sending process marks a delivery "sending" only while it is
+            # still claimed, and drops it otherwise.
+            Delivery.status.in_([DeliveryStatus.QUEUED, DeliveryStatus.CLAIMED, DeliveryStatus.DEFERRED]),
         )
         .values(status=DeliveryStatus.SKIPPED, reply="unsubscribed before sending", updated_at=utcnow())
     )
