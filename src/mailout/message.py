@@ -67,6 +67,8 @@ def qp_encode(text: str, *, soft_end: bool) -> bytes:
             if width + len(token) > MAX_LINE - 1:
                 out.append(b"".join(current) + b"=" + CRLF)
                 current, width = [], 0
+                if token == b".":
+                    token = b"=2E"  # a continuation line may not start with a dot either
             current.append(token)
             width += len(token)
         if last:
