@@ -118,11 +118,19 @@ def handled(session: Session, identity: str) -> bool:
     return session.get(MailRequest, identity) is not None
 
 
-def process(session: Session, signer: Signer, identity: str, message: EmailMessage) -> Outcome:
-    """Act on one message in ``session`` and record it as handled."""
-    outcome = _decide(session, signer, identity, message)
+def process(session: Session, signer: Signer, read: Read) -> Outcome:
+    """Act on one message in ``session`` and record it as handled (an unreadable one too)."""
+    if read.message is None:
+        outcome = Outcome(read.identity, "", "error", read.problem)
+    else:
+        outcome = _decide(session, signer, read.identity, read.message)
     session.add(
-        MailRequest(key=identity, sender=outcome.sender[:320], outcome=outcome.action, detail=outcome.detail)
+        MailRequest(
+            key=read.identity,
+            sender=outcome.sender[:320],
+            outcome=outcome.action,
+            detail=outcome.detail[:2000],
+        )
     )
     return outcome
 

@@ -15,7 +15,7 @@ from ..db import transaction
 from ..errors import MailoutError
 from ..importer import ImportReport, import_file, sync_paths
 from ..issues import display_path
-from ..models import MailRequest, Source
+from ..models import Source
 from ..tokens import Signer
 from .state import State, pass_state
 
@@ -239,11 +239,7 @@ def unsubscribe_mail_command(state: State, mailbox_path: Path, dry_run: bool) ->
                 if unsubmail.handled(session, read.identity):
                     before += 1
                     continue
-                if read.message is None:
-                    outcome = unsubmail.Outcome(read.identity, "", "error", read.problem)
-                    session.add(MailRequest(key=read.identity, outcome="error", detail=read.problem[:2000]))
-                else:
-                    outcome = unsubmail.process(session, signer, read.identity, read.message)
+                outcome = unsubmail.process(session, signer, read)
                 if dry_run:
                     session.rollback()
             outcomes.append(outcome)
