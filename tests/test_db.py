@@ -8,11 +8,9 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy import Engine, inspect, select
 
 from mailout.db import (
-    alembic_config,
     current_revision,
     head_revision,
     make_engine,
@@ -21,7 +19,7 @@ from mailout.db import (
     upgrade,
 )
 from mailout.errors import DatabaseError
-from mailout.models import Base, ConsentEvent, EventKind, MailingList, Source, Subscriber, Subscription
+from mailout.models import Base, ConsentEvent, EventKind, Source, Subscriber, Subscription
 from tests.postgres import PostgresServer
 
 
@@ -51,41 +49,6 @@ def test_models_match_the_migrated_schema(engine: Engine) -> None:
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == [], "a model changed without a migration"
-
-
-def test_every_migration_upgrades_a_database_with_data(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    """Walk the migrations one by one from the first, with rows written at the first."""
-    revisions = [
-        r.revision
-        for r in reversed(list(ScriptDirectory.from_config(alembic_config("sqlite://")).walk_revisions()))
-    ]
-    for kind in ("sqlite", "postgresql"):
-        url = empty_url(request, tmp_path, kind)
-        upgrade(url, revisions[0])
-        engine = make_engine(url)
-        with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO lists (name, segment, description, created_at) VALUES ('members', 'member', '', CURRENT_TIMESTAMP)"
-                )
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO subscribers (email, name, organisation, language, status, created_at, updated_at)"
-                    " VALUES ('ana@example.org', 'Ana', '', 'pt', 'subscribed', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
-                )
-            )
-        engine.dispose()
-        for revision in revisions[1:]:
-            upgrade(url, revision)
-        assert upgrade(url)[1] == head_revision()
-        engine = make_engine(url)
-        with transaction(engine) as session:
-            assert session.scalars(select(Subscriber.email)).all() == ["ana@example.org"]
-            assert session.scalars(select(MailingList.name)).all() == ["members"]
-        engine.dispose()
 
 
 def test_open_engine_refuses_a_database_that_needs_an_upgrade(tmp_path: Path) -> None:

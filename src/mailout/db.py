@@ -19,7 +19,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.exc import DatabaseError as SQLAlchemyDatabaseError
 from sqlalchemy.exc import NoSuchModuleError as NoSuchDriver
@@ -110,17 +110,95 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
-    """Create or upgrade the schema at ``url``; return the revisions before and after."""
+    """Create or upgrade the schema at ``url``; return the revisions before and after.
+
+    The whole upgrade is one transaction: an upgrade that fails changes nothing.
+    """
     engine = make_engine(url)
     try:
         before = _checked(lambda: current_revision(engine), url)
-        with engine.begin() as connection:
-            config = alembic_config(url)
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
+        if before is not None and before not in _known_revisions():
+            raise DatabaseError(_newer_schema(url, before))
+        with engine.connect() as connection:
+            _migrate(connection, url, revision)
         return before, current_revision(engine)
     finally:
         engine.dispose()
+
+
+def _migrate(connection: Connection, url: str, revision: str) -> None:
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # SQLite changes a table by copying it and dropping the old one; with foreign keys
+        # on, that drop deletes, through ON DELETE CASCADE, every subscription and consent
+        # event of every subscriber (or fails on a delivery). SQLite's own procedure for
+        # such changes: foreign keys off, outside any transaction (inside, the PRAGMA does
+        # nothing), check them before the commit, then on again.
+        _sqlite_foreign_keys(connection, on=False)
+    try:
+        with connection.begin():
+            config = alembic_config(url)
+            config.attributes["connection"] = connection
+            try:
+                command.upgrade(config, revision)
+            except SQLAlchemyDatabaseError as exc:
+                reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+                raise DatabaseError(
+                    f"the upgrade of {safe_url(url)} failed and changed nothing: {reason}"
+                ) from None
+            if sqlite:
+                broken = _broken_references(connection)
+                if broken:
+                    raise _BrokenReferences(broken)
+    except _BrokenReferences as exc:
+        # Rolled back by now: tell apart rows the database held already from a bad migration.
+        with connection.begin():
+            held = _broken_references(connection)
+        raise DatabaseError(_broken_message(url, held or exc.rows, bool(held))) from None
+    finally:
+        if sqlite and not connection.invalidated:
+            _sqlite_foreign_keys(connection, on=True)
+
+
+def _sqlite_foreign_keys(connection: Connection, *, on: bool) -> None:
+    assert not connection.in_transaction(), "PRAGMA foreign_keys does nothing inside a transaction"
+    # The driver's own connection, in autocommit mode (see _sqlite_connect): through
+    # SQLAlchemy, the statement would first begin a transaction.
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    driver.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    if driver.execute("PRAGMA foreign_keys").fetchone()[0] != int(on):
+        raise DatabaseError(f"cannot switch SQLite's foreign keys {'on' if on else 'off'}")
+
+
+class _BrokenReferences(Exception):
+    def __init__(self, rows: list[tuple[str, int, str]]) -> None:
+        self.rows = rows
+
+
+def _broken_references(connection: Connection) -> list[tuple[str, int, str]]:
+    """Return (table, rowid, referred table) for each row whose foreign key finds no row."""
+    rows = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    return [(str(table), int(rowid), str(parent)) for table, rowid, parent, _fkid in rows]
+
+
+def _broken_message(url: str, rows: list[tuple[str, int, str]], held: bool) -> str:
+    by_table: dict[tuple[str, str], list[int]] = {}
+    for table, rowid, parent in rows:
+        by_table.setdefault((table, parent), []).append(rowid)
+    found = "; ".join(
+        f"{table} rows {', '.join(map(str, ids[:10]))}{' ...' if len(ids) > 10 else ''} (no such {parent} row)"
+        for (table, parent), ids in sorted(by_table.items())
+    )
+    if held:
+        return (
+            f"cannot upgrade {safe_url(url)}: rows refer to rows that do not exist: {found}; "
+            "nothing was changed: delete those rows, or restore a backup, then run `mailout db upgrade` again"
+        )
+    return (
+        f"the upgrade of {safe_url(url)} would leave rows that refer to rows that do not exist: "
+        f"{found}; nothing was changed: this is a bug in mailout, please report it"
+    )
 
 
 def _checked(call: Any, url: str) -> Any:
@@ -137,16 +215,21 @@ def open_engine(url: str) -> Engine:
     revision = _checked(lambda: current_revision(engine), url)
     if revision != head_revision():
         engine.dispose()
-        known = {r.revision for r in ScriptDirectory.from_config(alembic_config(url)).walk_revisions()}
-        if revision is not None and revision not in known:
-            raise DatabaseError(
-                f"the database {safe_url(url)} is at schema {revision}, made by a newer mailout: upgrade mailout"
-            )
+        if revision is not None and revision not in _known_revisions():
+            raise DatabaseError(_newer_schema(url, revision))
         state = (
             "has no mailout tables" if revision is None else f"is at schema {revision}, not {head_revision()}"
         )
         raise DatabaseError(f"the database {safe_url(url)} {state}: run `mailout db upgrade`")
     return engine
+
+
+def _known_revisions() -> set[str]:
+    return {r.revision for r in ScriptDirectory.from_config(alembic_config("sqlite://")).walk_revisions()}
+
+
+def _newer_schema(url: str, revision: str) -> str:
+    return f"the database {safe_url(url)} is at schema {revision}, made by a newer mailout: upgrade mailout"
 
 
 @contextmanager

@@ -9,7 +9,8 @@ into a one-line message and a non-zero exit code, never a traceback::
     │                      (unreadable, empty, no email column; names file and line)
     ├── IssueError         an issue folder that does not load or validate
     │                      (carries every Problem found, each with file:line and field)
-    ├── DatabaseError      a database that cannot be opened or needs `mailout db upgrade`
+    ├── DatabaseError      a database that cannot be opened, upgraded or backed up,
+    │                      or that needs `mailout db upgrade`
     ├── TemplateError      an email template that does not parse or render
     └── WorkspaceError     a missing workspace, issue folder or file
 """
@@ -38,7 +39,7 @@ class WorkspaceError(MailoutError):
 
 
 class DatabaseError(MailoutError):
-    """The database cannot be opened, or its schema is not up to date."""
+    """The database cannot be opened, upgraded or backed up, or its schema is not up to date."""
 
 
 class TemplateError(MailoutError):
