@@ -24,7 +24,6 @@ from sqlalchemy.orm import Session
 
 from . import csvfile
 from .config import MailingList as ListSettings
-from .issues import display_path
 from .models import (
     ConsentEvent,
     EventKind,
@@ -36,6 +35,7 @@ from .models import (
     SubscriptionStatus,
     utcnow,
 )
+from .paths import display_path
 from .subscribers import InvalidSubscriber, clean_fields, ensure_list, normalise_email
 
 CHUNK = 2000

@@ -14,8 +14,8 @@ from ..config import MailingList as ListSettings
 from ..db import transaction
 from ..errors import MailoutError
 from ..importer import ImportReport, import_file, sync_paths
-from ..issues import display_path
 from ..models import Source
+from ..paths import display_path
 from ..tokens import Signer
 from .state import State, pass_state
 
