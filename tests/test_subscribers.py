@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select
 
 from mailout import subscribers as people
 from mailout.cli import cli
@@ -414,6 +414,38 @@ def test_a_chunk_of_only_duplicates_imports(
     report = import_file(engine, path, MEMBERS)
     assert (report.added, report.duplicates) == (2, 2)
     assert added_up(report) == report.rows == 4
+
+
+def test_each_chunk_is_written_with_the_same_few_statements(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every chunk holds each kind of row: a new person, someone on another list who
+    # joins this one (and changes a name), a member whose name changed.
+    monkeypatch.setattr("mailout.importer.CHUNK", 3)
+    for n in range(4):
+        import_file(engine, write_csv(tmp_path / "p.csv", f"email,name\npub{n}@example.org,P\n"), PUBLIC)
+        import_file(engine, write_csv(tmp_path / "m.csv", f"email,name\nmem{n}@example.org,M\n"), MEMBERS)
+
+    def statements(chunks: range) -> int:
+        rows = "".join(
+            f"new{n}@example.org,N\npub{n}@example.org,P2\nmem{n}@example.org,M2\n" for n in chunks
+        )
+        seen: list[str] = []
+
+        def listener(conn: object, cursor: object, statement: str, *rest: object) -> None:
+            seen.append(statement)
+
+        event.listen(engine, "before_cursor_execute", listener)
+        try:
+            report = import_file(engine, write_csv(tmp_path / "x.csv", f"email,name\n{rows}"), MEMBERS)
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+        assert (report.added, report.updated) == (2 * len(chunks), len(chunks))
+        return len(seen)
+
+    # Look up what the file held and who is stored; insert people, subscriptions and
+    # consent events; update the changed names; remember the addresses seen.
+    assert statements(range(1, 4)) - statements(range(0, 1)) == 2 * 7
 
 
 def test_the_case_of_an_address_never_makes_a_second_person(engine: Engine, tmp_path: Path) -> None:
