@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, event, func, select
+from sqlalchemy import Engine, event, func, inspect, select
 
 from mailout import subscribers as people
 from mailout.cli import cli
@@ -90,6 +90,30 @@ def test_invalid_addresses_are_refused_with_a_reason(raw: str) -> None:
 def test_fields_are_checked(name: str, organisation: str, language: str, message: str) -> None:
     with pytest.raises(people.InvalidSubscriber, match=message):
         people.clean_fields(name, organisation, language)
+
+
+def test_the_longest_fields_accepted_are_those_the_database_stores(engine: Engine, tmp_path: Path) -> None:
+    migrated = {c["name"]: c["type"] for c in inspect(engine).get_columns("subscribers")}
+    assert {key: migrated[key].length for key in people.MAX_LENGTHS} == people.MAX_LENGTHS
+    longest = ("山田太郎" * 50, "Câmara " * 28 + "Lisb", "sr-latn-rs-12345")
+    assert [len(value) for value in longest] == list(people.MAX_LENGTHS.values())
+    path = write_csv(
+        tmp_path / "m.csv", "email,name,organisation,language\nz@example.org,{},{},{}\n".format(*longest)
+    )
+    assert import_file(engine, path, MEMBERS).added == 1
+    assert state_of(engine)["z@example.org"][:3] == longest
+    for index, key in enumerate(people.MAX_LENGTHS):
+        longer = [*longest]
+        longer[index] += "x"
+        with pytest.raises(people.InvalidSubscriber, match=f"{key} is .* at most {people.MAX_LENGTHS[key]}"):
+            people.clean_fields(*longer)
+
+
+@pytest.mark.parametrize("name", ["list", "export"])
+def test_the_status_choices_are_every_subscriber_status(name: str) -> None:
+    command = cli.commands["subscribers"].commands[name]  # type: ignore[attr-defined]
+    option = next(p for p in command.params if p.name == "status")
+    assert set(option.type.choices) == set(SubscriberStatus)
 
 
 # --- import ------------------------------------------------------------------
