@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, inspect, select
 
 from mailout import subscribers as people
 from mailout.cli import cli
@@ -90,6 +90,30 @@ def test_invalid_addresses_are_refused_with_a_reason(raw: str) -> None:
 def test_fields_are_checked(name: str, organisation: str, language: str, message: str) -> None:
     with pytest.raises(people.InvalidSubscriber, match=message):
         people.clean_fields(name, organisation, language)
+
+
+def test_the_longest_fields_accepted_are_those_the_database_stores(engine: Engine, tmp_path: Path) -> None:
+    migrated = {c["name"]: c["type"] for c in inspect(engine).get_columns("subscribers")}
+    assert {key: migrated[key].length for key in people.MAX_LENGTHS} == people.MAX_LENGTHS
+    longest = ("山田太郎" * 50, "Câmara " * 28 + "Lisb", "sr-latn-rs-12345")
+    assert [len(value) for value in longest] == list(people.MAX_LENGTHS.values())
+    path = write_csv(
+        tmp_path / "m.csv", "email,name,organisation,language\nz@example.org,{},{},{}\n".format(*longest)
+    )
+    assert import_file(engine, path, MEMBERS).added == 1
+    assert state_of(engine)["z@example.org"][:3] == longest
+    for index, key in enumerate(people.MAX_LENGTHS):
+        longer = [*longest]
+        longer[index] += "x"
+        with pytest.raises(people.InvalidSubscriber, match=f"{key} is .* at most {people.MAX_LENGTHS[key]}"):
+            people.clean_fields(*longer)
+
+
+@pytest.mark.parametrize("name", ["list", "export"])
+def test_the_status_choices_are_every_subscriber_status(name: str) -> None:
+    command = cli.commands["subscribers"].commands[name]  # type: ignore[attr-defined]
+    option = next(p for p in command.params if p.name == "status")
+    assert set(option.type.choices) == set(SubscriberStatus)
 
 
 # --- import ------------------------------------------------------------------
@@ -414,6 +438,38 @@ def test_a_chunk_of_only_duplicates_imports(
     report = import_file(engine, path, MEMBERS)
     assert (report.added, report.duplicates) == (2, 2)
     assert added_up(report) == report.rows == 4
+
+
+def test_each_chunk_is_written_with_the_same_few_statements(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every chunk holds each kind of row: a new person, someone on another list who
+    # joins this one (and changes a name), a member whose name changed.
+    monkeypatch.setattr("mailout.importer.CHUNK", 3)
+    for n in range(4):
+        import_file(engine, write_csv(tmp_path / "p.csv", f"email,name\npub{n}@example.org,P\n"), PUBLIC)
+        import_file(engine, write_csv(tmp_path / "m.csv", f"email,name\nmem{n}@example.org,M\n"), MEMBERS)
+
+    def statements(chunks: range) -> int:
+        rows = "".join(
+            f"new{n}@example.org,N\npub{n}@example.org,P2\nmem{n}@example.org,M2\n" for n in chunks
+        )
+        seen: list[str] = []
+
+        def listener(conn: object, cursor: object, statement: str, *rest: object) -> None:
+            seen.append(statement)
+
+        event.listen(engine, "before_cursor_execute", listener)
+        try:
+            report = import_file(engine, write_csv(tmp_path / "x.csv", f"email,name\n{rows}"), MEMBERS)
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+        assert (report.added, report.updated) == (2 * len(chunks), len(chunks))
+        return len(seen)
+
+    # Look up what the file held and who is stored; insert people, subscriptions and
+    # consent events; update the changed names; remember the addresses seen.
+    assert statements(range(1, 4)) - statements(range(0, 1)) == 2 * 7
 
 
 def test_the_case_of_an_address_never_makes_a_second_person(engine: Engine, tmp_path: Path) -> None:

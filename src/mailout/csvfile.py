@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from .errors import CsvError
-from .issues import display_path
+from .paths import display_path
 
 if TYPE_CHECKING:
     from _csv import Reader  # what csv.reader returns: an iterator that also counts lines

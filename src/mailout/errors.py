@@ -1,18 +1,28 @@
 """Errors mailout raises for things a user can fix.
 
 Every error a user can cause is a ``MailoutError``; the command line turns it
-into a one-line message and a non-zero exit code, never a traceback::
+into a one-line message and a non-zero exit code, never a traceback. Each class
+lives in this module unless a ``[module]`` follows its name: errors that only
+one module raises stay beside it. ``tests/test_errors.py`` checks that this tree
+names every subclass, where it lives and what it derives from::
 
     MailoutError
-    ├── ConfigError        a missing, malformed or wrong setting (names file and key)
-    ├── CsvError           a file that cannot be read as a subscriber CSV at all
-    │                      (unreadable, empty, no email column; names file and line)
-    ├── IssueError         an issue folder that does not load or validate
-    │                      (carries every Problem found, each with file:line and field)
-    ├── DatabaseError      a database that cannot be opened, upgraded or backed up,
-    │                      or that needs `mailout db upgrade`
-    ├── TemplateError      an email template that does not parse or render
-    └── WorkspaceError     a missing workspace, issue folder or file
+    ├── ConfigError                      a missing, malformed or wrong setting (names file and key)
+    ├── CsvError                         a file that cannot be read as a subscriber CSV at all
+    │                                    (unreadable, empty, no email column; names file and line)
+    ├── IssueError                       an issue folder that does not load or validate
+    │                                    (carries every Problem found, each with file:line and field)
+    ├── DatabaseError                    a database that cannot be opened, upgraded or backed up,
+    │                                    or that needs `mailout db upgrade`
+    ├── TemplateError                    an email template that does not parse or render
+    ├── WorkspaceError                   a missing workspace, issue folder or file
+    ├── InvalidSubscriber [subscribers]  an address or a field that cannot be stored (says why)
+    ├── SubscriberNotFound [subscribers] no subscriber has this address
+    ├── DispatchExists [outbox]          the issue was already sent to this list
+    ├── AnotherSender [mailer]           another process is sending this dispatch, and only one may
+    └── DeliveryFailure [transports]     the server refused a message, or the connection failed
+        ├── TemporaryFailure [transports]  a 4xx reply or a lost connection: may succeed later
+        └── PermanentFailure [transports]  a 5xx reply: would fail again
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ on the list but missing from the file.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -24,7 +25,6 @@ from sqlalchemy.orm import Session
 
 from . import csvfile
 from .config import MailingList as ListSettings
-from .issues import display_path
 from .models import (
     ConsentEvent,
     EventKind,
@@ -36,6 +36,7 @@ from .models import (
     SubscriptionStatus,
     utcnow,
 )
+from .paths import display_path
 from .subscribers import InvalidSubscriber, clean_fields, ensure_list, normalise_email
 
 CHUNK = 2000
@@ -160,7 +161,25 @@ def _chunks(rows: Iterable[csvfile.Row], size: int) -> Iterator[list[csvfile.Row
 def _import_chunk(
     session: Session, lst: MailingList, rows: list[csvfile.Row], name: str, report: ImportReport
 ) -> None:
+    """Import one chunk of rows with a few batched statements, whatever its size."""
     conn = session.connection()
+    candidates, seen_invalid = _read_rows(rows, report)
+    earlier = _remember_seen(conn, candidates, seen_invalid)
+    if not candidates:
+        return
+    plan = _classify(candidates, _stored(conn, lst, candidates), earlier, lst, report)
+    now = utcnow()
+    joining = plan.joining + _insert_people(conn, plan.new_people, now)
+    _subscribe(conn, lst, joining, name, now)
+    _apply_updates(conn, plan.changes, now)
+
+
+def _read_rows(rows: list[csvfile.Row], report: ImportReport) -> tuple[dict[str, _Candidate], dict[str, int]]:
+    """Return the chunk's valid rows by lower-cased address, and the lines of those with a bad field.
+
+    Invalid rows are noted in ``report``; a row repeating an address of this chunk
+    is counted as a duplicate and fills the blanks of the first.
+    """
     # Keyed by the lower-cased address: Ana@ and ana@ are one person.
     candidates: dict[str, _Candidate] = {}
     # A row with a valid address but a bad field is invalid, yet the person is in the
@@ -184,50 +203,76 @@ def _import_chunk(
             candidates[key].fill_from(candidate)
         else:
             candidates[key] = candidate
+    return candidates, seen_invalid
+
+
+def _remember_seen(
+    conn: Connection, candidates: dict[str, _Candidate], seen_invalid: dict[str, int]
+) -> dict[str, int]:
+    """Record the chunk's addresses as seen in the file; return those an earlier chunk held, with their line."""
     keys = set(candidates) | set(seen_invalid)
     if not keys:
-        return
-    # Rows seen in an earlier chunk are duplicates too: they fill blanks of the stored row only.
+        return {}
     earlier = dict(conn.execute(select(_SEEN.c.email, _SEEN.c.line).where(_SEEN.c.email.in_(keys))).all())
     fresh = {key: c.line for key, c in candidates.items()} | seen_invalid
     new_seen = [{"email": key, "line": line} for key, line in fresh.items() if key not in earlier]
     if new_seen:
         conn.execute(insert(_SEEN), new_seen)
-    if not candidates:
-        return
-    existing = {
-        row.email_key: row
-        for row in conn.execute(
-            select(
-                Subscriber.id,
-                Subscriber.email,
-                Subscriber.email_key,
-                Subscriber.name,
-                Subscriber.organisation,
-                Subscriber.language,
-                Subscriber.status,
-                Subscription.status.label("subscription"),
-            )
-            .outerjoin(
-                Subscription,
-                and_(Subscription.subscriber_id == Subscriber.id, Subscription.list_id == lst.id),
-            )
-            .where(Subscriber.email_key.in_(candidates))
+    return earlier
+
+
+def _stored(conn: Connection, lst: MailingList, candidates: dict[str, _Candidate]) -> dict[str, Any]:
+    """Return the stored people among ``candidates`` by address key, with their subscription to ``lst``."""
+    query = (
+        select(
+            Subscriber.id,
+            Subscriber.email,
+            Subscriber.email_key,
+            Subscriber.name,
+            Subscriber.organisation,
+            Subscriber.language,
+            Subscriber.status,
+            Subscription.status.label("subscription"),
         )
-    }
-    now = utcnow()
-    new_people: list[_Candidate] = []
-    new_subscriptions: list[tuple[int, _Candidate]] = []
-    changes: list[dict[str, Any]] = []
+        .outerjoin(
+            Subscription,
+            and_(Subscription.subscriber_id == Subscriber.id, Subscription.list_id == lst.id),
+        )
+        .where(Subscriber.email_key.in_(candidates))
+    )
+    return {row.email_key: row for row in conn.execute(query)}
+
+
+@dataclass
+class _Plan:
+    """What to write for one chunk."""
+
+    new_people: list[_Candidate] = field(default_factory=list)
+    #: Stored people who join the list: (subscriber id, the row that brought them).
+    joining: list[tuple[int, _Candidate]] = field(default_factory=list)
+    #: Bound parameters for ``_apply_updates``.
+    changes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _classify(
+    candidates: dict[str, _Candidate],
+    existing: dict[str, Any],
+    earlier: dict[str, int],
+    lst: MailingList,
+    report: ImportReport,
+) -> _Plan:
+    """Decide what each valid row does (add, join, update, keep out, nothing) and count it in ``report``."""
+    plan = _Plan()
     for email, cand in candidates.items():
         stored = existing.get(email)
         if email in earlier:
             report.duplicates += 1
             if stored is not None and (change := _update(stored, cand, file_wins=False)):
-                changes.append(change)
+                plan.changes.append(change)
             continue
         if stored is None:
-            new_people.append(cand)
+            plan.new_people.append(cand)
+            report.added += 1
             continue
         if stored.status is not SubscriberStatus.SUBSCRIBED:
             report.note_kept_out(cand.line, email, f"{stored.status}; never re-subscribed by an import")
@@ -239,73 +284,92 @@ def _import_chunk(
             continue
         change = _update(stored, cand, file_wins=True)
         if change:
-            changes.append(change)
+            plan.changes.append(change)
         if stored.subscription is None:
-            new_subscriptions.append((stored.id, cand))
+            plan.joining.append((stored.id, cand))
             report.added += 1
         elif change:
             report.updated += 1
         else:
             report.unchanged += 1
-    if new_people:
-        inserted = conn.execute(
-            insert(Subscriber).returning(Subscriber.id, Subscriber.email, sort_by_parameter_order=True),
-            [
-                {
-                    "email": c.email,
-                    "email_key": c.email.lower(),
-                    "name": c.name,
-                    "organisation": c.organisation,
-                    "language": c.language,
-                    "status": SubscriberStatus.SUBSCRIBED,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for c in new_people
-            ],
-        ).all()
-        new_subscriptions += [(row.id, cand) for row, cand in zip(inserted, new_people, strict=True)]
-        report.added += len(new_people)
-    if new_subscriptions:
-        conn.execute(
-            insert(Subscription),
-            [
-                {
-                    "subscriber_id": sid,
-                    "list_id": lst.id,
-                    "status": SubscriptionStatus.SUBSCRIBED,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for sid, _ in new_subscriptions
-            ],
-        )
-        conn.execute(
-            insert(ConsentEvent),
-            [
-                {
-                    "subscriber_id": sid,
-                    "list_id": lst.id,
-                    "kind": EventKind.SUBSCRIBED,
-                    "source": Source.IMPORT,
-                    "detail": f"{name}:{cand.line}",
-                    "created_at": now,
-                }
-                for sid, cand in new_subscriptions
-            ],
-        )
-    if changes:
-        conn.execute(
-            update(Subscriber)
-            .where(Subscriber.id == bindparam("b_id"))
-            .values(
-                name=bindparam("b_name"),
-                organisation=bindparam("b_organisation"),
-                language=bindparam("b_language"),
-                updated_at=now,
-            ),
-            changes,
-        )
+    return plan
+
+
+def _insert_people(
+    conn: Connection, new_people: list[_Candidate], now: dt.datetime
+) -> list[tuple[int, _Candidate]]:
+    """Insert ``new_people`` in one statement; return each one's new id with its row."""
+    if not new_people:
+        return []
+    inserted = conn.execute(
+        insert(Subscriber).returning(Subscriber.id, Subscriber.email, sort_by_parameter_order=True),
+        [
+            {
+                "email": c.email,
+                "email_key": c.email.lower(),
+                "name": c.name,
+                "organisation": c.organisation,
+                "language": c.language,
+                "status": SubscriberStatus.SUBSCRIBED,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for c in new_people
+        ],
+    ).all()
+    return [(row.id, cand) for row, cand in zip(inserted, new_people, strict=True)]
+
+
+def _subscribe(
+    conn: Connection, lst: MailingList, joining: list[tuple[int, _Candidate]], name: str, now: dt.datetime
+) -> None:
+    """Subscribe each (id, row) to ``lst``, with a consent event naming the file and line."""
+    if not joining:
+        return
+    conn.execute(
+        insert(Subscription),
+        [
+            {
+                "subscriber_id": sid,
+                "list_id": lst.id,
+                "status": SubscriptionStatus.SUBSCRIBED,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for sid, _ in joining
+        ],
+    )
+    conn.execute(
+        insert(ConsentEvent),
+        [
+            {
+                "subscriber_id": sid,
+                "list_id": lst.id,
+                "kind": EventKind.SUBSCRIBED,
+                "source": Source.IMPORT,
+                "detail": f"{name}:{cand.line}",
+                "created_at": now,
+            }
+            for sid, cand in joining
+        ],
+    )
+
+
+def _apply_updates(conn: Connection, changes: list[dict[str, Any]], now: dt.datetime) -> None:
+    """Write the changed names, organisations and languages in one batched statement."""
+    if not changes:
+        return
+    conn.execute(
+        update(Subscriber)
+        .where(Subscriber.id == bindparam("b_id"))
+        .values(
+            name=bindparam("b_name"),
+            organisation=bindparam("b_organisation"),
+            language=bindparam("b_language"),
+            updated_at=now,
+        ),
+        changes,
+    )
 
 
 def _update(stored: Any, cand: _Candidate, *, file_wins: bool) -> dict[str, Any] | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
-import os
 import re
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -20,6 +19,7 @@ from typing import Any
 from . import markup, yamlfile
 from .config import LANGUAGE_TAG
 from .errors import IssueError, Problem, Severity, WorkspaceError
+from .paths import display_path as display_path  # re-exported for render.py; new code uses .paths
 from .yamlfile import LineMap
 
 ISSUE_FILE = "issue.yaml"
@@ -118,14 +118,6 @@ class Issue:
         names = [self.logo] if self.logo else []
         names += [i.image for s in self.sections for i in s.items if i.image]
         return [n for n in names if not is_url(n)]
-
-
-def display_path(path: Path) -> str:
-    """Return ``path`` relative to the current folder when it lies below it."""
-    try:
-        return os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd()) else str(path)
-    except ValueError:  # pragma: no cover - another drive on Windows
-        return str(path)
 
 
 def find_issue(name: str | Path, issues_dir: Path) -> Path:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import func, select, update
+from sqlalchemy import String, func, select, update
 from sqlalchemy.orm import Session
 
 from .config import LANGUAGE_TAG
@@ -35,7 +35,17 @@ from .models import (
     utcnow,
 )
 
-MAX_LENGTHS = {"name": 200, "organisation": 200, "language": 16}
+
+def _stored_length(column: str) -> int:
+    """Return the length of a ``String`` column of the subscribers table."""
+    kind = Subscriber.__table__.c[column].type
+    if not isinstance(kind, String) or kind.length is None:  # pragma: no cover - a schema change
+        raise TypeError(f"subscribers.{column} is not a String of fixed length")
+    return kind.length
+
+
+#: The longest name, organisation and language the ``subscribers`` table stores.
+MAX_LENGTHS = {key: _stored_length(key) for key in ("name", "organisation", "language")}
 
 
 class InvalidSubscriber(MailoutError):
@@ -300,7 +310,7 @@ def members(
         yield person, str(state)
 
 
-def counts(session: Session) -> list[tuple[str, str, int]]:
+def list_counts(session: Session) -> list[tuple[str, str, int]]:
     """Return (list, status, number) for every list, plus people by overall status under '*'."""
     per_list = session.execute(
         select(MailingList.name, Subscription.status, func.count())

@@ -20,8 +20,8 @@ from typing import Protocol
 
 from .config import Settings, Smtp
 from .errors import ConfigError, MailoutError
-from .issues import display_path
 from .net import is_loopback
+from .paths import display_path
 
 
 @dataclass(frozen=True)

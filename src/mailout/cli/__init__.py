@@ -15,7 +15,7 @@ import sqlalchemy.exc
 
 from .. import __version__
 from ..errors import IssueError, MailoutError
-from ..issues import display_path
+from ..paths import display_path
 from ..workspace import init_workspace
 from .compose import issue, preview, templates
 from .database import db

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import MailoutError, Severity
-from ..issues import display_path
+from ..paths import display_path
 from ..preview import all_warnings, write_preview
 from ..render import BUILTIN_TEMPLATES, render_issue
 from ..workspace import new_issue

@@ -14,13 +14,13 @@ from ..config import MailingList as ListSettings
 from ..db import transaction
 from ..errors import MailoutError
 from ..importer import ImportReport, import_file, sync_paths
-from ..issues import display_path
-from ..models import Source
+from ..models import Source, SubscriberStatus
+from ..paths import display_path
 from ..tokens import Signer
 from .state import State, pass_state
 
 SHOWN_PROBLEMS = 50
-STATUSES = ["subscribed", "unsubscribed", "bounced", "complained"]
+STATUSES = [status.value for status in SubscriberStatus]
 
 
 @click.group()
@@ -347,7 +347,7 @@ def count_command(state: State) -> None:
         mailout subscribers count
     """
     with transaction(state.engine()) as session:
-        rows = people.counts(session)
+        rows = people.list_counts(session)
     click.echo(f"{'list':<16} {'status':<14} {'people':>8}")
     for list_name, status, number in rows:
         click.echo(f"{'(everyone)' if list_name == '*' else list_name:<16} {status:<14} {number:>8,}")

@@ -14,8 +14,8 @@ import click
 from ..archive import archived_issues, export_archive
 from ..db import transaction
 from ..errors import MailoutError
-from ..issues import display_path
 from ..net import is_loopback
+from ..paths import display_path
 from ..tokens import Signer
 from ..web import PACKAGE, create_app, standalone_page
 from .state import State, pass_state
