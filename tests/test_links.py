@@ -148,7 +148,9 @@ def test_names_are_encoded_the_same_way_in_every_link() -> None:
     assert links.issue("x y#1/..") == "https://news.example/issues/x%20y%231%2F.."
     assert links.preview("x y#1") == "https://news.example/preview/x%20y%231"
     assert links.member_view("x y#1", 1, 2).startswith("https://news.example/issues/x%20y%231?t=")
-    assert links.picture("x y", "images/a b#2.png") == "https://news.example/issues/x%20y/images/a%20b%232.png"
+    assert (
+        links.picture("x y", "images/a b#2.png") == "https://news.example/issues/x%20y/images/a%20b%232.png"
+    )
     private = private_picture_path("images/a b.png", "0123456789abcdef0123")
     assert private == "m/0123456789abcdef0123/images/a b.png"
     assert links.picture("2019-01", private).endswith("/2019-01/m/0123456789abcdef0123/images/a%20b.png")
