@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 SENDER = "newsletter@efus.example"
+SECRET_KEY = "benchmark-key-0123456789"  # noqa: S105 - a throw-away workspace's key
 
 
 def free_port() -> int:
@@ -132,7 +133,7 @@ def make_durable(server: PostgresServer) -> None:
 
 
 def run_send(folder: Path) -> dict[str, float]:
-    env = {**os.environ, "MAILOUT_SECRET_KEY": "benchmark-key-0123456789"}
+    env = {**os.environ, "MAILOUT_SECRET_KEY": SECRET_KEY}
     env.pop("MAILOUT_DATABASE_URL", None)
     start = time.perf_counter()
     child = subprocess.Popen(
@@ -154,18 +155,22 @@ def message_file(folder: Path) -> Path:
     """One message exactly as mailout builds it, for smtp-source to send."""
     from mailout.config import load_settings
     from mailout.issues import Segment, load_issue
+    from mailout.links import Links
     from mailout.message import Addressing, MessageTemplate
     from mailout.render import Recipient, render_variant
+    from mailout.tokens import Signer
 
     settings = load_settings(folder)
     variant = render_variant(
         load_issue(folder / "issues" / "2019-01" / "issue.yaml"), settings, Segment.MEMBER
     )
     template = MessageTemplate(variant, Addressing("Efus Newsletter", SENDER, list_name="members"))
+    # The links of a real message: signed tokens, as long as the send loop's.
+    links = Links(settings, Signer([SECRET_KEY])).for_messages("2019-01", 1, member=True, sender=SENDER)
+    urls = links(1)
     data = template.build(
         to_name="Reader 1", to_address="reader1@city1.example", message_id=f"bench.1@{template.addressing.domain}",
-        recipient=Recipient("Reader", "https://news.example/unsubscribe/x", "https://news.example/issues/2019-01"),
-        unsubscribe_mailto=template.unsubscribe_mailto("x"),
+        recipient=Recipient("Reader", urls.unsubscribe, urls.view), unsubscribe_mailto=urls.unsubscribe_mailto,
     )  # fmt: skip
     path = folder / "message.eml"
     path.write_bytes(data)

@@ -18,25 +18,25 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import unquote
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .config import Settings
-from .errors import ConfigError, WorkspaceError
-from .issues import Segment
+from .errors import WorkspaceError
+from .issues import Segment, is_slug
+from .links import PRIVATE_PICTURES, Links
 from .mailer import first_name
 from .models import Delivery, DeliveryStatus, Dispatch
 from .outbox import as_utc, frozen_variant
 from .render import DIGEST_LENGTH, Recipient, image_digest
-from .tokens import Claim, Purpose, Signer
+from .tokens import Claim, Signer
 
 #: Picture files the web app and the export may publish from an issue's folder.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp"})
 #: The delivery states in which a recipient may have the message, and so its links.
 RECEIVED = (DeliveryStatus.SENT, DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN)
-_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,6 @@ class ArchivedIssue:
     subject: str
     preheader: str
     sent_at: dt.datetime
-
-
-def is_slug(value: str) -> bool:
-    """Return whether ``value`` can name an issue (a folder name, no path)."""
-    return bool(_SLUG.fullmatch(value)) and ".." not in value
 
 
 def archived_issues(session: Session) -> list[ArchivedIssue]:
@@ -107,37 +102,6 @@ def member_dispatch(session: Session, slug: str, claim: Claim) -> tuple[Dispatch
     return (row[0], row[1]) if row is not None else None
 
 
-class Links:
-    """The absolute links filled into pages, as messages have them."""
-
-    def __init__(self, settings: Settings, signer: Signer | None) -> None:
-        self.base = settings.newsletter.public_base_url.rstrip("/")
-        self.domain = settings.sender.address.rpartition("@")[2]
-        self.signer = signer
-
-    def issue(self, slug: str) -> str:
-        return f"{self.base}/issues/{quote(slug)}"
-
-    def _signer(self) -> Signer:
-        if self.signer is None:
-            raise ConfigError("no secret key (MAILOUT_SECRET_KEY): members' links cannot be signed")
-        return self.signer
-
-    def member_view(self, slug: str, subscriber_id: int, list_id: int) -> str:
-        return f"{self.issue(slug)}?t={self._signer().sign(Purpose.VIEW, subscriber_id, list_id)}"
-
-    def unsubscribe(self, subscriber_id: int, list_id: int) -> str:
-        return f"{self.base}/unsubscribe/{self._signer().sign(Purpose.UNSUBSCRIBE, subscriber_id, list_id)}"
-
-    def unsubscribe_by_mail(self) -> str:
-        """The public page's unsubscribe link: no one's token, so a message to the list's mailbox."""
-        return f"mailto:unsubscribe@{self.domain}?subject=unsubscribe"
-
-    def asset_prefix(self, slug: str) -> str:
-        """Where a dispatch's HTML says the issue's pictures are."""
-        return f"{self.base}/issues/{quote(slug)}/"
-
-
 def public_page(dispatch: Dispatch, links: Links) -> str:
     """Return the public page of a dispatch: its HTML filled in for no one in particular."""
     html, _ = frozen_variant(dispatch).personalize(
@@ -163,7 +127,8 @@ def member_page(dispatch: Dispatch, delivery: Delivery, links: Links) -> str:
 def images_in(html: str, prefix: str) -> list[str]:
     """Return the picture file names that ``html`` loads from under ``prefix``, each once."""
     pattern = re.compile(re.escape(prefix) + r"""([^"'\s?#()<>]+)""")
-    names = dict.fromkeys(m.group(1) for m in pattern.finditer(html))
+    # Links carry names percent-encoded (``Links.picture``): the files have them decoded.
+    names = dict.fromkeys(unquote(m.group(1)) for m in pattern.finditer(html))
     return [n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES and ".." not in n.split("/")]
 
 
@@ -178,7 +143,7 @@ def image_file(settings: Settings, slug: str, name: str) -> Path | None:
     return path
 
 
-_PRIVATE = re.compile(rf"m/([0-9a-f]{{{DIGEST_LENGTH}}})/(.+)")
+_PRIVATE = re.compile(rf"{PRIVATE_PICTURES}/([0-9a-f]{{{DIGEST_LENGTH}}})/(.+)")
 
 
 def private_image_file(settings: Settings, slug: str, path: str) -> Path | None:
@@ -223,7 +188,7 @@ def export_archive(
     for entry in issues:
         dispatch = public_dispatch(session, entry.slug)
         assert dispatch is not None  # listed because it has one
-        prefix = links.asset_prefix(entry.slug)
+        prefix = links.pictures(entry.slug)
         html = public_page(dispatch, links)
         folder = out_dir / entry.slug
         folder.mkdir(exist_ok=True)

@@ -19,10 +19,13 @@ from typing import Any
 from . import markup, yamlfile
 from .config import LANGUAGE_TAG
 from .errors import IssueError, Problem, Severity, WorkspaceError
-from .paths import display_path as display_path  # re-exported for render.py; new code uses .paths
+from .paths import display_path
 from .yamlfile import LineMap
 
 ISSUE_FILE = "issue.yaml"
+#: What an issue's folder may be called. The name is a part of every link to the issue
+#: (see ``links.Links.issue``), so it holds only characters a URL carries as they are.
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 class Segment(StrEnum):
@@ -120,6 +123,23 @@ class Issue:
         return [n for n in names if not is_url(n)]
 
 
+def is_slug(value: str) -> bool:
+    """Return whether ``value`` can name an issue: a folder name, no path, safe in a link as it is."""
+    return bool(_SLUG.fullmatch(value)) and ".." not in value
+
+
+def slug_problem(name: str) -> str | None:
+    """Return why folder ``name`` cannot name an issue, with a name that can; None if it can."""
+    if is_slug(name):
+        return None
+    fixed = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", name)).strip("._-")[:200] or "issue"
+    return (
+        f"the folder name '{name}' cannot name an issue, as it is part of every link to it:"
+        " use letters, digits, '.', '-' and '_', starting with a letter or digit;"
+        f" rename the folder, e.g. to '{fixed}'"
+    )
+
+
 def find_issue(name: str | Path, issues_dir: Path) -> Path:
     """Return the ``issue.yaml`` for a slug, a folder or a file path."""
     candidates = [Path(name), issues_dir / str(name)]
@@ -171,6 +191,9 @@ class _Reader:
             raw = self.path.read_bytes()
         except OSError as exc:
             raise WorkspaceError(f"{self.name}: cannot read: {exc.strerror}") from None
+        problem = slug_problem(self.path.resolve().parent.name)
+        if problem is not None:
+            self.report(None, problem)
         try:
             data = yamlfile.parse(raw)
         except yamlfile.SyntaxProblem as exc:

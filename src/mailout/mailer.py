@@ -29,10 +29,12 @@ from sqlalchemy.exc import OperationalError
 from . import outbox
 from .config import Settings
 from .errors import MailoutError
+from .issues import Segment
+from .links import Links
 from .message import Addressing, MessageTemplate, message_id, one_line
 from .models import DeliveryStatus, Dispatch, MailingList, utcnow
 from .render import Recipient
-from .tokens import Purpose, Signer
+from .tokens import Signer
 from .transports import Connection, PermanentFailure, TemporaryFailure, Transport
 
 #: How to record a message that was not accepted: a few statements, in one transaction.
@@ -123,7 +125,9 @@ class Mailer:
                 dispatch.from_name, dispatch.from_address, dispatch.reply_to, lst.name, lst.description
             ),
         )
-        self.base_url = settings.newsletter.public_base_url.rstrip("/")
+        self.links = Links(settings, signer).for_messages(
+            dispatch.issue, lst.id, member=dispatch.segment == Segment.MEMBER, sender=dispatch.from_address
+        )
         self.rate = RateLimit(settings.sending.rate_limit)
 
     # -- set-up and tear-down ---------------------------------------------------
@@ -281,20 +285,13 @@ class Mailer:
         return outbox.Sent(claimed.id, str(reply))
 
     def _build(self, claimed: outbox.Claimed) -> bytes:
-        unsubscribe_token = self.signer.sign(Purpose.UNSUBSCRIBE, claimed.subscriber_id, self.list.id)
-        if self.dispatch.segment == "member":
-            view = f"{self.base_url}/issues/{self.dispatch.issue}?t={self.signer.sign(Purpose.VIEW, claimed.subscriber_id, self.list.id)}"
-        else:
-            view = f"{self.base_url}/issues/{self.dispatch.issue}"
-        recipient = Recipient(
-            first_name(claimed.name), f"{self.base_url}/unsubscribe/{unsubscribe_token}", view
-        )
+        urls = self.links(claimed.subscriber_id)
         return self.template.build(
             to_name=claimed.name,
             to_address=claimed.email,
             message_id=message_id(self.dispatch.key, claimed.id, self.template.addressing.domain),
-            recipient=recipient,
-            unsubscribe_mailto=self.template.unsubscribe_mailto(unsubscribe_token),
+            recipient=Recipient(first_name(claimed.name), urls.unsubscribe, urls.view),
+            unsubscribe_mailto=urls.unsubscribe_mailto,
         )
 
     def _failed(self, db: DbConnection, *, claimed: outbox.Claimed, failure: PermanentFailure) -> None:

@@ -24,7 +24,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.header import Header
 from email.utils import format_datetime, formataddr
-from urllib.parse import quote
 
 from .render import Recipient, Slots, Variant
 
@@ -159,9 +158,6 @@ class MessageTemplate:
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         ).encode("ascii")
         self.tail = f"\r\n--{self.boundary}--\r\n".encode("ascii")
-
-    def unsubscribe_mailto(self, token: str) -> str:
-        return f"mailto:unsubscribe@{self.addressing.domain}?subject={quote('unsubscribe ' + token)}"
 
     def build(
         self,

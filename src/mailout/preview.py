@@ -14,7 +14,8 @@ from pathlib import Path
 from .config import Settings
 from .errors import Problem
 from .issues import Issue, Segment
-from .render import Recipient, Variant, asset_base, private_image_path, private_images, render_issue
+from .links import Links
+from .render import Recipient, Variant, private_image_path, private_images, render_issue
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,8 @@ class PreviewFile:
 
 def sample_recipient(settings: Settings, issue: Issue) -> Recipient:
     """Return the recipient a preview is filled for: no name, so the fallback shows."""
-    base = settings.newsletter.public_base_url.rstrip("/")
-    return Recipient(
-        first_name="", unsubscribe_url=f"{base}/unsubscribe/preview", view_url=f"{base}/issues/{issue.slug}"
-    )
+    urls = Links(settings).preview_sample(issue.slug)
+    return Recipient(first_name="", unsubscribe_url=urls.unsubscribe, view_url=urls.view)
 
 
 def write_preview(issue: Issue, settings: Settings, out_dir: Path | None = None) -> list[PreviewFile]:
@@ -48,7 +47,7 @@ def write_preview(issue: Issue, settings: Settings, out_dir: Path | None = None)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(issue.folder / name, target)
     recipient = sample_recipient(settings, issue)
-    base = asset_base(settings, issue)
+    base = Links(settings).pictures(issue.slug)
     written = []
     for segment in Segment:
         variant = variants[segment]

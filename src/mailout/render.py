@@ -30,7 +30,9 @@ import premailer
 from . import markup
 from .config import Settings
 from .errors import Problem, Severity, TemplateError
-from .issues import Issue, Item, Section, Segment, display_path, is_url
+from .issues import Issue, Item, Section, Segment, is_url
+from .links import Links, private_picture_path
+from .paths import display_path
 
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates" / "email"
 #: The per-recipient fields every variant carries, filled by ``Variant.personalize``.
@@ -174,13 +176,13 @@ def render_variant(
         if hidden
         else ""
     )
-    base = asset_base(settings, issue)
+    links = Links(settings)
     private = private_images(issue)
 
     def asset_url(name: str) -> str:
         if is_url(name):
             return name
-        return base + (private_image_path(issue, name) if name in private else name)
+        return links.picture(issue.slug, private_image_path(issue, name) if name in private else name)
 
     context: dict[str, Any] = {
         "issue": issue,
@@ -263,12 +265,7 @@ def private_image_path(issue: Issue, name: str) -> str:
     Its address holds a digest of its content, so only those who got the members'
     version can ask for it; the public variant and archive never name it.
     """
-    return f"m/{image_digest(issue.folder / name)}/{name}"
-
-
-def asset_base(settings: Settings, issue: Issue) -> str:
-    """Return the URL prefix under which the issue's images are published."""
-    return f"{settings.newsletter.public_base_url.rstrip('/')}/issues/{issue.slug}/"
+    return private_picture_path(name, image_digest(issue.folder / name))
 
 
 def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:

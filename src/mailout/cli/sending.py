@@ -18,6 +18,7 @@ from .. import subscribers as people
 from ..db import transaction
 from ..errors import MailoutError
 from ..issues import Segment
+from ..links import Links
 from ..mailer import Mailer, Tally
 from ..message import Addressing, MessageTemplate
 from ..models import Delivery, DeliveryStatus, Dispatch, MailingList
@@ -56,7 +57,7 @@ def test_command(state: State, name: str, addresses: tuple[str, ...]) -> None:
         )
     issue = state.issue(name)
     transport = make_transport(settings)
-    base = settings.newsletter.public_base_url.rstrip("/")
+    urls = Links(settings).test_message(issue.slug)
     connection = transport.connect()
     try:
         for segment, variant in render_issue(issue, settings).items():
@@ -73,8 +74,8 @@ def test_command(state: State, name: str, addresses: tuple[str, ...]) -> None:
                     to_address=address,
                     message_id=f"test.{uuid.uuid4().hex}@{template.addressing.domain}",
                     # "View in browser" of a test opens the team's preview: nothing is published yet.
-                    recipient=Recipient("", f"{base}/unsubscribe/test", f"{base}/preview/{issue.slug}"),
-                    unsubscribe_mailto=template.unsubscribe_mailto("test"),
+                    recipient=Recipient("", urls.unsubscribe, urls.view),
+                    unsubscribe_mailto=urls.unsubscribe_mailto,
                 )
                 try:
                     reply = connection.send(settings.sender.address, address, data)
@@ -300,8 +301,7 @@ def status_command(state: State, dispatch_id: int | None, as_json: bool) -> None
                     f" {r['counts']['sent']:>7,} {r['counts']['failed']:>7,}  {r['state']}"
                 )
             if any(d.segment == Segment.PUBLIC for d, _ in rows):
-                base = state.settings.newsletter.public_base_url.rstrip("/")
-                click.echo(f"archive: {base}/issues/ (answered by `mailout serve`)")
+                click.echo(f"archive: {Links(state.settings).archive()} (answered by `mailout serve`)")
             return
         found = session.execute(
             select(Dispatch, MailingList.name)

@@ -14,6 +14,7 @@ import click
 from ..archive import archived_issues, export_archive
 from ..db import transaction
 from ..errors import MailoutError
+from ..links import Links
 from ..net import is_loopback
 from ..paths import display_path
 from ..tokens import Signer
@@ -62,17 +63,19 @@ def serve_command(state: State, host: str | None, port: int | None) -> None:
         ) from None
     where = f"http://{host if ':' not in host else f'[{host}]'}:{server.server_port}"
     click.echo(f"serving {settings.newsletter.name} at {where}/ (Ctrl-C to stop)")
-    click.echo(f"  archive:  {where}/issues/")
+    here = Links(settings, base_url=where)
+    click.echo(f"  archive:  {here.archive()}")
     if local or settings.web.preview_password:
         protected = "" if local else " (password: MAILOUT_PREVIEW_PASSWORD)"
-        click.echo(f"  preview:  {where}/preview/{protected}")
+        click.echo(f"  preview:  {here.preview()}{protected}")
     else:
         click.echo("  preview:  off (bound beyond loopback: set MAILOUT_PREVIEW_PASSWORD to turn it on)")
-    base = urlsplit(settings.newsletter.public_base_url)
+    public = Links(settings).base
+    base = urlsplit(public)
     default_port = 443 if base.scheme == "https" else 80
     if base.hostname and is_loopback(base.hostname) and (base.port or default_port) != server.server_port:
         click.secho(
-            f"warning: messages link to {settings.newsletter.public_base_url}, not to this server;"
+            f"warning: messages link to {public}, not to this server;"
             " set newsletter.public_base_url or --port to match",
             fg="yellow",
             err=True,
@@ -132,6 +135,4 @@ def export_command(state: State, directory: Path) -> None:
         )
     count = len(result.issues)
     click.echo(f"wrote {count} issue{'s' if count != 1 else ''} to {display_path(directory / 'index.html')}")
-    click.echo(
-        f"the web app (`mailout serve`) shows it at {settings.newsletter.public_base_url.rstrip('/')}/issues/"
-    )
+    click.echo(f"the web app (`mailout serve`) shows it at {Links(settings).archive()}")

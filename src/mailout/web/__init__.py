@@ -31,6 +31,7 @@ from sqlalchemy import Engine
 
 from ..config import Settings, load_settings
 from ..db import open_engine
+from ..links import Links
 from ..tokens import Signer
 
 PACKAGE = Path(__file__).resolve().parent
@@ -63,12 +64,13 @@ class TimedCache:
 
 
 class Mailout:
-    """What the views share: settings, database, signer, and who may see the preview."""
+    """What the views share: settings, database, signer, links, and who may see the preview."""
 
     def __init__(self, settings: Settings, engine: Engine, signer: Signer, preview_open: bool) -> None:
         self.settings = settings
         self.engine = engine
         self.signer = signer
+        self.links = Links(settings, signer)
         self.preview_open = preview_open
         #: Issue slug -> the pictures its public dispatches load (messages load them on every open).
         self.images = TimedCache()

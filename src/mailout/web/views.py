@@ -26,11 +26,12 @@ from sqlalchemy.orm import Session
 from .. import archive
 from ..db import reader
 from ..errors import IssueError, MailoutError
-from ..issues import Issue, Segment, find_issue, load_issue
+from ..issues import ISSUE_FILE, Issue, Segment, find_issue, is_slug, load_issue
+from ..links import PRIVATE_PICTURES, SampleToken
 from ..models import Dispatch, MailingList, Source, Subscriber
 from ..net import is_loopback
 from ..preview import sample_recipient
-from ..render import asset_base, private_images, render_issue
+from ..render import private_images, render_issue
 from ..subscribers import unsubscribe
 from ..tokens import Purpose
 from . import Mailout
@@ -54,7 +55,7 @@ _PREVIEW_PAGE = (
     " base-uri 'none'; frame-ancestors 'none'"
 )
 #: The pseudo-tokens in test messages and previews, which unsubscribe nobody.
-_SAMPLE_TOKENS = ("test", "preview")
+_SAMPLE_TOKENS = frozenset(SampleToken)
 
 
 def mailout() -> Mailout:
@@ -225,7 +226,7 @@ def archive_index() -> Response:
 def issue_page(slug: str) -> Response:
     """The public variant; with ``?t=``, the member variant for the member the token names."""
     state = mailout()
-    links = archive.Links(state.settings, state.signer)
+    links = state.links
     token = request.args.get("t")
     with session() as s:
         if token is not None:
@@ -248,7 +249,7 @@ def issue_page(slug: str) -> Response:
                 return page("mailout/message.html", 404, title="No such issue", text=_NO_ISSUE)
             html = archive.public_page(dispatch, links)
             cache = "public, max-age=300"
-    html = html.replace(links.asset_prefix(slug), url_for("mailout.issue_page", slug=slug) + "/")
+    html = html.replace(links.pictures(slug), url_for("mailout.issue_page", slug=slug) + "/")
     response = Response(html, 200, mimetype="text/html")
     response.headers["Content-Security-Policy"] = _ISSUE_PAGE
     response.headers["Cache-Control"] = cache
@@ -267,7 +268,7 @@ def public_images(slug: str) -> frozenset[str]:
     show now: test messages go out before any dispatch, and must show their pictures.
     """
     state = mailout()
-    prefix = archive.Links(state.settings, state.signer).asset_prefix(slug)
+    prefix = state.links.pictures(slug)
     with session() as s:
         pages = s.scalars(
             select(Dispatch.html).where(Dispatch.issue == slug, Dispatch.segment == Segment.PUBLIC.value)
@@ -291,9 +292,9 @@ def issue_image(slug: str, name: str) -> Response:
     version gives.
     """
     state = mailout()
-    if not archive.is_slug(slug):
+    if not is_slug(slug):
         abort(404)
-    if name.startswith("m/"):
+    if name.startswith(f"{PRIVATE_PICTURES}/"):
         path = archive.private_image_file(state.settings, slug, name)
         cache = "private, max-age=3600"
     else:
@@ -351,9 +352,11 @@ def preview_index() -> Response:
 
 
 def _load(slug: str) -> Issue:
-    if not archive.is_slug(slug):
+    folder = mailout().settings.path("issues")
+    # A folder whose name cannot be an issue's is loaded only to show why (the load refuses it).
+    if not is_slug(slug) and slug not in {p.parent.name for p in folder.glob(f"*/{ISSUE_FILE}")}:
         abort(404)
-    return load_issue(find_issue(slug, mailout().settings.path("issues")))
+    return load_issue(find_issue(slug, folder))
 
 
 @blueprint.get("/preview/<slug>")
@@ -373,7 +376,7 @@ def preview_page(slug: str) -> Response:
     except MailoutError as exc:
         return page("mailout/preview_error.html", 422, title=f"Preview: {slug}", problems=[str(exc)])
     recipient = sample_recipient(settings, issue)
-    base = asset_base(settings, issue)
+    base = mailout().links.pictures(issue.slug)
     files = url_for("mailout.preview_page", slug=slug) + "/files/"
     shown = []
     for segment in Segment:
