@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import socket
 from pathlib import Path
@@ -124,8 +123,9 @@ def export_command(state: State, directory: Path) -> None:
             css_url="mailout.css",
             issue_url=lambda slug: f"{quote(slug)}/index.html",
         )
-        result = export_archive(session, settings, signer, directory, index)
-    shutil.copyfile(PACKAGE / "static" / "mailout.css", directory / "mailout.css")
+        result = export_archive(
+            session, settings, signer, directory, index, {"mailout.css": PACKAGE / "static" / "mailout.css"}
+        )
     for missing in result.missing_images:
         click.secho(
             f"warning: picture {missing} is not in the issue's folder any more", fg="yellow", err=True
