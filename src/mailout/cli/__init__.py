@@ -22,6 +22,7 @@ from .database import db
 from .sending import send_command, status_command, test_command, worker_command
 from .state import State
 from .subscribers import subscribers
+from .terminal import safe
 from .web import archive_group, serve_command
 
 
@@ -33,12 +34,12 @@ class MailoutGroup(click.Group):
             return super().invoke(ctx)
         except IssueError as exc:
             for problem in exc.problems:
-                click.secho(str(problem), fg="red", err=True)
+                click.secho(safe(problem), fg="red", err=True)
             count = len(exc.problems)
             click.echo(f"{count} error{'s' if count != 1 else ''}", err=True)
             ctx.exit(1)
         except MailoutError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
+            click.secho(f"error: {safe(exc)}", fg="red", err=True)
             ctx.exit(1)
         except sqlalchemy.exc.OperationalError as exc:
             # A database gone away or locked for too long mid-command.

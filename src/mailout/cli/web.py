@@ -18,6 +18,7 @@ from ..net import is_loopback
 from ..tokens import Signer
 from ..web import PACKAGE, create_app, standalone_page
 from .state import State, pass_state
+from .terminal import safe
 
 
 @click.command("serve")
@@ -128,7 +129,7 @@ def export_command(state: State, directory: Path) -> None:
         )
     for missing in result.missing_images:
         click.secho(
-            f"warning: picture {missing} is not in the issue's folder any more", fg="yellow", err=True
+            f"warning: picture {safe(missing)} is not in the issue's folder any more", fg="yellow", err=True
         )
     count = len(result.issues)
     click.echo(f"wrote {count} issue{'s' if count != 1 else ''} to {display_path(directory / 'index.html')}")
