@@ -522,3 +522,26 @@ def test_values_from_a_file_cannot_drive_the_terminal(db_workspace: Path, tmp_pa
     outputs.append(error)
     for output in outputs:
         assert not TERMINAL_CONTROL.search(output), repr(output)
+
+
+@pytest.mark.parametrize("command", ["list", "export"])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(
+    db_workspace: Path, tmp_path: Path, command: str
+) -> None:
+    rows = "".join(f"person{n}@example.org,Person number {n},Organisation {n}\n" for n in range(5000))
+    path = write_csv(tmp_path / "many.csv", "email,name,organisation\n" + rows)
+    assert run("subscribers", "import", str(path), "--list", "public")[0] == 0
+    # More than a pipe holds (64 KiB on Linux), so the command is still writing when `head` leaves.
+    with subprocess.Popen(
+        [sys.executable, "-m", "mailout", "subscribers", command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        first = process.stdout.readline()
+        process.stdout.close()
+        error = process.stderr.read()
+        status = process.wait(timeout=60)
+    assert first.startswith((b"email,", b"person"))
+    assert error == b""
+    assert status == 141, "the status a shell reports for `yes | head`"

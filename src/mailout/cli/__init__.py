@@ -6,6 +6,8 @@ traceback means a bug in mailout, never a mistake of the user's.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,17 @@ from .subscribers import subscribers
 from .terminal import safe
 from .web import archive_group, serve_command
 
+#: The status a shell reports for a program stopped by a closed pipe (128 + SIGPIPE), as
+#: `yes | head` gives: the reader left, nothing went wrong, and scripts can tell it apart.
+PIPE_CLOSED = 141
+
+
+def _quiet_stdout() -> None:
+    """Point standard output at nothing: its last flush at exit must not fail a second time."""
+    # Not a real file (a test runner's buffer): then there is nothing to flush into a pipe.
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
 
 class MailoutGroup(click.Group):
     """The root group: turns a ``MailoutError`` into a clean message and exit status 1."""
@@ -41,6 +54,10 @@ class MailoutGroup(click.Group):
         except MailoutError as exc:
             click.secho(f"error: {safe(exc)}", fg="red", err=True)
             ctx.exit(1)
+        except BrokenPipeError:
+            # `mailout subscribers list | head`: the reader has what it wanted; say nothing.
+            _quiet_stdout()
+            ctx.exit(PIPE_CLOSED)
         except sqlalchemy.exc.OperationalError as exc:
             # A database gone away or locked for too long mid-command.
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
@@ -127,6 +144,6 @@ def main() -> None:
     """Run the command line."""
     try:
         cli(prog_name="mailout")
-    except BrokenPipeError:  # `mailout subscribers export | head`: the reader left, nothing is wrong
-        sys.stderr.close()
-        sys.exit(0)
+    except BrokenPipeError:  # the reader left outside a command (see MailoutGroup.invoke)
+        _quiet_stdout()
+        sys.exit(PIPE_CLOSED)
