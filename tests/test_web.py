@@ -189,6 +189,34 @@ def test_one_click_as_multipart_form_data(sent: Path, client: FlaskClient, smtp_
     assert ("unsubscribed", "one-click") in events(sent, "bo@example.org")
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ("List-Unsubscribe=One-Click", "text/plain"),
+        ("List-Unsubscribe=One-Click\r\n", "text/plain; charset=utf-8"),
+        ("List-Unsubscribe=One-Click", None),
+        ("List-Unsubscribe=One-Click", "application/octet-stream"),
+    ],
+)
+def test_one_click_whatever_the_content_type_says(
+    sent: Path, client: FlaskClient, smtp_server: SMTPServer, body: str, content_type: str | None
+) -> None:
+    url = unsubscribe_url(received(smtp_server)[("members", "bo@example.org")])
+    response = client.post(path_of(url), data=body, content_type=content_type)
+    assert response.status_code == 200
+    assert subscription_status(sent, "bo@example.org", "members") == "unsubscribed"
+    assert events(sent, "bo@example.org")[-1] == ("unsubscribed", "one-click")
+
+
+def test_a_post_without_the_one_click_body_is_the_pages_button(
+    sent: Path, client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    url = unsubscribe_url(received(smtp_server)[("members", "bo@example.org")])
+    response = client.post(path_of(url), data="List-Unsubscribe=Maybe", content_type="text/plain")
+    assert response.status_code == 200
+    assert events(sent, "bo@example.org")[-1] == ("unsubscribed", "link")
+
+
 def test_the_pages_buttons_unsubscribe_from_the_list_or_from_every_list(
     sent: Path, client: FlaskClient, smtp_server: SMTPServer
 ) -> None:
