@@ -135,3 +135,14 @@ def test_every_command_has_help_with_an_example() -> None:
         assert code == 0, path
         if not isinstance(command, click.Group):
             assert "Example:" in out and path in out, f"{path} --help has no example"
+
+
+def test_safe_shows_what_a_terminal_would_obey() -> None:
+    from mailout.cli.terminal import safe
+
+    assert safe("Zoë Ångström 李 👩‍👩‍👧") == "Zoë Ångström 李 👩‍👩‍👧"
+    assert (
+        safe("a\tb\nc\x1b[2Jd\x07\x9b\u202e\u2028\ud800")
+        == "a\\x09b\\x0ac\\x1b[2Jd\\x07\\x9b\\u202e\\u2028\\ud800"
+    )
+    assert safe(42) == "42"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import typing
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from mailout.config import load_settings
+from mailout.cli import cli
+from mailout.config import NUMBER_RANGES, SECTIONS, load_settings
 from mailout.errors import ConfigError
 
 
@@ -180,3 +185,85 @@ def test_lists_come_from_the_settings(tmp_path: Path) -> None:
         settings.mailing_list("members")
     with pytest.raises(ConfigError, match=r"lists.partners.segment: must be 'member' or 'public'"):
         load_settings(write(tmp_path / "bad", '[lists.partners]\nsegment = "vip"\n'), env={})
+
+
+def numeric_settings() -> list[tuple[str, type]]:
+    """Every int or float setting of every section, found from the dataclasses themselves."""
+    return [
+        (f"{section}.{f.name}", hint)
+        for section, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+        if (hint := typing.get_type_hints(cls)[f.name]) in (int, float)
+    ]
+
+
+def test_the_numeric_settings_are_found() -> None:
+    found = dict(numeric_settings())
+    assert {"smtp.port", "smtp.timeout", "sending.batch_size", "preview.html_warn_bytes"} <= set(found)
+    assert found["sending.batch_size"] is int and found["smtp.timeout"] is float
+
+
+@pytest.mark.parametrize(("dotted", "hint"), numeric_settings())
+def test_every_number_is_range_checked(tmp_path: Path, dotted: str, hint: type) -> None:
+    assert dotted in NUMBER_RANGES, f"{dotted}: give it a range in config.NUMBER_RANGES"
+    bounds = NUMBER_RANGES[dotted]
+    section, _, key = dotted.partition(".")
+    assert bounds.refuse(getattr(SECTIONS[section](), key)) is None, "the default is in range"
+    variable = f"MAILOUT_{section}_{key}".upper()
+
+    refused = [bounds.low - 1, -1, bounds.low - 0.5 if hint is float else bounds.low - 1]
+    if bounds.above:
+        refused.append(bounds.low)
+    if bounds.high != math.inf:
+        refused += [bounds.high + 1, bounds.high * 1000]
+    for value in refused:
+        number = hint(value)
+        root = write(tmp_path / "file", f"[newsletter]\nname = 'N'\n[{section}]\n{key} = {number}\n")
+        with pytest.raises(ConfigError, match=rf"^mailout.toml:4: {dotted}: must be .*, got ") as caught:
+            load_settings(root, env={})
+        assert "\n" not in str(caught.value)
+        with pytest.raises(
+            ConfigError, match=rf"^environment variable {variable} \({dotted}\): must be .*, got "
+        ):
+            load_settings(write(tmp_path / "env", ""), env={variable: str(number)})
+
+    accepted = [bounds.high] if bounds.high != math.inf else [bounds.low + 1000]
+    if not bounds.above:
+        accepted.append(bounds.low)
+    for value in accepted:
+        settings = load_settings(write(tmp_path / "env", ""), env={variable: str(hint(value))})
+        assert getattr(getattr(settings, section), key) == hint(value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("MAILOUT_SMTP_TIMEOUT", "nan", "expected a finite number, got 'nan'"),
+        ("MAILOUT_SENDING_RATE_LIMIT", "inf", "expected a finite number, got 'inf'"),
+        ("MAILOUT_SENDING_BATCH_SIZE", "2.5", "expected a whole number, got '2.5'"),
+    ],
+)
+def test_numbers_must_be_finite_and_whole_where_counted(
+    tmp_path: Path, variable: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"^environment variable {variable} \(.*\): {message}$"):
+        load_settings(write(tmp_path, ""), env={variable: value})
+    with pytest.raises(ConfigError, match=r"^mailout.toml:2: sending.concurrency: expected a whole number"):
+        load_settings(write(tmp_path, "[sending]\nconcurrency = 2.5\n"), env={})
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("smtp.timeout=-1", "smtp.timeout: must be more than 0 and at most 3600 seconds, got -1"),
+        ("sending.batch_size=0", "sending.batch_size: must be from 1 to 1000, got 0"),
+        ("smtp.port=99999", "smtp.port: must be from 1 to 65535, got 99999"),
+        ("preview.html_warn_bytes=-5", "preview.html_warn_bytes: must be at least 0 bytes, got -5"),
+    ],
+)
+def test_a_number_out_of_range_is_one_line_on_the_command_line(
+    workspace: Path, setting: str, message: str
+) -> None:
+    result = CliRunner().invoke(cli, ["--set", setting, "preview", "first-issue"])
+    assert result.exit_code == 1
+    assert result.output == f"error: command-line option --set {message}\n"

@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from mailout.cli import cli
 from mailout.errors import IssueError, Severity
-from mailout.issues import Issue, SectionKind, Segment, load_issue
+from mailout.issues import Issue, SectionKind, Segment, display_path, load_issue
 from tests.conftest import DATA
 
 BROKEN = DATA / "broken"
@@ -140,6 +140,80 @@ def test_broken_template_names_file_and_line(workspace: Path) -> None:
     assert result.exit_code == 1
     assert "layout.mjml.j2:5: template syntax error" in result.output
     assert "Traceback" not in result.output
+
+
+# field -> (text in the baseline, the same with {escape} where the escape goes, line, where)
+ESCAPE_FIELDS: dict[str, tuple[str, str, int, str]] = {
+    "subject": (
+        'subject: "Newsletter – February 2019"',
+        'subject: "Newsletter{escape} – February 2019"',
+        1,
+        "",
+    ),
+    "title": (
+        'title: "SOLIDIFY audit"',
+        'title: "SOLIDIFY{escape} audit"',
+        8,
+        "section 'Agenda': item 1: ",
+    ),
+    "summary": (
+        "summary: |\n          The report shows **what works** in ten cities.\n"
+        "          Read the [full text](https://example.org/report).\n",
+        'summary: "The report shows **what works**{escape} in ten cities."\n',
+        18,
+        "item 'A new report on safer cities': ",
+    ),
+}
+# escape as written in YAML -> the character's code
+ESCAPES = {"\\v": 0x0B, "\\f": 0x0C, "\\e": 0x1B, "\\ud800": 0xD800, "\\x9b": 0x9B, "\\b": 0x08}
+
+
+@pytest.mark.parametrize("escape", list(ESCAPES))
+@pytest.mark.parametrize("field", list(ESCAPE_FIELDS))
+def test_an_escaped_special_character_is_named_by_file_line_and_field(
+    workspace: Path, field: str, escape: str
+) -> None:
+    old, new, line, where = ESCAPE_FIELDS[field]
+    path = write_issue(workspace / "issues" / "escaped", baseline_with(old, new.format(escape=escape)))
+    message = (
+        f"{where}field '{field}': special character #x{ESCAPES[escape]:04x} is not allowed"
+        f' (written "{escape}"); delete it'
+    )
+    with pytest.raises(IssueError) as raised:
+        load_issue(path)
+    assert [(p.line, p.message) for p in raised.value.problems] == [(line, message)]
+    result = check(workspace, path)
+    assert result.exit_code == 1
+    assert f"{display_path(path)}:{line}: {message}" in result.output
+    assert "MJML" not in result.output
+
+
+def test_a_raw_and_an_escaped_special_character_say_the_same(workspace: Path) -> None:
+    raw = write_issue(workspace / "issues" / "raw", baseline_with("SOLIDIFY audit", "SOLIDIFY\x0baudit"))
+    escaped = write_issue(workspace / "issues" / "esc", baseline_with("SOLIDIFY audit", "SOLIDIFY\\vaudit"))
+    messages = []
+    for path in (raw, escaped):
+        with pytest.raises(IssueError) as raised:
+            load_issue(path)
+        [problem] = raised.value.problems
+        assert problem.line == 8
+        messages.append(problem.message)
+    assert "special character #x000b is not allowed" in messages[0]
+    assert "special character #x000b is not allowed" in messages[1]
+
+
+def test_an_escape_at_either_end_is_not_quietly_stripped(workspace: Path) -> None:
+    path = write_issue(
+        workspace / "issues" / "ends", baseline_with('title: "SOLIDIFY audit"', 'title: "SOLIDIFY audit\\v"')
+    )
+    with pytest.raises(IssueError, match=r"field 'title': special character #x000b"):
+        load_issue(path)
+    path = write_issue(
+        workspace / "issues" / "nel",
+        baseline_with('subject: "Newsletter – February 2019"', 'subject: "Newsletter\\N February 2019"'),
+    )
+    with pytest.raises(IssueError, match=r"field 'subject' must fit on one line"):
+        load_issue(path)
 
 
 # --- warnings -----------------------------------------------------------------

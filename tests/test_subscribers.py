@@ -545,3 +545,59 @@ def test_every_kind_of_bad_row_is_reported_with_its_line(engine: Engine, tmp_pat
     assert "organisation contains a line break" in reasons[6]
     assert "invalid address" in reasons[8]
     assert report.added == 2 and added_up(report) == report.rows == 7
+
+
+# What a terminal obeys rather than shows: C0 and C1 controls, line separators, bidi controls.
+TERMINAL_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def test_values_from_a_file_cannot_drive_the_terminal(db_workspace: Path, tmp_path: Path) -> None:
+    path = write_csv(
+        tmp_path / "hostile.csv",
+        "email,name,organisation\n"
+        'eve@example.org,"Eve\x1b[2J\x1b]0;pwned\x07","Bank\x08\x08\x08\x08Evil\x9b31m"\n'
+        'rtl@example.org,"Mallory \u202egro.elpmaxe@ \u2066x\u2069","Acme\x1b[8m\x85hidden"\n'
+        '"bad\x1b[31m@@example.org",Nobody,\n',
+    )
+    code, imported = run("subscribers", "import", str(path), "--list", "public")
+    assert code == 0, imported
+    assert "added" in imported and "bad\\x1b[31m@@example.org" in imported
+    code, listed = run("subscribers", "list")
+    assert code == 0
+    rows = [line.split("\t") for line in listed.splitlines()]
+    assert [row[0] for row in rows] == ["eve@example.org", "rtl@example.org"]
+    assert rows[0][2:4] == ["Eve\\x1b[2J\\x1b]0;pwned\\x07", "Bank\\x08\\x08\\x08\\x08Evil\\x9b31m"]
+    assert rows[1][2:4] == ["Mallory \\u202egro.elpmaxe@ \\u2066x\\u2069", "Acme\\x1b[8m\\x85hidden"]
+    outputs = [imported, listed]
+    for address in ("eve@example.org", "rtl@example.org"):
+        code, shown = run("subscribers", "show", address)
+        assert code == 0 and ("Eve\\x1b[2J" in shown or "Mallory \\u202e" in shown)
+        outputs.append(shown)
+    code, error = run("subscribers", "show", "x\x1b[2J@example.org")
+    assert code == 1 and "x\\x1b[2J@example.org" in error
+    outputs.append(error)
+    for output in outputs:
+        assert not TERMINAL_CONTROL.search(output), repr(output)
+
+
+@pytest.mark.parametrize("command", ["list", "export"])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(
+    db_workspace: Path, tmp_path: Path, command: str
+) -> None:
+    rows = "".join(f"person{n}@example.org,Person number {n},Organisation {n}\n" for n in range(5000))
+    path = write_csv(tmp_path / "many.csv", "email,name,organisation\n" + rows)
+    assert run("subscribers", "import", str(path), "--list", "public")[0] == 0
+    # More than a pipe holds (64 KiB on Linux), so the command is still writing when `head` leaves.
+    with subprocess.Popen(
+        [sys.executable, "-m", "mailout", "subscribers", command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        first = process.stdout.readline()
+        process.stdout.close()
+        error = process.stderr.read()
+        status = process.wait(timeout=60)
+    assert first.startswith((b"email,", b"person"))
+    assert error == b""
+    assert status == 141, "the status a shell reports for `yes | head`"

@@ -189,6 +189,34 @@ def test_one_click_as_multipart_form_data(sent: Path, client: FlaskClient, smtp_
     assert ("unsubscribed", "one-click") in events(sent, "bo@example.org")
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ("List-Unsubscribe=One-Click", "text/plain"),
+        ("List-Unsubscribe=One-Click\r\n", "text/plain; charset=utf-8"),
+        ("List-Unsubscribe=One-Click", None),
+        ("List-Unsubscribe=One-Click", "application/octet-stream"),
+    ],
+)
+def test_one_click_whatever_the_content_type_says(
+    sent: Path, client: FlaskClient, smtp_server: SMTPServer, body: str, content_type: str | None
+) -> None:
+    url = unsubscribe_url(received(smtp_server)[("members", "bo@example.org")])
+    response = client.post(path_of(url), data=body, content_type=content_type)
+    assert response.status_code == 200
+    assert subscription_status(sent, "bo@example.org", "members") == "unsubscribed"
+    assert events(sent, "bo@example.org")[-1] == ("unsubscribed", "one-click")
+
+
+def test_a_post_without_the_one_click_body_is_the_pages_button(
+    sent: Path, client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    url = unsubscribe_url(received(smtp_server)[("members", "bo@example.org")])
+    response = client.post(path_of(url), data="List-Unsubscribe=Maybe", content_type="text/plain")
+    assert response.status_code == 200
+    assert events(sent, "bo@example.org")[-1] == ("unsubscribed", "link")
+
+
 def test_the_pages_buttons_unsubscribe_from_the_list_or_from_every_list(
     sent: Path, client: FlaskClient, smtp_server: SMTPServer
 ) -> None:
@@ -443,6 +471,52 @@ def test_the_static_archive_export(sent: Path, tmp_path: Path) -> None:
     assert (out / "2019-01" / "images" / "logo.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "mailout.css").is_file()
     assert not list(out.rglob("*.yaml"))
+
+
+def test_the_export_replaces_links_in_its_folder_and_never_writes_through_them(
+    sent: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "site"
+    (out / "2019-01" / "images").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    planted = {
+        "index.html": "the index's target",
+        ".index.html.tmp": "the old temporary name's target",
+        "mailout.css": "the stylesheet's target",
+        "2019-01/index.html": "the page's target",
+        "2019-01/images/logo.png": "the picture's target",
+    }
+    for n, (name, text) in enumerate(planted.items()):
+        target = outside / f"file-{n}"
+        target.write_text(text, encoding="utf-8")
+        (out / name).symlink_to(target)
+    code, output = run("archive", "export", str(out))
+    assert code == 0, output
+    for n, text in enumerate(planted.values()):
+        assert (outside / f"file-{n}").read_text(encoding="utf-8") == text, "a link's target was written"
+    for name in ("index.html", "mailout.css", "2019-01/index.html", "2019-01/images/logo.png"):
+        assert not (out / name).is_symlink(), f"{name} is still the planted link"
+    assert "2019-01/index.html" in (out / "index.html").read_text(encoding="utf-8")
+    assert (out / "2019-01" / "images" / "logo.png").read_bytes().startswith(b"\x89PNG")
+    assert not [p for p in out.rglob("*.tmp") if not p.is_symlink()], "no temporary file is left behind"
+
+
+@pytest.mark.parametrize("linked", ["2019-01", "2019-01/images"])
+def test_the_export_refuses_a_linked_folder_before_writing(sent: Path, tmp_path: Path, linked: str) -> None:
+    out = tmp_path / "site"
+    (out / linked).parent.mkdir(parents=True, exist_ok=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (out / linked).symlink_to(outside, target_is_directory=True)
+    result = CliRunner().invoke(cli, ["archive", "export", str(out)])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"error: {out / linked}: a symbolic link; the export never writes through one"
+        " (remove it, or export to another folder)"
+    ]
+    assert list(outside.iterdir()) == []
+    assert not (out / "index.html").exists(), "nothing is written when the export is refused"
 
 
 # --- the preview -----------------------------------------------------------------

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import os
 import re
-import shutil
+import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
@@ -171,19 +173,28 @@ class ExportResult:
 
 
 def export_archive(
-    session: Session, settings: Settings, signer: Signer | None, out_dir: Path, index_html: str
+    session: Session,
+    settings: Settings,
+    signer: Signer | None,
+    out_dir: Path,
+    index_html: str,
+    assets: Mapping[str, Path] | None = None,
 ) -> ExportResult:
     """Write the public archive as static files: ``index.html`` and ``<slug>/index.html`` with pictures.
 
-    ``index_html`` is the rendered index page (the web app's template, with relative links).
+    ``index_html`` is the rendered index page (the web app's template, with relative links);
+    ``assets`` maps more file names (the stylesheet) to the files to copy there.
     Only public variants are written: no member's page, no members-only picture.
+    Nothing is written through a symbolic link found inside ``out_dir``: a link where a
+    file goes is replaced by the file, and a link where a folder goes stops the export
+    before anything is written.
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise WorkspaceError(f"{out_dir}: exists and is not a folder")
     links = Links(settings, signer)
     issues = archived_issues(session)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = 0
+    pages: dict[Path, str] = {}
+    copies: dict[Path, Path] = {out_dir / name: source for name, source in (assets or {}).items()}
     missing: list[str] = []
     for entry in issues:
         dispatch = public_dispatch(session, entry.slug)
@@ -191,24 +202,50 @@ def export_archive(
         prefix = links.pictures(entry.slug)
         html = public_page(dispatch, links)
         folder = out_dir / entry.slug
-        folder.mkdir(exist_ok=True)
         for name in images_in(html, prefix):
             source = image_file(settings, entry.slug, name)
             if source is None:
                 missing.append(f"{entry.slug}/{name}")
                 continue
-            target = folder / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
-            files += 1
-        _write(folder / "index.html", html.replace(prefix, ""))
-        files += 1
-    _write(out_dir / "index.html", index_html)
-    return ExportResult(issues, files + 1, missing)
+            copies[folder / name] = source
+        pages[folder / "index.html"] = html.replace(prefix, "")
+    pages[out_dir / "index.html"] = index_html
+    _refuse_linked_folders(out_dir, [*copies, *pages])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for target, source in copies.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_file(target, source.read_bytes())
+    for target, text in pages.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_file(target, text.encode("utf-8"))
+    return ExportResult(issues, len(copies) + len(pages) - len(assets or {}), missing)
 
 
-def _write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so a reader never sees half a page."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
+def _refuse_linked_folders(out_dir: Path, targets: list[Path]) -> None:
+    """Raise ``WorkspaceError`` if a folder between ``out_dir`` and a target is a symbolic link."""
+    for target in targets:
+        for folder in target.relative_to(out_dir).parents:
+            path = out_dir / folder
+            if path != out_dir and path.is_symlink():
+                raise WorkspaceError(
+                    f"{path}: a symbolic link; the export never writes through one"
+                    " (remove it, or export to another folder)"
+                )
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a new temporary file, so a reader never sees half a file.
+
+    The temporary file must not exist yet (so no link planted there is followed), and
+    renaming it over ``path`` replaces a symbolic link at ``path``, not the file it points to.
+    """
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    # O_EXCL: fail rather than open whatever sits at that name, a link included.
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import string
@@ -195,6 +196,56 @@ SECTIONS: dict[str, type] = {
     "database": Database,
     "sending": Sending,
     "web": Web,
+}
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values one numeric setting accepts."""
+
+    low: float
+    high: float = math.inf
+    #: Refuse ``low`` itself: a timeout of 0 seconds would never wait.
+    above: bool = False
+    unit: str = ""
+
+    def refuse(self, value: float) -> str | None:
+        """Return why ``value`` is out of range, or None when it is within."""
+        if (value > self.low if self.above else value >= self.low) and value <= self.high:
+            return None
+        unit = f" {self.unit}" if self.unit else ""
+        low, high = _number(self.low), _number(self.high)
+        if self.high != math.inf:
+            span = f"more than {low} and at most {high}" if self.above else f"from {low} to {high}"
+        else:
+            span = f"more than {low}" if self.above else f"at least {low}"
+        return f"must be {span}{unit}, got {_number(value)}"
+
+
+def _number(value: float) -> str:
+    """Write 30.0 as 30 and 1e99 as 1e+99, as a user would."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+#: The range of every numeric setting; a new number needs its entry here (a test checks).
+#: Upper bounds catch typos that would open hundreds of connections, or overflow a
+#: timer: the operating system refuses socket timeouts beyond a few centuries.
+NUMBER_RANGES: dict[str, Range] = {
+    "smtp.port": Range(1, 65535),
+    "smtp.timeout": Range(0, 3600, above=True, unit="seconds"),
+    "sending.concurrency": Range(1, 100),
+    "sending.rate_limit": Range(0, unit="messages per second"),
+    "sending.batch_size": Range(1, 1000),
+    "sending.retry_delay": Range(0, 86_400, above=True, unit="seconds"),
+    "sending.retry_max_age": Range(0, 30 * 86_400, unit="seconds"),
+    "sending.policy_failures_pause": Range(1),
+    # The heartbeat beats every third of it (every 0.5 s at least): under 2 s, a live
+    # process could be taken for dead between two beats.
+    "sending.worker_timeout": Range(2, 86_400, unit="seconds"),
+    "preview.html_warn_bytes": Range(0, unit="bytes"),
+    "web.port": Range(1, 65535),
 }
 
 
@@ -402,12 +453,7 @@ def _coerce(value: Any, hint: Any, source: str) -> Any:
             return False
         raise ConfigError(f"{source}: expected true or false, got {value!r}")
     if hint is int or hint is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{source}: expected a number, got {value!r}")
-        try:
-            return hint(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{source}: expected a number, got {value!r}") from None
+        return _coerce_number(value, hint, source)
     if hint is Path:
         if not isinstance(value, (str, Path)):
             raise ConfigError(f"{source}: expected a path (a string), got {value!r}")
@@ -423,6 +469,28 @@ def _coerce(value: Any, hint: Any, source: str) -> Any:
             raise ConfigError(f"{source}: expected a string, got {value!r}")
         return value
     raise ConfigError(f"{source}: unsupported setting type {hint!r}")  # pragma: no cover
+
+
+def _coerce_number(value: Any, hint: type[float], source: str) -> float:
+    """Turn a TOML number or an environment string into a finite ``int`` or ``float``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{source}: expected a number, got {value!r}")
+    if hint is int and isinstance(value, (int, str)):
+        try:
+            return int(value)
+        except ValueError:
+            pass  # "2.5" or "twenty": told apart below
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{source}: expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{source}: expected a finite number, got {value!r}")
+    if hint is int:
+        if not number.is_integer():
+            raise ConfigError(f"{source}: expected a whole number, got {value!r}")
+        return int(number)
+    return number
 
 
 def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
@@ -446,8 +514,13 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
         raise fail(
             "database.url", f"not a database URL: {settings.database.url!r} (e.g. sqlite:///mailout.db)"
         )
-    if not 0 < settings.web.port < 65536:
-        raise fail("web.port", f"must be a port number from 1 to 65535, got {settings.web.port}")
+    for section in SECTIONS:
+        values = getattr(settings, section)
+        for f in dataclasses.fields(values):
+            bounds = NUMBER_RANGES.get(f"{section}.{f.name}")
+            reason = bounds.refuse(getattr(values, f.name)) if bounds else None
+            if reason:
+                raise fail(f"{section}.{f.name}", reason)
     if settings.smtp.security not in ("starttls", "tls", "plain"):
         raise fail("smtp.security", f"must be 'starttls', 'tls' or 'plain', got {settings.smtp.security!r}")
     teaser = settings.newsletter.members_teaser

@@ -225,14 +225,19 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             self.report(line, f"{where}field '{key}' must be text, not {_kind(value)}")
             return ""
-        value = str(value).strip()
-        if one_line and ("\n" in value or "\r" in value):
+        value = str(value)
+        # Before stripping, which would quietly drop a "\v" or "\x1c" at either end.
+        if one_line and any(c in value.strip() for c in "\n\r\x85\u2028\u2029"):
             self.report(line, f"{where}field '{key}' must fit on one line")
             return ""
         if "\0" in value:
             self.report(line, f"{where}field '{key}' contains a NUL character")
             return ""
-        return value
+        escaped = yamlfile.escaped_character(value)
+        if escaped:
+            self.report(line, f"{where}field '{key}': {escaped}")
+            return ""
+        return value.strip()
 
     def date(self, data: LineMap, key: str, where: str, *, required: bool = False) -> dt.date | None:
         raw = self.text(data, key, where, required=required)

@@ -31,6 +31,27 @@ class SyntaxProblem(Exception):
         self.message = message
 
 
+#: The characters a YAML file may not hold; the reader refuses them raw, but an escape in a
+#: double-quoted string ("\e", "\v", "\ud800") puts them into the parsed text.
+NOT_ALLOWED = yaml.reader.Reader.NON_PRINTABLE
+_ESCAPES = {0x00: "\\0", 0x07: "\\a", 0x08: "\\b", 0x0B: "\\v", 0x0C: "\\f", 0x1B: "\\e"}
+
+
+def special_character(code: int) -> str:
+    """Return the message for a character a YAML file may not hold, raw or escaped."""
+    return f"special character #x{code:04x} is not allowed"
+
+
+def escaped_character(text: str) -> str | None:
+    """Return what is wrong with parsed ``text`` holding a character the file could not, or None."""
+    match = NOT_ALLOWED.search(text)
+    if match is None:
+        return None
+    code = ord(match.group())
+    escape = _ESCAPES.get(code) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return f'{special_character(code)} (written "{escape}"); delete it'
+
+
 class _Loader(yaml.SafeLoader):
     pass
 
@@ -82,9 +103,7 @@ def parse(raw: bytes) -> Any:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
-        raise SyntaxProblem(
-            line, f"special character #x{exc.character:04x} is not allowed; delete it"
-        ) from None
+        raise SyntaxProblem(line, f"{special_character(exc.character)}; delete it") from None
     except yaml.MarkedYAMLError as exc:
         # A scanner error's context is where the broken token starts (an unclosed
         # quote, a key without ':'); its problem mark can be far below, even at the end.

@@ -6,6 +6,8 @@ traceback means a bug in mailout, never a mistake of the user's.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,19 @@ from .database import db
 from .sending import send_command, status_command, test_command, worker_command
 from .state import State
 from .subscribers import subscribers
+from .terminal import safe
 from .web import archive_group, serve_command
+
+#: The status a shell reports for a program stopped by a closed pipe (128 + SIGPIPE), as
+#: `yes | head` gives: the reader left, nothing went wrong, and scripts can tell it apart.
+PIPE_CLOSED = 141
+
+
+def _quiet_stdout() -> None:
+    """Point standard output at nothing: its last flush at exit must not fail a second time."""
+    # Not a real file (a test runner's buffer): then there is nothing to flush into a pipe.
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class MailoutGroup(click.Group):
@@ -33,13 +47,17 @@ class MailoutGroup(click.Group):
             return super().invoke(ctx)
         except IssueError as exc:
             for problem in exc.problems:
-                click.secho(str(problem), fg="red", err=True)
+                click.secho(safe(problem), fg="red", err=True)
             count = len(exc.problems)
             click.echo(f"{count} error{'s' if count != 1 else ''}", err=True)
             ctx.exit(1)
         except MailoutError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
+            click.secho(f"error: {safe(exc)}", fg="red", err=True)
             ctx.exit(1)
+        except BrokenPipeError:
+            # `mailout subscribers list | head`: the reader has what it wanted; say nothing.
+            _quiet_stdout()
+            ctx.exit(PIPE_CLOSED)
         except sqlalchemy.exc.OperationalError as exc:
             # A database gone away or locked for too long mid-command.
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
@@ -126,6 +144,6 @@ def main() -> None:
     """Run the command line."""
     try:
         cli(prog_name="mailout")
-    except BrokenPipeError:  # `mailout subscribers export | head`: the reader left, nothing is wrong
-        sys.stderr.close()
-        sys.exit(0)
+    except BrokenPipeError:  # the reader left outside a command (see MailoutGroup.invoke)
+        _quiet_stdout()
+        sys.exit(PIPE_CLOSED)

@@ -13,6 +13,7 @@ from ..preview import all_warnings, write_preview
 from ..render import BUILTIN_TEMPLATES, render_issue
 from ..workspace import new_issue
 from .state import State, pass_state
+from .terminal import safe
 
 
 @click.group()
@@ -49,7 +50,7 @@ def issue_check(state: State, name: str, strict: bool) -> None:
     variants = render_issue(loaded, state.settings)
     warnings = {str(w): w for v in variants.values() for w in v.warnings}
     for text in warnings:
-        click.secho(text, fg="yellow", err=True)
+        click.secho(safe(text), fg="yellow", err=True)
     items = sum(len(s.items) for s in loaded.sections)
     sizes = ", ".join(f"{seg} {len(v.html.encode()) / 1000:.0f} KB" for seg, v in variants.items())
     click.echo(
@@ -88,7 +89,7 @@ def preview(state: State, name: str, out: Path | None, open_browser: bool) -> No
             + (click.style("  over the clipping warning size", fg="yellow") if f.html_bytes > limit else "")
         )
     for warning in all_warnings(files):
-        click.secho(str(warning), fg="yellow" if warning.severity is Severity.WARNING else "red", err=True)
+        click.secho(safe(warning), fg="yellow" if warning.severity is Severity.WARNING else "red", err=True)
     names = ", ".join(p.name for f in files for p in (f.html_path, f.text_path))
     click.echo(f"Wrote {names} to {display_path(files[0].html_path.parent)}/")
     if open_browser:

@@ -26,6 +26,7 @@ from ..render import Recipient, render_issue, render_variant
 from ..tokens import Signer
 from ..transports import DeliveryFailure, make_transport
 from .state import State, pass_state
+from .terminal import safe
 
 NOT_FINISHED = 3
 
@@ -81,7 +82,7 @@ def test_command(state: State, name: str, addresses: tuple[str, ...]) -> None:
                     reply = connection.send(settings.sender.address, address, data)
                 except DeliveryFailure as failure:
                     raise MailoutError(f"test {segment} to {address}: {failure}") from None
-                click.echo(f"[TEST {segment}] to {address}: {reply}")
+                click.echo(f"[TEST {segment}] to {address}: {safe(reply)}")
     finally:
         connection.close()
     click.echo(f"sent through {transport.description}; nothing recorded as a delivery")
@@ -340,7 +341,7 @@ def status_command(state: State, dispatch_id: int | None, as_json: bool) -> None
     if report_one["failures"]:
         click.echo("failures and deferrals by server reply:")
         for f in report_one["failures"]:
-            click.echo(f"  {f['count']:>7,}  {f['reply']}")
+            click.echo(f"  {f['count']:>7,}  {safe(f['reply'])}")
     if report_one["unknown"]:
         click.echo("unknown (in flight when a process died; `send --resend-unknown` sends them again):")
         for email in report_one["unknown"]:

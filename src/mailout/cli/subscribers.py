@@ -18,6 +18,7 @@ from ..models import Source, SubscriberStatus
 from ..paths import display_path
 from ..tokens import Signer
 from .state import State, pass_state
+from .terminal import safe
 
 SHOWN_PROBLEMS = 50
 STATUSES = [status.value for status in SubscriberStatus]
@@ -37,7 +38,7 @@ def _print_report(report: ImportReport) -> None:
     fmt = report.format
     how = f" ({fmt.encoding}, '{fmt.delimiter}'-delimited)" if fmt else ""
     verb = "would import" if report.dry_run else "imported"
-    click.echo(f"{report.file}{how} {verb} into list '{report.list_name}': {report.rows:,} rows")
+    click.echo(f"{safe(report.file)}{how} {verb} into list '{report.list_name}': {report.rows:,} rows")
     for label, value in (
         ("added", report.added),
         ("updated", report.updated),
@@ -48,13 +49,13 @@ def _print_report(report: ImportReport) -> None:
     ):
         click.echo(f"  {label:<11}{value:>8,}")
     if fmt and fmt.ignored:
-        click.echo(f"  ignored columns: {', '.join(fmt.ignored)}")
+        click.echo(f"  ignored columns: {safe(', '.join(fmt.ignored))}")
     for line, reason in report.problems[:SHOWN_PROBLEMS]:
-        click.secho(f"{report.file}:{line}: {reason}", fg="yellow", err=True)
+        click.secho(f"{safe(report.file)}:{line}: {safe(reason)}", fg="yellow", err=True)
     if report.invalid > SHOWN_PROBLEMS:
         click.secho(f"... and {report.invalid - SHOWN_PROBLEMS:,} more invalid rows", fg="yellow", err=True)
     for line, email, reason in report.kept_out_rows[:SHOWN_PROBLEMS]:
-        click.echo(f"{report.file}:{line}: kept out {email}: {reason}", err=True)
+        click.echo(f"{safe(report.file)}:{line}: kept out {safe(email)}: {safe(reason)}", err=True)
     if report.missing:
         if report.removed:
             action = "unsubscribed (source: sync)"
@@ -64,7 +65,7 @@ def _print_report(report: ImportReport) -> None:
             action = "still subscribed; --remove-missing unsubscribes them"
         click.echo(f"  on the list but not in the file: {report.missing:,}, {action}")
         for email in report.missing_sample:
-            click.echo(f"    {email}")
+            click.echo(f"    {safe(email)}")
         if report.missing > len(report.missing_sample):
             click.echo(f"    ... and {report.missing - len(report.missing_sample):,} more")
     if report.dry_run:
@@ -134,7 +135,7 @@ def sync_command(state: State, remove_missing: bool, dry_run: bool) -> None:
     for stray in sorted(folder.glob("*.csv")):
         if stray.name not in configured:
             click.secho(
-                f"{display_path(stray)}: no [lists.{stray.stem}] in mailout.toml; not imported",
+                f"{safe(display_path(stray))}: no [lists.{safe(stray.stem)}] in mailout.toml; not imported",
                 fg="yellow",
                 err=True,
             )
@@ -182,7 +183,7 @@ def add_command(
             language=language,
             detail="mailout subscribers add",
         )
-        click.echo(f"{person.email}: {'subscribed to' if changed else 'already on'} '{lst.name}'")
+        click.echo(f"{safe(person.email)}: {'subscribed to' if changed else 'already on'} '{lst.name}'")
 
 
 @subscribers.command("unsubscribe")
@@ -207,7 +208,9 @@ def unsubscribe_command(
         lst = people.ensure_list(session, _list_for(state, list_name)) if list_name else None
         changed = people.unsubscribe(session, person, Source.MANUAL, lst=lst, detail=reason)
         where = f"'{lst.name}'" if lst else "every list"
-        click.echo(f"{person.email}: {'unsubscribed from' if changed else 'was not subscribed to'} {where}")
+        click.echo(
+            f"{safe(person.email)}: {'unsubscribed from' if changed else 'was not subscribed to'} {where}"
+        )
 
 
 @subscribers.command("unsubscribe-mail")
@@ -243,7 +246,9 @@ def unsubscribe_mail_command(state: State, mailbox_path: Path, dry_run: bool) ->
                 if dry_run:
                     session.rollback()
             outcomes.append(outcome)
-            click.echo(f"{outcome.action:<15} {outcome.sender or '(no sender)'}  {outcome.detail}")
+            click.echo(
+                f"{outcome.action:<15} {safe(outcome.sender or '(no sender)')}  {safe(outcome.detail)}"
+            )
             if not dry_run and outcome.action in ("unsubscribed", "already"):
                 unsubmail.mark_seen(box, read.box_key)  # done: what stays unread is for a person
     finally:
@@ -280,7 +285,7 @@ def resubscribe_command(state: State, email: str, list_name: str, reason: str, c
         person = people.find(session, email)
         lst = people.ensure_list(session, _list_for(state, list_name))
         people.resubscribe(session, person, lst, reason=reason)
-        click.echo(f"{person.email}: subscribed again to '{lst.name}' ({reason.strip()})")
+        click.echo(f"{safe(person.email)}: subscribed again to '{lst.name}' ({safe(reason.strip())})")
 
 
 @subscribers.command("show")
@@ -296,17 +301,21 @@ def show_command(state: State, email: str) -> None:
     with transaction(state.engine()) as session:
         person = people.find(session, email)
         click.echo(
-            f"{person.email}  {person.name or '-'}  {person.organisation or '-'}  {person.language or '-'}"
+            "  ".join(
+                safe(value or "-")
+                for value in (person.email, person.name, person.organisation, person.language)
+            )
         )
         click.echo(f"status: {person.status}   since {person.created_at:%Y-%m-%d %H:%M}")
         for membership in people.memberships(session, person):
             click.echo(
-                f"list {membership.list_name}: {membership.status} (since {membership.since:%Y-%m-%d %H:%M})"
+                f"list {safe(membership.list_name)}: {membership.status}"
+                f" (since {membership.since:%Y-%m-%d %H:%M})"
             )
         click.echo("history:")
         for event, list_name in people.history(session, person):
-            scope = list_name or "every list"
-            detail = f": {event.detail}" if event.detail else ""
+            scope = safe(list_name or "every list")
+            detail = f": {safe(event.detail)}" if event.detail else ""
             click.echo(
                 f"  {event.created_at:%Y-%m-%d %H:%M}  {event.kind:<12} {scope:<10} by {event.source}{detail}"
             )
@@ -331,7 +340,10 @@ def list_command(state: State, list_name: str | None, status: str | None, limit:
             people.members(session, list_name=list_name, status=status), start=1
         ):
             click.echo(
-                f"{person.email}\t{state_name}\t{person.name}\t{person.organisation}\t{person.language}"
+                "\t".join(
+                    safe(value)
+                    for value in (person.email, state_name, person.name, person.organisation, person.language)
+                )
             )
             if limit and shown >= limit:
                 break

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import socket
 from pathlib import Path
@@ -20,6 +19,7 @@ from ..paths import display_path
 from ..tokens import Signer
 from ..web import PACKAGE, create_app, standalone_page
 from .state import State, pass_state
+from .terminal import safe
 
 
 @click.command("serve")
@@ -127,11 +127,12 @@ def export_command(state: State, directory: Path) -> None:
             css_url="mailout.css",
             issue_url=lambda slug: f"{quote(slug)}/index.html",
         )
-        result = export_archive(session, settings, signer, directory, index)
-    shutil.copyfile(PACKAGE / "static" / "mailout.css", directory / "mailout.css")
+        result = export_archive(
+            session, settings, signer, directory, index, {"mailout.css": PACKAGE / "static" / "mailout.css"}
+        )
     for missing in result.missing_images:
         click.secho(
-            f"warning: picture {missing} is not in the issue's folder any more", fg="yellow", err=True
+            f"warning: picture {safe(missing)} is not in the issue's folder any more", fg="yellow", err=True
         )
     count = len(result.issues)
     click.echo(f"wrote {count} issue{'s' if count != 1 else ''} to {display_path(directory / 'index.html')}")

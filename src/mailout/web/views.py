@@ -174,6 +174,19 @@ _SAMPLE_TEXT = (
 )
 
 
+def _is_one_click() -> bool:
+    """Return whether this POST is RFC 8058's one-click: a body of ``List-Unsubscribe=One-Click``.
+
+    The body decides, whatever the Content-Type says: mail programs send it form-encoded
+    or as multipart, and some as ``text/plain`` (or with no type at all).
+    """
+    if request.form.get("List-Unsubscribe") == "One-Click":
+        return True
+    # Not a form as far as Werkzeug knows, so the body is still unread (at most MAX_CONTENT_LENGTH).
+    fields = request.get_data(as_text=True).replace("&", " ").split()
+    return "List-Unsubscribe=One-Click" in fields
+
+
 @blueprint.post("/unsubscribe/<token>")
 def unsubscribe_post(token: str) -> Response:
     """Unsubscribe: the page's button, or the mail client's RFC 8058 one-click POST.
@@ -185,7 +198,7 @@ def unsubscribe_post(token: str) -> Response:
     claim = mailout().signer.verify(Purpose.UNSUBSCRIBE, token)
     if claim is None:
         return _invalid_link()
-    one_click = request.form.get("List-Unsubscribe") == "One-Click"
+    one_click = _is_one_click()
     every_list = not one_click and request.form.get("scope") == "all"
     with session(write=True) as s:
         person = s.get(Subscriber, claim.subscriber_id)
