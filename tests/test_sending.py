@@ -446,7 +446,9 @@ def test_sigterm_pauses_and_the_same_command_resumes(
 def test_two_processes_share_a_dispatch_without_duplicates(
     sending_workspace: Path, smtp_server: SMTPServer, database_url: str
 ) -> None:
-    slow_sending(sending_workspace, 60)
+    # Slow enough that the second process, started once the first has sent a few, finds
+    # work left even on a busy machine (150 at 60/s finished before it had loaded).
+    slow_sending(sending_workspace, 20)
     add_subscribers(sending_workspace, people(150))
     first = start_send()
     smtp_server.wait_for(5, timeout=30)
