@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import re
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
 from email.header import Header
 from email.utils import format_datetime, formataddr
@@ -78,20 +77,12 @@ def qp_encode(text: str, *, soft_end: bool) -> bytes:
     return b"".join(out)
 
 
-class EncodedPart:
-    """A variant's text or HTML, encoded once, with holes for the recipient's values."""
-
-    def __init__(self, slots: Slots) -> None:
-        count = len(slots.pieces)
-        self.pieces = [qp_encode(piece, soft_end=n < count - 1) for n, piece in enumerate(slots.pieces)]
-        self.keys = slots.keys
-
-    def fill(self, values: Mapping[str, bytes]) -> bytes:
-        out = [self.pieces[0]]
-        for key, piece in zip(self.keys, self.pieces[1:], strict=True):
-            out.append(values[key])
-            out.append(piece)
-        return b"".join(out)
+def encode_part(slots: Slots[str]) -> Slots[bytes]:
+    """Return a variant's text or HTML encoded once, with holes for the recipient's encoded values."""
+    count = len(slots.pieces)
+    return Slots(
+        [qp_encode(piece, soft_end=n < count - 1) for n, piece in enumerate(slots.pieces)], slots.keys
+    )
 
 
 @dataclass(frozen=True)
@@ -148,8 +139,8 @@ class MessageTemplate:
         if addressing.reply_to:
             shared.insert(1, b"Reply-To: " + _address("", addressing.reply_to).encode("ascii") + CRLF)
         self.shared_headers = b"".join(shared)
-        self.text = EncodedPart(variant.text_slots)
-        self.html = EncodedPart(variant.html_slots)
+        self.text = encode_part(variant.text_slots)
+        self.html = encode_part(variant.html_slots)
         self.text_head = (
             f'--{self.boundary}\r\nContent-Type: text/plain; charset="utf-8"\r\n'
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
