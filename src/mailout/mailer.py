@@ -29,7 +29,8 @@ from sqlalchemy.exc import OperationalError
 from . import outbox
 from .config import Settings
 from .errors import MailoutError
-from .message import Addressing, MessageTemplate, message_id, one_line
+from .headers import one_line
+from .message import Addressing, MessageTemplate, message_id
 from .models import DeliveryStatus, Dispatch, MailingList, utcnow
 from .render import Recipient
 from .tokens import Purpose, Signer

@@ -30,6 +30,7 @@ import premailer
 from . import markup
 from .config import Settings
 from .errors import Problem, Severity, TemplateError
+from .headers import one_line
 from .issues import Issue, Item, Section, Segment, display_path, is_url
 
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates" / "email"
@@ -37,8 +38,6 @@ BUILTIN_TEMPLATES = Path(__file__).parent / "templates" / "email"
 FIELDS = ("first_name", "unsubscribe_url", "view_url")
 #: A document as text (a variant) or as bytes (its encoded part in a message).
 Doc = TypeVar("Doc", str, bytes)
-
-_CONTROL = {c: " " for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ class Variant:
     def field_values(self, recipient: Recipient) -> tuple[dict[str, str], dict[str, str]]:
         """Return the recipient's values for the HTML part (escaped) and for the text part."""
         # Control characters (ESC, NUL, BEL...) have no place in a greeting; whitespace runs collapse.
-        name = " ".join(recipient.first_name.translate(_CONTROL).split()) or self.greeting_fallback
+        name = one_line(recipient.first_name) or self.greeting_fallback
         raw = {
             "first_name": name,
             "unsubscribe_url": recipient.unsubscribe_url,
