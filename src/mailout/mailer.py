@@ -29,9 +29,10 @@ from sqlalchemy.exc import OperationalError
 from . import outbox
 from .config import Settings
 from .errors import MailoutError
+from .headers import one_line
 from .issues import Segment
 from .links import Links
-from .message import Addressing, MessageTemplate, message_id, one_line
+from .message import Addressing, MessageTemplate, message_id
 from .models import DeliveryStatus, Dispatch, MailingList, utcnow
 from .render import Recipient
 from .tokens import Signer

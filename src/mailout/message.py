@@ -8,11 +8,12 @@ own after a soft line break (``=`` at the end of a line), which every decoder
 removes, so the decoded parts are exactly ``Variant.personalize``'s.
 
 What comes out meets RFC 5322 and RFC 2045: CRLF line ends, no line over 76
-characters in the body or 998 anywhere, non-ASCII headers in RFC 2047
-encoded words, ``multipart/alternative`` with the text part first. No line of
-the body starts with a dot (it is encoded as ``=2E``), so SMTP needs no dot
-stuffing. Names and subjects lose their control characters: no header can be
-injected through them.
+characters in the body or 998 anywhere, ``multipart/alternative`` with the
+text part first. No line of the body starts with a dot (it is encoded as
+``=2E``), so SMTP needs no dot stuffing. The header lines made of names and
+subjects come from ``headers``: without control characters (no header can be
+injected through them), in RFC 2047 encoded words where not plain ASCII, and
+folded.
 """
 
 from __future__ import annotations
@@ -20,27 +21,20 @@ from __future__ import annotations
 import datetime as dt
 import re
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
-from email.header import Header
-from email.utils import format_datetime, formataddr
+from email.utils import format_datetime
 
+from .headers import address_header, one_line, unstructured_header
 from .render import Recipient, Slots, Variant
 
 CRLF = b"\r\n"
 MAX_LINE = 76
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 # How each byte appears in quoted-printable: printable ASCII as itself, all else as =XX.
 _QP = [bytes([b]) if 33 <= b <= 126 and b != ord("=") else b"=%02X" % b for b in range(256)]
 _QP[ord(" ")] = b" "
 # Printable ASCII without "=", not starting with a dot: quoted-printable leaves it as it is.
 _PLAIN = re.compile(r"[\x21-\x2d\x2f-\x3c\x3e-\x7e][\x20-\x3c\x3e-\x7e]*")
 _QP[ord("\t")] = b"\t"
-
-
-def one_line(value: str) -> str:
-    """Return ``value`` with every control character (CR, LF, NUL, ...) turned into a space."""
-    return " ".join(_CONTROL.sub(" ", value).split())
 
 
 def qp_encode(text: str, *, soft_end: bool) -> bytes:
@@ -77,20 +71,12 @@ def qp_encode(text: str, *, soft_end: bool) -> bytes:
     return b"".join(out)
 
 
-class EncodedPart:
-    """A variant's text or HTML, encoded once, with holes for the recipient's values."""
-
-    def __init__(self, slots: Slots) -> None:
-        count = len(slots.pieces)
-        self.pieces = [qp_encode(piece, soft_end=n < count - 1) for n, piece in enumerate(slots.pieces)]
-        self.keys = slots.keys
-
-    def fill(self, values: Mapping[str, bytes]) -> bytes:
-        out = [self.pieces[0]]
-        for key, piece in zip(self.keys, self.pieces[1:], strict=True):
-            out.append(values[key])
-            out.append(piece)
-        return b"".join(out)
+def encode_part(slots: Slots[str]) -> Slots[bytes]:
+    """Return a variant's text or HTML encoded once, with holes for the recipient's encoded values."""
+    count = len(slots.pieces)
+    return Slots(
+        [qp_encode(piece, soft_end=n < count - 1) for n, piece in enumerate(slots.pieces)], slots.keys
+    )
 
 
 @dataclass(frozen=True)
@@ -108,21 +94,6 @@ class Addressing:
         return self.from_address.rpartition("@")[2].lower()
 
 
-def _header(name: str, value: str) -> bytes:
-    """Return one header line, RFC 2047-encoded and folded if needed."""
-    text = one_line(value)
-    if text.isascii() and len(name) + len(text) + 2 <= 78:
-        return f"{name}: {text}".encode("ascii") + CRLF
-    folded = Header(text, "utf-8" if not text.isascii() else "us-ascii", header_name=name).encode(
-        linesep="\r\n"
-    )
-    return f"{name}: {folded}".encode("ascii") + CRLF
-
-
-def _address(name: str, address: str) -> str:
-    return formataddr((one_line(name), address), charset="utf-8")
-
-
 class MessageTemplate:
     """One variant of one dispatch, ready to be filled in for each recipient."""
 
@@ -131,24 +102,22 @@ class MessageTemplate:
         self.addressing = addressing
         self.boundary = f"=_mailout_{secrets.token_hex(12)}"
         shared = [
-            b"From: " + _address(addressing.from_name, addressing.from_address).encode("ascii") + CRLF,
-            _header("Subject", subject if subject is not None else variant.subject),
+            address_header("From", addressing.from_name, addressing.from_address),
+            unstructured_header("Subject", subject if subject is not None else variant.subject),
             b"MIME-Version: 1.0" + CRLF,
-            _header(
+            address_header(
                 "List-Id",
-                _address(
-                    addressing.list_description or addressing.list_name,
-                    f"{addressing.list_name}.{addressing.domain}",
-                ),
+                addressing.list_description or addressing.list_name,
+                f"{addressing.list_name}.{addressing.domain}",
             ),
             b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" + CRLF,
             f'Content-Type: multipart/alternative;\r\n boundary="{self.boundary}"'.encode("ascii") + CRLF,
         ]
         if addressing.reply_to:
-            shared.insert(1, b"Reply-To: " + _address("", addressing.reply_to).encode("ascii") + CRLF)
+            shared.insert(1, address_header("Reply-To", "", addressing.reply_to))
         self.shared_headers = b"".join(shared)
-        self.text = EncodedPart(variant.text_slots)
-        self.html = EncodedPart(variant.html_slots)
+        self.text = encode_part(variant.text_slots)
+        self.html = encode_part(variant.html_slots)
         self.text_head = (
             f'--{self.boundary}\r\nContent-Type: text/plain; charset="utf-8"\r\n'
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
@@ -178,7 +147,7 @@ class MessageTemplate:
             [
                 b"Date: " + format_datetime(date or dt.datetime.now(dt.UTC)).encode("ascii") + CRLF,
                 self.shared_headers,
-                b"To: " + _address(to_name, to_address).encode("utf-8") + CRLF,
+                address_header("To", to_name, to_address),
                 f"Message-ID: <{message_id}>".encode("ascii") + CRLF,
                 b"List-Unsubscribe: " + unsubscribe.encode("ascii") + CRLF,
             ]

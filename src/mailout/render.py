@@ -18,10 +18,10 @@ import logging
 import re
 import secrets
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import jinja2
 import mjml
@@ -30,6 +30,7 @@ import premailer
 from . import markup
 from .config import Settings
 from .errors import Problem, Severity, TemplateError
+from .headers import one_line
 from .issues import Issue, Item, Section, Segment, is_url
 from .links import Links, private_picture_path
 from .paths import display_path
@@ -37,9 +38,8 @@ from .paths import display_path
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates" / "email"
 #: The per-recipient fields every variant carries, filled by ``Variant.personalize``.
 FIELDS = ("first_name", "unsubscribe_url", "view_url")
-
-
-_CONTROL = {c: " " for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+#: A document as text (a variant) or as bytes (its encoded part in a message).
+Doc = TypeVar("Doc", str, bytes)
 
 
 @dataclass(frozen=True)
@@ -51,20 +51,33 @@ class Recipient:
     view_url: str
 
 
-class Slots:
-    """A finished document split around its placeholders, ready to be filled cheaply."""
+class Slots(Generic[Doc]):
+    """A finished document split around its placeholders, ready to be filled cheaply.
 
-    def __init__(self, source: str, tokens: Mapping[str, str]) -> None:
+    ``pieces`` holds the text between the placeholders, ``keys`` the field each
+    placeholder stands for: one piece more than keys.
+    """
+
+    def __init__(self, pieces: Sequence[Doc], keys: Sequence[str]) -> None:
+        if len(pieces) != len(keys) + 1:
+            raise ValueError(f"{len(pieces)} pieces around {len(keys)} placeholders")
+        self.pieces: list[Doc] = list(pieces)
+        self.keys: list[str] = list(keys)
+        self._empty: Doc = pieces[0][:0]
+
+    @staticmethod
+    def split(source: str, tokens: Mapping[str, str]) -> Slots[str]:
+        """Return ``source`` split around the placeholder ``tokens`` (token -> field name)."""
         pattern = re.compile("|".join(re.escape(t) for t in tokens))
-        self.pieces = pattern.split(source)
-        self.keys = [tokens[t] for t in pattern.findall(source)]
+        return Slots(pattern.split(source), [tokens[t] for t in pattern.findall(source)])
 
-    def fill(self, values: Mapping[str, str]) -> str:
+    def fill(self, values: Mapping[str, Doc]) -> Doc:
+        """Return the document with each placeholder replaced by its field's value."""
         out = [self.pieces[0]]
         for key, piece in zip(self.keys, self.pieces[1:], strict=True):
             out.append(values[key])
             out.append(piece)
-        return "".join(out)
+        return self._empty.join(out)
 
 
 @dataclass(frozen=True)
@@ -82,17 +95,17 @@ class Variant:
     items_shown: int
     items_hidden: int
     warnings: tuple[Problem, ...] = ()
-    html_slots: Slots = field(init=False, repr=False, compare=False)
-    text_slots: Slots = field(init=False, repr=False, compare=False)
+    html_slots: Slots[str] = field(init=False, repr=False, compare=False)
+    text_slots: Slots[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "html_slots", Slots(self.html, self.tokens))
-        object.__setattr__(self, "text_slots", Slots(self.text, self.tokens))
+        object.__setattr__(self, "html_slots", Slots.split(self.html, self.tokens))
+        object.__setattr__(self, "text_slots", Slots.split(self.text, self.tokens))
 
     def field_values(self, recipient: Recipient) -> tuple[dict[str, str], dict[str, str]]:
         """Return the recipient's values for the HTML part (escaped) and for the text part."""
         # Control characters (ESC, NUL, BEL...) have no place in a greeting; whitespace runs collapse.
-        name = " ".join(recipient.first_name.translate(_CONTROL).split()) or self.greeting_fallback
+        name = one_line(recipient.first_name) or self.greeting_fallback
         raw = {
             "first_name": name,
             "unsubscribe_url": recipient.unsubscribe_url,
