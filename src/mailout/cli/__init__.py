@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-import sqlalchemy.exc
 
 from .. import __version__
+from ..db import DatabaseUnavailable
 from ..errors import IssueError, MailoutError
 from ..issues import display_path
 from ..workspace import init_workspace
@@ -40,7 +40,7 @@ class MailoutGroup(click.Group):
         except MailoutError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             ctx.exit(1)
-        except sqlalchemy.exc.OperationalError as exc:
+        except DatabaseUnavailable as exc:
             # A database gone away or locked for too long mid-command.
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             click.secho(f"error: database: {reason}", fg="red", err=True)

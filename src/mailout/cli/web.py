@@ -16,7 +16,6 @@ from ..db import transaction
 from ..errors import MailoutError
 from ..issues import display_path
 from ..net import is_loopback
-from ..tokens import Signer
 from ..web import PACKAGE, create_app, standalone_page
 from .state import State, pass_state
 
@@ -113,7 +112,7 @@ def export_command(state: State, directory: Path) -> None:
     settings = state.settings
     engine = state.engine()
     # Public pages carry no one's token: no key is needed to write them.
-    signer = Signer.from_secret(settings.secret_key) if settings.secret_key else None
+    signer = state.signer() if settings.secret_key else None
     with transaction(engine) as session:
         issues = archived_issues(session)
         index = standalone_page(
