@@ -331,7 +331,6 @@ class Mailer:
     def _pause(self, db: DbConnection, reason: str) -> None:
         # In the caller's transaction: a second one would wait for the lock this thread holds.
         outbox.pause(db, self.dispatch.id, reason)
-        self.dispatch.paused_reason = reason
         self.stop.set()
 
     # -- signals ----------------------------------------------------------------
