@@ -482,3 +482,46 @@ def test_plain_http_links_are_warned_about_before_a_real_send(sending_workspace:
     add_subscribers(sending_workspace, people(1))
     code, out = run("send", "2019-01", "--list", "members", "--dry-run")
     assert code == 0 and "should be https" in out
+
+
+def test_a_dry_run_leaves_a_paused_dispatch_as_it_is(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    add_subscribers(sending_workspace, people(10))
+    for address, _ in people(10):
+        smtp_server.answer(address, 550, "5.7.1 SPF check failed", times=1)
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 3, out
+    code, out = run("send", "2019-01", "--list", "members", "--dry-run")
+    assert code == 0 and "resuming dispatch 1 (it was paused: " in out and "nothing was written" in out
+    code, report = run("status", "1", "--json")
+    assert json.loads(report)["state"] == "paused", "a dry run lifts no pause"
+
+
+def test_status_lists_dispatches_and_shows_one_in_full(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    add_subscribers(sending_workspace, people(3), "public")
+    smtp_server.answer("p1@example.org", 550, "5.1.1 no such mailbox")
+    code, out = run("send", "2019-01", "--list", "public", "--yes")
+    assert code == 0, out
+    code, out = run("status")
+    assert code == 0, out
+    header, row, archive = out.splitlines()
+    assert header.split() == ["id", "issue", "list", "created", "total", "sent", "failed", "state"]
+    number, issue, list_name, _, *figures = row.split()
+    assert (number, issue, list_name, figures) == ("1", "2019-01", "public", ["3", "2", "1", "finished"])
+    assert archive == "archive: https://news.example/issues/ (answered by `mailout serve`)"
+    code, out = run("status", "1")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0] == "dispatch 1: 2019-01 to 'public' (finished)"
+    assert lines[1] == "subject: Efus Newsletter – January 2019"
+    assert (
+        "  sent             2" in lines
+        and "  failed           1" in lines
+        and "  total            3" in lines
+    )
+    assert lines[-2:] == ["failures and deferrals by server reply:", "        1  550 5.1.1 no such mailbox"]
+    code, out = run("status", "7")
+    assert code == 1 and "no dispatch 7" in out

@@ -498,14 +498,12 @@ def test_sync_never_removes_on_the_word_of_a_file_with_bad_rows(engine: Engine, 
 
 
 def test_a_bounce_ends_every_list_and_resubscribing_brings_back_one(engine: Engine, tmp_path: Path) -> None:
-    from mailout.outbox import mark_bounced
-
     path = write_csv(tmp_path / "m.csv", "email\nana@example.org\n")
     import_file(engine, path, MEMBERS)
     import_file(engine, path, PUBLIC)
     with transaction(engine) as session:
         ana = people.find(session, "ana@example.org")
-        mark_bounced(session.connection(), ana.id, "550 5.1.1 no such mailbox")
+        people.mark_bounced(session.connection(), ana.id, "550 5.1.1 no such mailbox")
     with transaction(engine) as session:
         ana = people.find(session, "ana@example.org")
         assert ana.status is SubscriberStatus.BOUNCED

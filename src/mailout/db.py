@@ -19,13 +19,18 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy import Connection, create_engine, event
+from sqlalchemy import Engine as Engine  # re-exported: front ends name it without SQLAlchemy
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.exc import DatabaseError as SQLAlchemyDatabaseError
 from sqlalchemy.exc import NoSuchModuleError as NoSuchDriver
 from sqlalchemy.orm import Session
 
 from .errors import DatabaseError
+
+#: A database gone away, or locked for too long, in the middle of a command: front ends
+#: catch it by this name and report it in one line.
+DatabaseUnavailable = OperationalError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000

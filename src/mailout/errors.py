@@ -18,7 +18,8 @@ names every subclass, where it lives and what it derives from::
     ├── WorkspaceError                   a missing workspace, issue folder or file
     ├── InvalidSubscriber [subscribers]  an address or a field that cannot be stored (says why)
     ├── SubscriberNotFound [subscribers] no subscriber has this address
-    ├── DispatchExists [outbox]          the issue was already sent to this list
+    ├── DispatchExists [dispatching]     the issue was already sent to this list (use --again)
+    ├── DispatchNotFound [dispatching]   no dispatch has this number
     ├── AnotherSender [mailer]           another process is sending this dispatch, and only one may
     └── DeliveryFailure [transports]     the server refused a message, or the connection failed
         ├── TemporaryFailure [transports]  a 4xx reply or a lost connection: may succeed later

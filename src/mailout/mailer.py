@@ -23,10 +23,11 @@ from functools import partial
 from types import FrameType
 
 from sqlalchemy import Connection as DbConnection
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from . import outbox
+from . import subscribers as people
 from .config import Settings
 from .errors import MailoutError
 from .headers import one_line
@@ -299,7 +300,7 @@ class Mailer:
         outbox.mark(db, claimed.id, DeliveryStatus.FAILED, reply=str(failure))
         if failure.enhanced.startswith("5.1."):
             # No such mailbox: never mail this address again.
-            outbox.mark_bounced(db, claimed.subscriber_id, f"dispatch {self.dispatch.id}: {failure}")
+            people.mark_bounced(db, claimed.subscriber_id, f"dispatch {self.dispatch.id}: {failure}")
         self.tally.add("failed")
         if failure.enhanced.startswith("5.7."):
             # Refused for a reason of ours (SPF, DKIM, reputation), not the address's fault.
@@ -327,8 +328,7 @@ class Mailer:
 
     def _pause(self, db: DbConnection, reason: str) -> None:
         # In the caller's transaction: a second one would wait for the lock this thread holds.
-        db.execute(update(Dispatch).where(Dispatch.id == self.dispatch.id).values(paused_reason=reason))
-        self.dispatch.paused_reason = reason
+        outbox.pause(db, self.dispatch.id, reason)
         self.stop.set()
 
     # -- signals ----------------------------------------------------------------

@@ -48,15 +48,11 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql import ColumnElement, Select
 
-from .errors import MailoutError
 from .models import (
-    ConsentEvent,
     Delivery,
     DeliveryStatus,
     Dispatch,
-    EventKind,
     MailingList,
-    Source,
     Subscriber,
     SubscriberStatus,
     Subscription,
@@ -67,10 +63,6 @@ from .models import (
 from .render import Variant
 
 ACTIVE = (DeliveryStatus.QUEUED, DeliveryStatus.CLAIMED, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED)
-
-
-class DispatchExists(MailoutError):
-    """The issue was already sent to this list."""
 
 
 def as_utc(value: dt.datetime) -> dt.datetime:
@@ -89,8 +81,15 @@ class Claimed:
     attempts: int
 
 
-def find_dispatch(session: Session, issue: str, lst: MailingList) -> Dispatch | None:
-    """Return the newest dispatch of ``issue`` to ``lst``, if any."""
+def find_dispatch(session: Session, issue: str, lst: MailingList, *, lock: bool = False) -> Dispatch | None:
+    """Return the newest dispatch of ``issue`` to ``lst``, if any.
+
+    With ``lock``, first lock the list's row until the transaction ends (PostgreSQL; on
+    SQLite every writing transaction holds the database): two processes deciding at once
+    whether to write a dispatch to the list then decide one after the other.
+    """
+    if lock:
+        session.execute(select(MailingList.id).where(MailingList.id == lst.id).with_for_update())
     return session.scalars(
         select(Dispatch)
         .where(Dispatch.issue == issue, Dispatch.list_id == lst.id)
@@ -113,6 +112,7 @@ def recipients_query(lst: MailingList) -> Select[int, str, str]:
 
 
 def count_recipients(session: Session, lst: MailingList) -> int:
+    """Return how many people a dispatch to ``lst`` would go to now."""
     return int(session.scalar(select(func.count()).select_from(recipients_query(lst).subquery())) or 0)
 
 
@@ -209,6 +209,56 @@ def counts(conn: Connection | Session, dispatch_id: int) -> dict[DeliveryStatus,
     ).all()
     found = {DeliveryStatus(status): int(n) for status, n in rows}
     return {status: found.get(status, 0) for status in DeliveryStatus}
+
+
+def _with_list() -> Select[Dispatch, MailingList]:
+    return select(Dispatch, MailingList).join(MailingList, MailingList.id == Dispatch.list_id)
+
+
+def dispatch_with_list(session: Session, dispatch_id: int) -> tuple[Dispatch, MailingList] | None:
+    """Return one dispatch and its list, or None when there is no such dispatch."""
+    row = session.execute(_with_list().where(Dispatch.id == dispatch_id)).first()
+    return (row[0], row[1]) if row else None
+
+
+def recent_dispatches(session: Session, limit: int) -> list[tuple[Dispatch, MailingList]]:
+    """Return the ``limit`` newest dispatches with their lists, newest first."""
+    rows = session.execute(_with_list().order_by(Dispatch.id.desc()).limit(limit))
+    return [(dispatch, lst) for dispatch, lst in rows]
+
+
+def unfinished_dispatches(
+    session: Session, dispatch_id: int | None = None
+) -> list[tuple[Dispatch, MailingList]]:
+    """Return the unfinished dispatches (or only ``dispatch_id``, if unfinished) with their lists."""
+    query = _with_list().where(Dispatch.finished_at.is_(None)).order_by(Dispatch.id)
+    if dispatch_id is not None:
+        query = query.where(Dispatch.id == dispatch_id)
+    return [(dispatch, lst) for dispatch, lst in session.execute(query)]
+
+
+def failure_replies(conn: Connection | Session, dispatch_id: int) -> list[tuple[str, int]]:
+    """Return the replies of failed and deferred deliveries with how many got each, commonest first."""
+    rows = conn.execute(
+        select(Delivery.reply, func.count())
+        .where(
+            Delivery.dispatch_id == dispatch_id,
+            Delivery.status.in_([DeliveryStatus.FAILED, DeliveryStatus.DEFERRED]),
+        )
+        .group_by(Delivery.reply)
+        .order_by(func.count().desc())
+    ).all()
+    return [(reply, int(n)) for reply, n in rows]
+
+
+def pause(conn: Connection | Session, dispatch_id: int, reason: str) -> None:
+    """Mark the dispatch paused, saying why (its senders stop; ``unpause`` lets them go on)."""
+    conn.execute(update(Dispatch).where(Dispatch.id == dispatch_id).values(paused_reason=reason))
+
+
+def unpause(conn: Connection | Session, dispatch_id: int) -> None:
+    """Clear the dispatch's pause."""
+    conn.execute(update(Dispatch).where(Dispatch.id == dispatch_id).values(paused_reason=""))
 
 
 # --- workers -------------------------------------------------------------------
@@ -447,20 +497,24 @@ class Sent:
 # The transitions every message makes go to the driver as plain SQL, skipping
 # SQLAlchemy's statement machinery, which cost more than the statements themselves.
 # ``?`` placeholders, rewritten for drivers that want ``%s``.
+# The states are the enum's own values, written into the SQL (S608: no outside input).
+_SENDING = f"'{DeliveryStatus.SENDING.value}'"
+_SENT = f"'{DeliveryStatus.SENT.value}'"
+_CLAIMED = f"'{DeliveryStatus.CLAIMED.value}'"
 _SENDING_SQL = (
-    "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, updated_at = ?"
-    " WHERE id = ? AND status = 'claimed'"
+    f"UPDATE deliveries SET status = {_SENDING}, attempts = attempts + 1, updated_at = ?"  # noqa: S608
+    f" WHERE id = ? AND status = {_CLAIMED}"
 )
-_SENT_SQL = "UPDATE deliveries SET status = 'sent', reply = ?, updated_at = ? WHERE id = ?"
+_SENT_SQL = f"UPDATE deliveries SET status = {_SENT}, reply = ?, updated_at = ? WHERE id = ?"  # noqa: S608
 # Both at once, on two rows: the previous message sent, the next one sending.
 _SENT_AND_SENDING_SQL = (
-    "UPDATE deliveries SET"
-    " status = CASE WHEN id = ? THEN 'sending' ELSE 'sent' END,"
+    "UPDATE deliveries SET"  # noqa: S608
+    f" status = CASE WHEN id = ? THEN {_SENDING} ELSE {_SENT} END,"
     " attempts = CASE WHEN id = ? THEN attempts + 1 ELSE attempts END,"
     " reply = CASE WHEN id = ? THEN reply ELSE ? END,"
     " updated_at = ?"
     # The next one only if it is still claimed: an unsubscribe may have skipped it since.
-    " WHERE id = ? OR (id = ? AND status = 'claimed')"
+    f" WHERE id = ? OR (id = ? AND status = {_CLAIMED})"
 )
 
 
@@ -507,44 +561,45 @@ def advance(conn: Connection, sent: Sent | None, sending: int | None) -> bool:
     return _driver(conn, _SENT_AND_SENDING_SQL, params) == 2
 
 
-def mark_bounced(conn: Connection, subscriber_id: int, detail: str) -> None:
-    """Suppress an address the server says does not exist, for every later dispatch."""
-    changed = conn.execute(
-        update(Subscriber)
-        .where(Subscriber.id == subscriber_id, Subscriber.status == SubscriberStatus.SUBSCRIBED)
-        .values(status=SubscriberStatus.BOUNCED, updated_at=utcnow())
-    ).rowcount
-    if changed:
-        # Every list ends: resubscribing later brings back only the list it names.
-        conn.execute(
-            update(Subscription)
-            .where(
-                Subscription.subscriber_id == subscriber_id,
-                Subscription.status == SubscriptionStatus.SUBSCRIBED,
-            )
-            .values(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=utcnow())
-        )
-        conn.execute(
-            insert(ConsentEvent).values(
-                subscriber_id=subscriber_id,
-                list_id=None,
-                kind=EventKind.BOUNCED,
-                source=Source.BOUNCE,
-                detail=detail[:500],
-                created_at=utcnow(),
-            )
-        )
+def resend_unknown(conn: Connection | Session, dispatch_id: int) -> int:
+    """Queue the ``unknown`` deliveries again (they may get the message twice); return how many.
 
-
-def resend_unknown(conn: Connection, dispatch_id: int) -> int:
-    """Queue the ``unknown`` deliveries again (they may get the message twice)."""
-    return int(
+    A finished dispatch is open again when any were queued: it finishes when they are sent.
+    """
+    queued = int(
         conn.execute(
             update(Delivery)
             .where(Delivery.dispatch_id == dispatch_id, Delivery.status == DeliveryStatus.UNKNOWN)
             .values(status=DeliveryStatus.QUEUED, worker="", updated_at=utcnow())
-        ).rowcount
+        ).rowcount  # type: ignore[attr-defined]
     )
+    if queued:
+        conn.execute(update(Dispatch).where(Dispatch.id == dispatch_id).values(finished_at=None))
+    return queued
+
+
+def skip_pending(conn: Connection | Session, subscriber_id: int, list_id: int | None) -> int:
+    """Skip what a running dispatch still has waiting for a person (on ``list_id``, or every list).
+
+    A sending process checks each batch when it claims it; this takes the person out
+    of the queue at once, even from a batch already claimed: only the message on the
+    wire at this very moment can still reach them.
+    """
+    running = select(Dispatch.id).where(Dispatch.finished_at.is_(None))
+    if list_id is not None:
+        running = running.where(Dispatch.list_id == list_id)
+    result = conn.execute(
+        update(Delivery)
+        .where(
+            Delivery.subscriber_id == subscriber_id,
+            Delivery.dispatch_id.in_(running.scalar_subquery()),
+            # Claimed too: a sending process marks a delivery "sending" only while it is
+            # still claimed, and drops it otherwise.
+            Delivery.status.in_([DeliveryStatus.QUEUED, DeliveryStatus.CLAIMED, DeliveryStatus.DEFERRED]),
+        )
+        .values(status=DeliveryStatus.SKIPPED, reply="unsubscribed before sending", updated_at=utcnow())
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def next_due(conn: Connection, dispatch_id: int) -> dt.datetime | None:
@@ -573,6 +628,7 @@ def finish_if_done(conn: Connection, dispatch_id: int) -> bool:
 
 
 def unknown_deliveries(conn: Connection | Session, dispatch_id: int) -> Sequence[tuple[int, str]]:
+    """Return (id, address) of every ``unknown`` delivery, in id order."""
     return conn.execute(
         select(Delivery.id, Delivery.email)
         .where(Delivery.dispatch_id == dispatch_id, Delivery.status == DeliveryStatus.UNKNOWN)

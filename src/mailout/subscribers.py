@@ -14,17 +14,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import String, func, select, update
+from sqlalchemy import Connection, String, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from . import outbox
 from .config import LANGUAGE_TAG
 from .config import MailingList as ListSettings
 from .errors import MailoutError
 from .models import (
     ConsentEvent,
-    Delivery,
-    DeliveryStatus,
-    Dispatch,
     EventKind,
     MailingList,
     Source,
@@ -213,32 +211,40 @@ def unsubscribe(
         changed += 1
     if changed:
         record(session, person, EventKind.UNSUBSCRIBED, source, lst=lst, detail=detail)
-    skip_pending(session, person, lst)
+    outbox.skip_pending(session, person.id, lst.id if lst else None)
     return int(changed)
 
 
-def skip_pending(session: Session, person: Subscriber, lst: MailingList | None) -> int:
-    """Skip what a running dispatch still has waiting for ``person`` (on ``lst``, or every list).
+def mark_bounced(conn: Connection, subscriber_id: int, detail: str) -> None:
+    """Suppress an address the server says does not exist, for every later dispatch.
 
-    A sending process checks each batch when it claims it; this takes the person out
-    of the queue at once, even from a batch already claimed: only the message on the
-    wire at this very moment can still reach them.
+    On the send loop's connection, in the transaction that records the failed delivery.
     """
-    running = select(Dispatch.id).where(Dispatch.finished_at.is_(None))
-    if lst is not None:
-        running = running.where(Dispatch.list_id == lst.id)
-    result = session.execute(
-        update(Delivery)
-        .where(
-            Delivery.subscriber_id == person.id,
-            Delivery.dispatch_id.in_(running.scalar_subquery()),
-            # Claimed too: a sending process marks a delivery "sending" only while it is
-            # still claimed, and drops it otherwise.
-            Delivery.status.in_([DeliveryStatus.QUEUED, DeliveryStatus.CLAIMED, DeliveryStatus.DEFERRED]),
+    changed = conn.execute(
+        update(Subscriber)
+        .where(Subscriber.id == subscriber_id, Subscriber.status == SubscriberStatus.SUBSCRIBED)
+        .values(status=SubscriberStatus.BOUNCED, updated_at=utcnow())
+    ).rowcount
+    if changed:
+        # Every list ends: resubscribing later brings back only the list it names.
+        conn.execute(
+            update(Subscription)
+            .where(
+                Subscription.subscriber_id == subscriber_id,
+                Subscription.status == SubscriptionStatus.SUBSCRIBED,
+            )
+            .values(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=utcnow())
         )
-        .values(status=DeliveryStatus.SKIPPED, reply="unsubscribed before sending", updated_at=utcnow())
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+        conn.execute(
+            insert(ConsentEvent).values(
+                subscriber_id=subscriber_id,
+                list_id=None,
+                kind=EventKind.BOUNCED,
+                source=Source.BOUNCE,
+                detail=detail[:500],
+                created_at=utcnow(),
+            )
+        )
 
 
 def resubscribe(session: Session, person: Subscriber, lst: MailingList, *, reason: str) -> None:

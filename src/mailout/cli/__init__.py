@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-import sqlalchemy.exc
 
 from .. import __version__
+from ..db import DatabaseUnavailable
 from ..errors import IssueError, MailoutError
 from ..paths import display_path
 from ..workspace import init_workspace
@@ -58,7 +58,7 @@ class MailoutGroup(click.Group):
             # `mailout subscribers list | head`: the reader has what it wanted; say nothing.
             _quiet_stdout()
             ctx.exit(PIPE_CLOSED)
-        except sqlalchemy.exc.OperationalError as exc:
+        except DatabaseUnavailable as exc:
             # A database gone away or locked for too long mid-command.
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             click.secho(f"error: database: {reason}", fg="red", err=True)

@@ -7,23 +7,20 @@ import json
 import sys
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from dataclasses import asdict
 
 import click
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from .. import outbox
+from .. import dispatching
 from .. import subscribers as people
-from ..db import transaction
+from ..dispatching import Ending, Plan, Report, Result, Summary
 from ..errors import MailoutError
 from ..issues import Segment
 from ..links import Links
-from ..mailer import Mailer, Tally
+from ..mailer import Tally
 from ..message import Addressing, MessageTemplate
-from ..models import Delivery, DeliveryStatus, Dispatch, MailingList
-from ..render import Recipient, render_issue, render_variant
-from ..tokens import Signer
+from ..render import Recipient, render_issue
 from ..transports import DeliveryFailure, make_transport
 from .state import State, pass_state
 from .terminal import safe
@@ -88,11 +85,7 @@ def test_command(state: State, name: str, addresses: tuple[str, ...]) -> None:
     click.echo(f"sent through {transport.description}; nothing recorded as a delivery")
 
 
-def _signer(state: State) -> Signer:
-    return Signer.from_secret(state.settings.secret_key)
-
-
-def _progress_printer(total: int) -> callable:  # type: ignore[valid-type]
+def _progress_printer(total: int) -> Callable[[Tally], None]:
     last = [0.0]
     interactive = sys.stderr.isatty()
 
@@ -110,43 +103,64 @@ def _progress_printer(total: int) -> callable:  # type: ignore[valid-type]
     return show
 
 
-def _summary(engine: object, dispatch: Dispatch) -> dict[str, int]:
-    with engine.connect() as conn:  # type: ignore[attr-defined]
-        return {str(k): v for k, v in outbox.counts(conn, dispatch.id).items()}
-
-
-def _run(state: State, dispatch: Dispatch, lst: MailingList) -> None:
-    engine = state.engine()
-    mailer = Mailer(
-        engine, state.settings, dispatch, lst, make_transport(state.settings), _signer(state),
-        on_progress=_progress_printer(dispatch.total),
+def _run(state: State, dispatch_id: int, total: int) -> None:
+    """Send the dispatch with a progress line, print how it ended; exit 3 when it is not finished."""
+    result = dispatching.run(
+        state.engine(), state.settings, dispatch_id, state.signer(),
+        on_progress=_progress_printer(total), handle_signals=True,
     )  # fmt: skip
-    mailer.install_signal_handlers()
-    finished = mailer.run()
     if sys.stderr.isatty():
         click.echo("", err=True)
-    counts = _summary(engine, dispatch)
-    line = ", ".join(f"{n:,} {status}" for status, n in counts.items() if n)
-    click.echo(f"dispatch {dispatch.id}: {line or 'no recipients'} (of {dispatch.total:,})")
-    with engine.connect() as conn:
-        unknown = outbox.unknown_deliveries(conn, dispatch.id)
-    if unknown:
+    _print_ending(result)
+    if result.ending is not Ending.FINISHED:
+        raise click.exceptions.Exit(NOT_FINISHED)
+
+
+def _print_ending(result: Result) -> None:
+    report = result.report
+    line = ", ".join(f"{n:,} {status}" for status, n in report.counts.items() if n)
+    click.echo(f"dispatch {report.id}: {line or 'no recipients'} (of {report.total:,})")
+    if report.unknown:
         click.echo(
-            f"{len(unknown)} in flight when a sending process died (unknown; resend with --resend-unknown):"
+            f"{len(report.unknown)} in flight when a sending process died (unknown; resend with --resend-unknown):"
         )
-        for _, email in unknown[:20]:
+        for email in report.unknown[:20]:
             click.echo(f"  {email}")
-    if finished:
+    if result.ending is Ending.FINISHED:
         click.echo("finished")
-        return
-    if mailer.dispatch.paused_reason:
-        click.secho(f"paused: {mailer.dispatch.paused_reason}", fg="red", err=True)
-    elif not mailer.stop.is_set() and (counts["claimed"] or counts["sending"]):
+    elif result.ending is Ending.PAUSED:
+        click.secho(f"paused: {report.paused_reason}", fg="red", err=True)
+    elif result.ending is Ending.OTHERS:
         click.echo("other processes are sending the last messages; `mailout status` follows them")
     else:
+        counts = report.counts
         done = counts["sent"] + counts["failed"] + counts["skipped"] + counts["unknown"]
-        click.echo(f"paused at {done:,} of {dispatch.total:,}; run the same command to resume")
-    raise click.exceptions.Exit(NOT_FINISHED)
+        click.echo(f"paused at {done:,} of {report.total:,}; run the same command to resume")
+
+
+def _print_plan(plan: Plan) -> None:
+    """Print what a new dispatch would be, and the warnings."""
+    variant = plan.variant
+    assert variant is not None
+    click.echo(f"subject:    {variant.subject}")
+    click.echo(f"list:       {plan.list_name} ({plan.list_description or 'no description'})")
+    click.echo(
+        f"variant:    {variant.segment} ({variant.items_shown} items shown, {variant.items_hidden} left out)"
+    )
+    click.echo(f"recipients: {plan.recipients:,}")
+    click.echo(f"sender:     {plan.sender}")
+    click.echo(f"transport:  {plan.transport}")
+    for warning in plan.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+
+
+def _print_resume(plan: Plan) -> None:
+    resume = plan.resume
+    assert resume is not None
+    if resume.paused_reason:
+        click.echo(f"resuming dispatch {resume.dispatch_id} (it was paused: {resume.paused_reason})")
+    else:
+        click.echo(f"resuming dispatch {resume.dispatch_id} of {plan.issue} to '{plan.list_name}'")
 
 
 @click.command("send")
@@ -176,68 +190,31 @@ def send_command(
     Example:
         mailout send 2019-01 --list members
     """
-    settings = state.settings
-    list_settings = settings.mailing_list(list_name)
-    _signer(state)  # refuse early, before any work: every message needs signed links
-    engine = state.engine()
-    issue = state.issue(name)
-    with transaction(engine) as session:
-        lst = people.ensure_list(session, list_settings)
-        existing = outbox.find_dispatch(session, issue.slug, lst)
-    if existing is not None and existing.finished_at is None:
-        if existing.paused_reason:
-            click.echo(f"resuming dispatch {existing.id} (it was paused: {existing.paused_reason})")
-            with transaction(engine) as session:
-                session.get(Dispatch, existing.id).paused_reason = ""  # type: ignore[union-attr]
-            existing.paused_reason = ""
-        else:
-            click.echo(f"resuming dispatch {existing.id} of {issue.slug} to '{lst.name}'")
-        if resend_unknown:
-            with engine.begin() as conn:
-                click.echo(f"{outbox.resend_unknown(conn, existing.id)} unknown deliveries queued again")
-        if dry_run:
-            return
-        _run(state, existing, lst)
-        return
-    if existing is not None and not again:
-        when = outbox.as_utc(existing.finished_at).strftime("%Y-%m-%d %H:%M UTC")  # type: ignore[arg-type]
-        raise MailoutError(
-            f"{issue.slug} was sent to '{lst.name}' already (dispatch {existing.id}, finished {when});"
-            " use --again to send it once more"
-        )
-    variant = render_variant(issue, settings, Segment(list_settings.segment))
-    with transaction(engine) as session:
-        lst = people.ensure_list(session, list_settings)
-        recipients = outbox.count_recipients(session, lst)
-    transport = make_transport(settings)
-    click.echo(f"subject:    {variant.subject}")
-    click.echo(f"list:       {lst.name} ({lst.description or 'no description'})")
-    click.echo(
-        f"variant:    {variant.segment} ({variant.items_shown} items shown, {variant.items_hidden} left out)"
+    state.settings.mailing_list(list_name)  # an unknown list is the first thing to say
+    state.signer()  # refuse early, before any work: every message needs signed links
+    plan = dispatching.plan(
+        state.engine(),
+        state.settings,
+        state.issue(name),
+        list_name,
+        again=again,
+        resend_unknown=resend_unknown,
     )
-    click.echo(f"recipients: {recipients:,}")
-    click.echo(f"sender:     {settings.sender.name} <{settings.sender.address}>")
-    click.echo(f"transport:  {transport.description}")
-    if settings.smtp.host and not settings.newsletter.public_base_url.startswith("https://"):
-        click.secho(
-            f"warning: newsletter.public_base_url is {settings.newsletter.public_base_url}: the unsubscribe"
-            " and view-in-browser links should be https for real readers",
-            fg="yellow",
-            err=True,
-        )
+    if plan.resume is not None:
+        _print_resume(plan)
+    else:
+        _print_plan(plan)
     if dry_run:
         click.echo("dry run: nothing was written or sent")
         return
-    if not yes:
-        click.confirm(f"Send to {recipients:,} recipients?", abort=True)
-    with transaction(engine) as session:
-        lst = people.ensure_list(session, list_settings)
-        dispatch = outbox.create_dispatch(
-            session, issue.slug, lst, variant,
-            from_name=settings.sender.name, from_address=settings.sender.address, reply_to=settings.sender.reply_to,
-        )  # fmt: skip
-    click.echo(f"dispatch {dispatch.id}: {dispatch.total:,} deliveries queued")
-    _run(state, dispatch, lst)
+    if plan.resume is None and not yes:
+        click.confirm(f"Send to {plan.recipients:,} recipients?", abort=True)
+    started = dispatching.start(state.engine(), state.settings, plan)
+    if started.created:
+        click.echo(f"dispatch {started.dispatch_id}: {started.total:,} deliveries queued")
+    elif resend_unknown:
+        click.echo(f"{started.requeued} unknown deliveries queued again")
+    _run(state, started.dispatch_id, started.total)
 
 
 @click.command("worker")
@@ -252,21 +229,57 @@ def worker_command(state: State, dispatch_id: int | None) -> None:
     Example:
         mailout worker --dispatch 3
     """
-    engine = state.engine()
-    with transaction(engine) as session:
-        query = select(Dispatch).where(Dispatch.finished_at.is_(None)).order_by(Dispatch.id)
-        if dispatch_id is not None:
-            query = query.where(Dispatch.id == dispatch_id)
-        dispatches = list(session.scalars(query))
-        lists = {d.id: session.get(MailingList, d.list_id) for d in dispatches}
+    dispatches = dispatching.unfinished(state.engine(), dispatch_id)
     if not dispatches:
         click.echo("nothing to send")
         return
     for dispatch in dispatches:
-        lst = lists[dispatch.id]
-        assert lst is not None
-        click.echo(f"dispatch {dispatch.id}: {dispatch.issue} to '{lst.name}'")
-        _run(state, dispatch, lst)
+        click.echo(f"dispatch {dispatch.id}: {dispatch.issue} to '{dispatch.list}'")
+        _run(state, dispatch.id, dispatch.total)
+
+
+def _json(value: object) -> str:
+    """Return ``value`` (dataclasses, times) as indented JSON."""
+
+    def default(item: object) -> object:
+        if isinstance(item, dt.datetime):
+            return item.isoformat()
+        raise TypeError(f"{type(item).__name__} is not JSON")
+
+    return json.dumps(value, indent=2, default=default)
+
+
+def _print_overview(state: State, summaries: list[Summary]) -> None:
+    click.echo(
+        f"{'id':>4} {'issue':<16} {'list':<10} {'created':<17} {'total':>7} {'sent':>7} {'failed':>7}  state"
+    )
+    for s in summaries:
+        click.echo(
+            f"{s.id:>4} {s.issue:<16} {s.list:<10} {s.created.isoformat()[:16]:<17} {s.total:>7,}"
+            f" {s.counts['sent']:>7,} {s.counts['failed']:>7,}  {s.state}"
+        )
+    if any(s.segment == Segment.PUBLIC for s in summaries):
+        click.echo(f"archive: {Links(state.settings).archive()} (answered by `mailout serve`)")
+
+
+def _print_report(report: Report) -> None:
+    click.echo(f"dispatch {report.id}: {report.issue} to '{report.list}' ({report.state})")
+    click.echo(f"subject: {report.subject}")
+    for status, n in report.counts.items():
+        click.echo(f"  {status:<9}{n:>9,}")
+    click.echo(f"  {'total':<9}{report.total:>9,}")
+    if report.seconds:
+        click.echo(f"time: {report.seconds:,.0f} s, {report.rate:,.1f} messages/s")
+    if report.paused_reason:
+        click.echo(f"paused: {report.paused_reason}")
+    if report.failures:
+        click.echo("failures and deferrals by server reply:")
+        for failure in report.failures:
+            click.echo(f"  {failure.count:>7,}  {safe(failure.reply)}")
+    if report.unknown:
+        click.echo("unknown (in flight when a process died; `send --resend-unknown` sends them again):")
+        for email in report.unknown:
+            click.echo(f"  {email}")
 
 
 @click.command("status")
@@ -280,90 +293,15 @@ def status_command(state: State, dispatch_id: int | None, as_json: bool) -> None
     Example:
         mailout status 3 --json
     """
-    engine = state.engine()
-    with transaction(engine) as session:
-        if dispatch_id is None:
-            rows = session.execute(
-                select(Dispatch, MailingList.name)
-                .join(MailingList, MailingList.id == Dispatch.list_id)
-                .order_by(Dispatch.id.desc())
-                .limit(20)
-            ).all()
-            report = [_overview(session, d, list_name) for d, list_name in rows]
-            if as_json:
-                click.echo(json.dumps(report, indent=2))
-                return
-            click.echo(
-                f"{'id':>4} {'issue':<16} {'list':<10} {'created':<17} {'total':>7} {'sent':>7} {'failed':>7}  state"
-            )
-            for r in report:
-                click.echo(
-                    f"{r['id']:>4} {r['issue']:<16} {r['list']:<10} {r['created'][:16]:<17} {r['total']:>7,}"
-                    f" {r['counts']['sent']:>7,} {r['counts']['failed']:>7,}  {r['state']}"
-                )
-            if any(d.segment == Segment.PUBLIC for d, _ in rows):
-                click.echo(f"archive: {Links(state.settings).archive()} (answered by `mailout serve`)")
-            return
-        found = session.execute(
-            select(Dispatch, MailingList.name)
-            .join(MailingList, MailingList.id == Dispatch.list_id)
-            .where(Dispatch.id == dispatch_id)
-        ).first()
-        if found is None:
-            raise MailoutError(f"no dispatch {dispatch_id}; `mailout status` lists them")
-        dispatch, list_name = found
-        report_one = _overview(session, dispatch, list_name)
-        failures = session.execute(
-            select(Delivery.reply, func.count())
-            .where(
-                Delivery.dispatch_id == dispatch.id,
-                Delivery.status.in_([DeliveryStatus.FAILED, DeliveryStatus.DEFERRED]),
-            )
-            .group_by(Delivery.reply)
-            .order_by(func.count().desc())
-        ).all()
-        report_one["failures"] = [{"reply": reply, "count": n} for reply, n in failures]
-        report_one["unknown"] = [email for _, email in outbox.unknown_deliveries(session, dispatch.id)]
-    if as_json:
-        click.echo(json.dumps(report_one, indent=2))
+    if dispatch_id is None:
+        summaries = dispatching.overview(state.engine())
+        if as_json:
+            click.echo(_json([asdict(s) for s in summaries]))
+        else:
+            _print_overview(state, summaries)
         return
-    click.echo(
-        f"dispatch {report_one['id']}: {report_one['issue']} to '{report_one['list']}' ({report_one['state']})"
-    )
-    click.echo(f"subject: {report_one['subject']}")
-    for status, n in report_one["counts"].items():
-        click.echo(f"  {status:<9}{n:>9,}")
-    click.echo(f"  {'total':<9}{report_one['total']:>9,}")
-    if report_one["seconds"]:
-        click.echo(f"time: {report_one['seconds']:,.0f} s, {report_one['rate']:,.1f} messages/s")
-    if report_one["paused_reason"]:
-        click.echo(f"paused: {report_one['paused_reason']}")
-    if report_one["failures"]:
-        click.echo("failures and deferrals by server reply:")
-        for f in report_one["failures"]:
-            click.echo(f"  {f['count']:>7,}  {safe(f['reply'])}")
-    if report_one["unknown"]:
-        click.echo("unknown (in flight when a process died; `send --resend-unknown` sends them again):")
-        for email in report_one["unknown"]:
-            click.echo(f"  {email}")
-
-
-def _overview(session: Session, dispatch: Dispatch, list_name: str) -> dict[str, Any]:
-    counts = {str(k): v for k, v in outbox.counts(session, dispatch.id).items()}
-    end = outbox.as_utc(dispatch.finished_at) if dispatch.finished_at else dt.datetime.now(dt.UTC)
-    seconds = (end - outbox.as_utc(dispatch.created_at)).total_seconds()
-    state = "finished" if dispatch.finished_at else ("paused" if dispatch.paused_reason else "unfinished")
-    return {
-        "id": dispatch.id,
-        "issue": dispatch.issue,
-        "list": list_name,
-        "subject": dispatch.subject,
-        "created": outbox.as_utc(dispatch.created_at).isoformat(),
-        "finished": outbox.as_utc(dispatch.finished_at).isoformat() if dispatch.finished_at else None,
-        "state": state,
-        "total": dispatch.total,
-        "counts": counts,
-        "seconds": round(seconds, 1),
-        "rate": round(counts["sent"] / seconds, 2) if seconds > 0 else 0.0,
-        "paused_reason": dispatch.paused_reason,
-    }
+    report = dispatching.report(state.engine(), dispatch_id)
+    if as_json:
+        click.echo(_json(asdict(report)))
+    else:
+        _print_report(report)

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
-from sqlalchemy import Engine
 
 from ..config import Settings, load_settings
-from ..db import open_engine
+from ..db import Engine, open_engine
 from ..issues import Issue, find_issue, load_issue
+from ..tokens import Signer
 
 
 @dataclass
@@ -21,6 +21,7 @@ class State:
     overrides: dict[str, str] = field(default_factory=dict)
     _settings: Settings | None = None
     _engine: Engine | None = None
+    _signer: Signer | None = None
 
     @property
     def settings(self) -> Settings:
@@ -37,6 +38,12 @@ class State:
             self._engine = open_engine(self.settings.database_url())
             click.get_current_context().call_on_close(self._engine.dispose)
         return self._engine
+
+    def signer(self) -> Signer:
+        """Return the signer of links and tokens; raise ``ConfigError`` without ``MAILOUT_SECRET_KEY``."""
+        if self._signer is None:
+            self._signer = Signer.from_secret(self.settings.secret_key)
+        return self._signer
 
 
 pass_state = click.make_pass_decorator(State)

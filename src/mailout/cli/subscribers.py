@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import click
-from sqlalchemy.orm import Session
 
 from .. import csvfile, unsubmail
 from .. import subscribers as people
@@ -16,7 +15,6 @@ from ..errors import MailoutError
 from ..importer import ImportReport, import_file, sync_paths
 from ..models import Source, SubscriberStatus
 from ..paths import display_path
-from ..tokens import Signer
 from .state import State, pass_state
 from .terminal import safe
 
@@ -229,7 +227,7 @@ def unsubscribe_mail_command(state: State, mailbox_path: Path, dry_run: bool) ->
     Example:
         mailout subscribers unsubscribe-mail ~/Maildir/.unsubscribe
     """
-    signer = Signer.from_secret(state.settings.secret_key)
+    signer = state.signer()
     engine = state.engine()
     box = unsubmail.open_mailbox(mailbox_path)
     outcomes: list[unsubmail.Outcome] = []
@@ -238,7 +236,7 @@ def unsubscribe_mail_command(state: State, mailbox_path: Path, dry_run: bool) ->
         for read in unsubmail.messages(box):
             # One transaction per message: a message that fails loses nothing done for the
             # others, and the database is never held for the whole mailbox.
-            with Session(engine) as session, session.begin():
+            with transaction(engine) as session:
                 if unsubmail.handled(session, read.identity):
                     before += 1
                     continue

@@ -16,7 +16,6 @@ from ..errors import MailoutError
 from ..links import Links
 from ..net import is_loopback
 from ..paths import display_path
-from ..tokens import Signer
 from ..web import PACKAGE, create_app, standalone_page
 from .state import State, pass_state
 from .terminal import safe
@@ -116,7 +115,7 @@ def export_command(state: State, directory: Path) -> None:
     settings = state.settings
     engine = state.engine()
     # Public pages carry no one's token: no key is needed to write them.
-    signer = Signer.from_secret(settings.secret_key) if settings.secret_key else None
+    signer = state.signer() if settings.secret_key else None
     with transaction(engine) as session:
         issues = archived_issues(session)
         index = standalone_page(
