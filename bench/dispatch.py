@@ -154,10 +154,11 @@ def run_send(folder: Path) -> dict[str, float]:
 def message_file(folder: Path) -> Path:
     """One message exactly as mailout builds it, for smtp-source to send."""
     from mailout.config import load_settings
-    from mailout.issues import Segment, load_issue
+    from mailout.issues import load_issue
     from mailout.links import Links
     from mailout.message import Addressing, MessageTemplate
     from mailout.render import Recipient, render_variant
+    from mailout.segments import Segment
     from mailout.tokens import Signer
 
     settings = load_settings(folder)

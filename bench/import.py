@@ -43,13 +43,14 @@ def generate(path: Path, rows: int, seed: int = 7) -> None:
 
 def run_one(url: str, path: Path) -> dict[str, float]:
     """In this process: import ``path`` twice into ``url``; return timings and peak memory."""
-    from mailout.config import MailingList
+    from mailout.config import ListSettings
     from mailout.db import make_engine, upgrade
     from mailout.importer import import_file
+    from mailout.segments import Segment
 
     upgrade(url)
     engine = make_engine(url)
-    members = MailingList("members", "member", "")
+    members = ListSettings("members", Segment.MEMBER, "")
     start = time.perf_counter()
     first = import_file(engine, path, members)
     first_seconds = time.perf_counter() - start

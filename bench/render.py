@@ -21,8 +21,9 @@ from pathlib import Path
 from machine import describe
 
 from mailout.config import load_settings
-from mailout.issues import Issue, Segment, load_issue
+from mailout.issues import Issue, load_issue
 from mailout.render import Recipient, render_issue
+from mailout.segments import Segment
 
 ROOT = Path(__file__).resolve().parent.parent
 

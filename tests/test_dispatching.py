@@ -13,9 +13,10 @@ from mailout import subscribers as people
 from mailout.config import Settings, load_settings
 from mailout.db import transaction
 from mailout.dispatching import DispatchExists, DispatchNotFound, DispatchState, Ending
-from mailout.issues import Issue, Segment, load_issue
+from mailout.issues import Issue, load_issue
 from mailout.mailer import AnotherSender
 from mailout.models import Delivery, DeliveryStatus, Source
+from mailout.segments import Segment
 from mailout.tokens import Signer
 from tests.smtpserver import SMTPServer
 

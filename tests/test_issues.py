@@ -17,7 +17,8 @@ from click.testing import CliRunner, Result
 
 from mailout.cli import cli
 from mailout.errors import IssueError, Severity
-from mailout.issues import Issue, SectionKind, Segment, display_path, load_issue
+from mailout.issues import Issue, SectionKind, display_path, load_issue
+from mailout.segments import Segment
 from tests.conftest import DATA
 
 BROKEN = DATA / "broken"

@@ -16,10 +16,11 @@ import pytest
 
 from mailout.config import load_settings
 from mailout.headers import one_line
-from mailout.issues import Segment, load_issue
+from mailout.issues import load_issue
 from mailout.message import MAX_LINE, Addressing, MessageTemplate, encode_part, qp_encode
 from mailout.models import Subscriber
 from mailout.render import Recipient, Slots, Variant, render_variant
+from mailout.segments import Segment
 from mailout.subscribers import clean_fields, normalise_email
 from tests.conftest import EXAMPLE_ISSUE, REPO
 

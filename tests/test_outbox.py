@@ -153,11 +153,11 @@ def test_a_transaction_on_the_loop_connection_is_all_or_nothing(engine: Engine) 
     with outbox.loop_connection(engine) as db:
         with db.begin():
             outbox.claim(db, dispatch_id, "w1", 2)
-        with pytest.raises(RuntimeError), outbox.transaction(db):
+        with pytest.raises(RuntimeError), outbox.atomic(db):
             record(db, "p0@example.org")
             raise RuntimeError("the second statement failed")
         assert deliveries(engine)["p0@example.org"].status is DeliveryStatus.CLAIMED
-        with outbox.transaction(db):
+        with outbox.atomic(db):
             record(db, "p0@example.org")
             record(db, "p1@example.org")
         assert {str(d.status) for d in deliveries(engine).values()} == {"failed"}

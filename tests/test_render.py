@@ -15,8 +15,9 @@ import yaml
 from mailout import markup
 from mailout.config import Settings, load_settings
 from mailout.errors import IssueError, TemplateError
-from mailout.issues import Issue, Item, Segment, load_issue
+from mailout.issues import Issue, Item, load_issue
 from mailout.render import Recipient, Variant, format_when, render_issue, render_variant
+from mailout.segments import Segment
 
 ALICE = Recipient(
     "Alice", "https://news.example/unsubscribe/tok-alice", "https://news.example/issues/x?t=alice"

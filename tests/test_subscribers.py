@@ -16,7 +16,7 @@ from sqlalchemy import Engine, event, func, inspect, select
 
 from mailout import subscribers as people
 from mailout.cli import cli
-from mailout.config import MailingList as ListSettings
+from mailout.config import ListSettings
 from mailout.db import transaction
 from mailout.importer import import_file
 from mailout.models import (

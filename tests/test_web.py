@@ -27,7 +27,7 @@ from mailout.cli import cli
 from mailout.config import load_settings
 from mailout.db import make_engine, transaction
 from mailout.errors import ConfigError
-from mailout.issues import Segment, load_issue
+from mailout.issues import load_issue
 from mailout.models import (
     ConsentEvent,
     Delivery,
@@ -39,6 +39,7 @@ from mailout.models import (
 )
 from mailout.outbox import create_dispatch
 from mailout.render import private_images, render_variant
+from mailout.segments import Segment
 from mailout.web import create_app
 from tests.conftest import SECRET_KEY
 from tests.smtpserver import SMTPServer

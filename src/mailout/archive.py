@@ -27,12 +27,12 @@ from sqlalchemy.orm import Session
 
 from .config import Settings
 from .errors import WorkspaceError
-from .issues import Segment, is_slug
+from .issues import is_slug
 from .links import PRIVATE_PICTURES, Links
-from .mailer import first_name
 from .models import Delivery, DeliveryStatus, Dispatch
 from .outbox import as_utc, frozen_variant
-from .render import DIGEST_LENGTH, Recipient, image_digest
+from .render import DIGEST_LENGTH, Recipient, first_name, image_digest
+from .segments import Segment
 from .tokens import Claim, Signer
 
 #: Picture files the web app and the export may publish from an issue's folder.

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .segments import Segment
 
 CONFIG_FILE = "mailout.toml"
 #: A language tag as mailout writes it: "en", "fr", "pt-BR".
@@ -114,17 +115,17 @@ class Database:
 
 
 @dataclass(frozen=True)
-class MailingList:
+class ListSettings:
     """One ``[lists.NAME]`` table: who is on the list may see which segment."""
 
     name: str
-    segment: str = "public"
+    segment: Segment = Segment.PUBLIC
     description: str = ""
 
 
 DEFAULT_LISTS = (
-    MailingList("members", "member", "Members of the network"),
-    MailingList("public", "public", "Everyone who signed up on the website"),
+    ListSettings("members", Segment.MEMBER, "Members of the network"),
+    ListSettings("public", Segment.PUBLIC, "Everyone who signed up on the website"),
 )
 
 
@@ -158,7 +159,7 @@ class Settings:
     database: Database = field(default_factory=Database)
     sending: Sending = field(default_factory=Sending)
     web: Web = field(default_factory=Web)
-    lists: tuple[MailingList, ...] = DEFAULT_LISTS
+    lists: tuple[ListSettings, ...] = DEFAULT_LISTS
     secret_key: str = field(default="", repr=False)
 
     def path(self, name: str) -> Path:
@@ -176,7 +177,7 @@ class Settings:
                 return prefix + str(self.root / path)
         return url
 
-    def mailing_list(self, name: str) -> MailingList:
+    def mailing_list(self, name: str) -> ListSettings:
         """Return the ``[lists.NAME]`` settings; raise ``ConfigError`` for an unknown list."""
         for entry in self.lists:
             if entry.name == name:
@@ -357,7 +358,7 @@ def _read_file(path: Path, layers: dict[str, dict[str, tuple[Any, str]]]) -> Non
             layers[section][key] = (value, f"{_where(path, text, key, section)}: {dotted}")
 
 
-def _read_lists(path: Path, text: str, tables: Any) -> tuple[MailingList, ...]:
+def _read_lists(path: Path, text: str, tables: Any) -> tuple[ListSettings, ...]:
     if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
         raise ConfigError(f"{_where(path, text, 'lists')}: write each list as a table, e.g. [lists.members]")
     found = []
@@ -374,10 +375,11 @@ def _read_lists(path: Path, text: str, tables: Any) -> tuple[MailingList, ...]:
                 raise ConfigError(f"{where}.{key}: expected a string, got {value!r}")
         if len(table.get("description", "")) > 500:
             raise ConfigError(f"{where}.description: at most 500 characters")
-        segment = table.get("segment", "public")
-        if segment not in ("member", "public"):
-            raise ConfigError(f"{where}.segment: must be 'member' or 'public', got {segment!r}")
-        found.append(MailingList(name, segment, table.get("description", "")))
+        segment = table.get("segment", Segment.PUBLIC.value)
+        if segment not in tuple(Segment):
+            choices = " or ".join(f"'{s}'" for s in Segment)
+            raise ConfigError(f"{where}.segment: must be {choices}, got {segment!r}")
+        found.append(ListSettings(name, Segment(segment), table.get("description", "")))
     return tuple(found)
 
 

@@ -29,11 +29,12 @@ from . import subscribers as people
 from .config import Settings
 from .db import reader, transaction
 from .errors import MailoutError
-from .issues import Issue, Segment
+from .issues import Issue
 from .links import Links
 from .mailer import Mailer, Tally
 from .models import DeliveryStatus, Dispatch, MailingList
 from .render import Variant, render_variant
+from .segments import Segment
 from .tokens import Signer
 from .transports import make_transport
 

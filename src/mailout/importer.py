@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from . import csvfile
-from .config import MailingList as ListSettings
+from .config import ListSettings
 from .models import (
     ConsentEvent,
     EventKind,

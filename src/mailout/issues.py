@@ -20,19 +20,13 @@ from . import markup, yamlfile
 from .config import LANGUAGE_TAG
 from .errors import IssueError, Problem, Severity, WorkspaceError
 from .paths import display_path
+from .segments import Segment
 from .yamlfile import LineMap
 
 ISSUE_FILE = "issue.yaml"
 #: What an issue's folder may be called. The name is a part of every link to the issue
 #: (see ``links.Links.issue``), so it holds only characters a URL carries as they are.
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-
-
-class Segment(StrEnum):
-    """Who may see what: members see everything, the public only what is not members-only."""
-
-    MEMBER = "member"
-    PUBLIC = "public"
 
 
 class SectionKind(StrEnum):

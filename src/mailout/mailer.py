@@ -30,12 +30,11 @@ from . import outbox
 from . import subscribers as people
 from .config import Settings
 from .errors import MailoutError
-from .headers import one_line
-from .issues import Segment
 from .links import Links
 from .message import Addressing, MessageTemplate, message_id
 from .models import DeliveryStatus, Dispatch, MailingList, utcnow
-from .render import Recipient
+from .render import Recipient, first_name
+from .segments import Segment
 from .tokens import Signer
 from .transports import Connection, PermanentFailure, TemporaryFailure, Transport
 
@@ -86,12 +85,6 @@ class RateLimit:
             self._next = slot + 1.0 / self.per_second
         if slot > now:
             stop.wait(slot - now)
-
-
-def first_name(name: str) -> str:
-    """Return the first word of a full name, for the greeting ("" when there is none)."""
-    words = one_line(name).split()
-    return words[0] if words else ""
 
 
 class Mailer:
@@ -259,7 +252,7 @@ class Mailer:
             with db.begin():
                 return outbox.advance(db, pending, sending)
         # A refusal takes several statements (a bounce suppresses the address too): all or nothing.
-        with outbox.transaction(db):
+        with outbox.atomic(db):
             pending(db)
             return outbox.mark_sending(db, sending) if sending is not None else False
 

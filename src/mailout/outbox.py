@@ -131,7 +131,7 @@ def create_dispatch(
         key=f"mo{secrets.token_hex(8)}",
         issue=issue,
         list_id=lst.id,
-        segment=str(variant.segment),
+        segment=variant.segment,
         subject=variant.subject,
         preheader=variant.preheader,
         html=variant.html,
@@ -184,7 +184,7 @@ def create_dispatch(
 
 def frozen_variant(dispatch: Dispatch) -> Variant:
     """Return the variant exactly as frozen with the dispatch."""
-    from .issues import Segment
+    from .segments import Segment
 
     return Variant(
         slug=dispatch.issue,
@@ -195,8 +195,8 @@ def frozen_variant(dispatch: Dispatch) -> Variant:
         text=dispatch.text,
         tokens=json.loads(dispatch.tokens),
         greeting_fallback=dispatch.greeting_fallback,
-        items_shown=0,
-        items_hidden=0,
+        items_shown=None,
+        items_hidden=None,
     )
 
 
@@ -350,7 +350,7 @@ def loop_connection(engine: Engine) -> Iterator[Connection]:
     each awaited: BEGIN, and COMMIT. In autocommit the statement is one round trip, and it
     is committed, as durable as by any COMMIT, when it returns. On SQLite the connection is
     the usual one: its transactions run in-process. Steps of several statements that must
-    hold together use ``transaction(conn)``.
+    hold together use ``atomic(conn)``.
     """
     with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
@@ -359,7 +359,7 @@ def loop_connection(engine: Engine) -> Iterator[Connection]:
 
 
 @contextmanager
-def transaction(conn: Connection) -> Iterator[None]:
+def atomic(conn: Connection) -> Iterator[None]:
     """Run a block as one transaction, also on a ``loop_connection`` (all or nothing)."""
     autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
     if autocommit:

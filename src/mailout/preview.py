@@ -13,9 +13,10 @@ from pathlib import Path
 
 from .config import Settings
 from .errors import Problem
-from .issues import Issue, Segment
+from .issues import Issue
 from .links import Links
 from .render import Recipient, Variant, private_image_path, private_images, render_issue
+from .segments import Segment
 
 
 @dataclass(frozen=True)

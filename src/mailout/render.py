@@ -31,15 +31,22 @@ from . import markup
 from .config import Settings
 from .errors import Problem, Severity, TemplateError
 from .headers import one_line
-from .issues import Issue, Item, Section, Segment, is_url
+from .issues import Issue, Item, Section, is_url
 from .links import Links, private_picture_path
 from .paths import display_path
+from .segments import Segment
 
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates" / "email"
 #: The per-recipient fields every variant carries, filled by ``Variant.personalize``.
 FIELDS = ("first_name", "unsubscribe_url", "view_url")
 #: A document as text (a variant) or as bytes (its encoded part in a message).
 Doc = TypeVar("Doc", str, bytes)
+
+
+def first_name(name: str) -> str:
+    """Return the first word of a full name, for the greeting ("" when there is none)."""
+    words = one_line(name).split()
+    return words[0] if words else ""
 
 
 @dataclass(frozen=True)
@@ -92,8 +99,10 @@ class Variant:
     text: str
     tokens: Mapping[str, str]
     greeting_fallback: str
-    items_shown: int
-    items_hidden: int
+    #: Items shown and members-only items left out; None for a variant read back from a
+    #: dispatch (``outbox.frozen_variant``), which stores the finished documents only.
+    items_shown: int | None
+    items_hidden: int | None
     warnings: tuple[Problem, ...] = ()
     html_slots: Slots[str] = field(init=False, repr=False, compare=False)
     text_slots: Slots[str] = field(init=False, repr=False, compare=False)

@@ -18,8 +18,7 @@ from sqlalchemy import Connection, String, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from . import outbox
-from .config import LANGUAGE_TAG
-from .config import MailingList as ListSettings
+from .config import LANGUAGE_TAG, ListSettings
 from .errors import MailoutError
 from .models import (
     ConsentEvent,

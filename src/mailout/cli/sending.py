@@ -16,11 +16,11 @@ from .. import dispatching
 from .. import subscribers as people
 from ..dispatching import Ending, Plan, Report, Result, Summary
 from ..errors import MailoutError
-from ..issues import Segment
 from ..links import Links
 from ..mailer import Tally
 from ..message import Addressing, MessageTemplate
 from ..render import Recipient, render_issue
+from ..segments import Segment
 from ..transports import DeliveryFailure, make_transport
 from .state import State, pass_state
 from .terminal import safe

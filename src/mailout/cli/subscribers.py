@@ -9,7 +9,7 @@ import click
 
 from .. import csvfile, unsubmail
 from .. import subscribers as people
-from ..config import MailingList as ListSettings
+from ..config import ListSettings
 from ..db import transaction
 from ..errors import MailoutError
 from ..importer import ImportReport, import_file, sync_paths

@@ -26,12 +26,13 @@ from sqlalchemy.orm import Session
 from .. import archive
 from ..db import reader
 from ..errors import IssueError, MailoutError
-from ..issues import ISSUE_FILE, Issue, Segment, find_issue, is_slug, load_issue
+from ..issues import ISSUE_FILE, Issue, find_issue, is_slug, load_issue
 from ..links import PRIVATE_PICTURES, SampleToken
 from ..models import Dispatch, MailingList, Source, Subscriber
 from ..net import is_loopback
 from ..preview import sample_recipient
 from ..render import private_images, render_issue
+from ..segments import Segment
 from ..subscribers import unsubscribe
 from ..tokens import Purpose
 from . import Mailout
@@ -284,7 +285,7 @@ def public_images(slug: str) -> frozenset[str]:
     prefix = state.links.pictures(slug)
     with session() as s:
         pages = s.scalars(
-            select(Dispatch.html).where(Dispatch.issue == slug, Dispatch.segment == Segment.PUBLIC.value)
+            select(Dispatch.html).where(Dispatch.issue == slug, Dispatch.segment == Segment.PUBLIC)
         ).all()
     names = {name for html in pages for name in archive.images_in(html, prefix)}
     try:
