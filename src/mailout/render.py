@@ -187,12 +187,40 @@ def render_variant(
 ) -> Variant:
     """Render one variant of ``issue`` for ``segment``."""
     env = env or template_environment(settings)
+    # Placeholders no author can type: a fresh random prefix per variant.
     prefix = f"mo{secrets.token_hex(6)}"
     tokens = {f"{prefix}{key.replace('_', '')}": key for key in FIELDS}
-    placeholders = {key: token for token, key in tokens.items()}
     visible = visible_sections(issue, segment)
     shown = sum(len(items) for _, items in visible)
     hidden = sum(len(s.items) for s in issue.sections) - shown
+    context = _template_context(issue, settings, segment, visible, hidden, tokens)
+    mjml_source = _render_template(env, "layout.mjml.j2", context)
+    text = _render_template(env, "layout.txt.j2", context)
+    html_out = _to_html(mjml_source, settings)
+    return Variant(
+        slug=issue.slug,
+        segment=segment,
+        subject=issue.subject,
+        preheader=issue.preheader,
+        html=html_out,
+        text=_tidy_text(text),
+        tokens=tokens,
+        greeting_fallback=settings.newsletter.greeting_fallback,
+        items_shown=shown,
+        items_hidden=hidden,
+        warnings=_variant_warnings(issue, settings, segment, html_out),
+    )
+
+
+def _template_context(
+    issue: Issue,
+    settings: Settings,
+    segment: Segment,
+    visible: list[tuple[Section, tuple[Item, ...]]],
+    hidden: int,
+    tokens: Mapping[str, str],
+) -> dict[str, Any]:
+    """Return what the templates see: the visible sections, the teaser, links and placeholders."""
     teaser = (
         settings.newsletter.members_teaser.format(count=hidden, s="" if hidden == 1 else "s")
         if hidden
@@ -206,7 +234,7 @@ def render_variant(
             return name
         return links.picture(issue.slug, private_image_path(issue, name) if name in private else name)
 
-    context: dict[str, Any] = {
+    return {
         "issue": issue,
         "segment": segment.value,
         "sections": visible,
@@ -216,12 +244,15 @@ def render_variant(
         "newsletter": settings.newsletter,
         "sender": settings.sender,
         "language": issue.language or settings.newsletter.language,
-        "placeholder": placeholders,
+        "placeholder": {key: token for token, key in tokens.items()},
         "asset_url": asset_url,
     }
-    mjml_source = _render_template(env, "layout.mjml.j2", context)
-    text = _render_template(env, "layout.txt.j2", context)
-    html_out = _to_html(mjml_source, settings)
+
+
+def _variant_warnings(
+    issue: Issue, settings: Settings, segment: Segment, html_out: str
+) -> tuple[Problem, ...]:
+    """Return the issue's warnings, plus a missing postal address and a size Gmail would clip."""
     warnings = [*issue.warnings]
     if not settings.newsletter.postal_address:
         warnings.append(
@@ -244,19 +275,7 @@ def render_variant(
                 Severity.WARNING,
             )
         )
-    return Variant(
-        slug=issue.slug,
-        segment=segment,
-        subject=issue.subject,
-        preheader=issue.preheader,
-        html=html_out,
-        text=_tidy_text(text),
-        tokens=tokens,
-        greeting_fallback=settings.newsletter.greeting_fallback,
-        items_shown=shown,
-        items_hidden=hidden,
-        warnings=tuple(warnings),
-    )
+    return tuple(warnings)
 
 
 def private_images(issue: Issue) -> set[str]:
