@@ -12,22 +12,20 @@ on the list but missing from the file.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, and_, bindparam, insert, select, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, and_, insert, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from . import csvfile
+from . import subscribers as people
 from .config import ListSettings
 from .models import (
-    ConsentEvent,
-    EventKind,
     MailingList,
     Source,
     Subscriber,
@@ -169,9 +167,12 @@ def _import_chunk(
         return
     plan = _classify(candidates, _stored(conn, lst, candidates), earlier, lst, report)
     now = utcnow()
-    joining = plan.joining + _insert_people(conn, plan.new_people, now)
-    _subscribe(conn, lst, joining, name, now)
-    _apply_updates(conn, plan.changes, now)
+    new_ids = people.add_many(
+        conn, [people.NewPerson(c.email, c.name, c.organisation, c.language) for c in plan.new_people], now
+    )
+    joining = plan.joining + list(zip(new_ids, plan.new_people, strict=True))
+    people.subscribe_many(conn, lst.id, [(sid, f"{name}:{c.line}") for sid, c in joining], Source.IMPORT, now)
+    people.update_fields_many(conn, plan.changes, now)
 
 
 def _read_rows(rows: list[csvfile.Row], report: ImportReport) -> tuple[dict[str, _Candidate], dict[str, int]]:
@@ -250,8 +251,7 @@ class _Plan:
     new_people: list[_Candidate] = field(default_factory=list)
     #: Stored people who join the list: (subscriber id, the row that brought them).
     joining: list[tuple[int, _Candidate]] = field(default_factory=list)
-    #: Bound parameters for ``_apply_updates``.
-    changes: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[people.FieldChange] = field(default_factory=list)
 
 
 def _classify(
@@ -295,84 +295,7 @@ def _classify(
     return plan
 
 
-def _insert_people(
-    conn: Connection, new_people: list[_Candidate], now: dt.datetime
-) -> list[tuple[int, _Candidate]]:
-    """Insert ``new_people`` in one statement; return each one's new id with its row."""
-    if not new_people:
-        return []
-    inserted = conn.execute(
-        insert(Subscriber).returning(Subscriber.id, Subscriber.email, sort_by_parameter_order=True),
-        [
-            {
-                "email": c.email,
-                "email_key": c.email.lower(),
-                "name": c.name,
-                "organisation": c.organisation,
-                "language": c.language,
-                "status": SubscriberStatus.SUBSCRIBED,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for c in new_people
-        ],
-    ).all()
-    return [(row.id, cand) for row, cand in zip(inserted, new_people, strict=True)]
-
-
-def _subscribe(
-    conn: Connection, lst: MailingList, joining: list[tuple[int, _Candidate]], name: str, now: dt.datetime
-) -> None:
-    """Subscribe each (id, row) to ``lst``, with a consent event naming the file and line."""
-    if not joining:
-        return
-    conn.execute(
-        insert(Subscription),
-        [
-            {
-                "subscriber_id": sid,
-                "list_id": lst.id,
-                "status": SubscriptionStatus.SUBSCRIBED,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for sid, _ in joining
-        ],
-    )
-    conn.execute(
-        insert(ConsentEvent),
-        [
-            {
-                "subscriber_id": sid,
-                "list_id": lst.id,
-                "kind": EventKind.SUBSCRIBED,
-                "source": Source.IMPORT,
-                "detail": f"{name}:{cand.line}",
-                "created_at": now,
-            }
-            for sid, cand in joining
-        ],
-    )
-
-
-def _apply_updates(conn: Connection, changes: list[dict[str, Any]], now: dt.datetime) -> None:
-    """Write the changed names, organisations and languages in one batched statement."""
-    if not changes:
-        return
-    conn.execute(
-        update(Subscriber)
-        .where(Subscriber.id == bindparam("b_id"))
-        .values(
-            name=bindparam("b_name"),
-            organisation=bindparam("b_organisation"),
-            language=bindparam("b_language"),
-            updated_at=now,
-        ),
-        changes,
-    )
-
-
-def _update(stored: Any, cand: _Candidate, *, file_wins: bool) -> dict[str, Any] | None:
+def _update(stored: Any, cand: _Candidate, *, file_wins: bool) -> people.FieldChange | None:
     """Return the update that merges ``cand`` into ``stored``, or None if nothing changes.
 
     With ``file_wins`` the file's non-empty values replace the stored ones; without
@@ -383,7 +306,7 @@ def _update(stored: Any, cand: _Candidate, *, file_wins: bool) -> dict[str, Any]
     new = {key: getattr(first, key) or getattr(second, key) for key in ("name", "organisation", "language")}
     if all(new[key] == getattr(stored, key) for key in new):
         return None
-    return {"b_id": stored.id, **{f"b_{key}": value for key, value in new.items()}}
+    return people.FieldChange(stored.id, new["name"], new["organisation"], new["language"])
 
 
 def _missing(session: Session, lst: MailingList, name: str, report: ImportReport, *, remove: bool) -> None:
@@ -409,26 +332,8 @@ def _missing(session: Session, lst: MailingList, name: str, report: ImportReport
         report.missing_sample += [row.email for row in page][: max(0, 20 - len(report.missing_sample))]
         if not remove:
             continue
-        conn.execute(
-            update(Subscription)
-            .where(Subscription.id == bindparam("b_id"))
-            .values(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now),
-            [{"b_id": row.id} for row in page],
-        )
-        conn.execute(
-            insert(ConsentEvent),
-            [
-                {
-                    "subscriber_id": row.subscriber_id,
-                    "list_id": lst.id,
-                    "kind": EventKind.UNSUBSCRIBED,
-                    "source": Source.SYNC,
-                    "detail": f"not in {name}",
-                    "created_at": now,
-                }
-                for row in page
-            ],
-        )
+        leaving = [(row.id, row.subscriber_id, f"not in {name}") for row in page]
+        people.unsubscribe_many(conn, lst.id, leaving, Source.SYNC, now)
         report.removed += len(page)
 
 

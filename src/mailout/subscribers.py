@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Connection, String, func, insert, select, update
+from sqlalchemy import Connection, String, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from . import outbox
@@ -329,3 +329,143 @@ def list_counts(session: Session) -> list[tuple[str, str, int]]:
     return [(name, str(state), n) for name, state, n in per_list] + [
         ("*", str(state), n) for state, n in overall
     ]
+
+
+# --- in bulk, for the importer -------------------------------------------------------
+# The importer decides what each row of a file does; the statements that write it are
+# here, with every other write of these tables. Each is one batched statement.
+
+
+@dataclass(frozen=True)
+class NewPerson:
+    """A person to add: the cleaned fields of one row of a file."""
+
+    email: str
+    name: str
+    organisation: str
+    language: str
+
+
+def add_many(conn: Connection, people: Sequence[NewPerson], now: dt.datetime) -> list[int]:
+    """Insert ``people`` (subscribed) in one statement; return their new ids, in order."""
+    if not people:
+        return []
+    rows = conn.execute(
+        insert(Subscriber).returning(Subscriber.id, sort_by_parameter_order=True),
+        [
+            {
+                "email": p.email,
+                "email_key": p.email.lower(),
+                "name": p.name,
+                "organisation": p.organisation,
+                "language": p.language,
+                "status": SubscriberStatus.SUBSCRIBED,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for p in people
+        ],
+    ).all()
+    return [row.id for row in rows]
+
+
+def subscribe_many(
+    conn: Connection, list_id: int, joining: Sequence[tuple[int, str]], source: Source, now: dt.datetime
+) -> None:
+    """Subscribe each (subscriber id, detail) to the list, each with its consent event."""
+    if not joining:
+        return
+    conn.execute(
+        insert(Subscription),
+        [
+            {
+                "subscriber_id": sid,
+                "list_id": list_id,
+                "status": SubscriptionStatus.SUBSCRIBED,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for sid, _ in joining
+        ],
+    )
+    _consent_many(conn, list_id, joining, EventKind.SUBSCRIBED, source, now)
+
+
+def update_fields_many(conn: Connection, changes: Sequence[FieldChange], now: dt.datetime) -> None:
+    """Write changed names, organisations and languages in one batched statement."""
+    if not changes:
+        return
+    conn.execute(
+        update(Subscriber)
+        .where(Subscriber.id == bindparam("b_id"))
+        .values(
+            name=bindparam("b_name"),
+            organisation=bindparam("b_organisation"),
+            language=bindparam("b_language"),
+            updated_at=now,
+        ),
+        [
+            {
+                "b_id": c.subscriber_id,
+                "b_name": c.name,
+                "b_organisation": c.organisation,
+                "b_language": c.language,
+            }
+            for c in changes
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    """New values for a stored person's name, organisation and language."""
+
+    subscriber_id: int
+    name: str
+    organisation: str
+    language: str
+
+
+def unsubscribe_many(
+    conn: Connection,
+    list_id: int,
+    leaving: Sequence[tuple[int, int, str]],
+    source: Source,
+    now: dt.datetime,
+) -> None:
+    """End each (subscription id, subscriber id, detail) on the list, each with its consent event."""
+    if not leaving:
+        return
+    conn.execute(
+        update(Subscription)
+        .where(Subscription.id == bindparam("b_id"))
+        .values(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now),
+        [{"b_id": subscription_id} for subscription_id, _, _ in leaving],
+    )
+    _consent_many(
+        conn, list_id, [(sid, detail) for _, sid, detail in leaving], EventKind.UNSUBSCRIBED, source, now
+    )
+
+
+def _consent_many(
+    conn: Connection,
+    list_id: int,
+    events: Sequence[tuple[int, str]],
+    kind: EventKind,
+    source: Source,
+    now: dt.datetime,
+) -> None:
+    conn.execute(
+        insert(ConsentEvent),
+        [
+            {
+                "subscriber_id": sid,
+                "list_id": list_id,
+                "kind": kind,
+                "source": source,
+                "detail": detail,
+                "created_at": now,
+            }
+            for sid, detail in events
+        ],
+    )
