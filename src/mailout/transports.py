@@ -131,11 +131,9 @@ class OutboxConnection:
     def send(self, sender: str, recipient: str, data: bytes) -> Reply:
         """Write the message atomically: a temporary file, fsync, then rename."""
         match = re.search(rb"^Message-ID: <([^>]+)>", data, re.MULTILINE | re.IGNORECASE)
-        stem = match.group(1).decode("ascii", "replace") if match else f"{time.time_ns()}"
-        target = self.folder / eml_name(stem)
-        handle, temporary = tempfile.mkstemp(
-            dir=self.folder, prefix=f"{TEMPORARY}{_stem(stem)}-", suffix=".eml"
-        )
+        stem = _stem(match.group(1).decode("ascii", "replace") if match else f"{time.time_ns()}")
+        target = self.folder / f"{stem}.eml"
+        handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=f"{TEMPORARY}{stem}-", suffix=".eml")
         try:
             with os.fdopen(handle, "wb") as out:
                 out.write(data)
