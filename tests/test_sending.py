@@ -643,6 +643,7 @@ def test_retry_policy_after_a_pause_sends_the_refused_and_never_a_bounce(
     assert code == 3 and "paused" in out, out
     refused = {e for e, s in statuses(sending_workspace).items() if s == "failed"} - {"p9@example.org"}
     assert len(refused) >= 3
+    assert f"{len(refused)} refused by policy (5.7.x): once the cause is fixed," in out
     # The sender domain's SPF record is fixed; the mailbox that does not exist still does not.
     smtp_server.rules.clear()
     smtp_server.answer("p9@example.org", 550, "5.1.1 no such mailbox")

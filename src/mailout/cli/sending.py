@@ -128,9 +128,19 @@ def _adds_up(summary: Summary) -> str:
     )
 
 
+def _print_refused(report: Report) -> None:
+    """Say how many were refused by policy, and how to send them again."""
+    if report.refused:
+        click.echo(
+            f"{report.refused:,} refused by policy (5.7.x): once the cause is fixed,"
+            f" `mailout send {report.issue} --list {report.list} --retry-policy` sends them again"
+        )
+
+
 def _print_ending(result: Result) -> None:
     report = result.report
     click.echo(f"dispatch {report.id}: {_adds_up(report)}")
+    _print_refused(report)
     if report.unknown:
         click.echo(
             f"{len(report.unknown)} in flight when a sending process died (unknown; resend with --resend-unknown):"
@@ -338,14 +348,10 @@ def _print_report(report: Report) -> None:
         click.echo("failures and deferrals by server reply:")
         for failure in report.failures:
             click.echo(f"  {failure.count:>7,}  {safe(failure.reply)}")
-    command = f"mailout send {report.issue} --list {report.list}"
-    if report.refused:
-        click.echo(
-            f"{report.refused:,} refused by policy (5.7.x): once the cause is fixed,"
-            f" `{command} --retry-policy` sends them again"
-        )
+    _print_refused(report)
     if report.unknown:
-        click.echo(f"unknown (in flight when a process died; `{command} --resend-unknown` sends them again):")
+        command = f"mailout send {report.issue} --list {report.list} --resend-unknown"
+        click.echo(f"unknown (in flight when a process died; `{command}` sends them again):")
         for email in report.unknown:
             click.echo(f"  {email}")
 
