@@ -12,7 +12,7 @@ from mailout import dispatching, outbox
 from mailout import subscribers as people
 from mailout.config import Settings, load_settings
 from mailout.db import transaction
-from mailout.dispatching import DispatchExists, DispatchNotFound, DispatchState, Ending
+from mailout.dispatching import DispatchExists, DispatchNotFound, DispatchState, Ending, NothingToResend
 from mailout.issues import Issue, load_issue
 from mailout.mailer import AnotherSender
 from mailout.models import Delivery, DeliveryStatus, Source
@@ -146,6 +146,7 @@ def test_the_report_adds_up(sending_workspace: Path, engine: Engine, smtp_server
     report = dispatching.report(engine, result.report.id)
     assert report == result.report
     assert report.total == sum(report.counts.values()) == 6
+    assert report.done == 6 and report.refused == 1
     assert report.counts == {**{str(s): 0 for s in DeliveryStatus}, "sent": 3, "failed": 3}
     assert [(f.reply, f.count) for f in report.failures] == [
         ("550 5.1.1 no such mailbox", 2),
@@ -178,3 +179,39 @@ def test_a_run_that_leaves_the_last_messages_to_another_process_says_so(
     assert result.ending is Ending.OTHERS
     assert result.report.counts["sent"] == 3 and result.report.counts["claimed"] == 1
     assert [s.id for s in dispatching.unfinished(engine, started.dispatch_id)] == [started.dispatch_id]
+
+
+def test_retry_policy_queues_policy_refusals_only(
+    sending_workspace: Path, engine: Engine, smtp_server: SMTPServer
+) -> None:
+    settings, issue = setup(sending_workspace, engine, 5)
+    with pytest.raises(NothingToResend, match="never sent to 'members'"):
+        dispatching.plan(engine, settings, issue, "members", retry_policy=True)
+    first = send(engine, settings, issue)
+    with pytest.raises(NothingToResend, match=r"has no delivery refused by policy \(5\.7\.x\)"):
+        dispatching.plan(engine, settings, issue, "members", retry_policy=True)
+    failures = {
+        "p0@example.org": "550 5.7.1 SPF check failed",
+        "p1@example.org": "550 5.1.1 no such mailbox",
+        "p2@example.org": "gave up after 3 attempts: 454 4.7.0 throttling",
+        "p3@example.org": "554 5.7.26 unauthenticated: DMARC policy",
+    }
+    with transaction(engine) as session:
+        for address, reply in failures.items():
+            session.execute(
+                update(Delivery)
+                .where(Delivery.email == address)
+                .values(status=DeliveryStatus.FAILED, reply=reply)
+            )
+    assert dispatching.report(engine, first.report.id).refused == 2
+    plan = dispatching.plan(engine, settings, issue, "members", retry_policy=True)
+    assert plan.resume is not None and plan.resume.refused == 2 and plan.resume.finished is not None
+    started = dispatching.start(engine, settings, plan)
+    assert started.retried == 2 and started.requeued == 0
+    done = dispatching.run(engine, settings, started.dispatch_id, Signer.from_secret(settings.secret_key))
+    assert done.ending is Ending.FINISHED
+    assert done.report.counts["sent"] == 3 and done.report.counts["failed"] == 2
+    assert done.report.done == done.report.total == 5
+    received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages)
+    twice = {"p0@example.org", "p3@example.org"}
+    assert received == {f"p{i}@example.org": 2 if f"p{i}@example.org" in twice else 1 for i in range(5)}

@@ -59,3 +59,13 @@ def test_readme_commands_exist() -> None:
         while isinstance(command, click.Group) and words and words[0] in command.commands:
             command = command.commands[words.pop(0)]
         assert not isinstance(command, click.Group), f"'mailout {line}' does not name a command"
+
+
+def test_every_test_named_in_the_reliability_table_exists() -> None:
+    table = (REPO / "docs" / "reliability.md").read_text(encoding="utf-8")
+    named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", table)
+    assert len(named) >= 10
+    for module, test in named:
+        source = (REPO / "tests" / module).read_text(encoding="utf-8")
+        assert re.search(rf"^def {test}\(", source, re.M), f"docs/reliability.md names {module}::{test}"
+    assert "[docs/reliability.md](docs/reliability.md)" in README

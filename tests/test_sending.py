@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from mailout.cli import cli
 from mailout.config import load_settings
 from mailout.db import make_engine, transaction
-from mailout.models import Delivery, Subscriber, SubscriberStatus, Subscription
+from mailout.models import Delivery, Dispatch, Subscriber, SubscriberStatus, Subscription
 from mailout.tokens import Purpose, Signer
 from tests.conftest import SECRET_KEY
 from tests.smtpserver import Received, SMTPServer, tls_available
@@ -525,3 +525,261 @@ def test_status_lists_dispatches_and_shows_one_in_full(
     assert lines[-2:] == ["failures and deferrals by server reply:", "        1  550 5.1.1 no such mailbox"]
     code, out = run("status", "7")
     assert code == 1 and "no dispatch 7" in out
+
+
+# --- sending again: unknown deliveries, policy refusals --------------------------
+
+
+def report_of(dispatch: int = 1) -> dict[str, object]:
+    code, out = run("status", str(dispatch), "--json")
+    assert code == 0, out
+    report: dict[str, object] = json.loads(out)
+    return report
+
+
+def assert_adds_up(report: dict[str, object], total: int) -> None:
+    """A finished dispatch: sent + failed + skipped + unknown = recipients, and nothing else."""
+    counts = report["counts"]
+    assert isinstance(counts, dict)
+    assert report["state"] == "finished", report
+    assert counts["sent"] + counts["failed"] + counts["skipped"] + counts["unknown"] == total
+    assert report["done"] == report["total"] == total
+
+
+def kill_with_one_on_the_wire(workspace: Path, smtp_server: SMTPServer, stalled: str) -> None:
+    """Start a send, kill -9 it while ``stalled``'s message is on the wire, let its heartbeat go stale."""
+    smtp_server.stall(stalled, 60)  # its RCPT TO is answered only long after the kill
+    process = start_send()
+    try:
+        deadline = time.monotonic() + 30
+        while statuses(workspace).get(stalled) != "sending":
+            assert time.monotonic() < deadline, f"{stalled} never went on the wire"
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.stdout.close()  # type: ignore[union-attr]
+    smtp_server.stalls.clear()
+    time.sleep(2.5)  # the dead process's heartbeat goes stale (worker_timeout = 2)
+
+
+def test_resend_unknown_after_kill_9_includes_what_the_dead_process_had_on_the_wire(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    slow_sending(sending_workspace, 50)
+    add_subscribers(sending_workspace, people(40))
+    kill_with_one_on_the_wire(sending_workspace, smtp_server, "p10@example.org")
+    before = statuses(sending_workspace)
+    on_the_wire = {e for e, s in before.items() if s == "sending"}
+    assert "p10@example.org" in on_the_wire
+    code, out = run("send", "2019-01", "--list", "members", "--resend-unknown", "--dry-run")
+    assert code == 0, out
+    assert f"unknown:    {len(on_the_wire)} (may have the message already)" in out, out
+    assert statuses(sending_workspace) == before, "a dry run changes nothing"
+    code, out = run("send", "2019-01", "--list", "members", "--resend-unknown", "--yes")
+    assert code == 0, out
+    assert f"{len(on_the_wire)} unknown deliveries queued again" in out
+    report = report_of()
+    assert report["unknown"] == [], "the same run sent again what the dead process had on the wire"
+    assert_adds_up(report, 40)
+    assert report["counts"]["sent"] == 40  # type: ignore[index]
+    received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages)
+    assert set(received) == {e for e, _ in people(40)}, "nobody is left out"
+    assert received["p10@example.org"] == 1, "stalled before DATA: it had not arrived"
+    assert {e for e, n in received.items() if n > 1} <= on_the_wire, "duplicates only among the unknown"
+
+
+def test_resend_unknown_reopens_a_finished_dispatch_after_kill_9(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    slow_sending(sending_workspace, 50)
+    add_subscribers(sending_workspace, people(30))
+    kill_with_one_on_the_wire(sending_workspace, smtp_server, "p5@example.org")
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0 and "finished" in out, out
+    report = report_of()
+    unknown = report["unknown"]
+    assert isinstance(unknown, list) and "p5@example.org" in unknown
+    assert_adds_up(report, 30)
+    assert f" + {len(unknown)} unknown = 30 recipients" in out, "the ending adds up"
+    code, out = run("status", "1")
+    assert f"0 skipped + {len(unknown)} unknown = 30 recipients" in out, out
+    assert "`mailout send 2019-01 --list members --resend-unknown` sends them again" in out
+    code, out = run("send", "2019-01", "--list", "members", "--resend-unknown", "--dry-run")
+    assert code == 0 and "reopening dispatch 1 of 2019-01 to 'members' (finished " in out, out
+    assert f"unknown:    {len(unknown)} (may have the message already)" in out
+    assert report_of() == report, "a dry run changes nothing"
+    result = CliRunner().invoke(
+        cli, ["send", "2019-01", "--list", "members", "--resend-unknown"], input="n\n"
+    )
+    assert result.exit_code == 1, result.output
+    question = (
+        f"Send again to {len(unknown)} recipients whose delivery is unknown? They may receive it twice."
+    )
+    assert question in result.output
+    assert report_of() == report, "answering no changes nothing"
+    sent_before = len(smtp_server.messages)
+    result = CliRunner().invoke(
+        cli, ["send", "2019-01", "--list", "members", "--resend-unknown"], input="y\n"
+    )
+    assert result.exit_code == 0, result.output
+    after = report_of()
+    assert after["unknown"] == [] and after["counts"]["sent"] == 30  # type: ignore[index]
+    assert_adds_up(after, 30)
+    resent = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages[sent_before:])
+    assert resent == dict.fromkeys(unknown, 1), "only the unknown, once each"
+    code, out = run("send", "2019-01", "--list", "members", "--resend-unknown", "--yes")
+    assert code == 1 and "has no unknown delivery: nothing to send again" in out, out
+
+
+def test_retry_policy_after_a_pause_sends_the_refused_and_never_a_bounce(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    add_subscribers(sending_workspace, people(10))
+    for address, _ in people(9):
+        smtp_server.answer(address, 550, "5.7.1 SPF check failed", times=1)
+    smtp_server.answer("p9@example.org", 550, "5.1.1 no such mailbox")
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 3 and "paused" in out, out
+    refused = {e for e, s in statuses(sending_workspace).items() if s == "failed"} - {"p9@example.org"}
+    assert len(refused) >= 3
+    assert f"{len(refused)} refused by policy (5.7.x): once the cause is fixed," in out
+    # The sender domain's SPF record is fixed; the mailbox that does not exist still does not.
+    smtp_server.rules.clear()
+    smtp_server.answer("p9@example.org", 550, "5.1.1 no such mailbox")
+    code, out = run("send", "2019-01", "--list", "members", "--retry-policy", "--dry-run")
+    assert code == 0 and f"refused:    {len(refused)} by policy (5.7.x)" in out, out
+    assert report_of()["state"] == "paused", "a dry run changes nothing"
+    code, out = run("send", "2019-01", "--list", "members", "--retry-policy", "--yes")
+    assert code == 0, out
+    assert f"{len(refused)} deliveries refused by policy queued again" in out
+    states = statuses(sending_workspace)
+    assert states == {**dict.fromkeys((e for e, _ in people(9)), "sent"), "p9@example.org": "failed"}
+    received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages)
+    assert received == dict.fromkeys((e for e, _ in people(9)), 1)
+    report = report_of()
+    assert_adds_up(report, 10)
+    assert report["refused"] == 0
+    engine = make_engine(load_settings(sending_workspace).database_url())
+    with transaction(engine) as session:
+        bounced = session.scalar(select(Subscriber.status).where(Subscriber.email == "p9@example.org"))
+    engine.dispose()
+    assert bounced is SubscriberStatus.BOUNCED, "a 5.1.x stays failed and suppressed"
+    code, out = run("send", "2019-01", "--list", "members", "--retry-policy", "--yes")
+    assert code == 1 and "no delivery refused by policy (5.7.x)" in out, out
+
+
+def test_retry_policy_reopens_a_finished_dispatch_after_asking(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    config = sending_workspace / "mailout.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("policy_failures_pause = 3", "policy_failures_pause = 50"),
+        encoding="utf-8",
+    )
+    add_subscribers(sending_workspace, people(8))
+    for address in ("p1@example.org", "p4@example.org", "p6@example.org"):
+        smtp_server.answer(address, 554, "5.7.1 message refused by policy", times=1)
+    smtp_server.answer("p2@example.org", 550, "5.1.1 no such mailbox")
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0 and "4 sent + 4 failed + 0 skipped + 0 unknown = 8 recipients" in out, out
+    code, out = run("status", "1")
+    assert "3 refused by policy (5.7.x): once the cause is fixed," in out, out
+    assert "`mailout send 2019-01 --list members --retry-policy` sends them again" in out
+    report = report_of()
+    assert report["refused"] == 3
+    assert_adds_up(report, 8)
+    code, out = run("send", "2019-01", "--list", "members", "--again", "--retry-policy")
+    assert code == 2 and "--again writes a new dispatch" in out, out
+    result = CliRunner().invoke(cli, ["send", "2019-01", "--list", "members", "--retry-policy"], input="n\n")
+    assert result.exit_code == 1 and "Send again to 3 recipients refused by policy (5.7.x)?" in result.output
+    assert report_of() == report, "answering no changes nothing"
+    result = CliRunner().invoke(cli, ["send", "2019-01", "--list", "members", "--retry-policy"], input="y\n")
+    assert result.exit_code == 0, result.output
+    assert "7 sent + 1 failed + 0 skipped + 0 unknown = 8 recipients" in result.output
+    received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages)
+    assert received == {e: 1 for e, _ in people(8) if e != "p2@example.org"}
+    after = report_of()
+    assert after["refused"] == 0 and after["failures"] == [{"reply": "550 5.1.1 no such mailbox", "count": 1}]
+    assert_adds_up(after, 8)
+
+
+# --- the local outbox knows what was written --------------------------------------
+
+
+def use_the_outbox(workspace: Path, rate: int = 0) -> Path:
+    """Send to the local outbox folder instead of the SMTP server; return the folder."""
+    config = workspace / "mailout.toml"
+    text = config.read_text(encoding="utf-8").replace('host = "127.0.0.1"', 'host = ""')
+    if rate:
+        text = text.replace("concurrency = 2", f"concurrency = 3\nrate_limit = {rate}")
+    config.write_text(text, encoding="utf-8")
+    return workspace / "outbox"
+
+
+def written(folder: Path) -> collections.Counter[str]:
+    """Count the complete messages in the outbox per recipient."""
+    return collections.Counter(
+        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)["To"].addresses[0].addr_spec
+        for path in folder.glob("*.eml")
+        if not path.name.startswith(".")  # a temporary file, not a message
+    )
+
+
+def test_the_outbox_settles_what_a_killed_send_left_on_the_wire(sending_workspace: Path) -> None:
+    folder = use_the_outbox(sending_workspace)
+    add_subscribers(sending_workspace, people(6))
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0, out
+    # As a process killed at the two moments that matter leaves it: p1's file complete,
+    # not recorded yet; p3's still a temporary file. p4 claimed, p5 waiting.
+    engine = make_engine(load_settings(sending_workspace).database_url())
+    with transaction(engine) as session:
+        ids = dict(session.execute(select(Delivery.email, Delivery.id)).all())
+        key = session.scalar(select(Dispatch.key))
+        for address, status in [("p1", "sending"), ("p3", "sending"), ("p4", "claimed"), ("p5", "queued")]:
+            session.execute(
+                update(Delivery)
+                .where(Delivery.email == f"{address}@example.org")
+                .values(status=status, worker="gone:4744:abc" if status != "queued" else "")
+            )
+        session.execute(update(Dispatch).values(finished_at=None))
+    engine.dispose()
+    for address in ("p3", "p4", "p5"):
+        (folder / f"{key}.{ids[f'{address}@example.org']}_efus.example.eml").unlink()
+    leftover = folder / f".tmp-{key}.{ids['p3@example.org']}_efus.example-x1y2z3.eml"
+    leftover.write_bytes(b"Message-ID: <half")
+    assert written(folder) == dict.fromkeys(("p0@example.org", "p1@example.org", "p2@example.org"), 1)
+    code, out = run("send", "2019-01", "--list", "members", "--resend-unknown", "--dry-run")
+    assert code == 0 and "unknown:    0 " in out, "the outbox knows: nothing is unknown"
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0, out
+    assert not leftover.exists() and not list(folder.glob(".tmp-*")), "the temporary file is cleaned up"
+    assert written(folder) == {e: 1 for e, _ in people(6)}, "p1 kept its one file; p3, p4, p5 got theirs"
+    report = report_of()
+    assert report["unknown"] == [] and report["counts"]["sent"] == 6  # type: ignore[index]
+    assert_adds_up(report, 6)
+    assert statuses(sending_workspace) == {e: "sent" for e, _ in people(6)}
+
+
+def test_kill_9_of_a_send_into_the_outbox_leaves_nothing_unknown(sending_workspace: Path) -> None:
+    folder = use_the_outbox(sending_workspace)
+    add_subscribers(sending_workspace, people(400))
+    process = start_send()
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(folder.glob("[!.]*.eml"))) < 50:
+            assert time.monotonic() < deadline and process.poll() is None, "the send ended too soon"
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.stdout.close()  # type: ignore[union-attr]
+    time.sleep(2.5)  # the dead process's heartbeat goes stale (worker_timeout = 2)
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0, out
+    report = report_of()
+    assert report["unknown"] == [], "the outbox never produces unknown"
+    assert_adds_up(report, 400)
+    assert not list(folder.glob(".tmp-*"))
+    assert written(folder) == {e: 1 for e, _ in people(400)}, "everyone exactly once"

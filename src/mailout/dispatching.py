@@ -5,7 +5,8 @@ The command line, the web side and a scheduler all go through these steps::
     plan(issue, list)   what a send would do: resume a dispatch, or write a new one
                         (variant, recipients, sender, transport, warnings); writes nothing
     start(plan)         do it: write the dispatch and its deliveries, or take up the
-                        unfinished one (lifting its pause, queueing its unknowns again)
+                        planned one (lifting its pause; when asked, queueing again its
+                        unknown deliveries or its policy refusals, finished or not)
     run(dispatch)       send until finished, paused or stopped; return its report
 
 and ``overview()``, ``report(dispatch)`` and ``unfinished()`` say where dispatches
@@ -31,12 +32,12 @@ from .db import reader, transaction
 from .errors import MailoutError
 from .issues import Issue
 from .links import Links
-from .mailer import Mailer, Tally
-from .models import DeliveryStatus, Dispatch, MailingList
+from .mailer import Mailer, Tally, delivery_message_id, settle_in_flight
+from .models import FINAL, DeliveryStatus, Dispatch, MailingList
 from .render import Variant, render_variant
 from .segments import Segment
 from .tokens import Signer
-from .transports import make_transport
+from .transports import Transport, enhanced_status, make_transport
 
 #: How many dispatches ``overview`` shows.
 RECENT = 20
@@ -48,6 +49,10 @@ class DispatchExists(MailoutError):
 
 class DispatchNotFound(MailoutError):
     """No dispatch has this number."""
+
+
+class NothingToResend(MailoutError):
+    """A send was asked to send again to unknown or refused deliveries, and there are none."""
 
 
 class DispatchState(StrEnum):
@@ -67,15 +72,25 @@ class Ending(StrEnum):
     OTHERS = "others"  # nothing left for this process: other processes send the last messages
 
 
+#: The RFC 3463 class of a refusal for a reason of the sender's (SPF, DKIM, reputation).
+POLICY = "5.7."
+
+
 @dataclass(frozen=True)
 class Resume:
-    """The unfinished dispatch that a send takes up instead of writing a new one."""
+    """The dispatch that a send takes up instead of writing a new one."""
 
     dispatch_id: int
     paused_reason: str
-    #: Deliveries in flight when a process died; ``resend_unknown`` queues them again.
+    #: Deliveries whose message may or may not have arrived: ``unknown`` ones, and those
+    #: that dead processes left on the wire (unless the transport knows what became of them).
     unknown: int
     resend_unknown: bool
+    #: Deliveries that failed with a policy refusal (5.7.x); ``retry_policy`` queues them again.
+    refused: int = 0
+    retry_policy: bool = False
+    #: When it finished; a finished dispatch is taken up only to send again what was asked.
+    finished: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +123,8 @@ class Started:
     unpaused: str = ""
     #: Unknown deliveries queued again.
     requeued: int = 0
+    #: Policy refusals queued again.
+    retried: int = 0
 
 
 @dataclass(frozen=True)
@@ -132,6 +149,8 @@ class Summary:
     state: DispatchState
     total: int
     counts: dict[str, int]
+    #: Deliveries with nothing more to come: sent + failed + skipped + unknown (= total once finished).
+    done: int
     seconds: float
     rate: float
     paused_reason: str
@@ -143,6 +162,8 @@ class Report(Summary):
 
     failures: list[Failure] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
+    #: Failed deliveries refused for a policy reason (5.7.x): ``send --retry-policy`` retries them.
+    refused: int = 0
 
 
 @dataclass(frozen=True)
@@ -164,15 +185,17 @@ def plan(
     *,
     again: bool = False,
     resend_unknown: bool = False,
+    retry_policy: bool = False,
 ) -> Plan:
     """Say what sending ``issue`` to ``list_name`` would do, writing nothing but the list's settings.
 
-    An unfinished dispatch of the issue to the list is resumed; so is a finished one with
-    unknown deliveries when ``resend_unknown`` asks for them. Otherwise a finished dispatch
-    raises ``DispatchExists`` unless ``again``.
+    An unfinished dispatch of the issue to the list is resumed; so is a finished one when
+    ``resend_unknown`` or ``retry_policy`` asks for deliveries it has. Otherwise a finished
+    dispatch raises ``DispatchExists`` unless ``again``; asking to send again what a
+    dispatch does not have raises ``NothingToResend``.
     """
     list_settings = settings.mailing_list(list_name)
-    transport = make_transport(settings).description
+    transport = make_transport(settings)
     warnings = []
     base = Links(settings).base
     if settings.smtp.host and not base.startswith("https://"):
@@ -183,24 +206,65 @@ def plan(
     with transaction(engine) as session:
         lst = people.ensure_list(session, list_settings)
         newest = outbox.find_dispatch(session, issue.slug, lst)
-        unknown = len(outbox.unknown_deliveries(session, newest.id)) if newest else 0
+        unknown = _unknown(session, settings, transport, newest) if newest else 0
+        refused = len(_policy_refusals(session, newest.id)) if newest else 0
         recipients = outbox.count_recipients(session, lst)
     found = Plan(
         issue=issue.slug,
         list_name=lst.name,
         list_description=lst.description,
         sender=f"{settings.sender.name} <{settings.sender.address}>",
-        transport=transport,
+        transport=transport.description,
         warnings=tuple(warnings),
         previous=newest.id if newest else None,
     )
-    if newest is not None and (newest.finished_at is None or (resend_unknown and unknown)):
-        return replace(found, resume=Resume(newest.id, newest.paused_reason, unknown, resend_unknown))
+    asked = bool((resend_unknown and unknown) or (retry_policy and refused))
+    if newest is not None and (newest.finished_at is None or asked):
+        finished = outbox.as_utc(newest.finished_at) if newest.finished_at else None
+        resume = Resume(
+            newest.id, newest.paused_reason, unknown, resend_unknown, refused, retry_policy, finished
+        )
+        return replace(found, resume=resume)
+    if resend_unknown or retry_policy:
+        raise _nothing_to_resend(
+            issue.slug, lst, newest, resend_unknown=resend_unknown, retry_policy=retry_policy
+        )
     if newest is not None and not again:
         raise _exists(newest, lst)
     # Rendered once the plan is sure to need it, outside the transaction: it takes a while.
     variant = render_variant(issue, settings, Segment(list_settings.segment))
     return replace(found, variant=variant, recipients=recipients)
+
+
+def _unknown(session: Session, settings: Settings, transport: Transport, dispatch: Dispatch) -> int:
+    """Count the deliveries whose message may have arrived or not, as ``recover`` will leave them."""
+    stranded = outbox.in_flight_of_dead(session.connection(), dispatch.id, settings.sending.worker_timeout)
+    unsettled = [d for d in stranded if transport.delivered(delivery_message_id(dispatch, d)) is None]
+    return len(outbox.unknown_deliveries(session, dispatch.id)) + len(unsettled)
+
+
+def _policy_refusals(session: Session, dispatch_id: int) -> list[int]:
+    """Return the ids of the deliveries that failed with a policy refusal (5.7.x), never others."""
+    return [
+        delivery_id
+        for delivery_id, reply in outbox.failed_deliveries(session, dispatch_id)
+        if enhanced_status(reply).startswith(POLICY)
+    ]
+
+
+def _nothing_to_resend(
+    issue: str, lst: MailingList, dispatch: Dispatch | None, *, resend_unknown: bool, retry_policy: bool
+) -> NothingToResend:
+    if dispatch is None:
+        return NothingToResend(f"{issue} was never sent to '{lst.name}': there is nothing to send again")
+    asked = [
+        *(["no unknown delivery"] if resend_unknown else []),
+        *(["no delivery refused by policy (5.7.x)"] if retry_policy else []),
+    ]
+    return NothingToResend(
+        f"dispatch {dispatch.id} of {issue} to '{lst.name}' has {' and '.join(asked)}: nothing to send again"
+        " (--again sends the issue to everyone once more)"
+    )
 
 
 def _exists(dispatch: Dispatch, lst: MailingList) -> DispatchExists:
@@ -219,7 +283,8 @@ def _exists(dispatch: Dispatch, lst: MailingList) -> DispatchExists:
 def start(engine: Engine, settings: Settings, plan: Plan) -> Started:
     """Do what ``plan`` says: write the new dispatch with its deliveries, or take up the planned one.
 
-    Taking one up lifts its pause and, when asked, queues its unknown deliveries again.
+    Taking one up lifts its pause and, when asked, queues its unknown deliveries (after
+    taking over from dead processes) or its policy refusals again.
     Raises ``DispatchExists`` when another dispatch of the issue to the list was written
     since the plan.
     """
@@ -227,7 +292,7 @@ def start(engine: Engine, settings: Settings, plan: Plan) -> Started:
         lst = people.ensure_list(session, settings.mailing_list(plan.list_name))
         newest = outbox.find_dispatch(session, plan.issue, lst, lock=True)
         if plan.resume is not None:
-            return _resume(session, plan.resume)
+            return _resume(session, settings, plan.resume)
         if newest is not None and newest.id != plan.previous:
             raise _exists(newest, lst)
         assert plan.variant is not None, "a plan that resumes nothing carries the variant to send"
@@ -238,7 +303,7 @@ def start(engine: Engine, settings: Settings, plan: Plan) -> Started:
         return Started(dispatch.id, dispatch.total, created=True)
 
 
-def _resume(session: Session, resume: Resume) -> Started:
+def _resume(session: Session, settings: Settings, resume: Resume) -> Started:
     found = outbox.dispatch_with_list(session, resume.dispatch_id)
     if found is None:
         raise DispatchNotFound(f"dispatch {resume.dispatch_id} is gone since it was planned")
@@ -246,8 +311,20 @@ def _resume(session: Session, resume: Resume) -> Started:
     unpaused = dispatch.paused_reason
     if unpaused:
         outbox.unpause(session, dispatch.id)
-    requeued = outbox.resend_unknown(session, dispatch.id) if resume.resend_unknown else 0
-    return Started(dispatch.id, dispatch.total, created=False, unpaused=unpaused, requeued=requeued)
+    requeued = retried = 0
+    if resume.resend_unknown:
+        # Take over from dead processes first: what they left on the wire becomes unknown
+        # now (or, with the local outbox, sent or queued), and is queued with the rest.
+        # Left to the sending process, that would happen only after this requeue.
+        settle = settle_in_flight(make_transport(settings), dispatch)
+        outbox.recover(session.connection(), dispatch.id, settings.sending.worker_timeout, settle)
+        requeued = outbox.resend_unknown(session, dispatch.id)
+    if resume.retry_policy:
+        refused = _policy_refusals(session, dispatch.id)
+        retried = outbox.requeue(session, dispatch.id, refused, DeliveryStatus.FAILED)
+    return Started(
+        dispatch.id, dispatch.total, created=False, unpaused=unpaused, requeued=requeued, retried=retried
+    )
 
 
 def run(
@@ -294,6 +371,7 @@ def run(
 
 def _summary(session: Session, dispatch: Dispatch, lst: MailingList) -> Summary:
     counts = {str(status): n for status, n in outbox.counts(session, dispatch.id).items()}
+    done = sum(counts[status] for status in FINAL)
     created = outbox.as_utc(dispatch.created_at)
     finished = outbox.as_utc(dispatch.finished_at) if dispatch.finished_at else None
     seconds = ((finished or dt.datetime.now(dt.UTC)) - created).total_seconds()
@@ -312,6 +390,7 @@ def _summary(session: Session, dispatch: Dispatch, lst: MailingList) -> Summary:
         state=state,
         total=dispatch.total,
         counts=counts,
+        done=done,
         seconds=round(seconds, 1),
         rate=round(counts[DeliveryStatus.SENT] / seconds, 2) if seconds > 0 else 0.0,
         paused_reason=dispatch.paused_reason,
@@ -333,7 +412,8 @@ def report(engine: Engine, dispatch_id: int) -> Report:
         summary = _summary(session, *found)
         failures = [Failure(r, n) for r, n in outbox.failure_replies(session, dispatch_id)]
         unknown = [email for _, email in outbox.unknown_deliveries(session, dispatch_id)]
-    return Report(**vars(summary), failures=failures, unknown=unknown)
+        refused = len(_policy_refusals(session, dispatch_id))
+    return Report(**vars(summary), failures=failures, unknown=unknown, refused=refused)
 
 
 def unfinished(engine: Engine, dispatch_id: int | None = None) -> list[Summary]:

@@ -87,6 +87,28 @@ class RateLimit:
             stop.wait(slot - now)
 
 
+def delivery_message_id(dispatch: Dispatch, delivery_id: int) -> str:
+    """Return the Message-ID of a delivery's message (the same at every attempt)."""
+    return message_id(dispatch.key, delivery_id, Addressing(dispatch.from_name, dispatch.from_address).domain)
+
+
+def settle_in_flight(transport: Transport, dispatch: Dispatch) -> Callable[[int], bool | None]:
+    """Return how ``outbox.recover`` asks the transport about a delivery a dead process left sending.
+
+    The answer is whether its message was delivered, or None when the transport cannot
+    know (SMTP). What is left of a message that was not delivered is removed.
+    """
+
+    def settle(delivery_id: int) -> bool | None:
+        message = delivery_message_id(dispatch, delivery_id)
+        delivered = transport.delivered(message)
+        if delivered is False:
+            transport.discard(message)
+        return delivered
+
+    return settle
+
+
 class Mailer:
     """Sends one dispatch until it is finished, paused or stopped."""
 
@@ -131,7 +153,8 @@ class Mailer:
         """Register this process; take over from dead ones. Returns (requeued, unknown)."""
         timeout = self.settings.sending.worker_timeout
         with self.engine.begin() as conn:
-            recovered = outbox.recover(conn, self.dispatch.id, timeout)
+            settle = settle_in_flight(self.transport, self.dispatch)
+            recovered = outbox.recover(conn, self.dispatch.id, timeout, settle)
             others = outbox.live_workers(conn, self.dispatch.id, timeout)
             if others and self.engine.dialect.name == "sqlite":
                 raise AnotherSender(

@@ -12,7 +12,9 @@ Each step is committed before the next message goes on the same connection,
 so a process killed at any moment leaves at most one ``sending`` delivery per
 connection: those become ``unknown`` (never resent unless asked), while its
 ``claimed`` deliveries go back to ``queued``. A process is known dead when its
-heartbeat in ``workers`` is older than ``sending.worker_timeout``.
+heartbeat in ``workers`` is older than ``sending.worker_timeout``. A transport
+that can tell whether a message was delivered (the local outbox: its file is
+there or not) settles a ``sending`` delivery as ``sent`` or ``queued`` instead.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -295,11 +297,8 @@ def live_workers(conn: Connection, dispatch_id: int, timeout: float) -> list[str
     )
 
 
-def recover(conn: Connection, dispatch_id: int, timeout: float) -> tuple[int, int]:
-    """Take over from dead workers: claimed go back to queued, sending become unknown.
-
-    Returns how many deliveries were requeued and how many became unknown.
-    """
+def _orphans(conn: Connection, dispatch_id: int, timeout: float) -> tuple[list[str], ColumnElement[bool]]:
+    """Return the dead workers of the dispatch, and what selects the deliveries they left behind."""
     cutoff = utcnow() - dt.timedelta(seconds=timeout)
     dead = list(
         conn.scalars(select(Worker.id).where(Worker.dispatch_id == dispatch_id, Worker.heartbeat_at < cutoff))
@@ -309,12 +308,57 @@ def recover(conn: Connection, dispatch_id: int, timeout: float) -> tuple[int, in
     orphan = and_(
         Delivery.dispatch_id == dispatch_id, or_(Delivery.worker.in_(dead), Delivery.worker.not_in(alive))
     )
+    return dead, orphan
+
+
+def in_flight_of_dead(conn: Connection, dispatch_id: int, timeout: float) -> list[int]:
+    """Return the ids of the deliveries that dead workers left ``sending`` (``recover`` settles them)."""
+    _, orphan = _orphans(conn, dispatch_id, timeout)
+    return list(
+        conn.scalars(
+            select(Delivery.id).where(orphan, Delivery.status == DeliveryStatus.SENDING).order_by(Delivery.id)
+        )
+    )
+
+
+def recover(
+    conn: Connection,
+    dispatch_id: int,
+    timeout: float,
+    settle: Callable[[int], bool | None] | None = None,
+) -> tuple[int, int]:
+    """Take over from dead workers: claimed go back to queued, sending become unknown.
+
+    ``settle`` answers, for a delivery that was ``sending``, whether its message was
+    delivered, when the transport can know (the local outbox; None when it cannot): then
+    it becomes ``sent`` or ``queued`` instead of ``unknown``.
+    Returns how many deliveries were requeued and how many became unknown.
+    """
+    dead, orphan = _orphans(conn, dispatch_id, timeout)
     now = utcnow()
     requeued = conn.execute(
         update(Delivery)
         .where(orphan, Delivery.status == DeliveryStatus.CLAIMED)
         .values(status=DeliveryStatus.QUEUED, worker="", updated_at=now)
     ).rowcount
+    if settle is not None:
+        for delivery_id in in_flight_of_dead(conn, dispatch_id, timeout):
+            delivered = settle(delivery_id)
+            if delivered is None:
+                continue
+            if delivered:
+                reply = "delivered; its sending process stopped before recording it"
+                conn.execute(
+                    update(Delivery)
+                    .where(Delivery.id == delivery_id)
+                    .values(status=DeliveryStatus.SENT, reply=reply, updated_at=now)
+                )
+            else:
+                requeued += conn.execute(
+                    update(Delivery)
+                    .where(Delivery.id == delivery_id)
+                    .values(status=DeliveryStatus.QUEUED, worker="", updated_at=now)
+                ).rowcount
     unknown = conn.execute(
         update(Delivery)
         .where(orphan, Delivery.status == DeliveryStatus.SENDING)
@@ -566,13 +610,28 @@ def resend_unknown(conn: Connection | Session, dispatch_id: int) -> int:
 
     A finished dispatch is open again when any were queued: it finishes when they are sent.
     """
-    queued = int(
-        conn.execute(
-            update(Delivery)
-            .where(Delivery.dispatch_id == dispatch_id, Delivery.status == DeliveryStatus.UNKNOWN)
-            .values(status=DeliveryStatus.QUEUED, worker="", updated_at=utcnow())
-        ).rowcount  # type: ignore[attr-defined]
-    )
+    ids = [delivery_id for delivery_id, _ in unknown_deliveries(conn, dispatch_id)]
+    return requeue(conn, dispatch_id, ids, DeliveryStatus.UNKNOWN)
+
+
+def requeue(conn: Connection | Session, dispatch_id: int, ids: Sequence[int], status: DeliveryStatus) -> int:
+    """Queue these deliveries again if they are still in ``status``; return how many were.
+
+    A finished dispatch is open again when any were queued: it finishes when they are sent.
+    """
+    queued = 0
+    for start in range(0, len(ids), 500):  # keep within the database's limit of parameters
+        queued += int(
+            conn.execute(
+                update(Delivery)
+                .where(
+                    Delivery.dispatch_id == dispatch_id,
+                    Delivery.id.in_(ids[start : start + 500]),
+                    Delivery.status == status,
+                )
+                .values(status=DeliveryStatus.QUEUED, worker="", next_attempt_at=None, updated_at=utcnow())
+            ).rowcount  # type: ignore[attr-defined]
+        )
     if queued:
         conn.execute(update(Dispatch).where(Dispatch.id == dispatch_id).values(finished_at=None))
     return queued
@@ -632,5 +691,14 @@ def unknown_deliveries(conn: Connection | Session, dispatch_id: int) -> Sequence
     return conn.execute(
         select(Delivery.id, Delivery.email)
         .where(Delivery.dispatch_id == dispatch_id, Delivery.status == DeliveryStatus.UNKNOWN)
+        .order_by(Delivery.id)
+    ).all()
+
+
+def failed_deliveries(conn: Connection | Session, dispatch_id: int) -> Sequence[tuple[int, str]]:
+    """Return (id, server reply) of every ``failed`` delivery, in id order."""
+    return conn.execute(
+        select(Delivery.id, Delivery.reply)
+        .where(Delivery.dispatch_id == dispatch_id, Delivery.status == DeliveryStatus.FAILED)
         .order_by(Delivery.id)
     ).all()

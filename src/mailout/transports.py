@@ -44,8 +44,13 @@ class DeliveryFailure(MailoutError):
     @property
     def enhanced(self) -> str:
         """Return the RFC 3463 status code (``5.1.1``) the reply starts with, if any."""
-        match = re.match(r"\s*([245]\.\d{1,3}\.\d{1,3})", self.text)
-        return match.group(1) if match else ""
+        return enhanced_status(self.text)
+
+
+def enhanced_status(reply: str) -> str:
+    """Return the RFC 3463 status code of a reply (``550 5.7.1 ...`` or ``5.7.1 ...``), or ""."""
+    match = re.match(r"\s*(?:[245]\d\d[ -])?\s*([245]\.\d{1,3}\.\d{1,3})\b", reply)
+    return match.group(1) if match else ""
 
 
 class TemporaryFailure(DeliveryFailure):
@@ -67,12 +72,25 @@ class Transport(Protocol):
 
     def connect(self) -> Connection: ...
 
+    def delivered(self, message_id: str) -> bool | None:
+        """Tell whether the message with this Message-ID was delivered; None when it cannot be known."""
+        ...
+
+    def discard(self, message_id: str) -> None:
+        """Remove what a dead process left of a message that was not delivered."""
+        ...
+
 
 # --- the local outbox -----------------------------------------------------------
 
 
 class OutboxTransport:
-    """Writes each message as an .eml file that any mail program opens."""
+    """Writes each message as an .eml file that any mail program opens.
+
+    A message is written to a temporary file named after its Message-ID, then renamed
+    to its final name, also from the Message-ID: so the folder alone says whether a
+    message was delivered, and a temporary file left by a killed process is not a delivery.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -82,6 +100,29 @@ class OutboxTransport:
         self.folder.mkdir(parents=True, exist_ok=True)
         return OutboxConnection(self.folder)
 
+    def delivered(self, message_id: str) -> bool:
+        """Tell whether the message's final .eml file is in the outbox."""
+        return (self.folder / eml_name(message_id)).exists()
+
+    def discard(self, message_id: str) -> None:
+        """Remove the temporary files of the message that a killed process left behind."""
+        for leftover in self.folder.glob(f"{TEMPORARY}{_stem(message_id)}-*.eml"):
+            leftover.unlink(missing_ok=True)
+
+
+#: How the name of a message's file starts while it is being written.
+TEMPORARY = ".tmp-"
+
+
+def _stem(message_id: str) -> str:
+    """Return the part of the file names that comes from the Message-ID (no brackets)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", message_id.strip("<>"))[:150]
+
+
+def eml_name(message_id: str) -> str:
+    """Return the name of the outbox file of the message with this Message-ID."""
+    return f"{_stem(message_id)}.eml"
+
 
 class OutboxConnection:
     def __init__(self, folder: Path) -> None:
@@ -90,10 +131,9 @@ class OutboxConnection:
     def send(self, sender: str, recipient: str, data: bytes) -> Reply:
         """Write the message atomically: a temporary file, fsync, then rename."""
         match = re.search(rb"^Message-ID: <([^>]+)>", data, re.MULTILINE | re.IGNORECASE)
-        stem = match.group(1).decode("ascii", "replace") if match else f"{time.time_ns()}"
-        name = re.sub(r"[^A-Za-z0-9._-]", "_", stem)[:150] + ".eml"
-        target = self.folder / name
-        handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".eml")
+        stem = _stem(match.group(1).decode("ascii", "replace") if match else f"{time.time_ns()}")
+        target = self.folder / f"{stem}.eml"
+        handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=f"{TEMPORARY}{stem}-", suffix=".eml")
         try:
             with os.fdopen(handle, "wb") as out:
                 out.write(data)
@@ -129,6 +169,13 @@ class SmtpTransport:
 
     def connect(self) -> SmtpConnection:
         return SmtpConnection(self.settings)
+
+    def delivered(self, message_id: str) -> None:
+        """Say that it cannot be known: a server that got the final "." may have the message or not."""
+        return None
+
+    def discard(self, message_id: str) -> None:
+        """Do nothing: nothing of the message is left on this side."""
 
 
 class SmtpConnection:

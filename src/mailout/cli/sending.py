@@ -19,6 +19,7 @@ from ..errors import MailoutError
 from ..links import Links
 from ..mailer import Tally
 from ..message import Addressing, MessageTemplate
+from ..models import FINAL
 from ..render import Recipient, render_issue
 from ..segments import Segment
 from ..transports import DeliveryFailure, make_transport
@@ -116,10 +117,30 @@ def _run(state: State, dispatch_id: int, total: int) -> None:
         raise click.exceptions.Exit(NOT_FINISHED)
 
 
+def _adds_up(summary: Summary) -> str:
+    """Return the sum of the final states, which is the number of recipients once finished."""
+    counts = summary.counts
+    line = " + ".join(f"{counts[status]:,} {status}" for status in FINAL)
+    if summary.done == summary.total:
+        return f"{line} = {summary.total:,} recipients"
+    return (
+        f"{line} = {summary.done:,} of {summary.total:,} recipients ({summary.total - summary.done:,} to go)"
+    )
+
+
+def _print_refused(report: Report) -> None:
+    """Say how many were refused by policy, and how to send them again."""
+    if report.refused:
+        click.echo(
+            f"{report.refused:,} refused by policy (5.7.x): once the cause is fixed,"
+            f" `mailout send {report.issue} --list {report.list} --retry-policy` sends them again"
+        )
+
+
 def _print_ending(result: Result) -> None:
     report = result.report
-    line = ", ".join(f"{n:,} {status}" for status, n in report.counts.items() if n)
-    click.echo(f"dispatch {report.id}: {line or 'no recipients'} (of {report.total:,})")
+    click.echo(f"dispatch {report.id}: {_adds_up(report)}")
+    _print_refused(report)
     if report.unknown:
         click.echo(
             f"{len(report.unknown)} in flight when a sending process died (unknown; resend with --resend-unknown):"
@@ -133,9 +154,7 @@ def _print_ending(result: Result) -> None:
     elif result.ending is Ending.OTHERS:
         click.echo("other processes are sending the last messages; `mailout status` follows them")
     else:
-        counts = report.counts
-        done = counts["sent"] + counts["failed"] + counts["skipped"] + counts["unknown"]
-        click.echo(f"paused at {done:,} of {report.total:,}; run the same command to resume")
+        click.echo(f"paused at {report.done:,} of {report.total:,}; run the same command to resume")
 
 
 def _print_plan(plan: Plan) -> None:
@@ -157,10 +176,38 @@ def _print_plan(plan: Plan) -> None:
 def _print_resume(plan: Plan) -> None:
     resume = plan.resume
     assert resume is not None
-    if resume.paused_reason:
+    if resume.finished:
+        when = resume.finished.strftime("%Y-%m-%d %H:%M UTC")
+        click.echo(
+            f"reopening dispatch {resume.dispatch_id} of {plan.issue} to '{plan.list_name}' (finished {when})"
+        )
+    elif resume.paused_reason:
         click.echo(f"resuming dispatch {resume.dispatch_id} (it was paused: {resume.paused_reason})")
     else:
         click.echo(f"resuming dispatch {resume.dispatch_id} of {plan.issue} to '{plan.list_name}'")
+    if resume.resend_unknown:
+        click.echo(f"unknown:    {resume.unknown:,} (may have the message already)")
+    if resume.retry_policy:
+        click.echo(f"refused:    {resume.refused:,} by policy (5.7.x)")
+
+
+def _resend_questions(plan: Plan) -> list[str]:
+    """Return the questions to ask before sending again to deliveries that were settled."""
+    resume = plan.resume
+    if resume is None:
+        return []
+    questions = []
+    if resume.resend_unknown and resume.unknown:
+        questions.append(
+            f"Send again to {resume.unknown:,} recipients whose delivery is unknown?"
+            " They may receive it twice."
+        )
+    if resume.retry_policy and resume.refused:
+        questions.append(
+            f"Send again to {resume.refused:,} recipients refused by policy (5.7.x)?"
+            " Do it once the cause (SPF, DKIM, the server's policy) is fixed."
+        )
+    return questions
 
 
 @click.command("send")
@@ -172,11 +219,23 @@ def _print_resume(plan: Plan) -> None:
 @click.option(
     "--resend-unknown",
     is_flag=True,
-    help="Send again to those whose message was in flight when a process died.",
+    help="Send again to those whose message was in flight when a process died (also once finished).",
+)
+@click.option(
+    "--retry-policy",
+    is_flag=True,
+    help="Send again to those refused by policy (5.7.x), once the cause is fixed (also once finished).",
 )
 @pass_state
 def send_command(
-    state: State, name: str, list_name: str, yes: bool, dry_run: bool, again: bool, resend_unknown: bool
+    state: State,
+    name: str,
+    list_name: str,
+    yes: bool,
+    dry_run: bool,
+    again: bool,
+    resend_unknown: bool,
+    retry_policy: bool,
 ) -> None:
     """Dispatch an issue to a list; run it again to resume after a stop or a crash.
 
@@ -184,12 +243,18 @@ def send_command(
     transaction (the rendered issue and the recipients are frozen: later edits
     change nothing); then the messages go out with a progress line. Nobody gets
     two copies: a message that was in flight when a process died is reported
-    as unknown and sent again only with --resend-unknown.
+    as unknown and sent again only with --resend-unknown. Messages refused by
+    policy (5.7.x: SPF, DKIM, reputation) are sent again only with --retry-policy.
 
     \b
     Example:
         mailout send 2019-01 --list members
+        mailout send 2019-01 --list members --resend-unknown
     """
+    if again and (resend_unknown or retry_policy):
+        raise click.UsageError(
+            "--again writes a new dispatch to everyone; --resend-unknown and --retry-policy take up the last one"
+        )
     state.settings.mailing_list(list_name)  # an unknown list is the first thing to say
     state.signer()  # refuse early, before any work: every message needs signed links
     plan = dispatching.plan(
@@ -199,6 +264,7 @@ def send_command(
         list_name,
         again=again,
         resend_unknown=resend_unknown,
+        retry_policy=retry_policy,
     )
     if plan.resume is not None:
         _print_resume(plan)
@@ -207,13 +273,18 @@ def send_command(
     if dry_run:
         click.echo("dry run: nothing was written or sent")
         return
-    if plan.resume is None and not yes:
-        click.confirm(f"Send to {plan.recipients:,} recipients?", abort=True)
+    if not yes:
+        if plan.resume is None:
+            click.confirm(f"Send to {plan.recipients:,} recipients?", abort=True)
+        for question in _resend_questions(plan):
+            click.confirm(question, abort=True)
     started = dispatching.start(state.engine(), state.settings, plan)
     if started.created:
         click.echo(f"dispatch {started.dispatch_id}: {started.total:,} deliveries queued")
-    elif resend_unknown:
-        click.echo(f"{started.requeued} unknown deliveries queued again")
+    if resend_unknown:
+        click.echo(f"{started.requeued:,} unknown deliveries queued again")
+    if retry_policy:
+        click.echo(f"{started.retried:,} deliveries refused by policy queued again")
     _run(state, started.dispatch_id, started.total)
 
 
@@ -268,6 +339,7 @@ def _print_report(report: Report) -> None:
     for status, n in report.counts.items():
         click.echo(f"  {status:<9}{n:>9,}")
     click.echo(f"  {'total':<9}{report.total:>9,}")
+    click.echo(_adds_up(report))
     if report.seconds:
         click.echo(f"time: {report.seconds:,.0f} s, {report.rate:,.1f} messages/s")
     if report.paused_reason:
@@ -276,8 +348,10 @@ def _print_report(report: Report) -> None:
         click.echo("failures and deferrals by server reply:")
         for failure in report.failures:
             click.echo(f"  {failure.count:>7,}  {safe(failure.reply)}")
+    _print_refused(report)
     if report.unknown:
-        click.echo("unknown (in flight when a process died; `send --resend-unknown` sends them again):")
+        command = f"mailout send {report.issue} --list {report.list} --resend-unknown"
+        click.echo(f"unknown (in flight when a process died; `{command}` sends them again):")
         for email in report.unknown:
             click.echo(f"  {email}")
 
