@@ -122,10 +122,15 @@ def _print_ending(result: Result) -> None:
     click.echo(f"dispatch {report.id}: {line or 'no recipients'} (of {report.total:,})")
     if report.unknown:
         click.echo(
-            f"{len(report.unknown)} in flight when a sending process died (unknown; resend with --resend-unknown):"
+            f"{len(report.unknown)} unknown (no answer from the server after the whole message, or in flight"
+            " when a sending process died: they may have it; resend with --resend-unknown):"
         )
         for email in report.unknown[:20]:
             click.echo(f"  {email}")
+        if len(report.unknown) > 20:
+            click.echo(
+                f"  and {len(report.unknown) - 20:,} more: `mailout status {report.id}` lists them all"
+            )
     if result.ending is Ending.FINISHED:
         click.echo("finished")
     elif result.ending is Ending.PAUSED:
@@ -172,7 +177,7 @@ def _print_resume(plan: Plan) -> None:
 @click.option(
     "--resend-unknown",
     is_flag=True,
-    help="Send again to those whose message was in flight when a process died.",
+    help="Send again to the unknown deliveries: no answer came, or a process died (they may get two).",
 )
 @pass_state
 def send_command(
@@ -183,8 +188,9 @@ def send_command(
     The dispatch and one delivery per recipient are written first, in one
     transaction (the rendered issue and the recipients are frozen: later edits
     change nothing); then the messages go out with a progress line. Nobody gets
-    two copies: a message that was in flight when a process died is reported
-    as unknown and sent again only with --resend-unknown.
+    two copies: a message that got no answer from the server, or was in flight
+    when a process died, is reported as unknown and sent again only with
+    --resend-unknown.
 
     \b
     Example:
@@ -233,6 +239,7 @@ def worker_command(state: State, dispatch_id: int | None) -> None:
     if not dispatches:
         click.echo("nothing to send")
         return
+    make_transport(state.settings).check()  # a broken setting claims nothing
     for dispatch in dispatches:
         click.echo(f"dispatch {dispatch.id}: {dispatch.issue} to '{dispatch.list}'")
         _run(state, dispatch.id, dispatch.total)
@@ -277,7 +284,10 @@ def _print_report(report: Report) -> None:
         for failure in report.failures:
             click.echo(f"  {failure.count:>7,}  {safe(failure.reply)}")
     if report.unknown:
-        click.echo("unknown (in flight when a process died; `send --resend-unknown` sends them again):")
+        click.echo(
+            "unknown (no answer from the server after the whole message, or in flight when a process died:"
+            " they may have it; `send --resend-unknown` sends them again):"
+        )
         for email in report.unknown:
             click.echo(f"  {email}")
 
