@@ -5,6 +5,20 @@ every message it accepts, byte for byte, with its envelope; and it can be told h
 to answer each recipient, to drop a connection, or to stall, so that the tests can
 drive the send loop through the failures real servers produce.
 
+The faults, each produced by the server itself on the wire:
+
+- ``answer(address, code, text)``: a 4xx or 5xx at RCPT TO or at the end of DATA;
+- ``stall(address, seconds)``: a slow answer to RCPT TO;
+- ``drop_after(k)``, ``drop_every(n)``: the connection closed at the end of DATA,
+  before any answer, with the message kept (``record=True``) or not (``dropped``
+  lists them all);
+- ``slow_answer(seconds, every=n)``: the message kept, the answer to its end sent
+  only after ``seconds`` (``slowed`` lists them);
+- ``refuse_logins(after=k)``: AUTH refused with 535 once ``k`` more messages came;
+- ``withhold_starttls(after=k)``: STARTTLS no longer offered once ``k`` more came;
+- ``limit_per_connection(k)``: MAIL answered "421" after ``k`` messages on a connection;
+- ``repair()`` switches all of them off, keeping what was received.
+
     with SMTPServer() as server:
         server.answer("gone@example.org", 550, "5.1.1 no such mailbox")
         server.answer("busy@example.org", 451, "4.3.0 try later", times=1)
@@ -15,7 +29,8 @@ drive the send loop through the failures real servers produce.
 With ``tls=True`` it offers STARTTLS with a self-signed certificate for
 ``localhost`` and ``127.0.0.1`` (``cert_pem``, ``cert_file``, ``client_context()``);
 with a ``username`` and ``password`` it offers AUTH PLAIN and LOGIN and refuses
-MAIL FROM until the client has logged in.
+MAIL FROM until the client has logged in. With ``smtputf8=True`` it offers
+SMTPUTF8 (RFC 6531), for addresses that are not ASCII.
 
 Times (``Received.at``) are ``time.monotonic()`` values: the tests compare the
 intervals between messages (rate limits, back-off), never wall-clock times.
@@ -28,6 +43,7 @@ import contextlib
 import datetime
 import email
 import email.policy
+import enum
 import importlib.util
 import ipaddress
 import logging
@@ -125,6 +141,14 @@ class Rule:
         return True
 
 
+def free_port() -> int:
+    """Return a loopback port where nothing listens (bound, then let go): connecting is refused."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
 # --- the certificate ---------------------------------------------------------------
 
 
@@ -206,6 +230,7 @@ class _Protocol(SMTP):
         super().__init__(handler, **kwargs)
         self.owner = owner
         self.connection = 0
+        self.accepted = 0  # messages accepted on this connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # aiosmtpd calls this again with the TLS transport after STARTTLS: same connection.
@@ -240,6 +265,10 @@ class _Handler:
         # under pytest) when AUTH is also allowed without TLS.
         if self.owner.username is not None and not session.authenticated:
             return "530 5.7.0 Authentication required"
+        assert isinstance(server, _Protocol)
+        limit = self.owner._per_connection
+        if limit is not None and server.accepted >= limit:
+            return "421 4.7.0 too many messages on this connection, closing"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -257,25 +286,38 @@ class _Handler:
         envelope.rcpt_options.extend(rcpt_options)
         return rule.reply if rule is not None else "250 OK"
 
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd does itself when there is no hook
+        if self.owner._starttls_withheld():
+            return [line for line in responses if line != "250-STARTTLS"]
+        return responses
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         assert isinstance(server, _Protocol)
-        if self.owner._take_drop() and server.transport is not None:
+        assert envelope.original_content is not None
+        received = Received(
+            raw=envelope.original_content,
+            mail_from=envelope.mail_from or "",
+            rcpt_tos=list(envelope.rcpt_tos),
+            connection=server.connection,
+            at=time.monotonic(),
+        )
+        fault = self.owner._fault_at_data_end(received)  # keeps the message for DROP_KEPT
+        if fault in (_Fault.DROP, _Fault.DROP_KEPT) and server.transport is not None:
             server.transport.abort()
             # No reply at all: connection_lost() cancels this session's task while it waits.
             await asyncio.get_running_loop().create_future()
         rule = self.owner._rule(envelope.rcpt_tos, "data")
         if rule is not None and rule.refuses:
             return rule.reply
-        assert envelope.original_content is not None
-        self.owner._record(
-            Received(
-                raw=envelope.original_content,
-                mail_from=envelope.mail_from or "",
-                rcpt_tos=list(envelope.rcpt_tos),
-                connection=server.connection,
-                at=time.monotonic(),
-            )
-        )
+        self.owner._record(received)
+        server.accepted += 1
+        if fault is _Fault.SLOW:
+            # Kept, then answered late: a client that gave up meanwhile closes the
+            # connection, and connection_lost() cancels this wait.
+            await asyncio.sleep(self.owner._slow_seconds)
         return rule.reply if rule is not None else "250 OK"
 
     async def handle_exception(self, error: Exception) -> str:
@@ -292,6 +334,7 @@ class _Handler:
             isinstance(auth_data, LoginPassword)
             and auth_data.login == owner.username.encode()
             and auth_data.password == owner.password.encode()
+            and not owner._logins_refused()
         )
         owner._logged_in(success)
         # handled=False: aiosmtpd then answers 535 itself on failure.
@@ -326,6 +369,14 @@ class _Controller(Controller):
 # --- the server --------------------------------------------------------------------
 
 
+class _Fault(enum.Enum):
+    """What happens at the end of one message's DATA."""
+
+    DROP = "drop"  # the connection closed, no answer, the message not kept
+    DROP_KEPT = "drop-kept"  # the message kept, then the connection closed with no answer
+    SLOW = "slow"  # the message kept, the answer sent late
+
+
 class SMTPServer:
     """A real SMTP server in a thread on 127.0.0.1 that records what it receives."""
 
@@ -336,6 +387,7 @@ class SMTPServer:
         username: str | None = None,
         password: str | None = None,
         auth_require_tls: bool | None = None,
+        smtputf8: bool = False,
     ) -> None:
         if (username is None) != (password is None):
             raise ValueError("give both a username and a password, or neither")
@@ -345,12 +397,17 @@ class SMTPServer:
         self.username = username
         self.password = password
         self.auth_require_tls = tls if auth_require_tls is None else auth_require_tls
+        self.smtputf8 = smtputf8
         self.rules: dict[str, Rule] = {}
         """How to answer each recipient address (exact match); see `answer()`."""
         self.stalls: dict[str, float] = {}
         """Seconds to wait before answering RCPT TO for each address; see `stall()`."""
         self.errors: list[BaseException] = []
         """Exceptions the server caught while serving (a test may assert there are none)."""
+        self.dropped: list[Received] = []
+        """Messages whose connection was closed at the end of DATA, unanswered (kept or not)."""
+        self.slowed: list[Received] = []
+        """Messages kept, then answered late by `slow_answer()`."""
         self.cert_pem: str | None = None
         self.cert_file: Path | None = None
         self._lock = threading.Lock()
@@ -360,6 +417,14 @@ class SMTPServer:
         self._logins = 0
         self._failed_logins = 0
         self._drop_at: int | None = None
+        self._drop_kept = False
+        self._drop_every: int | None = None
+        self._slow_every: int | None = None
+        self._slow_seconds = 0.0
+        self._data_ends = 0
+        self._refuse_logins_at: int | None = None
+        self._withhold_starttls_at: int | None = None
+        self._per_connection: int | None = None
         self._open: set[_Protocol] = set()
         self._probe: tuple[str, int] | None = None
         self._controller: _Controller | None = None
@@ -401,14 +466,26 @@ class SMTPServer:
             return list(self._messages)
 
     def clear(self) -> None:
-        """Forget the messages, counts, errors, rules, stalls and drop; number connections from 1 again."""
+        """Forget the messages, counts, errors, rules, stalls and faults; number connections from 1 again."""
+        self.repair()
         with self._lock:
             self._messages.clear()
             self._connections = self._logins = self._failed_logins = 0
-            self._drop_at = None
+            self._data_ends = 0
             self.rules.clear()
             self.stalls.clear()
             self.errors.clear()
+            self.dropped.clear()
+            self.slowed.clear()
+
+    def repair(self) -> None:
+        """Switch every fault off (drops, slow answers, refused logins, STARTTLS, connection limit).
+
+        What was received, the rules and the stalls stay.
+        """
+        with self._lock:
+            self._drop_at = self._drop_every = self._slow_every = None
+            self._refuse_logins_at = self._withhold_starttls_at = self._per_connection = None
 
     # --- how it answers
 
@@ -418,15 +495,49 @@ class SMTPServer:
         self.rules[address] = rule
         return rule
 
-    def drop_after(self, k: int) -> None:
+    def drop_after(self, k: int, *, record: bool = False) -> None:
         """Accept ``k`` more messages, then close the connection at the end of the next DATA, unanswered.
 
-        It happens once: the message after the dropped one is accepted again.
+        It happens once: the message after the dropped one is accepted again. With
+        ``record`` the dropped message is kept first: the server has it, the client
+        never hears so.
         """
         if k < 0:
             raise ValueError(f"drop_after({k}): use a count >= 0")
         with self._lock:
             self._drop_at = len(self._messages) + k
+            self._drop_kept = record
+
+    def drop_every(self, n: int, *, record: bool = False) -> None:
+        """Close the connection at the end of every ``n``-th DATA from now, unanswered (kept with ``record``)."""
+        if n < 1:
+            raise ValueError(f"drop_every({n}): use a count >= 1")
+        with self._lock:
+            self._drop_every, self._drop_kept, self._data_ends = n, record, 0
+
+    def slow_answer(self, seconds: float, *, every: int = 1) -> None:
+        """Keep every ``every``-th message from now, but answer the end of its DATA only after ``seconds``."""
+        if every < 1 or seconds < 0:
+            raise ValueError(f"slow_answer({seconds}, every={every}): use seconds >= 0 and every >= 1")
+        with self._lock:
+            self._slow_every, self._slow_seconds, self._data_ends = every, seconds, 0
+
+    def refuse_logins(self, after: int = 0) -> None:
+        """Once ``after`` more messages were accepted, refuse every login with 535 (new connections)."""
+        with self._lock:
+            self._refuse_logins_at = len(self._messages) + after
+
+    def withhold_starttls(self, after: int = 0) -> None:
+        """Once ``after`` more messages were accepted, stop offering STARTTLS (in answers to EHLO)."""
+        with self._lock:
+            self._withhold_starttls_at = len(self._messages) + after
+
+    def limit_per_connection(self, k: int) -> None:
+        """After ``k`` messages on a connection, answer MAIL FROM with 421 and close it."""
+        if k < 1:
+            raise ValueError(f"limit_per_connection({k}): use a count >= 1")
+        with self._lock:
+            self._per_connection = k
 
     def stall(self, address: str, seconds: float) -> None:
         """Wait ``seconds`` before answering each RCPT TO for ``address``."""
@@ -459,6 +570,7 @@ class SMTPServer:
             data_size_limit=DATA_SIZE_LIMIT,
             decode_data=False,
             tls_context=tls_context,
+            enable_SMTPUTF8=self.smtputf8,
             authenticator=handler.authenticate if self.username is not None else None,
             auth_require_tls=self.auth_require_tls,
         )
@@ -527,13 +639,35 @@ class SMTPServer:
                     return rule
             return None
 
-    def _take_drop(self) -> bool:
-        """Tell whether to drop this message's connection (once)."""
+    def _fault_at_data_end(self, received: Received) -> _Fault | None:
+        """Say what to do at the end of this DATA; keep a dropped message when asked to."""
+        with self._changed:
+            self._data_ends += 1
+            drop = self._drop_at is not None and len(self._messages) >= self._drop_at
+            if drop:
+                self._drop_at = None
+            drop = drop or (self._drop_every is not None and self._data_ends % self._drop_every == 0)
+            if drop:
+                self.dropped.append(received)
+                if not self._drop_kept:
+                    return _Fault.DROP
+                self._messages.append(received)
+                self._changed.notify_all()
+                return _Fault.DROP_KEPT
+            if self._slow_every is not None and self._data_ends % self._slow_every == 0:
+                self.slowed.append(received)
+                return _Fault.SLOW
+            return None
+
+    def _logins_refused(self) -> bool:
         with self._lock:
-            if self._drop_at is None or len(self._messages) < self._drop_at:
-                return False
-            self._drop_at = None
-            return True
+            return self._refuse_logins_at is not None and len(self._messages) >= self._refuse_logins_at
+
+    def _starttls_withheld(self) -> bool:
+        with self._lock:
+            return (
+                self._withhold_starttls_at is not None and len(self._messages) >= self._withhold_starttls_at
+            )
 
     def _record(self, received: Received) -> None:
         with self._changed:

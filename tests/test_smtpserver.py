@@ -6,6 +6,7 @@ import os
 import smtplib
 import socket
 import struct
+import time
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 
@@ -207,3 +208,123 @@ def test_a_client_resetting_the_connection_mid_data_leaves_no_error() -> None:
             client.sendmail(SENDER, [ADA], make_message(ADA))
         assert [m.connection for m in server.messages] == [2]
         assert server.errors == []
+
+
+@pytest.mark.parametrize("record", [False, True])
+def test_drop_every_closes_every_nth_connection_at_the_end_of_data(record: bool) -> None:
+    with SMTPServer() as server:
+        server.drop_every(2, record=record)
+        sent, dropped = [], []
+        for n in range(4):
+            to = f"p{n}@example.org"
+            with connect(server) as client:
+                try:
+                    client.sendmail(SENDER, [to], make_message(to))
+                    sent.append(to)
+                except smtplib.SMTPServerDisconnected:
+                    dropped.append(to)
+        assert dropped == ["p1@example.org", "p3@example.org"] and sent == [
+            "p0@example.org",
+            "p2@example.org",
+        ]
+        assert [m.rcpt_tos[0] for m in server.dropped] == dropped
+        kept = [m.rcpt_tos[0] for m in server.messages]
+        assert kept == (
+            ["p0@example.org", "p1@example.org", "p2@example.org", "p3@example.org"] if record else sent
+        )
+        assert server.errors == []
+
+
+def test_drop_after_with_record_keeps_the_message() -> None:
+    with SMTPServer() as server:
+        server.drop_after(0, record=True)
+        with connect(server) as client, pytest.raises(smtplib.SMTPServerDisconnected):
+            client.sendmail(SENDER, [ADA], make_message(ADA))
+        with connect(server) as client:
+            client.sendmail(SENDER, [BOB], make_message(BOB))
+        assert [m.rcpt_tos for m in server.messages] == [[ADA], [BOB]]
+        assert [m.rcpt_tos for m in server.dropped] == [[ADA]]
+
+
+def test_slow_answer_keeps_the_message_and_answers_late() -> None:
+    with SMTPServer() as server:
+        server.slow_answer(0.6, every=2)
+        with connect(server) as client:
+            started = time.monotonic()
+            client.sendmail(SENDER, [ADA], make_message(ADA))
+            assert time.monotonic() - started < 0.5
+            started = time.monotonic()
+            client.sendmail(SENDER, [BOB], make_message(BOB))
+            assert time.monotonic() - started >= 0.6
+        with connect(server) as client:
+            assert client.sock is not None
+            client.sendmail(SENDER, [ADA], make_message(ADA))
+            client.ehlo()
+            client.mail(SENDER)
+            client.rcpt(BOB)
+            client.sock.settimeout(0.2)
+            with pytest.raises(smtplib.SMTPServerDisconnected, match="timed out"):
+                client.data(make_message(BOB))
+        assert [m.rcpt_tos for m in server.messages] == [[ADA], [BOB], [ADA], [BOB]], "kept before answering"
+        assert [m.rcpt_tos for m in server.slowed] == [[BOB], [BOB]]
+
+
+def test_refuse_logins_after_some_messages_refuses_new_logins() -> None:
+    with SMTPServer(username="mailer", password="s3cret") as server:
+        server.refuse_logins(after=1)
+        with connect(server) as client:
+            client.login("mailer", "s3cret")
+            client.sendmail(SENDER, [ADA], make_message(ADA))
+            client.sendmail(SENDER, [BOB], make_message(BOB))  # logged in before: goes on
+        with connect(server) as client, pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+            client.login("mailer", "s3cret")
+        assert refused.value.smtp_code == 535
+        server.repair()
+        with connect(server) as client:
+            client.login("mailer", "s3cret")
+        # smtplib tried PLAIN, then LOGIN: two refusals.
+        assert (server.logins, server.failed_logins, len(server.messages)) == (2, 2, 2)
+
+
+@pytest.mark.skipif(not tls_available(), reason="no cryptography package nor openssl command")
+def test_withhold_starttls_stops_offering_it() -> None:
+    with SMTPServer(tls=True) as server:
+        server.withhold_starttls(after=1)
+        with connect(server) as client:
+            client.starttls(context=server.client_context())
+            client.sendmail(SENDER, [ADA], make_message(ADA))
+        with connect(server) as client:
+            client.ehlo()
+            assert not client.has_extn("starttls")
+            with pytest.raises(smtplib.SMTPNotSupportedError):
+                client.starttls(context=server.client_context())
+            client.sendmail(SENDER, [BOB], make_message(BOB))  # EHLO still names the client
+        server.repair()
+        with connect(server) as client:
+            client.ehlo()
+            assert client.has_extn("starttls")
+        assert server.errors == []
+
+
+def test_limit_per_connection_answers_421_and_closes() -> None:
+    with SMTPServer() as server:
+        server.limit_per_connection(2)
+        with connect(server) as client:
+            client.sendmail(SENDER, [ADA], make_message(ADA))
+            client.sendmail(SENDER, [BOB], make_message(BOB))
+            with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+                client.sendmail(SENDER, [ADA], make_message(ADA))
+            assert refused.value.smtp_code == 421
+        with connect(server) as client:
+            client.sendmail(SENDER, [ADA], make_message(ADA))
+        assert [m.connection for m in server.messages] == [1, 1, 2]
+
+
+def test_smtputf8_is_offered_on_request() -> None:
+    address = "jürgen@example.org"
+    with SMTPServer() as server, connect(server) as client:
+        client.ehlo()
+        assert not client.has_extn("smtputf8")
+    with SMTPServer(smtputf8=True) as server, connect(server) as client:
+        client.sendmail(SENDER, [address], make_message(address), mail_options=["SMTPUTF8"])
+        assert [m.rcpt_tos for m in server.messages] == [[address]]

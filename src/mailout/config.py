@@ -83,7 +83,14 @@ class Smtp:
     security: str = "starttls"
     username: str = ""
     password: str = field(default="", repr=False)
-    timeout: float = 30.0
+    #: Seconds to wait for the server to accept the TCP connection (and, with ``tls``, the handshake).
+    connect_timeout: float = 30.0
+    #: Seconds to wait for each answer (greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA) and to
+    #: hand over the message: RFC 5321 4.5.3.2 asks for at least 5 minutes for most of them.
+    timeout: float = 300.0
+    #: Seconds to wait for the answer to the message's final "." (RFC 5321: at least 10 minutes).
+    #: Without an answer the message may have been accepted: it is recorded ``unknown``.
+    data_timeout: float = 600.0
     #: Allow ``security = "plain"`` to a host other than loopback (a trusted relay).
     allow_plain: bool = False
 
@@ -235,7 +242,9 @@ def _number(value: float) -> str:
 #: timer: the operating system refuses socket timeouts beyond a few centuries.
 NUMBER_RANGES: dict[str, Range] = {
     "smtp.port": Range(1, 65535),
+    "smtp.connect_timeout": Range(0, 3600, above=True, unit="seconds"),
     "smtp.timeout": Range(0, 3600, above=True, unit="seconds"),
+    "smtp.data_timeout": Range(0, 3600, above=True, unit="seconds"),
     "sending.concurrency": Range(1, 100),
     "sending.rate_limit": Range(0, unit="messages per second"),
     "sending.batch_size": Range(1, 1000),

@@ -286,8 +286,11 @@ def start(engine: Engine, settings: Settings, plan: Plan) -> Started:
     Taking one up lifts its pause and, when asked, queues its unknown deliveries (after
     taking over from dead processes) or its policy refusals again.
     Raises ``DispatchExists`` when another dispatch of the issue to the list was written
-    since the plan.
+    since the plan, and ``TransportUnavailable`` when the transport cannot send.
     """
+    # Connect and log in (or write a test file) first: a wrong password or a missing
+    # STARTTLS is one line, before any dispatch is written or any delivery claimed.
+    make_transport(settings).check()
     with transaction(engine) as session:
         lst = people.ensure_list(session, settings.mailing_list(plan.list_name))
         newest = outbox.find_dispatch(session, plan.issue, lst, lock=True)

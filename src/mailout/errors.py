@@ -22,9 +22,12 @@ names every subclass, where it lives and what it derives from::
     ├── DispatchNotFound [dispatching]   no dispatch has this number
     ├── NothingToResend [dispatching]    --resend-unknown or --retry-policy, and no such delivery
     ├── AnotherSender [mailer]           another process is sending this dispatch, and only one may
+    ├── TransportUnavailable [transports]  nothing can be sent: no connection, TLS or login refused,
+    │                                    or the outbox cannot be written
     └── DeliveryFailure [transports]     the server refused a message, or the connection failed
         ├── TemporaryFailure [transports]  a 4xx reply or a lost connection: may succeed later
-        └── PermanentFailure [transports]  a 5xx reply: would fail again
+        ├── PermanentFailure [transports]  a 5xx reply or an address it cannot carry: would fail again
+        └── UnclearOutcome [transports]    no answer after the whole message: it may have arrived
 """
 
 from __future__ import annotations

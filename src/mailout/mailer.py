@@ -6,6 +6,12 @@ marks it ``sending`` (committed), sends it, and records the server's answer
 (committed) before the next message goes on that connection. That ordering is
 what makes a crash at any moment safe; see ``outbox``.
 
+A message that went out whole but got no answer (a drop or a timeout after the
+final ".") is recorded ``unknown`` and never sent again unasked: the server may
+have it. A failure before the message reached the server that no retry can mend
+(a refused login, no STARTTLS, a full outbox disk) puts the delivery back in the
+queue and pauses the dispatch, saying why: nobody is left out.
+
 Ctrl-C or SIGTERM stops the claiming: messages already on the wire finish and
 are recorded, claimed ones go back to the queue, and the process says how far
 it got. Running the same command again resumes.
@@ -36,7 +42,7 @@ from .models import DeliveryStatus, Dispatch, MailingList, utcnow
 from .render import Recipient, first_name
 from .segments import Segment
 from .tokens import Signer
-from .transports import Connection, PermanentFailure, TemporaryFailure, Transport
+from .transports import Connection, PermanentFailure, TemporaryFailure, Transport, UnclearOutcome
 
 #: How to record a message that was not accepted: a few statements, in one transaction.
 Record = Callable[[DbConnection], None]
@@ -56,6 +62,7 @@ class Tally:
     failed: int = 0
     deferred: int = 0
     skipped: int = 0
+    unknown: int = 0
     started: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -298,6 +305,17 @@ class Mailer:
             return partial(self._failed, claimed=claimed, failure=failure)
         except TemporaryFailure as failure:
             return partial(self._deferred, claimed=claimed, failure=failure)
+        except UnclearOutcome as outcome:
+            return partial(self._unknown, claimed=claimed, outcome=outcome)
+        except Exception as error:
+            # By the transport's contract the message did not reach the server (a refused
+            # login, a full disk, a bug): it goes back to the queue, and since nothing more
+            # can go out until the cause is fixed, everything stops now. The loop records
+            # this before it returns, before the process exits.
+            self.stop.set()
+            if not isinstance(error, MailoutError):
+                self.errors.append(error)  # a bug: its traceback is wanted too
+            return partial(self._halted, claimed=claimed, error=error)
         self.policy_streak = 0
         self.tally.add("sent")
         return outbox.Sent(claimed.id, str(reply))
@@ -341,6 +359,16 @@ class Mailer:
         next_attempt = utcnow() + dt.timedelta(seconds=retry)
         outbox.mark(db, claimed.id, DeliveryStatus.DEFERRED, reply=str(failure), next_attempt_at=next_attempt)
         self.tally.add("deferred")
+
+    def _unknown(self, db: DbConnection, *, claimed: outbox.Claimed, outcome: UnclearOutcome) -> None:
+        # The server may have it: sending it again could deliver it twice, so only on request.
+        outbox.mark(db, claimed.id, DeliveryStatus.UNKNOWN, reply=str(outcome))
+        self.tally.add("unknown")
+
+    def _halted(self, db: DbConnection, *, claimed: outbox.Claimed, error: Exception) -> None:
+        outbox.requeue_unsent(db, claimed.id)
+        what = str(error) if isinstance(error, MailoutError) else f"{type(error).__name__}: {error}"
+        self._pause(db, f"{what}; fix it, then run the same command to resume")
 
     def _pause(self, db: DbConnection, reason: str) -> None:
         # In the caller's transaction: a second one would wait for the lock this thread holds.

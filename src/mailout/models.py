@@ -164,7 +164,7 @@ class DeliveryStatus(StrEnum):
     DEFERRED = "deferred"  # a 4xx: retried from ``next_attempt_at``
     FAILED = "failed"  # a 5xx, or deferred for too long
     SKIPPED = "skipped"  # unsubscribed or bounced before their turn came
-    UNKNOWN = "unknown"  # on the wire when its process died: sent again only on request
+    UNKNOWN = "unknown"  # may have arrived (no answer after it, or its process died): resent only on request
 
 
 #: States after which nothing more will happen to a delivery.

@@ -6,6 +6,8 @@ same transaction (recipients and the rendered variant frozen). Then:
     queued --claim--> claimed --on the wire--> sending --250--> sent
                          |                        |--4xx--> deferred --due--> claimed ...
                          |                        |--5xx--> failed
+                         |                        |--no answer after the final "."--> unknown
+                         |                        +--not handed over (login refused...)--> queued
                          +--unsubscribed--> skipped
 
 Each step is committed before the next message goes on the same connection,
@@ -528,6 +530,20 @@ def mark(
     if next_attempt_at is not None:
         values["next_attempt_at"] = next_attempt_at
     conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
+
+
+def requeue_unsent(conn: Connection, delivery_id: int) -> None:
+    """Put back in the queue a delivery that never reached the server, its attempt not counted."""
+    conn.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id)
+        .values(
+            status=DeliveryStatus.QUEUED,
+            worker="",
+            attempts=case((Delivery.attempts > 0, Delivery.attempts - 1), else_=0),
+            updated_at=utcnow(),
+        )
+    )
 
 
 @dataclass(frozen=True)

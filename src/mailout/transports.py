@@ -1,16 +1,31 @@
 """Where messages go: a real SMTP server, or the local outbox folder.
 
-A transport opens connections; a connection sends one message at a time and
-answers with the server's reply, or raises ``TemporaryFailure`` (4xx, a
-dropped connection: try again later) or ``PermanentFailure`` (5xx: do not).
+A transport checks that it can send at all (``check``: connect and log in, or
+write a test file) and opens connections; a connection sends one message at a
+time. The contract of ``Connection.send``, which the send loop relies on:
+
+- it returns the server's reply: the message was accepted;
+- ``TemporaryFailure`` (a 4xx, or a connection lost before the message ended):
+  not accepted, the same message may succeed later;
+- ``PermanentFailure`` (a 5xx, or an address this transport cannot carry):
+  not accepted, and it would fail again;
+- ``UnclearOutcome``: the whole message went out but no answer came (the
+  connection dropped, or the answer took longer than ``smtp.data_timeout``):
+  the server may have accepted it, so it must not be sent again unasked;
+- any other exception (``TransportUnavailable``: no connection, a refused login,
+  an outbox that cannot be written; or a bug): the message did not reach the
+  server, as if it had not been tried.
+
 The send loop depends on this interface only, never on smtplib.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import smtplib
+import socket
 import ssl
 import tempfile
 import time
@@ -37,7 +52,8 @@ class DeliveryFailure(MailoutError):
     """The server refused a message, or the connection failed while sending it."""
 
     def __init__(self, code: int, text: str) -> None:
-        super().__init__(f"{code} {text}".strip())
+        # Code 0: mailout's own words, not a server's reply.
+        super().__init__(f"{code} {text}".strip() if code else text)
         self.code = code
         self.text = text
 
@@ -54,21 +70,35 @@ def enhanced_status(reply: str) -> str:
 
 
 class TemporaryFailure(DeliveryFailure):
-    """A 4xx reply, or a lost connection: the same message may succeed later."""
+    """A 4xx reply, or a connection lost before the message ended: the same message may succeed later."""
 
 
 class PermanentFailure(DeliveryFailure):
-    """A 5xx reply: sending the same message again will fail again."""
+    """A 5xx reply, or an address the transport cannot carry: sending it again would fail again."""
+
+
+class UnclearOutcome(DeliveryFailure):
+    """The whole message went out but no answer came: the server may have accepted it."""
+
+
+class TransportUnavailable(MailoutError):
+    """Nothing can be sent: no connection, TLS or login refused, or the outbox cannot be written."""
 
 
 class Connection(Protocol):
-    def send(self, sender: str, recipient: str, data: bytes) -> Reply: ...
+    def send(self, sender: str, recipient: str, data: bytes) -> Reply:
+        """Send one message; return the reply that accepted it, or raise (see the module's contract)."""
+        ...
 
     def close(self) -> None: ...
 
 
 class Transport(Protocol):
     description: str
+
+    def check(self) -> None:
+        """Make sure messages can be sent (connect and log in once); raise ``TransportUnavailable``."""
+        ...
 
     def connect(self) -> Connection: ...
 
@@ -96,8 +126,26 @@ class OutboxTransport:
         self.folder = folder
         self.description = f"local outbox {display_path(folder)}/"
 
+    def check(self) -> None:
+        """Make sure the folder exists and takes a file: write one, fsync it, delete it."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(dir=self.folder, prefix=".check-")
+            try:
+                with os.fdopen(handle, "wb") as out:
+                    out.write(b"mailout checks that this folder can be written\r\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+            finally:
+                os.unlink(name)
+        except OSError as exc:
+            raise TransportUnavailable(f"{self.description}: cannot write: {exc.strerror or exc}") from None
+
     def connect(self) -> OutboxConnection:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TransportUnavailable(f"{self.description}: cannot write: {exc.strerror or exc}") from None
         return OutboxConnection(self.folder)
 
     def delivered(self, message_id: str) -> bool:
@@ -132,16 +180,26 @@ class OutboxConnection:
         """Write the message atomically: a temporary file, fsync, then rename."""
         match = re.search(rb"^Message-ID: <([^>]+)>", data, re.MULTILINE | re.IGNORECASE)
         stem = _stem(match.group(1).decode("ascii", "replace") if match else f"{time.time_ns()}")
-        target = self.folder / f"{stem}.eml"
-        handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=f"{TEMPORARY}{stem}-", suffix=".eml")
+        name = f"{stem}.eml"
+        target = self.folder / name
+        temporary = ""
         try:
+            handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=f"{TEMPORARY}{stem}-", suffix=".eml")
             with os.fdopen(handle, "wb") as out:
                 out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
+        except BaseException as exc:
+            if temporary:
+                with contextlib.suppress(OSError):  # the folder may be gone: report the first error
+                    Path(temporary).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                # A full disk, a folder gone or made read-only: the file is not there, nothing
+                # can be written until it is fixed.
+                raise TransportUnavailable(
+                    f"local outbox {display_path(self.folder)}/: cannot write {name}: {exc.strerror or exc}"
+                ) from None
             raise
         return Reply(250, f"written to {display_path(target)}")
 
@@ -167,6 +225,12 @@ class SmtpTransport:
             raise ConfigError("smtp: refusing to send a username and password without TLS")
         self.description = f"SMTP {settings.host}:{settings.port} ({security})"
 
+    def check(self) -> None:
+        """Connect, say EHLO, start TLS and log in as a dispatch would, then QUIT."""
+        connection = SmtpConnection(self.settings)
+        connection.client = connection._open()
+        connection.close()
+
     def connect(self) -> SmtpConnection:
         return SmtpConnection(self.settings)
 
@@ -178,6 +242,36 @@ class SmtpTransport:
         """Do nothing: nothing of the message is left on this side."""
 
 
+class _Client(smtplib.SMTP):
+    """smtplib's client, with a timeout of its own for connecting."""
+
+    def __init__(self, host: str, port: int, *, timeout: float, connect_timeout: float) -> None:
+        self.connect_timeout = connect_timeout
+        super().__init__(host, port, timeout=timeout)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        # smtplib's hook for opening the socket (undeclared in its stubs): connect with our timeout.
+        sock: socket.socket = super()._get_socket(host, port, self.connect_timeout)  # type: ignore[misc]
+        sock.settimeout(timeout)  # then each answer is awaited for smtp.timeout
+        return sock
+
+
+class _TlsClient(smtplib.SMTP_SSL):
+    """smtplib's implicit-TLS client, with a timeout of its own for connecting and the handshake."""
+
+    def __init__(
+        self, host: str, port: int, *, timeout: float, connect_timeout: float, context: ssl.SSLContext
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        super().__init__(host, port, timeout=timeout, context=context)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        # smtplib's hook for opening the socket (undeclared in its stubs): connect with our timeout.
+        sock: socket.socket = super()._get_socket(host, port, self.connect_timeout)  # type: ignore[misc]
+        sock.settimeout(timeout)
+        return sock
+
+
 class SmtpConnection:
     """One SMTP session, reused for many messages and reopened when the server drops it."""
 
@@ -186,43 +280,59 @@ class SmtpConnection:
         self.client: smtplib.SMTP | None = None
 
     def _open(self) -> smtplib.SMTP:
+        """Connect, EHLO, STARTTLS and AUTH as the settings say; raise ``TransportUnavailable``."""
         s = self.settings
+        where = f"SMTP {s.host}:{s.port}"
         context = ssl.create_default_context()
         client: smtplib.SMTP | None = None
-        failure: MailoutError
+        failure: TransportUnavailable
         try:
             if s.security == "tls":
-                client = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=context)
+                client = _TlsClient(
+                    s.host, s.port, timeout=s.timeout, connect_timeout=s.connect_timeout, context=context
+                )
             else:
-                client = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
-                if s.security == "starttls":
-                    client.starttls(context=context)
+                client = _Client(s.host, s.port, timeout=s.timeout, connect_timeout=s.connect_timeout)
+            if s.security == "starttls":
+                client.starttls(context=context)
             client.ehlo_or_helo_if_needed()
             if s.username:
                 client.login(s.username, s.password)
             return client
         except smtplib.SMTPAuthenticationError as exc:
-            failure = ConfigError(f"SMTP {s.host}: login refused: {exc.smtp_code} {_text(exc.smtp_error)}")
+            failure = TransportUnavailable(f"{where}: login refused: {exc.smtp_code} {_text(exc.smtp_error)}")
+        except smtplib.SMTPConnectError as exc:
+            failure = TransportUnavailable(
+                f"{where}: the server refused the connection: {exc.smtp_code} {_text(exc.smtp_error)}"
+            )
         except smtplib.SMTPNotSupportedError as exc:
-            failure = ConfigError(f"SMTP {s.host}: {exc}")
+            if "STARTTLS" in str(exc):
+                failure = TransportUnavailable(
+                    f"{where} does not offer STARTTLS, and smtp.security = 'starttls' sends nothing without it"
+                )
+            else:
+                failure = TransportUnavailable(f"{where}: {exc} (smtp.username is set)")
         except ssl.SSLError as exc:
-            failure = ConfigError(f"SMTP {s.host}: TLS failed: {exc.reason or exc}")
+            failure = TransportUnavailable(f"{where}: TLS failed: {exc.reason or exc}")
         except (OSError, smtplib.SMTPException) as exc:
-            failure = TemporaryFailure(0, f"cannot connect to {s.host}:{s.port}: {exc}")
+            failure = TransportUnavailable(f"{where}: cannot connect: {exc}")
         if client is not None:
             client.close()  # never leave a half-open (TLS) socket behind
         raise failure
 
     def send(self, sender: str, recipient: str, data: bytes) -> Reply:
-        """Send one message; raise ``TemporaryFailure`` or ``PermanentFailure`` if it was not accepted."""
+        """Send one message; return the reply that accepted it, or raise (see the module's contract)."""
         if self.client is None:
             self.client = self._open()
         client = self.client
+        smtputf8 = self._smtputf8(client, sender, recipient)
         replies: list[tuple[int, bytes]] = []
         try:
             if client.has_extn("pipelining"):
                 # RFC 2920: MAIL, RCPT and DATA in one round trip instead of three.
-                client.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii"))
+                option = " SMTPUTF8" if smtputf8 else ""
+                commands = f"MAIL FROM:<{sender}>{option}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
+                client.send(commands.encode("utf-8" if smtputf8 else "ascii"))
                 for _ in range(3):
                     replies.append(client.getreply())
                 (mail, mail_text), (rcpt, rcpt_text), (data_code, data_text) = replies
@@ -237,7 +347,7 @@ class SmtpConnection:
                 if data_code != 354:
                     self._fail(data_code, data_text, reset=True)
             else:
-                code, text = client.mail(sender)
+                code, text = client.mail(sender, ["SMTPUTF8"] if smtputf8 else [])
                 if code != 250:
                     self._fail(code, text, reset=True)
                 code, text = client.rcpt(recipient)
@@ -250,18 +360,61 @@ class SmtpConnection:
             # DATA phase needs no dot stuffing: smtplib's would cost most of its CPU time.
             client.send(data if data.endswith(b"\r\n") else data + b"\r\n")
             client.send(b".\r\n")
-            code, text = client.getreply()
-        except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
-            self.close()
+        except (OSError, smtplib.SMTPException) as exc:
+            # Before the final "." has gone out the server cannot have taken the message.
+            self._abandon()
             closing = [text for code, text in replies if code == 421]
             if closing:  # "421 closing connection" to a pipelined command, then the hang-up
                 raise TemporaryFailure(421, _text(closing[0])) from None
             raise TemporaryFailure(0, f"connection lost: {exc}") from None
+        # From here on, the server may have the message whatever happens to the answer.
+        code, text = self._final_reply(client)
         if code == 421:
             self.close()
         if code != 250:
             self._fail(code, text, reset=False)
         return Reply(code, _text(text))
+
+    def _smtputf8(self, client: smtplib.SMTP, sender: str, recipient: str) -> bool:
+        """Tell whether the envelope needs SMTPUTF8; raise ``PermanentFailure`` when the server lacks it."""
+        if sender.isascii() and recipient.isascii():
+            return False
+        if client.has_extn("smtputf8"):
+            return True
+        address = recipient if not recipient.isascii() else sender
+        raise PermanentFailure(
+            0,
+            f"not sent: {address} has characters outside ASCII, and {self.settings.host}"
+            " does not offer SMTPUTF8 (RFC 6531), which such an address needs",
+        )
+
+    def _final_reply(self, client: smtplib.SMTP) -> tuple[int, bytes]:
+        """Wait up to ``smtp.data_timeout`` for the answer to the final "."; raise ``UnclearOutcome``."""
+        wait, timeout = self.settings.data_timeout, self.settings.timeout
+        try:
+            assert client.sock is not None
+            if wait != timeout:
+                client.sock.settimeout(wait)
+            code, text = client.getreply()
+        except Exception as exc:  # whatever it is, the answer is lost (see the module's contract)
+            self._abandon()
+            if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):
+                what = f"no answer to the end of the message after {wait:g} s"
+            elif isinstance(exc, OSError | smtplib.SMTPServerDisconnected):
+                what = f"connection lost after the end of the message ({exc})"
+            else:
+                what = f"no readable answer to the end of the message ({exc})"
+            raise UnclearOutcome(0, f"{what}; the server may have accepted it") from None
+        if code < 0:  # smtplib's code for a line that does not start with one
+            self._abandon()
+            raise UnclearOutcome(
+                0,
+                f"no readable answer to the end of the message ({_text(text)[:200]});"
+                " the server may have accepted it",
+            )
+        if wait != timeout and client.sock is not None:
+            client.sock.settimeout(timeout)
+        return code, text
 
     def _fail(self, code: int, text: bytes, *, reset: bool) -> None:
         if code == 421:
@@ -270,9 +423,15 @@ class SmtpConnection:
             try:
                 self.client.rset()
             except (smtplib.SMTPException, OSError):
-                self.close()
+                self._abandon()
         failure = PermanentFailure if 500 <= code < 600 else TemporaryFailure
         raise failure(code, _text(text))
+
+    def _abandon(self) -> None:
+        """Close the socket without QUIT: after a loss or a timeout, waiting for an answer is pointless."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
 
     def close(self) -> None:
         if self.client is not None:

@@ -143,10 +143,15 @@ def _print_ending(result: Result) -> None:
     _print_refused(report)
     if report.unknown:
         click.echo(
-            f"{len(report.unknown)} in flight when a sending process died (unknown; resend with --resend-unknown):"
+            f"{len(report.unknown)} unknown (no answer from the server after the whole message, or in flight"
+            " when a sending process died: they may have it; resend with --resend-unknown):"
         )
         for email in report.unknown[:20]:
             click.echo(f"  {email}")
+        if len(report.unknown) > 20:
+            click.echo(
+                f"  and {len(report.unknown) - 20:,} more: `mailout status {report.id}` lists them all"
+            )
     if result.ending is Ending.FINISHED:
         click.echo("finished")
     elif result.ending is Ending.PAUSED:
@@ -219,7 +224,7 @@ def _resend_questions(plan: Plan) -> list[str]:
 @click.option(
     "--resend-unknown",
     is_flag=True,
-    help="Send again to those whose message was in flight when a process died (also once finished).",
+    help="Send again to the unknown deliveries: no answer came, or a process died (they may get two; also once finished).",
 )
 @click.option(
     "--retry-policy",
@@ -242,9 +247,10 @@ def send_command(
     The dispatch and one delivery per recipient are written first, in one
     transaction (the rendered issue and the recipients are frozen: later edits
     change nothing); then the messages go out with a progress line. Nobody gets
-    two copies: a message that was in flight when a process died is reported
-    as unknown and sent again only with --resend-unknown. Messages refused by
-    policy (5.7.x: SPF, DKIM, reputation) are sent again only with --retry-policy.
+    two copies: a message that got no answer from the server, or was in flight
+    when a process died, is reported as unknown and sent again only with
+    --resend-unknown. Messages refused by policy (5.7.x: SPF, DKIM, reputation)
+    are sent again only with --retry-policy.
 
     \b
     Example:
@@ -304,6 +310,7 @@ def worker_command(state: State, dispatch_id: int | None) -> None:
     if not dispatches:
         click.echo("nothing to send")
         return
+    make_transport(state.settings).check()  # a broken setting claims nothing
     for dispatch in dispatches:
         click.echo(f"dispatch {dispatch.id}: {dispatch.issue} to '{dispatch.list}'")
         _run(state, dispatch.id, dispatch.total)
@@ -351,7 +358,10 @@ def _print_report(report: Report) -> None:
     _print_refused(report)
     if report.unknown:
         command = f"mailout send {report.issue} --list {report.list} --resend-unknown"
-        click.echo(f"unknown (in flight when a process died; `{command}` sends them again):")
+        click.echo(
+            "unknown (no answer from the server after the whole message, or in flight when a process died:"
+            f" they may have it; `{command}` sends them again):"
+        )
         for email in report.unknown:
             click.echo(f"  {email}")
 
