@@ -20,6 +20,7 @@ names every subclass, where it lives and what it derives from::
     ├── SubscriberNotFound [subscribers] no subscriber has this address
     ├── DispatchExists [dispatching]     the issue was already sent to this list (use --again)
     ├── DispatchNotFound [dispatching]   no dispatch has this number
+    ├── NoRecipients [dispatching]       nobody is subscribed to the list: no dispatch is written
     ├── AnotherSender [mailer]           another process is sending this dispatch, and only one may
     └── DeliveryFailure [transports]     the server refused a message, or the connection failed
         ├── TemporaryFailure [transports]  a 4xx reply or a lost connection: may succeed later
