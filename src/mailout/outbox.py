@@ -128,7 +128,7 @@ def create_dispatch(
     from_name: str,
     from_address: str,
     reply_to: str,
-    generation: int = 1,
+    generation: int,
 ) -> Dispatch:
     """Freeze the variant and the recipients: one dispatch, one queued delivery per recipient.
 
