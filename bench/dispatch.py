@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 SENDER = "newsletter@efus.example"
-SECRET_KEY = "benchmark-key-0123456789"  # noqa: S105 - a throw-away workspace's key
+#: A throw-away workspace's key, made afresh: a key written here would be public (tokens.PUBLIC_KEYS).
+SECRET_KEY = secrets.token_urlsafe(32)
 
 
 def free_port() -> int:

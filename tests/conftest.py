@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,7 +168,8 @@ def smtp_server() -> Iterator[SMTPServer]:
         yield server
 
 
-SECRET_KEY = "test-secret-key-0123456789abcdef"
+#: Made afresh for each run: a key written in the repository would be public (see tokens.PUBLIC_KEYS).
+SECRET_KEY = secrets.token_urlsafe(32)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, update
+from sqlalchemy.exc import IntegrityError
 
 from mailout import dispatching, outbox
 from mailout import subscribers as people
@@ -80,14 +81,48 @@ def test_a_sent_issue_is_refused_unless_again(
     assert [s.id for s in dispatching.overview(engine)] == [again.report.id, first.dispatch_id]
 
 
-def test_start_refuses_a_plan_overtaken_by_another_send(sending_workspace: Path, engine: Engine) -> None:
+def test_a_plan_overtaken_by_another_send_joins_its_dispatch(
+    sending_workspace: Path, engine: Engine, smtp_server: SMTPServer
+) -> None:
     settings, issue = setup(sending_workspace, engine, 2)
     mine = dispatching.plan(engine, settings, issue, "members")
     theirs = dispatching.plan(engine, settings, issue, "members")
     written = dispatching.start(engine, settings, theirs)
-    with pytest.raises(DispatchExists, match=f"dispatch {written.dispatch_id}, written since"):
-        dispatching.start(engine, settings, mine)
+    joined = dispatching.start(engine, settings, mine)
+    assert (joined.dispatch_id, joined.created, joined.joined) == (written.dispatch_id, False, True)
     assert [s.id for s in dispatching.overview(engine)] == [written.dispatch_id], "one dispatch, not two"
+    # Once theirs has finished, a plan made before it was written is refused, and says why.
+    signer = Signer.from_secret(settings.secret_key)
+    assert dispatching.run(engine, settings, written.dispatch_id, signer).ending is Ending.FINISHED
+    with pytest.raises(DispatchExists, match=r"by another send since this one was planned \(dispatch 1,"):
+        dispatching.start(engine, settings, mine)
+    assert len(smtp_server.messages) == 2
+
+
+def test_the_database_refuses_a_second_dispatch_of_one_generation(
+    sending_workspace: Path, engine: Engine
+) -> None:
+    settings, issue = setup(sending_workspace, engine, 2)
+    plan = dispatching.plan(engine, settings, issue, "members")
+    assert plan.variant is not None
+    first = dispatching.start(engine, settings, plan)
+
+    def write(generation: int) -> int:
+        with transaction(engine) as session:
+            lst = people.ensure_list(session, settings.mailing_list("members"))
+            return outbox.create_dispatch(
+                session, issue.slug, lst, plan.variant, from_name="N", from_address="n@example.org",
+                reply_to="", generation=generation,
+            ).id  # fmt: skip
+
+    # What two sends that both passed the check would write: the database refuses the second.
+    with pytest.raises(IntegrityError) as refused:
+        write(1)
+    assert outbox.is_duplicate_dispatch(refused.value)
+    assert [s.id for s in dispatching.overview(engine)] == [first.dispatch_id]
+    # `--again` writes the next generation.
+    second = write(2)
+    assert [s.id for s in dispatching.overview(engine)] == [second, first.dispatch_id]
 
 
 def test_a_paused_dispatch_is_resumed_and_its_pause_lifted(

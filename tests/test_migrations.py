@@ -69,7 +69,8 @@ def rows() -> dict[str, list[dict[str, Any]]]:
     """Realistic rows for every table, with every column of the newest schema.
 
     A column added by a later migration holds the value the upgrade must give it
-    (``email_key``: the address lower-cased); the test refuses rows that lack a column.
+    (``email_key``: the address lower-cased; ``generation``: the dispatches of an issue to
+    a list numbered in id order; ``process``: ""); the test refuses rows that lack a column.
     """
     data: dict[str, list[dict[str, Any]]] = {table: [] for table in TABLES}
     data["lists"] = [
@@ -158,6 +159,7 @@ def rows() -> dict[str, list[dict[str, Any]]]:
             "key": "3f2a9c0d1e4b5a6978812233445566aa",
             "issue": "2019-01",
             "list_id": 1,
+            "generation": 1,
             "subject": "Efus newsletter — January 2019",
             "total": 40,
             "paused_reason": "",
@@ -170,12 +172,27 @@ def rows() -> dict[str, list[dict[str, Any]]]:
             "key": "77aa9c0d1e4b5a6978812233445566bb",
             "issue": "2019-02",
             "list_id": 2,
+            "generation": 1,
             "segment": "public",
             "subject": "Efus newsletter — February 2019",
             "total": 10,
             "paused_reason": "3 messages refused with 5.7.1 (policy): check SPF and DKIM, then run send again",
             "created_at": at(9000),
             "finished_at": None,
+        },
+        {
+            # The same issue to the same list once more (`send --again`): its second generation.
+            **dispatch,
+            "id": 3,
+            "key": "c0ffee0d1e4b5a6978812233445566cc",
+            "issue": "2019-01",
+            "list_id": 1,
+            "generation": 2,
+            "subject": "Efus newsletter — January 2019",
+            "total": 0,
+            "paused_reason": "",
+            "created_at": at(9600),
+            "finished_at": at(9601),
         },
     ]
     states = list(DeliveryStatus)
@@ -203,6 +220,7 @@ def rows() -> dict[str, list[dict[str, Any]]]:
             "dispatch_id": 2,
             "host": "host-b",
             "pid": 5120,
+            "process": "",
             "started_at": at(9000),
             "heartbeat_at": at(9005),
         }

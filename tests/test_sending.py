@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,13 +21,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select, update
+from sqlalchemy import func, insert, select, update
 
+from mailout import dispatching, outbox, processes
 from mailout.cli import cli
 from mailout.config import load_settings
 from mailout.db import make_engine, transaction
-from mailout.models import Delivery, Dispatch, Subscriber, SubscriberStatus, Subscription
-from mailout.tokens import Purpose, Signer
+from mailout.issues import load_issue
+from mailout.models import Delivery, Dispatch, Subscriber, SubscriberStatus, Subscription, Worker, utcnow
+from mailout.tokens import PUBLIC_KEYS, Purpose, Signer
 from tests.conftest import SECRET_KEY
 from tests.smtpserver import Received, SMTPServer, tls_available
 
@@ -399,10 +402,17 @@ def slow_sending(workspace: Path, rate: int) -> None:
     )
 
 
-def test_kill_9_then_resume_sends_everyone_exactly_once(
+def test_kill_9_then_resume_sends_everyone_exactly_once_at_once(
     sending_workspace: Path, smtp_server: SMTPServer
 ) -> None:
     slow_sending(sending_workspace, 100)
+    config = sending_workspace / "mailout.toml"
+    # The heartbeat alone would keep the dead process "sending" for a minute: a dead process
+    # on this machine must be known at once.
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("worker_timeout = 2", "worker_timeout = 60"),
+        encoding="utf-8",
+    )
     add_subscribers(sending_workspace, people(120))
     process = start_send()
     try:
@@ -411,12 +421,16 @@ def test_kill_9_then_resume_sends_everyone_exactly_once(
         process.wait(timeout=30)
     finally:
         process.stdout.close()  # type: ignore[union-attr]
-    time.sleep(2.5)  # the dead process's heartbeat goes stale (worker_timeout = 2)
+    started = time.monotonic()
     code, out = run("send", "2019-01", "--list", "members", "--yes")
     assert code == 0, out
+    assert f"process {process.pid} on this machine is gone; resuming" in out
+    assert time.monotonic() - started < 30, "resumed at once, not after sending.worker_timeout"
     code, report = run("status", "1", "--json")
     unknown = set(json.loads(report)["unknown"])
     assert len(unknown) <= 3, "at most one in flight per connection"
+    if unknown:
+        assert f"{len(unknown)} in flight when the process stopped are unknown" in out
     received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages)
     everyone = {e for e, _ in people(120)}
     assert set(received) | unknown == everyone, "nobody is skipped"
@@ -425,6 +439,57 @@ def test_kill_9_then_resume_sends_everyone_exactly_once(
     assert all(n == 1 for e, n in received.items() if e not in unknown)
     counts = json.loads(report)["counts"]
     assert sum(counts.values()) == 120
+
+
+def test_a_zombie_or_a_reused_pid_is_gone_too(
+    sending_workspace: Path, smtp_server: SMTPServer, database_url: str
+) -> None:
+    """A killed sender its parent has not collected yet, and a PID taken by a new process, are gone."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs Linux's /proc")
+    slow_sending(sending_workspace, 50)
+    config = sending_workspace / "mailout.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("worker_timeout = 2", "worker_timeout = 60"),
+        encoding="utf-8",
+    )
+    add_subscribers(sending_workspace, people(60))
+    process = start_send()
+    try:
+        smtp_server.wait_for(10, timeout=30)
+        os.kill(process.pid, signal.SIGKILL)
+        # Not collected (no wait()): a zombie, still in /proc, until the test ends.
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{process.pid}/stat").read_text().split(") ")[1][0] != "Z":
+            assert time.monotonic() < deadline, "the killed sender became a zombie"
+            time.sleep(0.05)
+        # And a PID reused: a worker row with this test's own PID, recorded when another
+        # process of that number ran (another start time).
+        engine = make_engine(database_url)
+        with engine.begin() as conn:
+            conn.execute(
+                insert(Worker).values(
+                    id="reused",
+                    dispatch_id=1,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    process=processes.identity()[:-1] + "x",
+                    started_at=utcnow(),
+                    heartbeat_at=utcnow(),
+                )
+            )
+        engine.dispose()
+        code, out = run("send", "2019-01", "--list", "members", "--yes")
+    finally:
+        process.wait(timeout=30)
+        process.stdout.close()  # type: ignore[union-attr]
+    assert code == 0, out
+    assert f"process {process.pid} on this machine is gone; resuming" in out
+    assert f"process {os.getpid()} on this machine is gone; resuming" in out
+    received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages)
+    unknown = set(json.loads(run("status", "1", "--json")[1])["unknown"])
+    assert set(received) | unknown == {e for e, _ in people(60)}
+    assert all(n == 1 for e, n in received.items() if e not in unknown)
 
 
 def test_sigterm_pauses_and_the_same_command_resumes(
@@ -474,6 +539,212 @@ def test_two_processes_share_a_dispatch_without_duplicates(
     received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages)
     assert set(received) == {e for e, _ in people(150)}
     assert set(received.values()) == {1}, "no recipient twice"
+
+
+RACER = """
+import os, sys
+from pathlib import Path
+
+from mailout.cli import main  # imported before the start: the racers differ by as little as can be
+
+Path(sys.argv[1]).touch()
+with open(sys.argv[2], "rb"):  # a FIFO: opening it waits until the test opens it for writing
+    pass
+sys.argv = ["mailout", "send", "2019-01", "--list", "members", "--yes", *sys.argv[3:]]
+main()
+"""
+
+
+def race(workspace: Path, racers: int, *extra: str) -> list[tuple[int, str]]:
+    """Start ``racers`` sends of 2019-01 to members released at one instant; return their (status, output)."""
+    start = workspace / "start.fifo"
+    os.mkfifo(start)
+    ready = [workspace / f"ready-{n}" for n in range(racers)]
+    senders = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(mark), str(start), *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for mark in ready
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(mark.exists() for mark in ready):
+            assert time.monotonic() < deadline, "the racers got ready"
+            time.sleep(0.05)
+        time.sleep(0.2)  # each has touched its mark: now it waits in open()
+        with open(start, "wb"):
+            time.sleep(0.5)  # every reader's open() returns while the FIFO has a writer
+        outputs = [p.communicate(timeout=120)[0] for p in senders]
+        return [(p.returncode, out) for p, out in zip(senders, outputs, strict=True)]
+    finally:
+        for p in senders:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_sends_started_together_write_one_dispatch_and_send_each_message_once(
+    sending_workspace: Path, smtp_server: SMTPServer, database_url: str
+) -> None:
+    slow_sending(sending_workspace, 20)  # a few seconds: the others come while it sends
+    add_subscribers(sending_workspace, people(80))
+    results = race(sending_workspace, 4)
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Dispatch)) == 1, "one dispatch"
+    engine.dispose()
+    received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages)
+    assert set(received) == {e for e, _ in people(80)} and set(received.values()) == {1}, received
+    outputs = [out for _, out in results]
+    assert sum("dispatch 1: 80 deliveries queued" in out for out in outputs) == 1, outputs
+    for code, out in results:
+        assert "Traceback" not in out, out
+        if code == 0:
+            # It wrote the dispatch, joined it, or took it up, and sent its share (PostgreSQL).
+            assert "finished" in out or "other processes are sending the last messages" in out, out
+            continue
+        assert code == 1, out
+        # Only one process may send a dispatch on SQLite; or it came when all was sent.
+        [error] = [line for line in out.splitlines() if line.startswith("error: ")]
+        assert (
+            "another process is sending this dispatch: process" in error
+            or "was sent to 'members' by another send since this one was planned" in error
+            or "was sent to 'members' already" in error
+        ), out
+    joined = [out for out in outputs if "was written by another send a moment ago; joining it" in out]
+    resumed = [out for out in outputs if "resuming dispatch 1 of 2019-01 to 'members'" in out]
+    assert joined or resumed, "the others took up the one dispatch"
+    code, report = run("status", "1", "--json")
+    assert json.loads(report)["state"] == "finished"
+
+
+def test_sends_again_started_together_write_one_more_dispatch(
+    sending_workspace: Path, smtp_server: SMTPServer, database_url: str
+) -> None:
+    add_subscribers(sending_workspace, people(20))
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0, out
+    slow_sending(sending_workspace, 20)
+    results = race(sending_workspace, 3, "--again")
+    assert all("Traceback" not in out for _, out in results), results
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(Dispatch.id, Dispatch.generation).order_by(Dispatch.id)).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [(1, 1), (2, 2)], "--again moved on once, not three times"
+    received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages)
+    assert set(received.values()) == {2}, "each recipient: the first dispatch and one more"
+
+
+def test_worker_exits_0_when_others_finish_and_3_when_paused(
+    sending_workspace: Path, smtp_server: SMTPServer, database_url: str
+) -> None:
+    add_subscribers(sending_workspace, people(4))
+    settings = load_settings(sending_workspace)
+    engine = make_engine(database_url)
+    issue = load_issue(sending_workspace / "issues" / "2019-01" / "issue.yaml")
+    try:
+        started = dispatching.start(engine, settings, dispatching.plan(engine, settings, issue, "members"))
+        with engine.begin() as conn:  # another process, alive, has one message on the wire
+            outbox.register_worker(conn, started.dispatch_id, "other")
+            [claimed] = outbox.claim(conn, started.dispatch_id, "other", 1)
+            outbox.mark_sending(conn, claimed.id)
+        code, out = run("worker", "--dispatch", str(started.dispatch_id))
+        if database_url.startswith("sqlite"):
+            assert code == 1 and "another process is sending this dispatch: process" in out, out
+        else:
+            assert code == 0, out
+            assert (
+                "1 sending, 3 sent (of 4)" in out and "other processes are sending the last messages" in out
+            )
+        with engine.begin() as conn:  # the other process is done
+            outbox.mark_sent(conn, claimed.id, "250 ok")
+            outbox.retire_worker(conn, "other")
+        code, out = run("worker", "--dispatch", str(started.dispatch_id))
+        assert code == 0, out
+        assert "finished" in out or "nothing to send" in out
+        # A dispatch that is paused for good reason leaves the worker with status 3.
+        add_subscribers(sending_workspace, people(10))
+        for address, _ in people(10):
+            smtp_server.answer(address, 550, "5.7.1 SPF check failed")
+        again = dispatching.plan(engine, settings, issue, "members", again=True)
+        dispatching.start(engine, settings, again)
+    finally:
+        engine.dispose()
+    code, out = run("worker")
+    assert code == 3 and "paused: " in out and "SPF and DKIM" in out, out
+
+
+def test_an_empty_list_is_refused_and_writes_no_dispatch(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 1, out
+    assert "nobody is subscribed to 'members': no dispatch was written" in out
+    assert "mailout subscribers sync" in out and "Traceback" not in out
+    code, out = run("status", "--json")
+    assert json.loads(out) == [], "no dispatch row"
+    # Once people are added, the real send is not blocked by a dispatch to nobody.
+    add_subscribers(sending_workspace, people(2))
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0 and "dispatch 1: 2 deliveries queued" in out, out
+    assert len(smtp_server.messages) == 2
+
+
+def test_a_public_key_is_refused_for_a_real_send_and_short_keys_warned(
+    sending_workspace: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_subscribers(sending_workspace, people(2))
+    [demo] = PUBLIC_KEYS
+    monkeypatch.setenv("MAILOUT_SECRET_KEY", demo)
+    for command in (
+        ["send", "2019-01", "--list", "members", "--yes"],
+        ["test", "2019-01", "--to", "me@example.org"],
+    ):
+        code, out = run(*command)
+        assert code == 1, out
+        assert "is a key published in mailout's own files" in out and "Traceback" not in out
+    # An old key kept to verify old links signs nothing, but forged links would verify.
+    monkeypatch.setenv("MAILOUT_SECRET_KEY", f"{SECRET_KEY},{demo}")
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 1 and "MAILOUT_SECRET_KEY (key 2) is a key published" in out
+    assert statuses(sending_workspace) == {} and smtp_server.messages == [], "nothing written or sent"
+    short = "s" * 20
+    monkeypatch.setenv("MAILOUT_SECRET_KEY", short)
+    code, out = run("test", "2019-01", "--to", "me@example.org")
+    assert code == 0 and "warning: MAILOUT_SECRET_KEY has 20 characters" in out, out
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0 and "warning: MAILOUT_SECRET_KEY has 20 characters" in out, out
+    assert len(smtp_server.messages) == 4
+    # A worker taking up a dispatch refuses the demo key too.
+    settings = load_settings(sending_workspace)
+    engine = make_engine(settings.database_url())
+    issue = load_issue(sending_workspace / "issues" / "2019-01" / "issue.yaml")
+    try:
+        plan = dispatching.plan(engine, settings, issue, "members", again=True)
+        dispatching.start(engine, settings, plan)
+    finally:
+        engine.dispose()
+    monkeypatch.setenv("MAILOUT_SECRET_KEY", demo)
+    code, out = run("worker")
+    assert code == 1 and "is a key published in mailout's own files" in out, out
+    assert len(smtp_server.messages) == 4
+
+
+def test_the_local_outbox_may_use_the_demo_key(
+    sending_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = sending_workspace / "mailout.toml"
+    config.write_text(re.sub(r"\[smtp\][^\[]*", "", config.read_text(encoding="utf-8")), encoding="utf-8")
+    [demo] = PUBLIC_KEYS
+    monkeypatch.setenv("MAILOUT_SECRET_KEY", demo)
+    add_subscribers(sending_workspace, people(2))
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0 and "local outbox" in out and "warning" not in out, out
+    assert len(list((sending_workspace / "outbox").glob("*.eml"))) == 2
 
 
 def test_plain_http_links_are_warned_about_before_a_real_send(sending_workspace: Path) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import outbox
@@ -36,7 +37,7 @@ from .mailer import Mailer, Tally, delivery_message_id, settle_in_flight
 from .models import FINAL, DeliveryStatus, Dispatch, MailingList
 from .render import Variant, render_variant
 from .segments import Segment
-from .tokens import Signer
+from .tokens import Signer, check_real_key
 from .transports import Transport, enhanced_status, make_transport
 
 #: How many dispatches ``overview`` shows.
@@ -53,6 +54,10 @@ class DispatchNotFound(MailoutError):
 
 class NothingToResend(MailoutError):
     """A send was asked to send again to unknown or refused deliveries, and there are none."""
+
+
+class NoRecipients(MailoutError):
+    """Nobody is subscribed to the list: a dispatch to nobody is refused, and none is written."""
 
 
 class DispatchState(StrEnum):
@@ -119,6 +124,8 @@ class Started:
     dispatch_id: int
     total: int
     created: bool
+    #: Set when another send wrote the dispatch since this one was planned, and this one joins it.
+    joined: bool = False
     #: The pause that was lifted ("" when it was not paused).
     unpaused: str = ""
     #: Unknown deliveries queued again.
@@ -197,6 +204,8 @@ def plan(
     list_settings = settings.mailing_list(list_name)
     transport = make_transport(settings)
     warnings = []
+    if settings.smtp.host:  # mail to real people: the links must be safe to sign
+        warnings += check_real_key(settings.secret_key)
     base = Links(settings).base
     if settings.smtp.host and not base.startswith("https://"):
         warnings.append(
@@ -231,6 +240,8 @@ def plan(
         )
     if newest is not None and not again:
         raise _exists(newest, lst)
+    if recipients == 0:
+        raise _nobody(lst)
     # Rendered once the plan is sure to need it, outside the transaction: it takes a while.
     variant = render_variant(issue, settings, Segment(list_settings.segment))
     return replace(found, variant=variant, recipients=recipients)
@@ -267,16 +278,21 @@ def _nothing_to_resend(
     )
 
 
-def _exists(dispatch: Dispatch, lst: MailingList) -> DispatchExists:
-    if dispatch.finished_at is None:
-        return DispatchExists(
-            f"{dispatch.issue} is being sent to '{lst.name}' by dispatch {dispatch.id}, written since this"
-            " send was planned; run the same command again to take it up"
-        )
+def _exists(dispatch: Dispatch, lst: MailingList, *, meanwhile: bool = False) -> DispatchExists:
+    assert dispatch.finished_at is not None, "an unfinished dispatch is taken up, not refused"
     when = outbox.as_utc(dispatch.finished_at).strftime("%Y-%m-%d %H:%M UTC")
+    by = "by another send since this one was planned" if meanwhile else "already"
     return DispatchExists(
-        f"{dispatch.issue} was sent to '{lst.name}' already (dispatch {dispatch.id}, finished {when});"
+        f"{dispatch.issue} was sent to '{lst.name}' {by} (dispatch {dispatch.id}, finished {when});"
         " use --again to send it once more"
+    )
+
+
+def _nobody(lst: MailingList) -> NoRecipients:
+    return NoRecipients(
+        f"nobody is subscribed to '{lst.name}': no dispatch was written"
+        " (did you run `mailout subscribers sync`, or `mailout subscribers import FILE --list"
+        f" {lst.name}`?)"
     )
 
 
@@ -284,25 +300,47 @@ def start(engine: Engine, settings: Settings, plan: Plan) -> Started:
     """Do what ``plan`` says: write the new dispatch with its deliveries, or take up the planned one.
 
     Taking one up lifts its pause and, when asked, queues its unknown deliveries (after
-    taking over from dead processes) or its policy refusals again.
-    Raises ``DispatchExists`` when another dispatch of the issue to the list was written
-    since the plan, and ``TransportUnavailable`` when the transport cannot send.
+    taking over from dead processes) or its policy refusals again. When another send
+    wrote a dispatch of the issue to the list since the plan (two sends started
+    together), this one joins it rather than writing a second; when that one is finished
+    already, raises ``DispatchExists``. Raises ``TransportUnavailable`` when the
+    transport cannot send.
     """
     # Connect and log in (or write a test file) first: a wrong password or a missing
     # STARTTLS is one line, before any dispatch is written or any delivery claimed.
     make_transport(settings).check()
+    try:
+        return _start(engine, settings, plan)
+    except IntegrityError as exc:
+        if not outbox.is_duplicate_dispatch(exc):
+            raise
+    # The database refused a second dispatch of the same generation: another send wrote it
+    # between this one's check and its write (the lock makes that rare). Now it is there.
+    return _start(engine, settings, plan)
+
+
+def _start(engine: Engine, settings: Settings, plan: Plan) -> Started:
     with transaction(engine) as session:
         lst = people.ensure_list(session, settings.mailing_list(plan.list_name))
+        # Checked and written in one transaction, the list's row locked: sends started
+        # together decide one after the other, and the unique (issue, list, generation)
+        # makes the database refuse a second dispatch whatever happens.
         newest = outbox.find_dispatch(session, plan.issue, lst, lock=True)
         if plan.resume is not None:
             return _resume(session, settings, plan.resume)
         if newest is not None and newest.id != plan.previous:
-            raise _exists(newest, lst)
+            if newest.finished_at is not None:
+                raise _exists(newest, lst, meanwhile=True)
+            # Another send wrote it a moment ago: sending it is what this one was about to do.
+            return Started(newest.id, newest.total, created=False, joined=True)
         assert plan.variant is not None, "a plan that resumes nothing carries the variant to send"
         dispatch = outbox.create_dispatch(
             session, plan.issue, lst, plan.variant,
             from_name=settings.sender.name, from_address=settings.sender.address, reply_to=settings.sender.reply_to,
+            generation=newest.generation + 1 if newest is not None else 1,
         )  # fmt: skip
+        if dispatch.total == 0:
+            raise _nobody(lst)  # everybody left since the plan: the transaction writes nothing
         return Started(dispatch.id, dispatch.total, created=True)
 
 
@@ -337,26 +375,32 @@ def run(
     signer: Signer,
     *,
     on_progress: Callable[[Tally], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
     handle_signals: bool = False,
 ) -> Result:
     """Send the dispatch from this process until it is finished, paused or stopped.
 
     ``handle_signals`` (the main thread only) makes Ctrl-C and SIGTERM stop it cleanly.
-    Other processes may send the same dispatch at the same time (``mailout worker``).
+    ``on_notice`` hears what the run finds on its way, such as a gone process it takes
+    over from. Other processes may send the same dispatch at the same time (``mailout
+    worker``).
     """
+    if settings.smtp.host:
+        check_real_key(settings.secret_key)  # also for `mailout worker`; `plan` has warned already
     with transaction(reader(engine)) as session:
         found = outbox.dispatch_with_list(session, dispatch_id)
     if found is None:
         raise DispatchNotFound(f"no dispatch {dispatch_id}; `mailout status` lists them")
     dispatch, lst = found
     mailer = Mailer(
-        engine, settings, dispatch, lst, make_transport(settings), signer, on_progress=on_progress
-    )
+        engine, settings, dispatch, lst, make_transport(settings), signer,
+        on_progress=on_progress, on_notice=on_notice,
+    )  # fmt: skip
     if handle_signals:
         mailer.install_signal_handlers()
     finished = mailer.run()
     now = report(engine, dispatch_id)
-    if finished:
+    if finished or now.state is DispatchState.FINISHED:  # by this process or, meanwhile, by others
         ending = Ending.FINISHED
     elif now.paused_reason:
         ending = Ending.PAUSED

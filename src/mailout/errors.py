@@ -21,6 +21,7 @@ names every subclass, where it lives and what it derives from::
     ├── DispatchExists [dispatching]     the issue was already sent to this list (use --again)
     ├── DispatchNotFound [dispatching]   no dispatch has this number
     ├── NothingToResend [dispatching]    --resend-unknown or --retry-policy, and no such delivery
+    ├── NoRecipients [dispatching]       nobody is subscribed to the list: no dispatch is written
     ├── AnotherSender [mailer]           another process is sending this dispatch, and only one may
     ├── TransportUnavailable [transports]  nothing can be sent: no connection, TLS or login refused,
     │                                    or the outbox cannot be written

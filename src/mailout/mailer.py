@@ -116,6 +116,27 @@ def settle_in_flight(transport: Transport, dispatch: Dispatch) -> Callable[[int]
     return settle
 
 
+def recovery_notices(recovered: outbox.Recovery) -> list[str]:
+    """Say what is known of each gone process, and what became of what it was sending."""
+    lines = []
+    for process in recovered.gone:
+        if process.here:
+            lines.append(f"{process} is gone; resuming")
+        else:
+            lines.append(
+                f"{process} sent no heartbeat for {process.silent_for:.0f} s (sending.worker_timeout):"
+                " taken as stopped; resuming"
+            )
+    if recovered.requeued:
+        lines.append(f"{recovered.requeued} deliveries claimed but not sent are queued again")
+    if recovered.unknown:
+        lines.append(
+            f"{recovered.unknown} in flight when the process stopped are unknown (the server may have"
+            " them; not sent again unless asked): `mailout status` lists them"
+        )
+    return lines
+
+
 class Mailer:
     """Sends one dispatch until it is finished, paused or stopped."""
 
@@ -129,6 +150,7 @@ class Mailer:
         signer: Signer,
         *,
         on_progress: Callable[[Tally], None] | None = None,
+        on_notice: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -137,6 +159,7 @@ class Mailer:
         self.transport = transport
         self.signer = signer
         self.on_progress = on_progress
+        self.on_notice = on_notice
         self.stop = threading.Event()
         self.tally = Tally()
         self.worker = outbox.worker_name()
@@ -156,8 +179,8 @@ class Mailer:
 
     # -- set-up and tear-down ---------------------------------------------------
 
-    def start(self) -> tuple[int, int]:
-        """Register this process; take over from dead ones. Returns (requeued, unknown)."""
+    def start(self) -> outbox.Recovery:
+        """Register this process; take over from gone ones, and say so. Returns what was recovered."""
         timeout = self.settings.sending.worker_timeout
         with self.engine.begin() as conn:
             settle = settle_in_flight(self.transport, self.dispatch)
@@ -165,12 +188,20 @@ class Mailer:
             others = outbox.live_workers(conn, self.dispatch.id, timeout)
             if others and self.engine.dialect.name == "sqlite":
                 raise AnotherSender(
-                    f"another process is sending this dispatch ({others[0]}); wait for it to finish,"
-                    " or run `mailout status` to follow it"
+                    f"another process is sending this dispatch: {others[0]}, heard from"
+                    f" {others[0].silent_for:.0f} s ago; wait for it to finish, or run `mailout status`"
+                    " to follow it"
                 )
             outbox.register_worker(conn, self.dispatch.id, self.worker)
+        for line in recovery_notices(recovered):
+            self.notice(line)
         self._share_rate(len(others) + 1)
         return recovered
+
+    def notice(self, text: str) -> None:
+        """Tell the front end something the run found (a gone process it took over from)."""
+        if self.on_notice:
+            self.on_notice(text)
 
     def _share_rate(self, workers: int) -> None:
         # The limit holds across every process of the dispatch: each takes its share.

@@ -175,13 +175,17 @@ class Dispatch(Base):
     """One issue sent to one list, with the rendered variant frozen at its creation."""
 
     __tablename__ = "dispatches"
-    __table_args__ = (Index("ix_dispatches_issue_list", "issue", "list_id"),)
+    #: One dispatch per issue, list and generation: two sends started together cannot both
+    #: write one (the database refuses the second); ``--again`` writes the next generation.
+    __table_args__ = (UniqueConstraint("issue", "list_id", "generation"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     #: A random name, in every Message-ID of the dispatch.
     key: Mapped[str] = mapped_column(String(40), unique=True)
     issue: Mapped[str] = mapped_column(String(200))
     list_id: Mapped[int] = mapped_column(ForeignKey("lists.id", ondelete="RESTRICT"))
+    #: 1 for the first dispatch of the issue to the list, 2 for the next (``--again``), ...
+    generation: Mapped[int] = mapped_column(default=1)
     segment: Mapped[str] = mapped_column(String(16))
     subject: Mapped[str] = mapped_column(String(500))
     preheader: Mapped[str] = mapped_column(String(500), default="")
@@ -234,6 +238,9 @@ class Worker(Base):
     dispatch_id: Mapped[int] = mapped_column(ForeignKey("dispatches.id", ondelete="CASCADE"))
     host: Mapped[str] = mapped_column(String(200))
     pid: Mapped[int]
+    #: Who the process is, exactly: its machine's boot, its PID namespace and its start time
+    #: (``outbox.process_identity``); "" where unknown. Tells a dead process at once.
+    process: Mapped[str] = mapped_column(String(100), default="")
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -13,10 +13,12 @@ same transaction (recipients and the rendered variant frozen). Then:
 Each step is committed before the next message goes on the same connection,
 so a process killed at any moment leaves at most one ``sending`` delivery per
 connection: those become ``unknown`` (never resent unless asked), while its
-``claimed`` deliveries go back to ``queued``. A process is known dead when its
-heartbeat in ``workers`` is older than ``sending.worker_timeout``. A transport
-that can tell whether a message was delivered (the local outbox: its file is
-there or not) settles a ``sending`` delivery as ``sent`` or ``queued`` instead.
+``claimed`` deliveries go back to ``queued``. A process is known dead at once
+when it ran on this machine and runs no more (see ``processes``), and otherwise
+when its heartbeat in ``workers`` is older than ``sending.worker_timeout``. A
+transport that can tell whether a message was delivered (the local outbox: its
+file is there or not) settles a ``sending`` delivery as ``sent`` or ``queued``
+instead.
 """
 
 from __future__ import annotations
@@ -45,13 +47,14 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
-    or_,
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql import ColumnElement, Select
 
+from . import processes
 from .models import (
     Delivery,
     DeliveryStatus,
@@ -64,6 +67,7 @@ from .models import (
     Worker,
     utcnow,
 )
+from .processes import Liveness
 from .render import Variant
 
 ACTIVE = (DeliveryStatus.QUEUED, DeliveryStatus.CLAIMED, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED)
@@ -97,7 +101,7 @@ def find_dispatch(session: Session, issue: str, lst: MailingList, *, lock: bool 
     return session.scalars(
         select(Dispatch)
         .where(Dispatch.issue == issue, Dispatch.list_id == lst.id)
-        .order_by(Dispatch.id.desc())
+        .order_by(Dispatch.generation.desc())
         .limit(1)
     ).first()
 
@@ -129,12 +133,18 @@ def create_dispatch(
     from_name: str,
     from_address: str,
     reply_to: str,
+    generation: int,
 ) -> Dispatch:
-    """Freeze the variant and the recipients: one dispatch, one queued delivery per recipient."""
+    """Freeze the variant and the recipients: one dispatch, one queued delivery per recipient.
+
+    ``generation`` numbers the dispatches of the issue to the list: the database refuses a
+    second one with the same number (``IntegrityError``, see ``is_duplicate_dispatch``).
+    """
     dispatch = Dispatch(
         key=f"mo{secrets.token_hex(8)}",
         issue=issue,
         list_id=lst.id,
+        generation=generation,
         segment=variant.segment,
         subject=variant.subject,
         preheader=variant.preheader,
@@ -184,6 +194,13 @@ def create_dispatch(
         or 0
     )
     return dispatch
+
+
+def is_duplicate_dispatch(error: IntegrityError) -> bool:
+    """Return whether ``error`` is the database refusing a second dispatch of one generation."""
+    # PostgreSQL names the constraint; SQLite names its columns.
+    text = str(error.orig)
+    return "uq_dispatches_issue_list_id_generation" in text or "dispatches.generation" in text
 
 
 def frozen_variant(dispatch: Dispatch) -> Variant:
@@ -268,11 +285,37 @@ def unpause(conn: Connection | Session, dispatch_id: int) -> None:
 # --- workers -------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SendingProcess:
+    """A process registered as sending a dispatch, as another process sees it."""
+
+    name: str
+    host: str
+    pid: int
+    #: On this machine, where whether it runs is known at once (see ``processes``).
+    here: bool
+    #: Seconds since its last heartbeat.
+    silent_for: float
+
+    def __str__(self) -> str:
+        return f"process {self.pid} on {'this machine' if self.here else self.host}"
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What taking over from gone processes did: deliveries requeued, deliveries now unknown."""
+
+    requeued: int = 0
+    unknown: int = 0
+    gone: tuple[SendingProcess, ...] = ()
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def register_worker(conn: Connection, dispatch_id: int, name: str) -> None:
+    """Record that this process sends the dispatch, with what tells when it is gone."""
     now = utcnow()
     conn.execute(
         insert(Worker).values(
@@ -280,6 +323,7 @@ def register_worker(conn: Connection, dispatch_id: int, name: str) -> None:
             dispatch_id=dispatch_id,
             host=socket.gethostname()[:200],
             pid=os.getpid(),
+            process=processes.identity(),
             started_at=now,
             heartbeat_at=now,
         )
@@ -290,31 +334,50 @@ def heartbeat(conn: Connection, name: str) -> None:
     conn.execute(update(Worker).where(Worker.id == name).values(heartbeat_at=utcnow()))
 
 
-def live_workers(conn: Connection, dispatch_id: int, timeout: float) -> list[str]:
-    cutoff = utcnow() - dt.timedelta(seconds=timeout)
-    return list(
-        conn.scalars(
-            select(Worker.id).where(Worker.dispatch_id == dispatch_id, Worker.heartbeat_at >= cutoff)
-        )
+def _workers(
+    conn: Connection, dispatch_id: int, timeout: float
+) -> tuple[list[SendingProcess], list[SendingProcess]]:
+    """Return the dispatch's processes that still send, and those that are gone, oldest first."""
+    now = utcnow()
+    alive: list[SendingProcess] = []
+    gone: list[SendingProcess] = []
+    rows = conn.execute(
+        select(Worker.id, Worker.host, Worker.pid, Worker.process, Worker.heartbeat_at)
+        .where(Worker.dispatch_id == dispatch_id)
+        .order_by(Worker.started_at, Worker.id)
     )
+    for row in rows:
+        state = processes.liveness(row.process, row.pid)
+        silent = max(0.0, (now - as_utc(row.heartbeat_at)).total_seconds())
+        found = SendingProcess(row.id, row.host, row.pid, state is not Liveness.UNKNOWN, silent)
+        # On this machine a dead process is known at once; elsewhere (or without /proc) by
+        # its silence. A silent one that still runs here is hung: taken as gone too, as
+        # before; what it claimed is requeued, so it can send none of that (``mark_sending``
+        # needs the claim), and its one message on the wire is reported unknown.
+        (gone if state is Liveness.GONE or silent > timeout else alive).append(found)
+    return alive, gone
 
 
-def _orphans(conn: Connection, dispatch_id: int, timeout: float) -> tuple[list[str], ColumnElement[bool]]:
-    """Return the dead workers of the dispatch, and what selects the deliveries they left behind."""
-    cutoff = utcnow() - dt.timedelta(seconds=timeout)
-    dead = list(
-        conn.scalars(select(Worker.id).where(Worker.dispatch_id == dispatch_id, Worker.heartbeat_at < cutoff))
-    )
-    # Deliveries claimed by a worker that left no row (its row was removed) are orphans too.
-    alive = select(Worker.id).where(Worker.dispatch_id == dispatch_id, Worker.heartbeat_at >= cutoff)
-    orphan = and_(
-        Delivery.dispatch_id == dispatch_id, or_(Delivery.worker.in_(dead), Delivery.worker.not_in(alive))
-    )
-    return dead, orphan
+def live_workers(conn: Connection, dispatch_id: int, timeout: float) -> list[SendingProcess]:
+    """Return the processes sending the dispatch that are alive (or not yet known dead)."""
+    return _workers(conn, dispatch_id, timeout)[0]
+
+
+def _orphans(
+    conn: Connection, dispatch_id: int, timeout: float
+) -> tuple[list[SendingProcess], ColumnElement[bool]]:
+    """Return the gone processes of the dispatch, and what selects the deliveries they left behind."""
+    _, gone = _workers(conn, dispatch_id, timeout)
+    dead = [process.name for process in gone]
+    # Deliveries claimed by a process that left no row (its row was removed) are orphans
+    # too. The rows still there are read by the UPDATE itself: a process that registers
+    # meanwhile, and claims, keeps what it claimed.
+    registered = select(Worker.id).where(Worker.dispatch_id == dispatch_id, Worker.id.not_in(dead))
+    return gone, and_(Delivery.dispatch_id == dispatch_id, Delivery.worker.not_in(registered))
 
 
 def in_flight_of_dead(conn: Connection, dispatch_id: int, timeout: float) -> list[int]:
-    """Return the ids of the deliveries that dead workers left ``sending`` (``recover`` settles them)."""
+    """Return the ids of the deliveries that gone processes left ``sending`` (``recover`` settles them)."""
     _, orphan = _orphans(conn, dispatch_id, timeout)
     return list(
         conn.scalars(
@@ -328,15 +391,17 @@ def recover(
     dispatch_id: int,
     timeout: float,
     settle: Callable[[int], bool | None] | None = None,
-) -> tuple[int, int]:
-    """Take over from dead workers: claimed go back to queued, sending become unknown.
+) -> Recovery:
+    """Take over from gone processes: claimed go back to queued, sending become unknown.
 
-    ``settle`` answers, for a delivery that was ``sending``, whether its message was
-    delivered, when the transport can know (the local outbox; None when it cannot): then
-    it becomes ``sent`` or ``queued`` instead of ``unknown``.
-    Returns how many deliveries were requeued and how many became unknown.
+    A process on this machine is gone as soon as it no longer runs; one elsewhere when its
+    heartbeat is older than ``timeout`` seconds (``sending.worker_timeout``). ``settle``
+    answers, for a delivery that was ``sending``, whether its message was delivered, when
+    the transport can know (the local outbox; None when it cannot): then it becomes
+    ``sent`` or ``queued`` instead of ``unknown``.
     """
-    dead, orphan = _orphans(conn, dispatch_id, timeout)
+    gone, orphan = _orphans(conn, dispatch_id, timeout)
+    dead = [process.name for process in gone]
     now = utcnow()
     requeued = conn.execute(
         update(Delivery)
@@ -370,7 +435,7 @@ def recover(
     ).rowcount
     if dead:
         conn.execute(delete(Worker).where(Worker.id.in_(dead)))
-    return int(requeued), int(unknown)
+    return Recovery(int(requeued), int(unknown), tuple(gone))
 
 
 def retire_worker(conn: Connection, name: str) -> int:

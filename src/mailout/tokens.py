@@ -21,6 +21,13 @@ from enum import StrEnum
 from .errors import ConfigError
 
 MIN_KEY_LENGTH = 16
+#: A real send warns about a key shorter than this (``secrets.token_urlsafe(32)`` gives 43).
+GOOD_KEY_LENGTH = 32
+#: Keys printed in mailout's own files (the Makefile's demo): anyone can sign links with them,
+#: so they may sign only what goes to the local outbox. ``tests/test_tokens.py`` scans the
+#: files a user could copy a key from, so that this list misses none.
+PUBLIC_KEYS = frozenset({"demo-key-for-the-local-outbox-only"})
+_NEW_KEY = "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
 _MAC_BYTES = 16  # 128 bits: forging one is out of reach; the URL stays short
 
 
@@ -43,10 +50,7 @@ class Signer:
 
     def __init__(self, keys: Sequence[str]) -> None:
         if not keys:
-            raise ConfigError(
-                "no secret key: set MAILOUT_SECRET_KEY (e.g. to the output of"
-                " `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
-            )
+            raise ConfigError(f"no secret key: set MAILOUT_SECRET_KEY (e.g. to the output of {_NEW_KEY})")
         for key in keys:
             if len(key) < MIN_KEY_LENGTH:
                 raise ConfigError(f"MAILOUT_SECRET_KEY: each key needs at least {MIN_KEY_LENGTH} characters")
@@ -55,7 +59,7 @@ class Signer:
     @classmethod
     def from_secret(cls, secret: str) -> Signer:
         """Return a signer for ``MAILOUT_SECRET_KEY``: one key, or several separated by commas."""
-        return cls([key for key in re.split(r"[,\s]+", secret) if key])
+        return cls(_split(secret))
 
     def _mac(self, key: bytes, purpose: Purpose, body: bytes) -> bytes:
         return hmac.new(key, purpose.encode() + b"|" + body, hashlib.sha256).digest()[:_MAC_BYTES]
@@ -82,6 +86,34 @@ class Signer:
         if not valid or match is None:
             return None
         return Claim(purpose, int(match.group(1)), int(match.group(2)))
+
+
+def _split(secret: str) -> list[str]:
+    """Return the keys of ``MAILOUT_SECRET_KEY``: one, or several separated by commas."""
+    return [key for key in re.split(r"[,\s]+", secret) if key]
+
+
+def check_real_key(secret: str) -> list[str]:
+    """Refuse a publicly known key for mail to real people; return a warning for each short key.
+
+    The local outbox may use any key: nothing leaves the machine.
+    """
+    warnings = []
+    keys = _split(secret)
+    for n, key in enumerate(keys, start=1):
+        which = f"MAILOUT_SECRET_KEY (key {n})" if len(keys) > 1 else "MAILOUT_SECRET_KEY"
+        if key in PUBLIC_KEYS:
+            raise ConfigError(
+                f"{which} is a key published in mailout's own files (the demo's): anyone could sign"
+                " unsubscribe links with it, so it may sign only messages to the local outbox;"
+                f" set a key of your own for smtp.host (e.g. the output of {_NEW_KEY})"
+            )
+        if len(key) < GOOD_KEY_LENGTH:
+            warnings.append(
+                f"{which} has {len(key)} characters: a key of {GOOD_KEY_LENGTH} or more is much harder"
+                f" to guess (e.g. the output of {_NEW_KEY})"
+            )
+    return warnings
 
 
 def _b64(data: bytes) -> str:

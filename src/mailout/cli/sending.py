@@ -22,6 +22,7 @@ from ..message import Addressing, MessageTemplate
 from ..models import FINAL
 from ..render import Recipient, render_issue
 from ..segments import Segment
+from ..tokens import check_real_key
 from ..transports import DeliveryFailure, make_transport
 from .state import State, pass_state
 from .terminal import safe
@@ -54,6 +55,9 @@ def test_command(state: State, name: str, addresses: tuple[str, ...]) -> None:
         raise MailoutError(
             "no test recipients: give --to ADDRESS or set preview.test_recipients in mailout.toml"
         )
+    if settings.smtp.host:  # to real mailboxes: refuse a public key as `send` does
+        for warning in check_real_key(settings.secret_key):
+            click.secho(f"warning: {warning}", fg="yellow", err=True)
     issue = state.issue(name)
     transport = make_transport(settings)
     urls = Links(settings).test_message(issue.slug)
@@ -104,17 +108,20 @@ def _progress_printer(total: int) -> Callable[[Tally], None]:
     return show
 
 
-def _run(state: State, dispatch_id: int, total: int) -> None:
-    """Send the dispatch with a progress line, print how it ended; exit 3 when it is not finished."""
+#: How a run may end and the command still exit 0: nothing is left for this process to do.
+DONE = (Ending.FINISHED, Ending.OTHERS)
+
+
+def _run(state: State, dispatch_id: int, total: int) -> Ending:
+    """Send the dispatch with a progress line, print how it ended, and return that."""
     result = dispatching.run(
         state.engine(), state.settings, dispatch_id, state.signer(),
-        on_progress=_progress_printer(total), handle_signals=True,
+        on_progress=_progress_printer(total), on_notice=click.echo, handle_signals=True,
     )  # fmt: skip
     if sys.stderr.isatty():
         click.echo("", err=True)
     _print_ending(result)
-    if result.ending is not Ending.FINISHED:
-        raise click.exceptions.Exit(NOT_FINISHED)
+    return result.ending
 
 
 def _adds_up(summary: Summary) -> str:
@@ -287,11 +294,17 @@ def send_command(
     started = dispatching.start(state.engine(), state.settings, plan)
     if started.created:
         click.echo(f"dispatch {started.dispatch_id}: {started.total:,} deliveries queued")
+    elif started.joined:
+        click.echo(
+            f"dispatch {started.dispatch_id} of {plan.issue} to '{plan.list_name}' was written by another"
+            " send a moment ago; joining it (nobody gets two copies)"
+        )
     if resend_unknown:
         click.echo(f"{started.requeued:,} unknown deliveries queued again")
     if retry_policy:
         click.echo(f"{started.retried:,} deliveries refused by policy queued again")
-    _run(state, started.dispatch_id, started.total)
+    if _run(state, started.dispatch_id, started.total) not in DONE:
+        raise click.exceptions.Exit(NOT_FINISHED)
 
 
 @click.command("worker")
@@ -302,6 +315,9 @@ def send_command(
 def worker_command(state: State, dispatch_id: int | None) -> None:
     """Add a sending process to unfinished dispatches (PostgreSQL: on any machine).
 
+    Exits 0 when the dispatches are finished, by this process or by others; 3
+    when one was left paused, or on Ctrl-C or SIGTERM (run it again to resume).
+
     \b
     Example:
         mailout worker --dispatch 3
@@ -311,9 +327,15 @@ def worker_command(state: State, dispatch_id: int | None) -> None:
         click.echo("nothing to send")
         return
     make_transport(state.settings).check()  # a broken setting claims nothing
+    unfinished = False
     for dispatch in dispatches:
         click.echo(f"dispatch {dispatch.id}: {dispatch.issue} to '{dispatch.list}'")
-        _run(state, dispatch.id, dispatch.total)
+        ending = _run(state, dispatch.id, dispatch.total)
+        if ending is Ending.STOPPED:
+            raise click.exceptions.Exit(NOT_FINISHED)  # Ctrl-C or SIGTERM: stop here, not the next one
+        unfinished |= ending not in DONE
+    if unfinished:
+        raise click.exceptions.Exit(NOT_FINISHED)
 
 
 def _json(value: object) -> str:
