@@ -97,7 +97,7 @@ def test_drops_after_the_final_dot_are_unknown_and_never_sent_twice(
     assert status["counts"]["unknown"] == 12 and sum(status["counts"].values()) == status["total"] == 120
     code, text = run("status", "1")
     assert f"  {'unknown':<9}{12:>9,}" in text.splitlines()
-    assert "`send --resend-unknown` sends them again" in text
+    assert "--list members --resend-unknown` sends them again" in text
 
 
 def test_answers_slower_than_data_timeout_are_unknown(
