@@ -10,6 +10,7 @@ when it returns.
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import pytest
 from sqlalchemy import Connection, Engine, select, update
@@ -205,3 +206,28 @@ def test_a_claimed_delivery_skipped_by_an_unsubscribe_is_never_marked_sending(en
         (DeliveryStatus.SKIPPED, 0),
         (DeliveryStatus.SKIPPED, 0),
     ]
+
+
+def test_a_silent_process_that_still_runs_here_is_not_called_gone(engine: Engine) -> None:
+    """Ctrl-Z or a hang: taken over for its silence, and said to run still, not to be gone."""
+    from mailout.mailer import recovery_notices
+    from mailout.models import Worker
+
+    dispatch_id = make_dispatch(engine, 2)
+    with engine.begin() as conn:
+        outbox.register_worker(conn, dispatch_id, "stopped")  # this very process: it runs
+        outbox.claim(conn, dispatch_id, "stopped", 2)
+        conn.execute(
+            update(Worker)
+            .values(heartbeat_at=utcnow() - dt.timedelta(seconds=100))
+            .where(Worker.id == "stopped")
+        )
+    with engine.begin() as conn:
+        recovered = outbox.recover(conn, dispatch_id, 30)
+    assert recovered.requeued == 2
+    [process] = recovered.gone
+    assert process.running
+    assert recovery_notices(recovered)[0] == (
+        f"process {os.getpid()} on this machine still runs but sent no heartbeat for 100 s"
+        " (sending.worker_timeout; stopped or hung?): taken as stopped; resuming"
+    )

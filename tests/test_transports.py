@@ -116,6 +116,17 @@ def test_check_logs_in_and_sends_nothing() -> None:
         assert str(refused.value).startswith(f"SMTP 127.0.0.1:{server.port}: login refused: 535 ")
 
 
+def test_check_refuses_credentials_outside_ascii_in_one_line() -> None:
+    with SMTPServer(username="zoë", password="pässwörd", auth_require_tls=False) as server:
+        with pytest.raises(TransportUnavailable) as refused:
+            SmtpTransport(settings(server, username="zoë", password="pässwörd")).check()
+        assert str(refused.value) == (
+            f"SMTP 127.0.0.1:{server.port}: cannot log in: smtp.username and the SMTP password"
+            " must be ASCII (smtplib sends them as ASCII)"
+        )
+        assert server.messages == []
+
+
 def test_check_refuses_a_server_without_starttls() -> None:
     with SMTPServer() as server, pytest.raises(TransportUnavailable) as refused:
         SmtpTransport(settings(server, security="starttls")).check()

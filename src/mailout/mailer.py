@@ -120,7 +120,14 @@ def recovery_notices(recovered: outbox.Recovery) -> list[str]:
     """Say what is known of each gone process, and what became of what it was sending."""
     lines = []
     for process in recovered.gone:
-        if process.here:
+        if process.running:
+            # Not gone: stopped (Ctrl-Z) or hung. What it claimed is taken from it; when it goes
+            # on it can send none of that, but its message on the wire may still be answered.
+            lines.append(
+                f"{process} still runs but sent no heartbeat for {process.silent_for:.0f} s"
+                " (sending.worker_timeout; stopped or hung?): taken as stopped; resuming"
+            )
+        elif process.here:
             lines.append(f"{process} is gone; resuming")
         else:
             lines.append(

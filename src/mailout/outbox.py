@@ -296,6 +296,8 @@ class SendingProcess:
     here: bool
     #: Seconds since its last heartbeat.
     silent_for: float
+    #: On this machine and still running (taken as stopped only for its silence: hung, or Ctrl-Z).
+    running: bool = False
 
     def __str__(self) -> str:
         return f"process {self.pid} on {'this machine' if self.here else self.host}"
@@ -349,7 +351,9 @@ def _workers(
     for row in rows:
         state = processes.liveness(row.process, row.pid)
         silent = max(0.0, (now - as_utc(row.heartbeat_at)).total_seconds())
-        found = SendingProcess(row.id, row.host, row.pid, state is not Liveness.UNKNOWN, silent)
+        found = SendingProcess(
+            row.id, row.host, row.pid, state is not Liveness.UNKNOWN, silent, state is Liveness.ALIVE
+        )
         # On this machine a dead process is known at once; elsewhere (or without /proc) by
         # its silence. A silent one that still runs here is hung: taken as gone too, as
         # before; what it claimed is requeued, so it can send none of that (``mark_sending``

@@ -314,6 +314,12 @@ class SmtpConnection:
                 failure = TransportUnavailable(f"{where}: {exc} (smtp.username is set)")
         except ssl.SSLError as exc:
             failure = TransportUnavailable(f"{where}: TLS failed: {exc.reason or exc}")
+        except UnicodeEncodeError:
+            # smtplib sends AUTH (and EHLO) in ASCII only, and raises on anything else.
+            failure = TransportUnavailable(
+                f"{where}: cannot log in: smtp.username and the SMTP password must be ASCII"
+                " (smtplib sends them as ASCII)"
+            )
         except (OSError, smtplib.SMTPException) as exc:
             failure = TransportUnavailable(f"{where}: cannot connect: {exc}")
         if client is not None:
