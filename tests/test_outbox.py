@@ -115,9 +115,9 @@ def test_advance_moves_the_previous_delivery_to_sent_and_the_next_to_sending(eng
         with db.begin():
             first, second, third = outbox.claim(db, dispatch_id, "w1", 3)
         with db.begin():
-            outbox.advance(db, None, first.id)
+            outbox.advance(db, None, first.id, "w1")
         with db.begin():
-            outbox.advance(db, outbox.Sent(first.id, "250 2.0.0 Ok: queued as A1"), second.id)
+            outbox.advance(db, outbox.Sent(first.id, "250 2.0.0 Ok: queued as A1"), second.id, "w1")
         state = deliveries(engine)
         assert (state[first.email].status, state[first.email].attempts) == (DeliveryStatus.SENT, 1)
         assert state[first.email].reply == "250 2.0.0 Ok: queued as A1"
@@ -126,7 +126,7 @@ def test_advance_moves_the_previous_delivery_to_sent_and_the_next_to_sending(eng
         assert state[third.email].status is DeliveryStatus.CLAIMED, "no other row changes"
         assert all(outbox.as_utc(d.updated_at) >= before for d in (state[first.email], state[second.email]))
         with db.begin():
-            outbox.advance(db, outbox.Sent(second.id, "250 " + "x" * 3000), None)
+            outbox.advance(db, outbox.Sent(second.id, "250 " + "x" * 3000), None, "w1")
     state = deliveries(engine)
     assert state[second.email].status is DeliveryStatus.SENT and len(state[second.email].reply) == 2000
     assert state[third.email].attempts == 0
@@ -138,7 +138,7 @@ def test_the_loop_connection_commits_each_statement_when_it_returns(engine: Engi
     dispatch_id = make_dispatch(engine, 2)
     with outbox.loop_connection(engine) as db:
         first, _ = outbox.claim(db, dispatch_id, "w1", 2)
-        outbox.advance(db, None, first.id)
+        outbox.advance(db, None, first.id, "w1")
         # Not committed by SQLAlchemy yet: the server committed the statement by itself.
         assert db.in_transaction()
         assert deliveries(engine)[first.email].status is DeliveryStatus.SENDING
@@ -195,11 +195,11 @@ def test_a_claimed_delivery_skipped_by_an_unsubscribe_is_never_marked_sending(en
                 person = session.scalars(select(Subscriber).where(Subscriber.email == email)).one()
                 unsubscribe(session, person, Source.ONE_CLICK)
         with db.begin():
-            assert outbox.advance(db, None, first.id) is True
+            assert outbox.advance(db, None, first.id, "w1") is True
         with db.begin():  # the combined statement: the sent one recorded, the skipped one left alone
-            assert outbox.advance(db, outbox.Sent(first.id, "250 ok"), second.id) is False
+            assert outbox.advance(db, outbox.Sent(first.id, "250 ok"), second.id, "w1") is False
         with db.begin():  # the single statement, after a refusal's transaction
-            assert outbox.mark_sending(db, third.id) is False
+            assert outbox.mark_sending(db, third.id, "w1") is False
     state = deliveries(engine)
     assert state[first.email].status is DeliveryStatus.SENT
     assert [(state[e].status, state[e].attempts) for e in (second.email, third.email)] == [
@@ -231,3 +231,56 @@ def test_a_silent_process_that_still_runs_here_is_not_called_gone(engine: Engine
         f"process {os.getpid()} on this machine still runs but sent no heartbeat for 100 s"
         " (sending.worker_timeout; stopped or hung?): taken as stopped; resuming"
     )
+
+
+def test_only_the_claiming_process_puts_a_delivery_on_the_wire_or_back_in_the_queue(engine: Engine) -> None:
+    # A process taken over while stopped (SIGSTOP past worker_timeout) wakes up with a
+    # delivery in hand that another process may have sent since: it must not touch it.
+    dispatch_id = make_dispatch(engine, 2)
+    with outbox.loop_connection(engine) as db:
+        with db.begin():
+            first, second = outbox.claim(db, dispatch_id, "w1", 2)
+        with db.begin():
+            assert outbox.mark_sending(db, first.id, "w2") is False, "w2 never claimed it"
+            assert outbox.advance(db, None, first.id, "w2") is False
+            assert outbox.mark_sending(db, first.id, "w1") is True
+        with db.begin():
+            outbox.requeue_unsent(db, first.id, "w2")
+        assert deliveries(engine)[first.email].status is DeliveryStatus.SENDING, "not w2's to requeue"
+        with db.begin():
+            outbox.requeue_unsent(db, first.id, "w1")
+        state = deliveries(engine)
+        assert (state[first.email].status, state[first.email].attempts) == (DeliveryStatus.QUEUED, 0)
+        assert state[second.email].status is DeliveryStatus.CLAIMED
+
+
+def test_a_dispatch_is_not_finished_while_another_process_queues_deliveries_again(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time: the two cannot interleave")
+    import threading
+
+    dispatch_id = make_dispatch(engine, 2)
+    with engine.begin() as conn:
+        conn.execute(update(Delivery).values(status=DeliveryStatus.UNKNOWN))
+        assert outbox.finish_if_done(conn, dispatch_id) is True
+    finished: list[bool] = []
+    with engine.connect() as requeuer:
+        with requeuer.begin():
+            assert outbox.resend_unknown(requeuer, dispatch_id) == 2
+            # The requeue holds the dispatch; a sender finishing now must wait for it, then
+            # see the queued deliveries, instead of marking the dispatch finished under them.
+            closer = threading.Thread(
+                target=lambda: finished.append(_finish(engine, dispatch_id)), name="finisher"
+            )
+            closer.start()
+            closer.join(timeout=1.0)
+            assert closer.is_alive(), "finish_if_done waits for the requeue's transaction"
+        closer.join(timeout=10)
+    assert finished == [False]
+    with engine.connect() as conn:
+        assert conn.scalar(select(Dispatch.finished_at).where(Dispatch.id == dispatch_id)) is None
+
+
+def _finish(engine: Engine, dispatch_id: int) -> bool:
+    with engine.begin() as conn:
+        return outbox.finish_if_done(conn, dispatch_id)

@@ -651,7 +651,7 @@ def test_worker_exits_0_when_others_finish_and_3_when_paused(
         with engine.begin() as conn:  # another process, alive, has one message on the wire
             outbox.register_worker(conn, started.dispatch_id, "other")
             [claimed] = outbox.claim(conn, started.dispatch_id, "other", 1)
-            outbox.mark_sending(conn, claimed.id)
+            outbox.mark_sending(conn, claimed.id, "other")
         code, out = run("worker", "--dispatch", str(started.dispatch_id))
         if database_url.startswith("sqlite"):
             assert code == 1 and "another process is sending this dispatch: process" in out, out

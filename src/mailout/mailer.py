@@ -318,11 +318,11 @@ class Mailer:
             if pending is None and sending is None:
                 return False
             with db.begin():
-                return outbox.advance(db, pending, sending)
+                return outbox.advance(db, pending, sending, self.worker)
         # A refusal takes several statements (a bounce suppresses the address too): all or nothing.
         with outbox.atomic(db):
             pending(db)
-            return outbox.mark_sending(db, sending) if sending is not None else False
+            return outbox.mark_sending(db, sending, self.worker) if sending is not None else False
 
     def _wait_for_more(self) -> bool:
         """With nothing to claim now: wait for deferred deliveries, or say there is nothing left."""
@@ -404,7 +404,7 @@ class Mailer:
         self.tally.add("unknown")
 
     def _halted(self, db: DbConnection, *, claimed: outbox.Claimed, error: Exception) -> None:
-        outbox.requeue_unsent(db, claimed.id)
+        outbox.requeue_unsent(db, claimed.id, self.worker)
         what = str(error) if isinstance(error, MailoutError) else f"{type(error).__name__}: {error}"
         self._pause(db, f"{what}; fix it, then run the same command to resume")
 

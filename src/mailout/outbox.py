@@ -601,11 +601,19 @@ def mark(
     conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
 
 
-def requeue_unsent(conn: Connection, delivery_id: int) -> None:
-    """Put back in the queue a delivery that never reached the server, its attempt not counted."""
+def requeue_unsent(conn: Connection, delivery_id: int, worker: str) -> None:
+    """Put back in the queue a delivery that never reached the server, its attempt not counted.
+
+    Only while ``worker`` still has it on the wire: a process taken over while it was
+    stopped must not queue again what another process has sent since.
+    """
     conn.execute(
         update(Delivery)
-        .where(Delivery.id == delivery_id)
+        .where(
+            Delivery.id == delivery_id,
+            Delivery.status == DeliveryStatus.SENDING,
+            Delivery.worker == worker,
+        )
         .values(
             status=DeliveryStatus.QUEUED,
             worker="",
@@ -632,7 +640,7 @@ _SENT = f"'{DeliveryStatus.SENT.value}'"
 _CLAIMED = f"'{DeliveryStatus.CLAIMED.value}'"
 _SENDING_SQL = (
     f"UPDATE deliveries SET status = {_SENDING}, attempts = attempts + 1, updated_at = ?"  # noqa: S608
-    f" WHERE id = ? AND status = {_CLAIMED}"
+    f" WHERE id = ? AND status = {_CLAIMED} AND worker = ?"
 )
 _SENT_SQL = f"UPDATE deliveries SET status = {_SENT}, reply = ?, updated_at = ? WHERE id = ?"  # noqa: S608
 # Both at once, on two rows: the previous message sent, the next one sending.
@@ -642,8 +650,9 @@ _SENT_AND_SENDING_SQL = (
     " attempts = CASE WHEN id = ? THEN attempts + 1 ELSE attempts END,"
     " reply = CASE WHEN id = ? THEN reply ELSE ? END,"
     " updated_at = ?"
-    # The next one only if it is still claimed: an unsubscribe may have skipped it since.
-    f" WHERE id = ? OR (id = ? AND status = {_CLAIMED})"
+    # The next one only if it is still claimed, by this process: an unsubscribe may have
+    # skipped it since, or another process taken over from this one while it was stopped.
+    f" WHERE id = ? OR (id = ? AND status = {_CLAIMED} AND worker = ?)"
 )
 
 
@@ -663,9 +672,9 @@ def _now_param(conn: Connection) -> object:
     return now
 
 
-def mark_sending(conn: Connection, delivery_id: int) -> bool:
-    """Record that this delivery is going on the wire now; False if it is no longer claimed."""
-    return _driver(conn, _SENDING_SQL, (_now_param(conn), delivery_id)) == 1
+def mark_sending(conn: Connection, delivery_id: int, worker: str) -> bool:
+    """Record that this delivery is going on the wire now; False if ``worker`` no longer has it claimed."""
+    return _driver(conn, _SENDING_SQL, (_now_param(conn), delivery_id, worker)) == 1
 
 
 def mark_sent(conn: Connection, delivery_id: int, reply: str) -> None:
@@ -673,20 +682,20 @@ def mark_sent(conn: Connection, delivery_id: int, reply: str) -> None:
     _driver(conn, _SENT_SQL, (reply[:2000], _now_param(conn), delivery_id))
 
 
-def advance(conn: Connection, sent: Sent | None, sending: int | None) -> bool:
+def advance(conn: Connection, sent: Sent | None, sending: int | None, worker: str) -> bool:
     """Record ``sent`` and mark delivery ``sending`` as going on the wire, in one statement.
 
     Either may be None. The caller commits before the next message goes on the wire; on a
     ``loop_connection`` to PostgreSQL the statement is committed when it returns.
-    Returns whether ``sending`` was marked (not if it stopped being claimed meanwhile).
+    Returns whether ``sending`` was marked (not if ``worker`` stopped having it claimed).
     """
     if sent is None:
-        return mark_sending(conn, sending) if sending is not None else False
+        return mark_sending(conn, sending, worker) if sending is not None else False
     if sending is None:
         mark_sent(conn, sent.delivery_id, sent.reply)
         return False
     now = _now_param(conn)
-    params = (sending, sending, sending, sent.reply[:2000], now, sent.delivery_id, sending)
+    params = (sending, sending, sending, sent.reply[:2000], now, sent.delivery_id, sending, worker)
     return _driver(conn, _SENT_AND_SENDING_SQL, params) == 2
 
 
@@ -704,6 +713,7 @@ def requeue(conn: Connection | Session, dispatch_id: int, ids: Sequence[int], st
 
     A finished dispatch is open again when any were queued: it finishes when they are sent.
     """
+    _lock_dispatch(conn, dispatch_id)  # see finish_if_done
     queued = 0
     for start in range(0, len(ids), 500):  # keep within the database's limit of parameters
         queued += int(
@@ -756,8 +766,17 @@ def next_due(conn: Connection, dispatch_id: int) -> dt.datetime | None:
     return as_utc(value) if value is not None else None
 
 
+def _lock_dispatch(conn: Connection | Session, dispatch_id: int) -> None:
+    """Hold the dispatch's row until the transaction ends (PostgreSQL; SQLite has one writer)."""
+    conn.execute(select(Dispatch.id).where(Dispatch.id == dispatch_id).with_for_update())
+
+
 def finish_if_done(conn: Connection, dispatch_id: int) -> bool:
     """Mark the dispatch finished when nothing is queued, claimed, sending or deferred."""
+    # Counted and marked under the dispatch's lock, which ``requeue`` takes too: deliveries
+    # queued again by another process between the count and the mark would otherwise be
+    # left queued in a dispatch marked finished.
+    _lock_dispatch(conn, dispatch_id)
     active = conn.scalar(
         select(func.count()).where(Delivery.dispatch_id == dispatch_id, Delivery.status.in_(ACTIVE))
     )
