@@ -12,6 +12,7 @@ everything else asks it, one method per kind of link::
     links.unsubscribe_by_mail()                   mailto:unsubscribe@<domain>?subject=unsubscribe
     links.pictures("2019-01")                     .../issues/2019-01/           (prefix of every picture)
     links.picture("2019-01", "images/a.png")      .../issues/2019-01/images/a.png
+    links.exported_issue("2019-01")               2019-01/index.html            (in a static export)
     links.preview("2019-01")                      .../preview/2019-01
     links.test_message("2019-01")                 the pseudo links of a test message
     links.preview_sample("2019-01")               the pseudo links of a preview
@@ -119,6 +120,11 @@ class Links:
     def unsubscribe_by_mail(self) -> str:
         """Return the public page's unsubscribe link: no one's token, so a message to the mailbox."""
         return f"mailto:unsubscribe@{self.mail_domain}?subject=unsubscribe"
+
+    @staticmethod
+    def exported_issue(slug: str) -> str:
+        """Return the link from a static export's index to an issue's page, relative to the index."""
+        return f"{quote(slug)}/index.html"
 
     # -- the team's preview and test messages ----------------------------------------
 

@@ -6,7 +6,7 @@ import signal
 import socket
 from pathlib import Path
 from types import FrameType
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import click
 
@@ -124,7 +124,7 @@ def export_command(state: State, directory: Path) -> None:
             title=f"{settings.newsletter.name}: past issues",
             issues=issues,
             css_url="mailout.css",
-            issue_url=lambda slug: f"{quote(slug)}/index.html",
+            issue_url=Links.exported_issue,
         )
         result = export_archive(
             session, settings, signer, directory, index, {"mailout.css": PACKAGE / "static" / "mailout.css"}
