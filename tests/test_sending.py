@@ -1058,3 +1058,54 @@ def test_kill_9_of_a_send_into_the_outbox_leaves_nothing_unknown(sending_workspa
     assert_adds_up(report, 400)
     assert not list(folder.glob(".tmp-*"))
     assert written(folder) == {e: 1 for e, _ in people(400)}, "everyone exactly once"
+
+
+def test_a_pause_stops_every_sender_and_a_worker_leaves_a_paused_dispatch_alone(
+    sending_workspace: Path, smtp_server: SMTPServer, database_url: str
+) -> None:
+    # One process pauses the dispatch (5.7.x refusals, a refused login): a second process
+    # sending it must stop too, not go on into the same refusals; and `mailout worker`
+    # must not take up a paused dispatch, only `send` (the operator, after the fix) may.
+    slow_sending(sending_workspace, 20)
+    add_subscribers(sending_workspace, people(200))
+    first = start_send()
+    smtp_server.wait_for(5, timeout=30)
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            outbox.pause(conn, 1, "paused by the test: 5.7.1 refused")
+        out, _ = first.communicate(timeout=60)
+        assert first.returncode == 3, out
+        assert "paused: paused by the test: 5.7.1 refused" in out, out
+        sent = len(smtp_server.messages)
+        assert sent < 200, "the sender stopped at the pause"
+        code, out = run("worker")
+        assert code == 3, out
+        assert "is paused: paused by the test: 5.7.1 refused" in out, out
+        assert "mailout send 2019-01 --list members` resumes it" in out
+        assert len(smtp_server.messages) == sent, "the worker sent nothing"
+        code, out = run("send", "2019-01", "--list", "members", "--yes")
+        assert code == 0, out
+    finally:
+        engine.dispose()
+    received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages)
+    assert set(received) == {e for e, _ in people(200)} and set(received.values()) == {1}
+
+
+def test_again_on_an_unfinished_dispatch_says_it_takes_that_one_up(
+    sending_workspace: Path, smtp_server: SMTPServer, database_url: str
+) -> None:
+    add_subscribers(sending_workspace, people(3))
+    settings = load_settings(sending_workspace)
+    engine = make_engine(database_url)
+    issue = load_issue(sending_workspace / "issues" / "2019-01" / "issue.yaml")
+    try:  # written, never run: as a send stopped before its first message leaves it
+        dispatching.start(engine, settings, dispatching.plan(engine, settings, issue, "members"))
+        code, out = run("send", "2019-01", "--list", "members", "--yes", "--again")
+        assert code == 0, out
+        assert "--again ignored: dispatch 1 of 2019-01 to 'members' is not finished" in out, out
+        with engine.connect() as conn:
+            assert conn.scalar(select(func.count()).select_from(Dispatch)) == 1
+    finally:
+        engine.dispose()
+    assert sorted(r.rcpt_tos[0] for r in smtp_server.messages) == sorted(e for e, _ in people(3))

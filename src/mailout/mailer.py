@@ -259,8 +259,15 @@ class Mailer:
                     workers = outbox.live_workers(
                         conn, self.dispatch.id, self.settings.sending.worker_timeout
                     )
+                    paused = outbox.paused_reason(conn, self.dispatch.id)
             except OperationalError:
                 continue  # a busy database: the next beat will do; a missed one is not fatal
+            if paused:
+                # Another process paused the dispatch (5.7.x refusals, a login refused): every
+                # sender stops, not only the one that saw it.
+                self.dispatch.paused_reason = paused
+                self.stop.set()
+                return
             self._share_rate(max(1, len(workers)))
 
     def _thread(self) -> None:

@@ -277,6 +277,11 @@ def pause(conn: Connection | Session, dispatch_id: int, reason: str) -> None:
     conn.execute(update(Dispatch).where(Dispatch.id == dispatch_id).values(paused_reason=reason))
 
 
+def paused_reason(conn: Connection | Session, dispatch_id: int) -> str:
+    """Return why the dispatch is paused ("" when it is not)."""
+    return str(conn.scalar(select(Dispatch.paused_reason).where(Dispatch.id == dispatch_id)) or "")
+
+
 def unpause(conn: Connection | Session, dispatch_id: int) -> None:
     """Clear the dispatch's pause."""
     conn.execute(update(Dispatch).where(Dispatch.id == dispatch_id).values(paused_reason=""))

@@ -280,6 +280,14 @@ def send_command(
         retry_policy=retry_policy,
     )
     if plan.resume is not None:
+        if again:
+            # Two dispatches of one issue to one list at once would send everyone two copies.
+            click.secho(
+                f"--again ignored: dispatch {plan.resume.dispatch_id} of {plan.issue} to '{plan.list_name}'"
+                " is not finished; it is taken up instead (run --again once it is)",
+                fg="yellow",
+                err=True,
+            )
         _print_resume(plan)
     else:
         _print_plan(plan)
@@ -329,6 +337,17 @@ def worker_command(state: State, dispatch_id: int | None) -> None:
     make_transport(state.settings).check()  # a broken setting claims nothing
     unfinished = False
     for dispatch in dispatches:
+        if dispatch.paused_reason:
+            # A pause waits for someone to fix its cause; `send` lifts it, a worker does not.
+            click.secho(
+                f"dispatch {dispatch.id}: {dispatch.issue} to '{dispatch.list}' is paused:"
+                f" {safe(dispatch.paused_reason)}; once fixed, `mailout send {dispatch.issue}"
+                f" --list {dispatch.list}` resumes it",
+                fg="yellow",
+                err=True,
+            )
+            unfinished = True
+            continue
         click.echo(f"dispatch {dispatch.id}: {dispatch.issue} to '{dispatch.list}'")
         ending = _run(state, dispatch.id, dispatch.total)
         if ending is Ending.STOPPED:
