@@ -214,3 +214,13 @@ description = "Public"
     shutil.copytree(EXAMPLE_ISSUE.parent, db_workspace / "issues" / "2019-01")
     monkeypatch.setenv("MAILOUT_SECRET_KEY", SECRET_KEY)
     return db_workspace
+
+
+def edit_config(workspace: Path, *changes: tuple[str, str]) -> None:
+    """Replace text in the workspace's mailout.toml (each ``old`` must be there)."""
+    config = workspace / "mailout.toml"
+    text = config.read_text(encoding="utf-8")
+    for old, new in changes:
+        assert old in text, f"{old!r} is not in mailout.toml"
+        text = text.replace(old, new)
+    config.write_text(text, encoding="utf-8")

@@ -22,22 +22,13 @@ from sqlalchemy import select
 from mailout.config import load_settings
 from mailout.db import make_engine, transaction
 from mailout.models import Delivery, DeliveryStatus
+from tests.conftest import edit_config
 from tests.smtpserver import SMTPServer, free_port, tls_available
 from tests.test_sending import add_subscribers, people, run, statuses
 
 pytestmark = pytest.mark.slow
 
 SEND = ("send", "2019-01", "--list", "members", "--yes")
-
-
-def edit_config(workspace: Path, *changes: tuple[str, str]) -> None:
-    """Replace text in the workspace's mailout.toml (each ``old`` must be there)."""
-    config = workspace / "mailout.toml"
-    text = config.read_text(encoding="utf-8")
-    for old, new in changes:
-        assert old in text, f"{old!r} is not in mailout.toml"
-        text = text.replace(old, new)
-    config.write_text(text, encoding="utf-8")
 
 
 def deliveries(workspace: Path) -> dict[str, tuple[str, str, int]]:

@@ -30,7 +30,7 @@ from mailout.db import make_engine, transaction
 from mailout.issues import load_issue
 from mailout.models import Delivery, Dispatch, Subscriber, SubscriberStatus, Subscription, Worker, utcnow
 from mailout.tokens import PUBLIC_KEYS, Purpose, Signer
-from tests.conftest import SECRET_KEY
+from tests.conftest import SECRET_KEY, edit_config
 from tests.smtpserver import Received, SMTPServer, tls_available
 
 pytestmark = pytest.mark.slow
@@ -287,13 +287,7 @@ def test_starttls_and_authentication(
 
 
 def test_credentials_are_never_sent_in_clear(sending_workspace: Path) -> None:
-    config = sending_workspace / "mailout.toml"
-    config.write_text(
-        config.read_text(encoding="utf-8").replace(
-            'host = "127.0.0.1"', 'host = "smtp.example.org"\nusername = "news"'
-        ),
-        encoding="utf-8",
-    )
+    edit_config(sending_workspace, ('host = "127.0.0.1"', 'host = "smtp.example.org"\nusername = "news"'))
     add_subscribers(sending_workspace, people(1))
     code, out = run("send", "2019-01", "--list", "members", "--yes")
     assert code == 1 and "unencrypted" in out
@@ -393,26 +387,16 @@ def start_send(*extra: str) -> subprocess.Popen[str]:
 
 
 def slow_sending(workspace: Path, rate: int) -> None:
-    config = workspace / "mailout.toml"
-    config.write_text(
-        config.read_text(encoding="utf-8").replace(
-            "concurrency = 2", f"concurrency = 3\nrate_limit = {rate}"
-        ),
-        encoding="utf-8",
-    )
+    edit_config(workspace, ("concurrency = 2", f"concurrency = 3\nrate_limit = {rate}"))
 
 
 def test_kill_9_then_resume_sends_everyone_exactly_once_at_once(
     sending_workspace: Path, smtp_server: SMTPServer
 ) -> None:
     slow_sending(sending_workspace, 100)
-    config = sending_workspace / "mailout.toml"
     # The heartbeat alone would keep the dead process "sending" for a minute: a dead process
     # on this machine must be known at once.
-    config.write_text(
-        config.read_text(encoding="utf-8").replace("worker_timeout = 2", "worker_timeout = 60"),
-        encoding="utf-8",
-    )
+    edit_config(sending_workspace, ("worker_timeout = 2", "worker_timeout = 60"))
     add_subscribers(sending_workspace, people(120))
     process = start_send()
     try:
@@ -448,11 +432,7 @@ def test_a_zombie_or_a_reused_pid_is_gone_too(
     if not Path("/proc/self/stat").exists():
         pytest.skip("needs Linux's /proc")
     slow_sending(sending_workspace, 50)
-    config = sending_workspace / "mailout.toml"
-    config.write_text(
-        config.read_text(encoding="utf-8").replace("worker_timeout = 2", "worker_timeout = 60"),
-        encoding="utf-8",
-    )
+    edit_config(sending_workspace, ("worker_timeout = 2", "worker_timeout = 60"))
     add_subscribers(sending_workspace, people(60))
     process = start_send()
     try:
@@ -749,11 +729,7 @@ def test_the_local_outbox_may_use_the_demo_key(
 
 
 def test_plain_http_links_are_warned_about_before_a_real_send(sending_workspace: Path) -> None:
-    config = sending_workspace / "mailout.toml"
-    config.write_text(
-        config.read_text(encoding="utf-8").replace("https://news.example", "http://news.example"),
-        encoding="utf-8",
-    )
+    edit_config(sending_workspace, ("https://news.example", "http://news.example"))
     add_subscribers(sending_workspace, people(1))
     code, out = run("send", "2019-01", "--list", "members", "--dry-run")
     assert code == 0 and "should be https" in out
@@ -947,11 +923,7 @@ def test_retry_policy_after_a_pause_sends_the_refused_and_never_a_bounce(
 def test_retry_policy_reopens_a_finished_dispatch_after_asking(
     sending_workspace: Path, smtp_server: SMTPServer
 ) -> None:
-    config = sending_workspace / "mailout.toml"
-    config.write_text(
-        config.read_text(encoding="utf-8").replace("policy_failures_pause = 3", "policy_failures_pause = 50"),
-        encoding="utf-8",
-    )
+    edit_config(sending_workspace, ("policy_failures_pause = 3", "policy_failures_pause = 50"))
     add_subscribers(sending_workspace, people(8))
     for address in ("p1@example.org", "p4@example.org", "p6@example.org"):
         smtp_server.answer(address, 554, "5.7.1 message refused by policy", times=1)
