@@ -2,11 +2,11 @@
 
 SQLite is the embedded default: a file in the workspace, in WAL mode, with
 foreign keys enforced and a busy timeout so that two processes wait for each
-other instead of failing. Each commit waits for the disk as
-``database.sqlite_synchronous`` says (docs/reliability.md: what survives what). Transactions are begun explicitly, with ``BEGIN
+other instead of failing. Transactions are begun explicitly, with ``BEGIN
 IMMEDIATE`` (the driver's own implicit transactions are switched off), so that
 a transaction that reads and then writes never fails half-way on a busy
-database.
+database. Each commit waits for the disk as ``database.sqlite_synchronous``
+says (docs/reliability.md: what survives what).
 """
 
 from __future__ import annotations
