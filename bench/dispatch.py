@@ -1,6 +1,7 @@
 """Benchmark a dispatch: the example issue to 100,000 subscribers, into Postfix's smtp-sink.
 
-Run from the repository root:  python bench/dispatch.py [--recipients N] [--no-postgres]
+Run from the repository root:
+  python bench/dispatch.py [--recipients N] [--no-postgres] [--sqlite-synchronous full|normal|both]
 It needs Debian's postfix package for smtp-sink and smtp-source
 (``apt-get install postfix``; the Postfix daemon itself is not used and not started).
 
@@ -13,6 +14,9 @@ messages, as many times, over as many connections, each connection reused for
 message after message (``-d``, as mailout reuses its connections), into the
 same sink. PostgreSQL is a throw-away
 server on loopback, with fsync and synchronous commit on, as in production.
+``--sqlite-synchronous`` writes ``database.sqlite_synchronous`` into the SQLite
+workspaces (default: mailout's own default); ``both`` sends with each, back to
+back for each number of recipients, and prints both rows.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from machine import describe
+from machine import describe, flush_latency
 
 if TYPE_CHECKING:
     from tests.postgres import PostgresServer
@@ -63,13 +67,16 @@ def start_sink(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("smtp-sink did not start")
 
 
-def workspace(folder: Path, url: str, port: int) -> Path:
+def workspace(folder: Path, url: str, port: int, synchronous: str | None = None) -> Path:
     folder.mkdir(parents=True)
+    database = f'[database]\nurl = "{url}"\n'
+    if synchronous is not None:
+        database += f'sqlite_synchronous = "{synchronous}"\n'
     (folder / "mailout.toml").write_text(
         f'[newsletter]\nname = "Efus Newsletter"\npublic_base_url = "https://news.example"\n'
         f'postal_address = "10 rue de l\'Exemple, Paris"\n[sender]\nname = "Efus Newsletter"\naddress = "{SENDER}"\n'
         f'[smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "plain"\n'
-        f'[database]\nurl = "{url}"\n[lists.members]\nsegment = "member"\n',
+        f'{database}[lists.members]\nsegment = "member"\n',
         encoding="utf-8",
     )
     shutil.copytree(ROOT / "issues" / "2019-01", folder / "issues" / "2019-01")
@@ -197,6 +204,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipients", type=int, default=100_000)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument(
+        "--sqlite-synchronous",
+        choices=("full", "normal", "both"),
+        help="database.sqlite_synchronous for SQLite (default: mailout's); both: each, back to back",
+    )
     args = parser.parse_args()
     if shutil.which("smtp-sink") is None:
         sys.exit("smtp-sink not found: apt-get install postfix (the daemon need not run)")
@@ -210,7 +222,10 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="mailout-dispatch-") as scratch:
             base = Path(scratch)
-            databases = [("SQLite", lambda name: f"sqlite:///{base / name}.db")]
+            flush = flush_latency(base)
+            chosen = args.sqlite_synchronous
+            modes: tuple[str | None, ...] = ("full", "normal") if chosen == "both" else (chosen,)
+            databases = [("SQLite", lambda name: f"sqlite:///{base / name}.db", modes)]
             server = None
             if not args.no_postgres:
                 from tests.postgres import PostgresServer, find_pg_bin
@@ -219,24 +234,28 @@ def main() -> None:
                     server = PostgresServer(base / "pg")
                     server.start()
                     make_durable(server)
-                    databases.append(("PostgreSQL", lambda name: server.create_database(name)))  # type: ignore[union-attr]
+                    databases.append(("PostgreSQL", lambda name: server.create_database(name), (None,)))  # type: ignore[union-attr]
             try:
-                for label, make_url in databases:
+                for database, make_url, synchronous_modes in databases:
                     for n in (args.recipients, args.recipients // 10):
-                        name = f"{label.lower()}_{n}"
-                        url = make_url(name)
-                        folder = workspace(base / name, url, port)
-                        fill(url, n)
-                        measured = run_send(folder)
-                        ceiling = run_source(port, message_file(folder), n, concurrency)
-                        results.append((label, n, measured, ceiling, (folder / "message.eml").stat().st_size))
+                        for synchronous in synchronous_modes:
+                            label = database if synchronous is None else f"{database} ({synchronous})"
+                            name = f"{database.lower()}_{synchronous or 'default'}_{n}"
+                            url = make_url(name)
+                            folder = workspace(base / name, url, port, synchronous)
+                            fill(url, n)
+                            measured = run_send(folder)
+                            ceiling = run_source(port, message_file(folder), n, concurrency)
+                            size = (folder / "message.eml").stat().st_size
+                            results.append((label, n, measured, ceiling, size))
             finally:
                 if server is not None:
                     server.stop()
     finally:
         sink.kill()
         sink.wait()
-    print(f"Machine: {describe()}; concurrency {concurrency}\n")
+    print(f"Machine: {describe()}; concurrency {concurrency}")
+    print(f"Disk (before the runs): {flush}\n")
     print(
         "| database | recipients | message | time | messages/s | smtp-source messages/s | ratio | CPU | peak memory |"
     )

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, inspect, select
+from click.testing import CliRunner
+from sqlalchemy import Engine, event, inspect, select
 
+from mailout.cli import cli
+from mailout.config import load_settings
 from mailout.db import (
     current_revision,
     head_revision,
@@ -20,6 +26,9 @@ from mailout.db import (
 )
 from mailout.errors import DatabaseError
 from mailout.models import Base, ConsentEvent, EventKind, Source, Subscriber, Subscription
+from mailout.tokens import PUBLIC_KEYS
+from mailout.web import create_app
+from tests.conftest import EXAMPLE_ISSUE, edit_config
 from tests.postgres import PostgresServer
 
 
@@ -80,6 +89,96 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
     engine.dispose()
+
+
+#: What ``PRAGMA synchronous`` reads back for each value of ``database.sqlite_synchronous``.
+SYNCHRONOUS = {"normal": 1, "full": 2}
+
+
+@pytest.mark.parametrize("value", ["full", "normal"])
+def test_every_sqlite_connection_takes_sqlite_synchronous(tmp_path: Path, value: str) -> None:
+    url = f"sqlite:///{tmp_path / 'sync.db'}"
+    upgrade(url, sqlite_synchronous=value)
+    engine = open_engine(url, sqlite_synchronous=value)
+    try:
+        # Two at once: the pool opens a second connection, which takes it too. Read through
+        # the driver: through SQLAlchemy, each would first begin a writing transaction.
+        with engine.connect() as first, engine.connect() as second:
+            for conn in (first, second):
+                driver = conn.connection.driver_connection
+                assert driver is not None
+                assert driver.execute("PRAGMA synchronous").fetchone()[0] == SYNCHRONOUS[value]
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_commits_are_synced_to_disk_by_default(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'default.db'}"
+    upgrade(url)
+    for engine in (make_engine(url), open_engine(url)):
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == SYNCHRONOUS["full"]
+        engine.dispose()
+
+
+def test_an_unknown_sqlite_synchronous_is_refused_before_anything_opens(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'never.db'}"
+    with pytest.raises(DatabaseError, match=r"sqlite_synchronous must be 'full' or 'normal', got 'off'"):
+        make_engine(url, sqlite_synchronous="off")
+    # Interpolated into a PRAGMA: nothing but the two words may get there.
+    with pytest.raises(DatabaseError, match="sqlite_synchronous must be"):
+        make_engine(url, sqlite_synchronous="FULL; DROP TABLE lists")
+    assert not (tmp_path / "never.db").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", [None, "normal", "full"])
+def test_every_command_and_the_web_app_connect_with_the_workspaces_sqlite_synchronous(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, value: str | None
+) -> None:
+    if value is not None:
+        edit_config(
+            workspace,
+            (
+                'url = "sqlite:///mailout.db"\n',
+                f'url = "sqlite:///mailout.db"\nsqlite_synchronous = "{value}"\n',
+            ),
+        )
+    shutil.copytree(EXAMPLE_ISSUE.parent, workspace / "issues" / "2019-01")
+    (workspace / "people.csv").write_text("email,name\nana@example.org,Ana\nzoe@example.org,Zoë\n")
+    monkeypatch.setenv("MAILOUT_SECRET_KEY", sorted(PUBLIC_KEYS)[0])  # the local outbox takes it
+    # A database at an old schema: `db upgrade` opens it to back it up first.
+    upgrade(load_settings(workspace).database_url(), "0001")
+    expected = SYNCHRONOUS[value or "full"]
+    seen: list[int] = []
+
+    # Whichever engine a command makes, each connection it takes from a pool reports here.
+    def checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            seen.append(dbapi_connection.execute("PRAGMA synchronous").fetchone()[0])
+
+    event.listen(Engine, "checkout", checkout)
+    try:
+        for command in (
+            ["db", "upgrade"],
+            ["subscribers", "import", "people.csv", "--list", "members"],
+            ["send", "2019-01", "--list", "members", "--yes"],
+            ["worker"],
+            ["status"],
+        ):
+            result = CliRunner().invoke(cli, command, catch_exceptions=False)
+            assert result.exit_code == 0, (command, result.output)
+            assert command != ["db", "upgrade"] or "backed up to" in result.output, result.output
+            assert seen and set(seen) == {expected}, (command, seen)
+            seen.clear()
+        app = create_app(load_settings(workspace), local=True)
+        try:
+            assert app.test_client().get("/issues/").status_code == 200
+        finally:
+            app.extensions["mailout"].engine.dispose()
+        assert seen and set(seen) == {expected}, ("web", seen)
+    finally:
+        event.remove(Engine, "checkout", checkout)
 
 
 def test_foreign_keys_are_enforced(engine: Engine) -> None:

@@ -113,12 +113,21 @@ class Sending:
     worker_timeout: float = 30.0
 
 
+#: The values of ``database.sqlite_synchronous``, as SQLite names them (``PRAGMA synchronous``).
+SQLITE_SYNCHRONOUS = ("full", "normal")
+
+
 @dataclass(frozen=True)
 class Database:
     #: A SQLAlchemy URL. A relative SQLite path is relative to the workspace.
     #: PostgreSQL: ``postgresql+psycopg://user@host/dbname``; a URL with a password
     #: belongs in the environment (``MAILOUT_DATABASE_URL``), not in this file.
     url: str = "sqlite:///mailout.db"
+    #: SQLite only: when a commit reaches the disk (``PRAGMA synchronous``). ``full``: at
+    #: every commit, which then survives a power loss; ``normal``: at checkpoints only, so a
+    #: power loss or an operating-system crash may undo the last commits (a process crash
+    #: loses nothing either way). See docs/reliability.md.
+    sqlite_synchronous: str = "full"
 
 
 @dataclass(frozen=True)
@@ -534,6 +543,11 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
                 raise fail(f"{section}.{f.name}", reason)
     if settings.smtp.security not in ("starttls", "tls", "plain"):
         raise fail("smtp.security", f"must be 'starttls', 'tls' or 'plain', got {settings.smtp.security!r}")
+    if settings.database.sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+        raise fail(
+            "database.sqlite_synchronous",
+            f"must be {' or '.join(map(repr, SQLITE_SYNCHRONOUS))}, got {settings.database.sqlite_synchronous!r}",
+        )
     teaser = settings.newsletter.members_teaser
     try:
         fields = {name for _, name, _, _ in string.Formatter().parse(teaser) if name is not None}

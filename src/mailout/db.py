@@ -5,7 +5,8 @@ foreign keys enforced and a busy timeout so that two processes wait for each
 other instead of failing. Transactions are begun explicitly, with ``BEGIN
 IMMEDIATE`` (the driver's own implicit transactions are switched off), so that
 a transaction that reads and then writes never fails half-way on a busy
-database.
+database. Each commit waits for the disk as ``database.sqlite_synchronous``
+says (docs/reliability.md: what survives what).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sqlalchemy.exc import DatabaseError as SQLAlchemyDatabaseError
 from sqlalchemy.exc import NoSuchModuleError as NoSuchDriver
 from sqlalchemy.orm import Session
 
+from .config import SQLITE_SYNCHRONOUS, Database
 from .errors import DatabaseError
 
 #: A database gone away, or locked for too long, in the middle of a command: front ends
@@ -36,26 +38,41 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000
 
 
-def make_engine(url: str) -> Engine:
-    """Return an engine for ``url``, configured for mailout's use of it."""
+def make_engine(url: str, *, sqlite_synchronous: str = Database.sqlite_synchronous) -> Engine:
+    """Return an engine for ``url``, configured for mailout's use of it.
+
+    ``sqlite_synchronous`` is ``database.sqlite_synchronous``: every connection to a
+    SQLite database takes it; PostgreSQL ignores it.
+    """
+    if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+        raise DatabaseError(
+            f"sqlite_synchronous must be {' or '.join(map(repr, SQLITE_SYNCHRONOUS))}, got {sqlite_synchronous!r}"
+        )
     try:
         engine = create_engine(url, pool_pre_ping=url.startswith("postgresql"))
     except (ArgumentError, NoSuchDriver, ValueError, ImportError) as exc:
         raise DatabaseError(f"cannot use database URL {safe_url(url)!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_connect)
+
+        def connect(dbapi_connection: Any, _record: Any) -> None:
+            _sqlite_connect(dbapi_connection, sqlite_synchronous)
+
+        event.listen(engine, "connect", connect)
         event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_connection: Any, synchronous: str) -> None:
     # Let SQLAlchemy, not the driver, decide when a transaction begins.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA synchronous=NORMAL")  # durable in WAL mode up to the last checkpointed commit
+    # In WAL mode, FULL syncs the WAL at every commit: a commit then survives a power loss.
+    # NORMAL syncs only at checkpoints: a power loss may undo the last commits (a crash of
+    # the process loses none). Per connection: SQLite does not keep it in the file.
+    cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")  # one of SQLITE_SYNCHRONOUS
     cursor.close()
 
 
@@ -114,12 +131,14 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
+def upgrade(
+    url: str, revision: str = "head", *, sqlite_synchronous: str = Database.sqlite_synchronous
+) -> tuple[str | None, str | None]:
     """Create or upgrade the schema at ``url``; return the revisions before and after.
 
     The whole upgrade is one transaction: an upgrade that fails changes nothing.
     """
-    engine = make_engine(url)
+    engine = make_engine(url, sqlite_synchronous=sqlite_synchronous)
     try:
         before = _checked(lambda: current_revision(engine), url)
         if before is not None and before not in _known_revisions():
@@ -214,9 +233,9 @@ def _checked(call: Any, url: str) -> Any:
         raise DatabaseError(f"cannot open database {safe_url(url)}: {reason}") from None
 
 
-def open_engine(url: str) -> Engine:
+def open_engine(url: str, *, sqlite_synchronous: str = Database.sqlite_synchronous) -> Engine:
     """Return an engine for a database whose schema is up to date, or say what to run."""
-    engine = make_engine(url)
+    engine = make_engine(url, sqlite_synchronous=sqlite_synchronous)
     revision = _checked(lambda: current_revision(engine), url)
     if revision != head_revision():
         engine.dispose()

@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None, *, local: bool = False) -> Flas
 
     settings = settings or load_settings()
     signer = Signer.from_secret(settings.secret_key)
-    engine = open_engine(settings.database_url())
+    engine = open_engine(settings.database_url(), sqlite_synchronous=settings.database.sqlite_synchronous)
     app = Flask(__name__, static_folder=str(PACKAGE / "static"), template_folder=str(PACKAGE / "templates"))
     app.config.update(
         MAX_CONTENT_LENGTH=64 * 1024,
