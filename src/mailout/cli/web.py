@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
@@ -17,6 +16,7 @@ from ..links import Links
 from ..net import is_loopback
 from ..paths import display_path
 from ..web import PACKAGE, create_app, standalone_page
+from ..web.server import make_server
 from .state import State, pass_state
 from .terminal import safe
 
@@ -24,21 +24,23 @@ from .terminal import safe
 @click.command("serve")
 @click.option("--host", help="Address to listen on (default: web.host, 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default: web.port, 8025).")
+@click.option(
+    "--threads", type=click.IntRange(1, 64), help="Requests handled at once (default: web.threads, 4)."
+)
 @pass_state
-def serve_command(state: State, host: str | None, port: int | None) -> None:
-    """Run the web app for local use: unsubscribe links, the archive, the preview.
+def serve_command(state: State, host: str | None, port: int | None, threads: int | None) -> None:
+    """Run the web app: unsubscribe links, the archive, the preview.
 
+    It runs under waitress, a WSGI server made to face the internet, so what you
+    start here is what you can run in production (behind a web server for https).
     On loopback (the default) the team's preview is open. Bound to another address,
     the preview asks for MAILOUT_PREVIEW_PASSWORD, and is off without one.
-    In production, run `mailout.web:create_app()` under a WSGI server (see docs/web.md).
 
     \b
     Example:
         mailout serve
         open http://127.0.0.1:8025/preview/
     """
-    from werkzeug.serving import ThreadedWSGIServer, make_server
-
     settings = state.settings
     host = host or settings.web.host
     port = port or settings.web.port
@@ -46,21 +48,13 @@ def serve_command(state: State, host: str | None, port: int | None) -> None:
     app = create_app(settings, local=local)
     click.get_current_context().call_on_close(app.extensions["mailout"].engine.dispose)
     try:
-        # Werkzeug would print its own advice and exit: check first, and say it our way.
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-        server = make_server(host, port, app, threaded=True)
-        # On SIGTERM or Ctrl-C, let requests in progress (an unsubscribe being recorded) finish.
-        assert isinstance(server, ThreadedWSGIServer)
-        server.daemon_threads = False
+        server = make_server(app, host, port, threads or settings.web.threads)
     except OSError as exc:
         raise MailoutError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}"
             " (is another `mailout serve` running? choose another with --port)"
         ) from None
-    where = f"http://{host if ':' not in host else f'[{host}]'}:{server.server_port}"
+    where = f"http://{host if ':' not in host else f'[{host}]'}:{server.effective_port}"
     click.echo(f"serving {settings.newsletter.name} at {where}/ (Ctrl-C to stop)")
     here = Links(settings, base_url=where)
     click.echo(f"  archive:  {here.archive()}")
@@ -72,7 +66,7 @@ def serve_command(state: State, host: str | None, port: int | None) -> None:
     public = Links(settings).base
     base = urlsplit(public)
     default_port = 443 if base.scheme == "https" else 80
-    if base.hostname and is_loopback(base.hostname) and (base.port or default_port) != server.server_port:
+    if base.hostname and is_loopback(base.hostname) and (base.port or default_port) != server.effective_port:
         click.secho(
             f"warning: messages link to {public}, not to this server;"
             " set newsletter.public_base_url or --port to match",
@@ -85,12 +79,14 @@ def serve_command(state: State, host: str | None, port: int | None) -> None:
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        server.serve_forever()
+        server.run()
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-        server.server_close()
+        # Let requests in progress (an unsubscribe being recorded) finish, then close.
+        server.task_dispatcher.shutdown(cancel_pending=False, timeout=10)
+        server.close()
         click.echo("stopped")
 
 
