@@ -198,20 +198,73 @@ def unsubscribe(
     session: Session, person: Subscriber, source: Source, *, lst: MailingList | None = None, detail: str = ""
 ) -> int:
     """Unsubscribe ``person`` from ``lst``, or from every list when ``lst`` is None; return how many changed."""
+    # An ORM-enabled UPDATE of subscribers: ``person`` in the session gets the new status too.
+    return _leave(session, person.id, lst.id if lst else None, source, detail)
+
+
+@dataclass(frozen=True)
+class LinkUnsubscribe:
+    """What an unsubscribe link did: the list it names, and how many subscriptions ended."""
+
+    list_name: str
+    list_description: str
+    changed: int
+
+
+def unsubscribe_by_link(
+    conn: Connection, subscriber_id: int, list_id: int, source: Source, *, every_list: bool = False
+) -> LinkUnsubscribe | None:
+    """Unsubscribe the person a token names from its list (or every list); None if either is unknown.
+
+    The web app's POST, in as few statements as the work takes: one to find the
+    list and check the person, one update, the consent event if anything changed,
+    and the skip of their queued messages.
+    """
+    row = conn.execute(
+        select(MailingList.name, MailingList.description).where(
+            MailingList.id == list_id, select(Subscriber.id).where(Subscriber.id == subscriber_id).exists()
+        )
+    ).first()
+    if row is None:
+        return None
+    name, description = row
+    detail = f"from the link to list {name}" if every_list else ""
+    changed = _leave(conn, subscriber_id, None if every_list else list_id, source, detail)
+    return LinkUnsubscribe(name, description, changed)
+
+
+def _leave(
+    conn: Connection | Session, subscriber_id: int, list_id: int | None, source: Source, detail: str
+) -> int:
+    """End the subscriptions (one list, or every list and the person's own status); record it once."""
     now = utcnow()
     query = update(Subscription).where(
-        Subscription.subscriber_id == person.id, Subscription.status == SubscriptionStatus.SUBSCRIBED
+        Subscription.subscriber_id == subscriber_id, Subscription.status == SubscriptionStatus.SUBSCRIBED
     )
-    if lst is not None:
-        query = query.where(Subscription.list_id == lst.id)
-    changed = session.execute(query.values(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now)).rowcount  # type: ignore[attr-defined]
-    if lst is None and person.status is SubscriberStatus.SUBSCRIBED:
-        person.status = SubscriberStatus.UNSUBSCRIBED
-        changed += 1
+    if list_id is not None:
+        query = query.where(Subscription.list_id == list_id)
+    changed = int(conn.execute(query.values(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now)).rowcount)  # type: ignore[attr-defined]
+    if list_id is None:
+        changed += int(
+            conn.execute(
+                update(Subscriber)
+                .where(Subscriber.id == subscriber_id, Subscriber.status == SubscriberStatus.SUBSCRIBED)
+                .values(status=SubscriberStatus.UNSUBSCRIBED, updated_at=now)
+            ).rowcount  # type: ignore[attr-defined]
+        )
     if changed:
-        record(session, person, EventKind.UNSUBSCRIBED, source, lst=lst, detail=detail)
-    outbox.skip_pending(session, person.id, lst.id if lst else None)
-    return int(changed)
+        conn.execute(
+            insert(ConsentEvent).values(
+                subscriber_id=subscriber_id,
+                list_id=list_id,
+                kind=EventKind.UNSUBSCRIBED,
+                source=source,
+                detail=detail,
+                created_at=now,
+            )
+        )
+    outbox.skip_pending(conn, subscriber_id, list_id)
+    return changed
 
 
 def mark_bounced(conn: Connection, subscriber_id: int, detail: str) -> None:
