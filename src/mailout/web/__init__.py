@@ -116,6 +116,9 @@ class PageCache:
             return list(self._entries)
 
 
+#: How long the app takes an issue's newest public dispatch as known: a new dispatch, or one
+#: removed, shows on the issue's page this much later at most (browsers keep it 300 s anyway).
+NEWEST_SECONDS = 1.0
 #: The memory the public issue pages may take in each web process: about 500 pages of 60 KB.
 PAGE_CACHE_BYTES = 32 * 1024 * 1024
 
@@ -131,6 +134,8 @@ class Mailout:
         self.preview_open = preview_open
         #: Issue slug -> the pictures its public dispatches load (messages load them on every open).
         self.images = TimedCache()
+        #: Issue slug -> the number and key of its newest public dispatch (unknown slugs: not kept).
+        self.newest = TimedCache(ttl=NEWEST_SECONDS)
         #: (dispatch id, dispatch key, mount point) -> its public page; see ``views._public_issue_page``.
         self.pages = PageCache(PAGE_CACHE_BYTES)
         #: The unsubscribe POSTs' transactions, one at a time on SQLite.

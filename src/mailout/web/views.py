@@ -269,24 +269,26 @@ def issue_page(slug: str) -> Response:
 def _public_issue_page(slug: str) -> Response:
     """The public page of the issue's newest public dispatch, from the app's cache when it has it.
 
-    One small query finds which dispatch that is; a dispatch's page never changes,
-    so it is rendered once and kept, under the dispatch's number and random key.
+    A dispatch's page never changes: it is made once and kept under the dispatch's
+    number and random key. Which dispatch is the issue's newest public one is looked
+    up at most once every ``NEWEST_SECONDS``.
     """
     state = mailout()
-    with reader(state.engine).connect() as conn:
-        found = archive.public_dispatch_key(conn, slug)
-        if found is None:
-            return page("mailout/message.html", 404, title="No such issue", text=_NO_ISSUE)
-        # The page's own address is part of it (the pictures' links): behind two mount
-        # points, two entries.
-        key = (*found, request.script_root)
-        cached = state.pages.get(key)
-        if cached is None:
-            with Session(conn) as s:
-                dispatch = s.get_one(Dispatch, found[0])
-                html = archive.public_page(dispatch, state.links)
-            html = html.replace(state.links.pictures(slug), url_for("mailout.issue_page", slug=slug) + "/")
-            cached = state.pages.put(key, html.encode("utf-8"))
+    found = state.newest.get(slug, lambda: _newest_public(slug))
+    if found is None:
+        return page("mailout/message.html", 404, title="No such issue", text=_NO_ISSUE)
+    # The page's own address is part of it (the pictures' links): behind two mount points,
+    # two entries.
+    cached = state.pages.get((*found, request.script_root))
+    if cached is None:
+        with session() as s:
+            dispatch = archive.public_dispatch(s, slug)  # the newest now, whatever was known
+            if dispatch is None:
+                return page("mailout/message.html", 404, title="No such issue", text=_NO_ISSUE)
+            html = archive.public_page(dispatch, state.links)
+            key = (dispatch.id, dispatch.key, request.script_root)
+        html = html.replace(state.links.pictures(slug), url_for("mailout.issue_page", slug=slug) + "/")
+        cached = state.pages.put(key, html.encode("utf-8"))
     if request.if_none_match.contains_weak(cached.etag):
         response = Response(status=304)
     else:
@@ -295,6 +297,11 @@ def _public_issue_page(slug: str) -> Response:
     response.headers["Content-Security-Policy"] = _ISSUE_PAGE
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
+
+
+def _newest_public(slug: str) -> tuple[int, str] | None:
+    with reader(mailout().engine).connect() as conn:
+        return archive.public_dispatch_key(conn, slug)
 
 
 _NO_ISSUE = "There is no issue at this address in the archive."
