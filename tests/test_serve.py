@@ -144,7 +144,7 @@ def test_one_click_from_a_received_message_then_the_next_dispatch_skips_that_add
 def test_serve_runs_waitress_and_stalled_clients_hold_no_thread(
     served: Served, sending_workspace: Path
 ) -> None:
-    second = Served(sending_workspace, free_port(), "--threads", "1")
+    second = Served(sending_workspace, free_port(), "--threads", "1", "--behind-proxy")
     stalled = []
     try:
         host, port = second.url.removeprefix("http://").split(":")
@@ -160,6 +160,9 @@ def test_serve_runs_waitress_and_stalled_clients_hold_no_thread(
         # The server refuses a body bigger than any of the app's requests, before the app.
         status, _, _ = http(second.url + "/unsubscribe/x.y", data=b"x" * (65 * 1024))
         assert status == 413
+        # Behind a proxy, loopback says nothing about who asks: no password set, no preview.
+        assert http(second.url + "/preview/")[0] == 404
+        assert http(served.url + "/preview/")[0] == 200
     finally:
         for connection in stalled:
             connection.close()

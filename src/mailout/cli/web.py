@@ -27,24 +27,34 @@ from .terminal import safe
 @click.option(
     "--threads", type=click.IntRange(1, 64), help="Requests handled at once (default: web.threads, 4)."
 )
+@click.option(
+    "--behind-proxy",
+    is_flag=True,
+    help="Requests come through a web server on this machine: the preview asks for the password.",
+)
 @pass_state
-def serve_command(state: State, host: str | None, port: int | None, threads: int | None) -> None:
+def serve_command(
+    state: State, host: str | None, port: int | None, threads: int | None, behind_proxy: bool
+) -> None:
     """Run the web app: unsubscribe links, the archive, the preview.
 
     It runs under waitress, a WSGI server made to face the internet, so what you
     start here is what you can run in production (behind a web server for https).
     On loopback (the default) the team's preview is open. Bound to another address,
-    the preview asks for MAILOUT_PREVIEW_PASSWORD, and is off without one.
+    the preview asks for MAILOUT_PREVIEW_PASSWORD, and is off without one; so it
+    does behind a web server on this machine (--behind-proxy).
 
     \b
     Example:
         mailout serve
         open http://127.0.0.1:8025/preview/
+        mailout serve --behind-proxy --port 8025
     """
     settings = state.settings
     host = host or settings.web.host
     port = port or settings.web.port
-    local = is_loopback(host)
+    # Behind a proxy every request comes from loopback, and may name it as its host.
+    local = is_loopback(host) and not behind_proxy
     app = create_app(settings, local=local)
     click.get_current_context().call_on_close(app.extensions["mailout"].engine.dispose)
     try:
@@ -62,7 +72,8 @@ def serve_command(state: State, host: str | None, port: int | None, threads: int
         protected = "" if local else " (password: MAILOUT_PREVIEW_PASSWORD)"
         click.echo(f"  preview:  {here.preview()}{protected}")
     else:
-        click.echo("  preview:  off (bound beyond loopback: set MAILOUT_PREVIEW_PASSWORD to turn it on)")
+        why = "behind a proxy" if behind_proxy else "bound beyond loopback"
+        click.echo(f"  preview:  off ({why}: set MAILOUT_PREVIEW_PASSWORD to turn it on)")
     public = Links(settings).base
     base = urlsplit(public)
     default_port = 443 if base.scheme == "https" else 80

@@ -1,8 +1,9 @@
 """The web side of mailout: what answers the links in every message, and the team's preview.
 
 ``create_app(settings)`` builds the Flask app; nothing is built at import time.
-For production, run it behind a WSGI server from the workspace folder, with the
-same database and ``MAILOUT_SECRET_KEY`` as the sender::
+``mailout serve`` runs it under waitress (``server.py``), in production too;
+another WSGI server can run it from the workspace folder, with the same
+database and ``MAILOUT_SECRET_KEY`` as the sender::
 
     gunicorn --workers 2 --bind 127.0.0.1:8025 'mailout.web:create_app()'
 
