@@ -377,6 +377,7 @@ def main() -> None:
                     recorded = one_click_events(url) - before
                     checks.append(
                         f"{label}: {posted.requests} one-click POSTs answered, {recorded} unsubscribes recorded"
+                        f" (up to {CLIENTS} more: requests in flight when the clients stopped)"
                         + (
                             ""
                             if posted.requests <= len(tokens)
