@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,11 +14,13 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from click.testing import CliRunner
-from sqlalchemy import Engine, event, inspect, select
+from sqlalchemy import Engine, event, inspect, select, text
 
 from mailout.cli import cli
 from mailout.config import load_settings
 from mailout.db import (
+    DatabaseUnavailable,
+    WriteQueue,
     current_revision,
     head_revision,
     make_engine,
@@ -194,3 +198,58 @@ def test_foreign_keys_are_enforced(engine: Engine) -> None:
         session.add(ConsentEvent(subscriber_id=person.id, kind=EventKind.SUBSCRIBED, source=Source.MANUAL))
     with transaction(engine) as session:
         assert session.scalars(select(ConsentEvent.kind)).all() == [EventKind.SUBSCRIBED]
+
+
+def test_the_write_queue_lets_one_writer_at_a_time_through_on_sqlite(engine: Engine) -> None:
+    queue = WriteQueue(engine)
+    inside: list[int] = []
+    most = 0
+    guard = threading.Lock()
+
+    def write(n: int) -> None:
+        nonlocal most
+        with queue.transaction() as conn:
+            with guard:
+                inside.append(n)
+                most = max(most, len(inside))
+            conn.execute(text("SELECT 1"))
+            time.sleep(0.02)
+            with guard:
+                inside.remove(n)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # SQLite: queued in the process; PostgreSQL: no queue, its row locks decide.
+    assert most == 1 if engine.dialect.name == "sqlite" else most > 1
+
+
+def test_a_write_queue_that_does_not_move_gives_up_like_a_busy_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'queue.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    queue = WriteQueue(engine)
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with queue.transaction():
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailable, match="queue of writers"), queue.transaction(timeout=0.2):
+            pass
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()
+        holder.join()
+    with queue.transaction() as conn:  # the queue moves again, and nothing was left locked
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+    engine.dispose()

@@ -158,6 +158,9 @@ class Web:
     #: bound anywhere else it asks for ``MAILOUT_PREVIEW_PASSWORD`` (and is off without one).
     host: str = "127.0.0.1"
     port: int = 8025
+    #: Requests ``mailout serve`` handles at once; more wait in its queue. Pages are
+    #: Python work under one lock (the GIL), so more threads help only with slow requests.
+    threads: int = 4
     preview_password: str = field(default="", repr=False)
 
 
@@ -265,6 +268,7 @@ NUMBER_RANGES: dict[str, Range] = {
     "sending.worker_timeout": Range(2, 86_400, unit="seconds"),
     "preview.html_warn_bytes": Range(0, unit="bytes"),
     "web.port": Range(1, 65535),
+    "web.threads": Range(1, 64),
 }
 
 

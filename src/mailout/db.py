@@ -11,6 +11,7 @@ says (docs/reliability.md: what survives what).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -254,6 +255,40 @@ def _known_revisions() -> set[str]:
 
 def _newer_schema(url: str, revision: str) -> str:
     return f"the database {safe_url(url)} is at schema {revision}, made by a newer mailout: upgrade mailout"
+
+
+class WriteQueue:
+    """The write transactions of one process on one database, one at a time on SQLite.
+
+    SQLite has one writer at a time. Threads of one process that all ask for its
+    write lock wait in SQLite's busy handler, which sleeps and polls: a writer can
+    sleep on after the lock is free, and latency jumps. Queued here on a lock of the
+    process instead, each writer starts as soon as the previous one commits. The
+    busy timeout still covers other processes (a dispatch, a second web server).
+    PostgreSQL has row locks and needs no queue: there it does nothing.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+
+    @contextmanager
+    def transaction(self, *, timeout: float = BUSY_TIMEOUT_MS / 1000) -> Iterator[Connection]:
+        """Yield a connection in a write transaction, committed at the end or rolled back on an error.
+
+        Raises ``DatabaseUnavailable`` when the queue does not move for ``timeout`` seconds
+        (by default the busy timeout, which bounds each writer's wait for other processes).
+        """
+        if self._lock is not None and not self._lock.acquire(timeout=timeout):
+            raise DatabaseUnavailable(
+                "BEGIN IMMEDIATE", None, TimeoutError("database is locked: the queue of writers did not move")
+            )
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
 
 @contextmanager

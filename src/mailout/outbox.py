@@ -31,6 +31,7 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 from sqlalchemy import (
     Connection,
@@ -38,6 +39,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     String,
+    Table,
     Update,
     and_,
     bindparam,
@@ -744,21 +746,37 @@ def skip_pending(conn: Connection | Session, subscriber_id: int, list_id: int | 
     of the queue at once, even from a batch already claimed: only the message on the
     wire at this very moment can still reach them.
     """
-    running = select(Dispatch.id).where(Dispatch.finished_at.is_(None))
-    if list_id is not None:
-        running = running.where(Dispatch.list_id == list_id)
-    result = conn.execute(
-        update(Delivery)
+    values = {"b_subscriber": subscriber_id, "b_now": utcnow()}
+    if list_id is None:
+        result = conn.execute(_SKIP_PENDING_EVERY_LIST, values)
+    else:
+        result = conn.execute(_SKIP_PENDING, {**values, "b_list": list_id})
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _skip_pending(one_list: bool) -> Update:
+    # Built once (below): every unsubscribe runs it, the web app's one-click POST included.
+    deliveries, dispatches = cast(Table, Delivery.__table__), cast(Table, Dispatch.__table__)
+    running = select(dispatches.c.id).where(dispatches.c.finished_at.is_(None))
+    if one_list:
+        running = running.where(dispatches.c.list_id == bindparam("b_list"))
+    return (
+        update(deliveries)
         .where(
-            Delivery.subscriber_id == subscriber_id,
-            Delivery.dispatch_id.in_(running.scalar_subquery()),
+            deliveries.c.subscriber_id == bindparam("b_subscriber"),
+            deliveries.c.dispatch_id.in_(running.scalar_subquery()),
             # Claimed too: a sending process marks a delivery "sending" only while it is
             # still claimed, and drops it otherwise.
-            Delivery.status.in_([DeliveryStatus.QUEUED, DeliveryStatus.CLAIMED, DeliveryStatus.DEFERRED]),
+            deliveries.c.status.in_([DeliveryStatus.QUEUED, DeliveryStatus.CLAIMED, DeliveryStatus.DEFERRED]),
         )
-        .values(status=DeliveryStatus.SKIPPED, reply="unsubscribed before sending", updated_at=utcnow())
+        .values(
+            status=DeliveryStatus.SKIPPED, reply="unsubscribed before sending", updated_at=bindparam("b_now")
+        )
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+_SKIP_PENDING = _skip_pending(one_list=True)
+_SKIP_PENDING_EVERY_LIST = _skip_pending(one_list=False)
 
 
 def next_due(conn: Connection, dispatch_id: int) -> dt.datetime | None:

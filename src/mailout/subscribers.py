@@ -12,9 +12,10 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Connection, String, bindparam, func, insert, select, update
+from sqlalchemy import Connection, String, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from . import outbox
@@ -198,20 +199,95 @@ def unsubscribe(
     session: Session, person: Subscriber, source: Source, *, lst: MailingList | None = None, detail: str = ""
 ) -> int:
     """Unsubscribe ``person`` from ``lst``, or from every list when ``lst`` is None; return how many changed."""
-    now = utcnow()
-    query = update(Subscription).where(
-        Subscription.subscriber_id == person.id, Subscription.status == SubscriptionStatus.SUBSCRIBED
+    changed = _leave(session, person.id, lst.id if lst else None, source, detail)
+    session.expire(person, ["status", "updated_at"])  # written below the ORM: read again when asked
+    return changed
+
+
+@dataclass(frozen=True)
+class LinkUnsubscribe:
+    """What an unsubscribe link did: the list it names, and how many subscriptions ended."""
+
+    list_name: str
+    list_description: str
+    changed: int
+
+
+# The statements of an unsubscribe, built once: the web app makes them for every one-click
+# POST, and building and keying a statement costs more than SQLite takes to run it.
+_lists, _subscribers, _subscriptions = (
+    cast(Table, m.__table__) for m in (MailingList, Subscriber, Subscription)
+)
+_NAMED_BY_LINK = select(_lists.c.name, _lists.c.description).where(
+    _lists.c.id == bindparam("b_list"),
+    select(_subscribers.c.id).where(_subscribers.c.id == bindparam("b_subscriber")).exists(),
+)
+_END_SUBSCRIPTIONS = (
+    update(_subscriptions)
+    .where(
+        _subscriptions.c.subscriber_id == bindparam("b_subscriber"),
+        _subscriptions.c.status == SubscriptionStatus.SUBSCRIBED,
     )
-    if lst is not None:
-        query = query.where(Subscription.list_id == lst.id)
-    changed = session.execute(query.values(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now)).rowcount  # type: ignore[attr-defined]
-    if lst is None and person.status is SubscriberStatus.SUBSCRIBED:
-        person.status = SubscriberStatus.UNSUBSCRIBED
-        changed += 1
+    .values(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=bindparam("b_now"))
+)
+_END_SUBSCRIPTION = _END_SUBSCRIPTIONS.where(_subscriptions.c.list_id == bindparam("b_list"))
+_END_SUBSCRIBER = (
+    update(_subscribers)
+    .where(
+        _subscribers.c.id == bindparam("b_subscriber"), _subscribers.c.status == SubscriberStatus.SUBSCRIBED
+    )
+    .values(status=SubscriberStatus.UNSUBSCRIBED, updated_at=bindparam("b_now"))
+)
+_RECORD = insert(cast(Table, ConsentEvent.__table__))
+
+
+def unsubscribe_by_link(
+    conn: Connection, subscriber_id: int, list_id: int, source: Source, *, every_list: bool = False
+) -> LinkUnsubscribe | None:
+    """Unsubscribe the person a token names from its list (or every list); None if either is unknown.
+
+    The web app's POST, in as few statements as the work takes: one to find the
+    list and check the person, one update, the consent event if anything changed,
+    and the skip of their queued messages.
+    """
+    row = conn.execute(_NAMED_BY_LINK, {"b_list": list_id, "b_subscriber": subscriber_id}).first()
+    if row is None:
+        return None
+    name, description = row
+    detail = f"from the link to list {name}" if every_list else ""
+    changed = _leave(conn, subscriber_id, None if every_list else list_id, source, detail)
+    return LinkUnsubscribe(name, description, changed)
+
+
+def _leave(
+    conn: Connection | Session, subscriber_id: int, list_id: int | None, source: Source, detail: str
+) -> int:
+    """End the subscriptions (one list, or every list and the person's own status); record it once."""
+    now = utcnow()
+    ids = {"b_subscriber": subscriber_id, "b_now": now}
+    if list_id is not None:
+        changed = _rowcount(conn.execute(_END_SUBSCRIPTION, {**ids, "b_list": list_id}))
+    else:
+        changed = _rowcount(conn.execute(_END_SUBSCRIPTIONS, ids))
+        changed += _rowcount(conn.execute(_END_SUBSCRIBER, ids))
     if changed:
-        record(session, person, EventKind.UNSUBSCRIBED, source, lst=lst, detail=detail)
-    outbox.skip_pending(session, person.id, lst.id if lst else None)
-    return int(changed)
+        conn.execute(
+            _RECORD,
+            {
+                "subscriber_id": subscriber_id,
+                "list_id": list_id,
+                "kind": EventKind.UNSUBSCRIBED,
+                "source": source,
+                "detail": detail,
+                "created_at": now,
+            },
+        )
+    outbox.skip_pending(conn, subscriber_id, list_id)
+    return changed
+
+
+def _rowcount(result: object) -> int:
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def mark_bounced(conn: Connection, subscriber_id: int, detail: str) -> None:
