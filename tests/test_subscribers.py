@@ -467,9 +467,12 @@ def test_each_chunk_is_written_with_the_same_few_statements(
         assert (report.added, report.updated) == (2 * len(chunks), len(chunks))
         return len(seen)
 
-    # Look up what the file held and who is stored; insert people, subscriptions and
-    # consent events; update the changed names; remember the addresses seen.
-    assert statements(range(1, 4)) - statements(range(0, 1)) == 2 * 7
+    # Look up what the file held and who is stored; remember the addresses seen; insert
+    # people, subscriptions and consent events; update the changed names. PostgreSQL
+    # inserts from two temporary tables (each made if need be, emptied, then filled by
+    # COPY, which these events do not see) and adds subscriptions and events in one.
+    per_chunk = 7 if engine.dialect.name == "sqlite" else 10
+    assert statements(range(1, 4)) - statements(range(0, 1)) == 2 * per_chunk
 
 
 def test_the_case_of_an_address_never_makes_a_second_person(engine: Engine, tmp_path: Path) -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Connection, String, bindparam, func, insert, select, update
+from sqlalchemy import Connection, String, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from . import outbox
@@ -199,15 +199,20 @@ def unsubscribe(
 ) -> int:
     """Unsubscribe ``person`` from ``lst``, or from every list when ``lst`` is None; return how many changed."""
     now = utcnow()
+    changed = 0
+    if lst is None and person.status is SubscriberStatus.SUBSCRIBED:
+        # The person's row before their subscriptions: an import adding them to a list
+        # holds that row (FOR SHARE) until it commits, so the subscriptions ended below
+        # include the one it added.
+        person.status = SubscriberStatus.UNSUBSCRIBED
+        session.flush()
+        changed += 1
     query = update(Subscription).where(
         Subscription.subscriber_id == person.id, Subscription.status == SubscriptionStatus.SUBSCRIBED
     )
     if lst is not None:
         query = query.where(Subscription.list_id == lst.id)
-    changed = session.execute(query.values(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now)).rowcount  # type: ignore[attr-defined]
-    if lst is None and person.status is SubscriberStatus.SUBSCRIBED:
-        person.status = SubscriberStatus.UNSUBSCRIBED
-        changed += 1
+    changed += session.execute(query.values(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now)).rowcount  # type: ignore[attr-defined]
     if changed:
         record(session, person, EventKind.UNSUBSCRIBED, source, lst=lst, detail=detail)
     outbox.skip_pending(session, person.id, lst.id if lst else None)
@@ -333,7 +338,32 @@ def list_counts(session: Session) -> list[tuple[str, str, int]]:
 
 # --- in bulk, for the importer -------------------------------------------------------
 # The importer decides what each row of a file does; the statements that write it are
-# here, with every other write of these tables. Each is one batched statement.
+# here, with every other write of these tables. They go to the driver as plain SQL, as
+# the send loop's do: SQLAlchemy's per-row parameter processing cost more than the
+# statements themselves. On SQLite, executemany of prepared statements; on PostgreSQL,
+# COPY into a temporary table of this session, then one INSERT ... SELECT each.
+#
+# Another process may write the same people between the importer's look-up and these
+# statements. On SQLite it cannot: the import holds the write lock from its first
+# statement (BEGIN IMMEDIATE). On PostgreSQL, ON CONFLICT DO NOTHING skips a person or
+# subscription written meanwhile, and a subscription is added only while the person is
+# still subscribed (their row locked FOR SHARE until the import commits: see
+# ``unsubscribe``). The enums' values are written into the SQL (S608: no outside input).
+
+_SUBSCRIBED = f"'{SubscriberStatus.SUBSCRIBED.value}'"
+_LIST_SUBSCRIBED = f"'{SubscriptionStatus.SUBSCRIBED.value}'"
+_LIST_UNSUBSCRIBED = f"'{SubscriptionStatus.UNSUBSCRIBED.value}'"
+
+
+def stored_time(conn: Connection, when: dt.datetime) -> object:
+    """Return ``when`` (UTC) as a parameter of plain SQL, as the ``DateTime`` columns store it.
+
+    SQLAlchemy keeps a date-time on SQLite as text, ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC
+    without an offset; rows written this way compare and sort with the ORM's own.
+    """
+    if conn.dialect.name == "sqlite":
+        return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return when
 
 
 @dataclass(frozen=True)
@@ -346,76 +376,6 @@ class NewPerson:
     language: str
 
 
-def add_many(conn: Connection, people: Sequence[NewPerson], now: dt.datetime) -> list[int]:
-    """Insert ``people`` (subscribed) in one statement; return their new ids, in order."""
-    if not people:
-        return []
-    rows = conn.execute(
-        insert(Subscriber).returning(Subscriber.id, sort_by_parameter_order=True),
-        [
-            {
-                "email": p.email,
-                "email_key": p.email.lower(),
-                "name": p.name,
-                "organisation": p.organisation,
-                "language": p.language,
-                "status": SubscriberStatus.SUBSCRIBED,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for p in people
-        ],
-    ).all()
-    return [row.id for row in rows]
-
-
-def subscribe_many(
-    conn: Connection, list_id: int, joining: Sequence[tuple[int, str]], source: Source, now: dt.datetime
-) -> None:
-    """Subscribe each (subscriber id, detail) to the list, each with its consent event."""
-    if not joining:
-        return
-    conn.execute(
-        insert(Subscription),
-        [
-            {
-                "subscriber_id": sid,
-                "list_id": list_id,
-                "status": SubscriptionStatus.SUBSCRIBED,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for sid, _ in joining
-        ],
-    )
-    _consent_many(conn, list_id, joining, EventKind.SUBSCRIBED, source, now)
-
-
-def update_fields_many(conn: Connection, changes: Sequence[FieldChange], now: dt.datetime) -> None:
-    """Write changed names, organisations and languages in one batched statement."""
-    if not changes:
-        return
-    conn.execute(
-        update(Subscriber)
-        .where(Subscriber.id == bindparam("b_id"))
-        .values(
-            name=bindparam("b_name"),
-            organisation=bindparam("b_organisation"),
-            language=bindparam("b_language"),
-            updated_at=now,
-        ),
-        [
-            {
-                "b_id": c.subscriber_id,
-                "b_name": c.name,
-                "b_organisation": c.organisation,
-                "b_language": c.language,
-            }
-            for c in changes
-        ],
-    )
-
-
 @dataclass(frozen=True)
 class FieldChange:
     """New values for a stored person's name, organisation and language."""
@@ -424,6 +384,96 @@ class FieldChange:
     name: str
     organisation: str
     language: str
+
+
+def add_many(conn: Connection, people: Sequence[NewPerson], now: dt.datetime) -> None:
+    """Insert ``people`` (subscribed); on PostgreSQL, skip anyone another process added meanwhile."""
+    if not people:
+        return
+    at = stored_time(conn, now)
+    rows = [(p.email, p.email.lower(), p.name, p.organisation, p.language) for p in people]
+    if conn.dialect.name != "postgresql":
+        conn.exec_driver_sql(
+            "INSERT INTO subscribers (email, email_key, name, organisation, language, status,"  # noqa: S608
+            f" created_at, updated_at) VALUES (?, ?, ?, ?, ?, {_SUBSCRIBED}, ?, ?)",
+            [(*row, at, at) for row in rows],
+        )
+        return
+    _stage(conn, "mailout_staged_people", _STAGED_PEOPLE, rows)
+    _driver(
+        conn,
+        "INSERT INTO subscribers (email, email_key, name, organisation, language, status,"  # noqa: S608
+        f" created_at, updated_at) SELECT email, email_key, name, organisation, language, {_SUBSCRIBED},"
+        " %s, %s FROM mailout_staged_people ORDER BY email_key ON CONFLICT DO NOTHING",
+        (at, at),
+    )
+
+
+def subscribe_many(
+    conn: Connection, list_id: int, joining: Sequence[tuple[str, str]], source: Source, now: dt.datetime
+) -> int:
+    """Subscribe each (address key, detail) to the list, each with its consent event; return how many.
+
+    Only people still subscribed, and not yet on the list, join it (on SQLite the
+    importer's look-up, made under the same lock, has ensured it already).
+    """
+    if not joining:
+        return 0
+    at = stored_time(conn, now)
+    if conn.dialect.name != "postgresql":
+        conn.exec_driver_sql(
+            "INSERT INTO subscriptions (subscriber_id, list_id, status, created_at, updated_at)"  # noqa: S608
+            f" SELECT id, ?, {_LIST_SUBSCRIBED}, ?, ? FROM subscribers WHERE email_key = ?",
+            [(list_id, at, at, key) for key, _ in joining],
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO consent_events (subscriber_id, list_id, kind, source, detail, created_at)"  # noqa: S608
+            f" SELECT id, ?, '{EventKind.SUBSCRIBED.value}', ?, ?, ? FROM subscribers WHERE email_key = ?",
+            [(list_id, source.value, detail, at, key) for key, detail in joining],
+        )
+        return len(joining)
+    _stage(conn, "mailout_staged_joins", _STAGED_JOINS, joining)
+    # One statement: the consent events are those of the subscriptions actually added.
+    joined = conn.exec_driver_sql(
+        "WITH joined AS ("  # noqa: S608
+        " INSERT INTO subscriptions (subscriber_id, list_id, status, created_at, updated_at)"
+        f" SELECT s.id, %(list)s, {_LIST_SUBSCRIBED}, %(at)s, %(at)s"
+        " FROM mailout_staged_joins j JOIN subscribers s ON s.email_key = j.email_key"
+        f" WHERE s.status = {_SUBSCRIBED} ORDER BY s.id FOR SHARE OF s"
+        " ON CONFLICT (subscriber_id, list_id) DO NOTHING RETURNING subscriber_id)"
+        " INSERT INTO consent_events (subscriber_id, list_id, kind, source, detail, created_at)"
+        f" SELECT joined.subscriber_id, %(list)s, '{EventKind.SUBSCRIBED.value}', %(source)s, j.detail, %(at)s"
+        " FROM joined JOIN subscribers s ON s.id = joined.subscriber_id"
+        " JOIN mailout_staged_joins j ON j.email_key = s.email_key",
+        {"list": list_id, "at": at, "source": source.value},
+    )
+    return int(joined.rowcount)
+
+
+def update_fields_many(conn: Connection, changes: Sequence[FieldChange], now: dt.datetime) -> None:
+    """Write changed names, organisations and languages (never the status) in one batch."""
+    if not changes:
+        return
+    at = stored_time(conn, now)
+    if conn.dialect.name != "postgresql":
+        conn.exec_driver_sql(
+            "UPDATE subscribers SET name = ?, organisation = ?, language = ?, updated_at = ? WHERE id = ?",
+            [(c.name, c.organisation, c.language, at, c.subscriber_id) for c in changes],
+        )
+        return
+    _driver(
+        conn,
+        "UPDATE subscribers SET name = v.name, organisation = v.organisation, language = v.language,"
+        " updated_at = %s FROM unnest(%s::integer[], %s::text[], %s::text[], %s::text[])"
+        " AS v(id, name, organisation, language) WHERE subscribers.id = v.id",
+        (
+            at,
+            [c.subscriber_id for c in changes],
+            [c.name for c in changes],
+            [c.organisation for c in changes],
+            [c.language for c in changes],
+        ),
+    )
 
 
 def unsubscribe_many(
@@ -436,36 +486,45 @@ def unsubscribe_many(
     """End each (subscription id, subscriber id, detail) on the list, each with its consent event."""
     if not leaving:
         return
-    conn.execute(
-        update(Subscription)
-        .where(Subscription.id == bindparam("b_id"))
-        .values(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now),
-        [{"b_id": subscription_id} for subscription_id, _, _ in leaving],
-    )
-    _consent_many(
-        conn, list_id, [(sid, detail) for _, sid, detail in leaving], EventKind.UNSUBSCRIBED, source, now
-    )
-
-
-def _consent_many(
-    conn: Connection,
-    list_id: int,
-    events: Sequence[tuple[int, str]],
-    kind: EventKind,
-    source: Source,
-    now: dt.datetime,
-) -> None:
+    at = stored_time(conn, now)
+    sql = f"UPDATE subscriptions SET status = {_LIST_UNSUBSCRIBED}, updated_at = ? WHERE id = ?"  # noqa: S608
+    if conn.dialect.paramstyle != "qmark":
+        sql = sql.replace("?", "%s")
+    conn.exec_driver_sql(sql, [(at, subscription_id) for subscription_id, _, _ in leaving])
     conn.execute(
         insert(ConsentEvent),
         [
             {
                 "subscriber_id": sid,
                 "list_id": list_id,
-                "kind": kind,
+                "kind": EventKind.UNSUBSCRIBED,
                 "source": source,
                 "detail": detail,
                 "created_at": now,
             }
-            for sid, detail in events
+            for _, sid, detail in leaving
         ],
     )
+
+
+# Temporary tables of this session (each connection sees only its own), emptied before
+# each use and dropped at the end of the transaction.
+_STAGED_PEOPLE = "email text, email_key text, name text, organisation text, language text"
+_STAGED_JOINS = "email_key text, detail text"
+
+
+def _stage(conn: Connection, table: str, columns: str, rows: Iterable[tuple[str, ...]]) -> None:
+    """Copy ``rows`` into the session's temporary ``table`` (PostgreSQL), replacing what it held."""
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {table} ({columns}) ON COMMIT DROP")
+    conn.exec_driver_sql(f"TRUNCATE {table}")
+    names = ", ".join(column.split()[0] for column in columns.split(", "))
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor, cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _driver(conn: Connection, sql: str, params: tuple[object, ...]) -> int:
+    """Run ``sql`` (with ``%s`` placeholders) on PostgreSQL's driver; return how many rows it changed."""
+    return int(conn.exec_driver_sql(sql, params).rowcount)
