@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from . import csvfile
 from . import subscribers as people
 from .config import ListSettings
+from .db import copy_rows
 from .models import (
     MailingList,
     Source,
@@ -132,8 +133,12 @@ def import_file(
         try:
             with Session(bind=conn, expire_on_commit=False) as session:
                 transaction = session.begin()
-                if conn.dialect.name == "postgresql":  # through the session: its transaction
+                if conn.dialect.name == "postgresql":  # through the session: in its transaction
                     session.connection().exec_driver_sql(f"SELECT pg_advisory_xact_lock({IMPORT_LOCK})")
+                    # Each statement reaches its rows by an index. The tables grow in this
+                    # transaction, where they have no statistics: the planner would scan
+                    # the whole table for every chunk (five times slower at 50,000 rows).
+                    session.connection().exec_driver_sql("SET LOCAL enable_seqscan = off")
                 lst = ensure_list(session, settings)
                 session.flush()
                 for chunk in _chunks(rows, CHUNK):
@@ -174,11 +179,13 @@ def _import_chunk(
         return
     plan = _classify(candidates, _stored(conn, lst, candidates), earlier, lst, report)
     now = utcnow()
-    people.add_many(
+    new_ids = people.add_many(
         conn, [people.NewPerson(c.email, c.name, c.organisation, c.language) for c in plan.new_people], now
     )
-    joining = [(c.email.lower(), f"{name}:{c.line}") for c in plan.joining + plan.new_people]
-    joined = people.subscribe_many(conn, lst.id, joining, Source.IMPORT, now)
+    joining = plan.joining + [(new_ids[c.email.lower()], c) for c in plan.new_people]
+    joined = people.subscribe_many(
+        conn, lst.id, [(sid, f"{name}:{c.line}") for sid, c in joining], Source.IMPORT, now
+    )
     if joined < len(joining):
         # PostgreSQL only: another process added or unsubscribed some of them meanwhile.
         report.added -= len(joining) - joined
@@ -231,11 +238,7 @@ def _remember_seen(
     fresh = {key: c.line for key, c in candidates.items()} | seen_invalid
     new_seen = [(key, line) for key, line in fresh.items() if key not in earlier]
     if new_seen and conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(
-            f"INSERT INTO {_SEEN.name} (email, line)"  # noqa: S608
-            " SELECT * FROM unnest(%s::text[], %s::integer[])",
-            ([key for key, _ in new_seen], [line for _, line in new_seen]),
-        )
+        copy_rows(conn, f"COPY {_SEEN.name} (email, line) FROM STDIN", new_seen)
     elif new_seen:
         conn.exec_driver_sql(f"INSERT INTO {_SEEN.name} (email, line) VALUES (?, ?)", new_seen)  # noqa: S608
     return earlier
@@ -266,9 +269,11 @@ def _stored(conn: Connection, lst: MailingList, candidates: dict[str, _Candidate
     where, params = _among("s.email_key", list(candidates), conn)
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     rows = conn.exec_driver_sql(
-        "SELECT s.id, s.email, s.email_key, s.name, s.organisation, s.language, s.status, l.status"  # noqa: S608
-        f" FROM subscribers s LEFT JOIN subscriptions l ON l.subscriber_id = s.id AND l.list_id = {mark}"
-        f" WHERE {where}",
+        "SELECT s.id, s.email, s.email_key, s.name, s.organisation, s.language, s.status,"  # noqa: S608
+        # A subquery, not a join: one probe of the unique index per person, whatever the
+        # planner believes of a table that has grown in this transaction.
+        f" (SELECT l.status FROM subscriptions l WHERE l.subscriber_id = s.id AND l.list_id = {mark})"
+        f" FROM subscribers s WHERE {where}",
         (lst.id, *params),
     )
     return {
@@ -291,8 +296,8 @@ class _Plan:
     """What to write for one chunk."""
 
     new_people: list[_Candidate] = field(default_factory=list)
-    #: Stored people who join the list, by the row that brought them.
-    joining: list[_Candidate] = field(default_factory=list)
+    #: Stored people who join the list: (subscriber id, the row that brought them).
+    joining: list[tuple[int, _Candidate]] = field(default_factory=list)
     changes: list[people.FieldChange] = field(default_factory=list)
 
 
@@ -328,7 +333,7 @@ def _classify(
         if change:
             plan.changes.append(change)
         if stored.subscription is None:
-            plan.joining.append(cand)
+            plan.joining.append((stored.id, cand))
             report.added += 1
         elif change:
             report.updated += 1

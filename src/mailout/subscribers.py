@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from . import outbox
 from .config import LANGUAGE_TAG, ListSettings
+from .db import copy_rows, stored_time
 from .errors import MailoutError
 from .models import (
     ConsentEvent,
@@ -355,17 +356,6 @@ _LIST_SUBSCRIBED = f"'{SubscriptionStatus.SUBSCRIBED.value}'"
 _LIST_UNSUBSCRIBED = f"'{SubscriptionStatus.UNSUBSCRIBED.value}'"
 
 
-def stored_time(conn: Connection, when: dt.datetime) -> object:
-    """Return ``when`` (UTC) as a parameter of plain SQL, as the ``DateTime`` columns store it.
-
-    SQLAlchemy keeps a date-time on SQLite as text, ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC
-    without an offset; rows written this way compare and sort with the ORM's own.
-    """
-    if conn.dialect.name == "sqlite":
-        return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return when
-
-
 @dataclass(frozen=True)
 class NewPerson:
     """A person to add: the cleaned fields of one row of a file."""
@@ -386,33 +376,51 @@ class FieldChange:
     language: str
 
 
-def add_many(conn: Connection, people: Sequence[NewPerson], now: dt.datetime) -> None:
-    """Insert ``people`` (subscribed); on PostgreSQL, skip anyone another process added meanwhile."""
+def add_many(conn: Connection, people: Sequence[NewPerson], now: dt.datetime) -> dict[str, int]:
+    """Insert ``people`` (subscribed); return the id of each by address key.
+
+    On PostgreSQL, someone another process added meanwhile is left as stored, and
+    their id returned too.
+    """
     if not people:
-        return
+        return {}
     at = stored_time(conn, now)
     rows = [(p.email, p.email.lower(), p.name, p.organisation, p.language) for p in people]
+    keys = [key for _, key, *_ in rows]
     if conn.dialect.name != "postgresql":
         conn.exec_driver_sql(
             "INSERT INTO subscribers (email, email_key, name, organisation, language, status,"  # noqa: S608
             f" created_at, updated_at) VALUES (?, ?, ?, ?, ?, {_SUBSCRIBED}, ?, ?)",
             [(*row, at, at) for row in rows],
         )
-        return
+        marks = ", ".join("?" * len(keys))
+        found = conn.exec_driver_sql(
+            f"SELECT email_key, id FROM subscribers WHERE email_key IN ({marks})",  # noqa: S608
+            tuple(keys),
+        )
+        return {str(key): int(sid) for key, sid in found}
     _stage(conn, "mailout_staged_people", _STAGED_PEOPLE, rows)
-    _driver(
-        conn,
+    added = conn.exec_driver_sql(
         "INSERT INTO subscribers (email, email_key, name, organisation, language, status,"  # noqa: S608
         f" created_at, updated_at) SELECT email, email_key, name, organisation, language, {_SUBSCRIBED},"
-        " %s, %s FROM mailout_staged_people ORDER BY email_key ON CONFLICT DO NOTHING",
+        " %s, %s FROM mailout_staged_people ORDER BY email_key ON CONFLICT DO NOTHING"
+        " RETURNING email_key, id",
         (at, at),
     )
+    ids = {str(key): int(sid) for key, sid in added}
+    if len(ids) < len(keys):  # added by another process since the importer looked
+        missing = [key for key in keys if key not in ids]
+        found = conn.exec_driver_sql(
+            "SELECT email_key, id FROM subscribers WHERE email_key = ANY(%s)", (missing,)
+        )
+        ids |= {str(key): int(sid) for key, sid in found}
+    return ids
 
 
 def subscribe_many(
-    conn: Connection, list_id: int, joining: Sequence[tuple[str, str]], source: Source, now: dt.datetime
+    conn: Connection, list_id: int, joining: Sequence[tuple[int, str]], source: Source, now: dt.datetime
 ) -> int:
-    """Subscribe each (address key, detail) to the list, each with its consent event; return how many.
+    """Subscribe each (subscriber id, detail) to the list, each with its consent event; return how many.
 
     Only people still subscribed, and not yet on the list, join it (on SQLite the
     importer's look-up, made under the same lock, has ensured it already).
@@ -423,29 +431,35 @@ def subscribe_many(
     if conn.dialect.name != "postgresql":
         conn.exec_driver_sql(
             "INSERT INTO subscriptions (subscriber_id, list_id, status, created_at, updated_at)"  # noqa: S608
-            f" SELECT id, ?, {_LIST_SUBSCRIBED}, ?, ? FROM subscribers WHERE email_key = ?",
-            [(list_id, at, at, key) for key, _ in joining],
+            f" VALUES (?, ?, {_LIST_SUBSCRIBED}, ?, ?)",
+            [(sid, list_id, at, at) for sid, _ in joining],
         )
         conn.exec_driver_sql(
             "INSERT INTO consent_events (subscriber_id, list_id, kind, source, detail, created_at)"  # noqa: S608
-            f" SELECT id, ?, '{EventKind.SUBSCRIBED.value}', ?, ?, ? FROM subscribers WHERE email_key = ?",
-            [(list_id, source.value, detail, at, key) for key, detail in joining],
+            f" VALUES (?, ?, '{EventKind.SUBSCRIBED.value}', ?, ?, ?)",
+            [(sid, list_id, source.value, detail, at) for sid, detail in joining],
         )
         return len(joining)
-    _stage(conn, "mailout_staged_joins", _STAGED_JOINS, joining)
     # One statement: the consent events are those of the subscriptions actually added.
+    # The ids as an array, not a join: the planner then probes the primary key, even
+    # when the table has grown in this very transaction and has no statistics yet.
     joined = conn.exec_driver_sql(
-        "WITH joined AS ("  # noqa: S608
+        "WITH joining AS (SELECT * FROM unnest(%(ids)s::integer[], %(details)s::text[]) AS j(id, detail)),"  # noqa: S608
+        " joined AS ("
         " INSERT INTO subscriptions (subscriber_id, list_id, status, created_at, updated_at)"
-        f" SELECT s.id, %(list)s, {_LIST_SUBSCRIBED}, %(at)s, %(at)s"
-        " FROM mailout_staged_joins j JOIN subscribers s ON s.email_key = j.email_key"
-        f" WHERE s.status = {_SUBSCRIBED} ORDER BY s.id FOR SHARE OF s"
+        f" SELECT s.id, %(list)s, {_LIST_SUBSCRIBED}, %(at)s, %(at)s FROM subscribers s"
+        f" WHERE s.id = ANY(%(ids)s) AND s.status = {_SUBSCRIBED} ORDER BY s.id FOR SHARE"
         " ON CONFLICT (subscriber_id, list_id) DO NOTHING RETURNING subscriber_id)"
         " INSERT INTO consent_events (subscriber_id, list_id, kind, source, detail, created_at)"
-        f" SELECT joined.subscriber_id, %(list)s, '{EventKind.SUBSCRIBED.value}', %(source)s, j.detail, %(at)s"
-        " FROM joined JOIN subscribers s ON s.id = joined.subscriber_id"
-        " JOIN mailout_staged_joins j ON j.email_key = s.email_key",
-        {"list": list_id, "at": at, "source": source.value},
+        f" SELECT joined.subscriber_id, %(list)s, '{EventKind.SUBSCRIBED.value}', %(source)s, joining.detail,"
+        " %(at)s FROM joined JOIN joining ON joining.id = joined.subscriber_id",
+        {
+            "ids": [sid for sid, _ in joining],
+            "details": [detail for _, detail in joining],
+            "list": list_id,
+            "at": at,
+            "source": source.value,
+        },
     )
     return int(joined.rowcount)
 
@@ -510,19 +524,14 @@ def unsubscribe_many(
 # Temporary tables of this session (each connection sees only its own), emptied before
 # each use and dropped at the end of the transaction.
 _STAGED_PEOPLE = "email text, email_key text, name text, organisation text, language text"
-_STAGED_JOINS = "email_key text, detail text"
 
 
-def _stage(conn: Connection, table: str, columns: str, rows: Iterable[tuple[str, ...]]) -> None:
+def _stage(conn: Connection, table: str, columns: str, rows: Iterable[tuple[object, ...]]) -> None:
     """Copy ``rows`` into the session's temporary ``table`` (PostgreSQL), replacing what it held."""
     conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {table} ({columns}) ON COMMIT DROP")
     conn.exec_driver_sql(f"TRUNCATE {table}")
     names = ", ".join(column.split()[0] for column in columns.split(", "))
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    with driver.cursor() as cursor, cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
+    copy_rows(conn, f"COPY {table} ({names}) FROM STDIN", rows)
 
 
 def _driver(conn: Connection, sql: str, params: tuple[object, ...]) -> int:
