@@ -341,8 +341,9 @@ def list_counts(session: Session) -> list[tuple[str, str, int]]:
 # The importer decides what each row of a file does; the statements that write it are
 # here, with every other write of these tables. They go to the driver as plain SQL, as
 # the send loop's do: SQLAlchemy's per-row parameter processing cost more than the
-# statements themselves. On SQLite, executemany of prepared statements; on PostgreSQL,
-# COPY into a temporary table of this session, then one INSERT ... SELECT each.
+# statements themselves. On SQLite, executemany of prepared statements. On PostgreSQL,
+# the new people go by COPY into a temporary table of this session, then one INSERT ...
+# SELECT; subscriptions and their consent events in one statement, from arrays.
 #
 # Another process may write the same people between the importer's look-up and these
 # statements. On SQLite it cannot: the import holds the write lock from its first
@@ -475,8 +476,7 @@ def update_fields_many(conn: Connection, changes: Sequence[FieldChange], now: dt
             [(c.name, c.organisation, c.language, at, c.subscriber_id) for c in changes],
         )
         return
-    _driver(
-        conn,
+    conn.exec_driver_sql(
         "UPDATE subscribers SET name = v.name, organisation = v.organisation, language = v.language,"
         " updated_at = %s FROM unnest(%s::integer[], %s::text[], %s::text[], %s::text[])"
         " AS v(id, name, organisation, language) WHERE subscribers.id = v.id",
@@ -532,8 +532,3 @@ def _stage(conn: Connection, table: str, columns: str, rows: Iterable[tuple[obje
     conn.exec_driver_sql(f"TRUNCATE {table}")
     names = ", ".join(column.split()[0] for column in columns.split(", "))
     copy_rows(conn, f"COPY {table} ({names}) FROM STDIN", rows)
-
-
-def _driver(conn: Connection, sql: str, params: tuple[object, ...]) -> int:
-    """Run ``sql`` (with ``%s`` placeholders) on PostgreSQL's driver; return how many rows it changed."""
-    return int(conn.exec_driver_sql(sql, params).rowcount)
