@@ -275,7 +275,7 @@ def _stored(conn: Connection, lst: MailingList, candidates: dict[str, _Candidate
         f" (SELECT l.status FROM subscriptions l WHERE l.subscriber_id = s.id AND l.list_id = {mark})"
         f" FROM subscribers s WHERE {where}",
         (lst.id, *params),
-    )
+    ).all()
     return {
         key: _Stored(
             sid,

@@ -54,6 +54,9 @@ class SubscriberNotFound(MailoutError):
     """No subscriber has this address."""
 
 
+# A line break or NUL in a field: refused, never cleaned.
+_BREAK_OR_NUL = re.compile("[\r\n\0]")
+
 # RFC 5322 dot-atom: the local part of nearly every real address. Anything else
 # (quotes, non-ASCII) goes through email-validator's full rules.
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
@@ -64,7 +67,7 @@ def normalise_email(raw: str) -> str:
     value = raw.strip()
     if not value:
         raise InvalidSubscriber("empty address")
-    if any(c in value for c in "\r\n\0"):
+    if _BREAK_OR_NUL.search(value):
         raise InvalidSubscriber("address contains a line break or NUL")
     local, at, domain = value.rpartition("@")
     if at and len(local) <= 64 and len(value) <= 254 and _DOT_ATOM.fullmatch(local):
@@ -90,7 +93,7 @@ def clean_fields(name: str, organisation: str, language: str) -> tuple[str, str,
     """Return the fields trimmed and checked; raise ``InvalidSubscriber`` saying which one is wrong."""
     values = {"name": name.strip(), "organisation": organisation.strip(), "language": language.strip()}
     for key, value in values.items():
-        if any(c in value for c in "\r\n\0"):
+        if _BREAK_OR_NUL.search(value):
             raise InvalidSubscriber(f"{key} contains a line break or NUL character")
         if len(value) > MAX_LENGTHS[key]:
             raise InvalidSubscriber(f"{key} is {len(value)} characters long; at most {MAX_LENGTHS[key]}")
@@ -398,7 +401,7 @@ def add_many(conn: Connection, people: Sequence[NewPerson], now: dt.datetime) ->
         found = conn.exec_driver_sql(
             f"SELECT email_key, id FROM subscribers WHERE email_key IN ({marks})",  # noqa: S608
             tuple(keys),
-        )
+        ).all()
         return {str(key): int(sid) for key, sid in found}
     _stage(conn, "mailout_staged_people", _STAGED_PEOPLE, rows)
     added = conn.exec_driver_sql(
@@ -408,12 +411,12 @@ def add_many(conn: Connection, people: Sequence[NewPerson], now: dt.datetime) ->
         " RETURNING email_key, id",
         (at, at),
     )
-    ids = {str(key): int(sid) for key, sid in added}
+    ids = {str(key): int(sid) for key, sid in added.all()}
     if len(ids) < len(keys):  # added by another process since the importer looked
         missing = [key for key in keys if key not in ids]
         found = conn.exec_driver_sql(
             "SELECT email_key, id FROM subscribers WHERE email_key = ANY(%s)", (missing,)
-        )
+        ).all()
         ids |= {str(key): int(sid) for key, sid in found}
     return ids
 
