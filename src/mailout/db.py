@@ -11,8 +11,9 @@ says (docs/reliability.md: what survives what).
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -296,3 +297,23 @@ def transaction(engine: Engine) -> Iterator[Session]:
     """Yield a session whose work is committed at the end, or rolled back on any error."""
     with Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
+
+
+def stored_time(conn: Connection, when: dt.datetime) -> object:
+    """Return ``when`` as a parameter of plain SQL, as a ``DateTime`` column stores it.
+
+    SQLAlchemy keeps a date-time on SQLite as text, ``YYYY-MM-DD HH:MM:SS.ffffff``
+    in UTC with no offset; rows written with this compare and sort with the ORM's own.
+    """
+    if conn.dialect.name == "sqlite":
+        return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return when
+
+
+def copy_rows(conn: Connection, copy: str, rows: Iterable[tuple[object, ...]]) -> None:
+    """Send ``rows`` to PostgreSQL's ``copy`` statement (``COPY ... FROM STDIN``), in ``conn``'s transaction."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor, cursor.copy(copy) as stream:
+        for row in rows:
+            stream.write_row(row)
