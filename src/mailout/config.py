@@ -98,7 +98,7 @@ class Smtp:
 @dataclass(frozen=True)
 class Sending:
     #: SMTP connections (threads) per sending process.
-    concurrency: int = 4
+    concurrency: int = 8
     #: Messages per second across every process of a dispatch; 0 means no limit.
     rate_limit: float = 0.0
     #: Deliveries a thread claims at a time.

@@ -5,8 +5,10 @@ foreign keys enforced and a busy timeout so that two processes wait for each
 other instead of failing. Transactions are begun explicitly, with ``BEGIN
 IMMEDIATE`` (the driver's own implicit transactions are switched off), so that
 a transaction that reads and then writes never fails half-way on a busy
-database. Each commit waits for the disk as ``database.sqlite_synchronous``
-says (docs/reliability.md: what survives what).
+database. The send loop's one statement per message runs outside any
+transaction, in the driver's autocommit, where SQLite takes the write lock
+before the statement reads, too (see ``outbox._driver``). Each commit waits for the disk as
+``database.sqlite_synchronous`` says (docs/reliability.md: what survives what).
 """
 
 from __future__ import annotations

@@ -10,10 +10,11 @@ same transaction (recipients and the rendered variant frozen). Then:
                          |                        +--not handed over (login refused...)--> queued
                          +--unsubscribed--> skipped
 
-Each step is committed before the next message goes on the same connection,
-so a process killed at any moment leaves at most one ``sending`` delivery per
-connection: those become ``unknown`` (never resent unless asked), while its
-``claimed`` deliveries go back to ``queued``. A process is known dead at once
+A delivery's ``sending`` mark is committed before its message goes on the wire,
+and its outcome with the mark of the message after next on the same connection
+(see ``mailer``), so a process killed at any moment leaves at most two
+``sending`` deliveries per connection: those become ``unknown`` (never resent
+unless asked), while its ``claimed`` deliveries go back to ``queued``. A process is known dead at once
 when it ran on this machine and runs no more (see ``processes``), and otherwise
 when its heartbeat in ``workers`` is older than ``sending.worker_timeout``. A
 transport that can tell whether a message was delivered (the local outbox: its
@@ -31,7 +32,7 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
@@ -52,7 +53,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -663,11 +664,30 @@ _SENT_AND_SENDING_SQL = (
 )
 
 
+_PYFORMAT: dict[str, str] = {}
+
+
 def _driver(conn: Connection, sql: str, params: tuple[object, ...]) -> int:
-    """Run ``sql`` on the driver; return how many rows it changed."""
-    if conn.dialect.paramstyle != "qmark":
-        sql = sql.replace("?", "%s")
-    return int(conn.exec_driver_sql(sql, params).rowcount)
+    """Run ``sql`` on the driver's own connection; return how many rows it changed.
+
+    Outside a transaction the statement commits by itself: on PostgreSQL a
+    ``loop_connection`` is in autocommit, and SQLite's driver runs in autocommit
+    (see ``db``), where a writing statement takes the write lock before it reads,
+    as ``BEGIN IMMEDIATE`` would, and waits for it as long as the busy timeout.
+    Inside a transaction it is part of it. Errors come out as SQLAlchemy's, as
+    from ``Connection.execute``.
+    """
+    raw: Any = conn.connection.driver_connection
+    dialect = conn.dialect
+    try:
+        if dialect.paramstyle == "qmark":
+            return int(raw.execute(sql, params).rowcount)
+        if sql not in _PYFORMAT:
+            _PYFORMAT[sql] = sql.replace("?", "%s")
+        # psycopg: prepared once per connection, then only executed.
+        return int(raw.execute(_PYFORMAT[sql], params, prepare=True).rowcount)
+    except dialect.loaded_dbapi.Error as error:
+        raise DBAPIError.instance(sql, params, error, dialect.loaded_dbapi.Error) from error
 
 
 def _now_param(conn: Connection) -> object:
