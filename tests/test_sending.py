@@ -543,9 +543,14 @@ def test_two_processes_share_a_dispatch_without_duplicates(
         text=True,
     )
     out_second, _ = second.communicate(timeout=120)
+    first_was_running = first.poll() is None
     out_first, _ = first.communicate(timeout=120)
-    if database_url.startswith("sqlite"):
+    if database_url.startswith("sqlite") and first_was_running:
         assert second.returncode == 1 and "another process is sending this dispatch" in out_second
+    elif database_url.startswith("sqlite"):
+        # The machine was so busy that the first had finished before the second had started;
+        # then the second only found a finished dispatch (and must not have sent anything).
+        assert second.returncode in (0, 1), out_second
     else:
         assert second.returncode in (0, 3), out_second
     assert first.returncode in (0, 3), out_first  # 3: the other process finished the last ones
