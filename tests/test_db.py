@@ -19,6 +19,7 @@ from sqlalchemy import Engine, event, inspect, select, text
 from mailout.cli import cli
 from mailout.config import load_settings
 from mailout.db import (
+    BUSY_TIMEOUT_MS,
     DatabaseUnavailable,
     WriteQueue,
     current_revision,
@@ -253,3 +254,42 @@ def test_a_write_queue_that_does_not_move_gives_up_like_a_busy_database(tmp_path
     with queue.transaction() as conn:  # the queue moves again, and nothing was left locked
         assert conn.execute(text("SELECT 1")).scalar() == 1
     engine.dispose()
+
+
+def test_a_writer_waits_at_most_its_deadline_for_the_queue_and_the_lock_together(engine: Engine) -> None:
+    # Another process holds the write lock (an import): the writer on the queue and the one
+    # behind it both give up by the deadline, not by the deadline twice over.
+    queue = WriteQueue(engine)
+    holder = make_engine(engine.url.render_as_string(hide_password=False))
+    results: list[tuple[str, float]] = []
+
+    def write() -> None:
+        started = time.monotonic()
+        try:
+            with queue.transaction(timeout=1.0) as conn:
+                conn.execute(text("UPDATE lists SET description = 'x'"))
+            results.append(("done", time.monotonic() - started))
+        except Exception as exc:
+            results.append((type(exc).__name__, time.monotonic() - started))
+
+    with holder.begin() as first:
+        first.execute(
+            text(
+                "INSERT INTO lists (name, segment, description, created_at)"
+                " VALUES ('held', 'public', '', CURRENT_TIMESTAMP)"
+            )
+        )
+    with holder.begin() as held:
+        held.execute(text("UPDATE lists SET description = 'held'"))  # the row locked on PostgreSQL too
+        threads = [threading.Thread(target=write) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    holder.dispose()
+    assert len(results) == 2 and all(what != "done" for what, _ in results), results
+    assert all(took < 1.8 for _, took in results), results
+    with queue.transaction() as conn:  # nothing was left locked, and the busy timeout is back
+        conn.execute(text("UPDATE lists SET description = 'after'"))
+        if engine.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == BUSY_TIMEOUT_MS

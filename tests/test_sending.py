@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from click.testing import CliRunner
@@ -221,6 +222,22 @@ def test_repeated_policy_refusals_pause_the_dispatch(
     smtp_server.rules.clear()  # the sender domain is fixed
     code, out = run("send", "2019-01", "--list", "members", "--yes")
     assert code == 0 and "resuming dispatch 1" in out, out
+
+
+@pytest.mark.parametrize("at", ["rcpt", "data"])
+def test_a_policy_pause_stops_at_the_refusal_that_reaches_the_limit(
+    sending_workspace: Path, smtp_server: SMTPServer, at: Literal["rcpt", "data"]
+) -> None:
+    # One connection: the next message is marked while the server reads the one before;
+    # the refusal that reaches the limit must still stop it from going out.
+    edit_config(sending_workspace, ("concurrency = 2", "concurrency = 1"))
+    add_subscribers(sending_workspace, people(10))
+    for address, _ in people(10):
+        smtp_server.answer(address, 550, "5.7.1 SPF check failed", at=at)
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 3 and "paused" in out, out
+    states = collections.Counter(statuses(sending_workspace).values())
+    assert states == {"failed": 3, "queued": 7}, states
 
 
 def test_421_and_dropped_connections_reconnect(sending_workspace: Path, smtp_server: SMTPServer) -> None:
@@ -565,6 +582,7 @@ def test_two_processes_share_a_dispatch_without_duplicates(
 RACER = """
 import os, sys
 from pathlib import Path
+from typing import Literal
 
 from mailout.cli import main  # imported before the start: the racers differ by as little as can be
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -279,16 +280,41 @@ class WriteQueue:
     def transaction(self, *, timeout: float = BUSY_TIMEOUT_MS / 1000) -> Iterator[Connection]:
         """Yield a connection in a write transaction, committed at the end or rolled back on an error.
 
-        Raises ``DatabaseUnavailable`` when the queue does not move for ``timeout`` seconds
-        (by default the busy timeout, which bounds each writer's wait for other processes).
+        ``timeout`` (by default the busy timeout) bounds the whole wait: for the queue,
+        then for other processes' locks (SQLite's busy timeout, PostgreSQL's
+        ``lock_timeout``), so that a request waits at most that long in all. Past it,
+        ``DatabaseUnavailable`` (queue) or ``OperationalError`` (lock) is raised.
         """
+        deadline = time.monotonic() + timeout
         if self._lock is not None and not self._lock.acquire(timeout=timeout):
             raise DatabaseUnavailable(
                 "BEGIN IMMEDIATE", None, TimeoutError("database is locked: the queue of writers did not move")
             )
         try:
-            with self.engine.begin() as connection:
-                yield connection
+            with self.engine.connect() as connection:
+                left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+                if self._lock is not None:
+                    # Only what is left of the deadline for other processes' write lock.
+                    shortened = left_ms < BUSY_TIMEOUT_MS - 50  # a few ms less: not worth two statements
+                    # On the driver's connection, outside any transaction of SQLAlchemy's.
+                    driver: Any = connection.connection.driver_connection
+                    if shortened:
+                        driver.execute(f"PRAGMA busy_timeout={left_ms}")
+                    try:
+                        with connection.begin():
+                            yield connection
+                    finally:
+                        if shortened:
+                            try:
+                                driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                            except Exception:
+                                connection.invalidate()  # never back to the pool with the short wait
+                else:
+                    with connection.begin():
+                        # PostgreSQL: a row another transaction holds (an import) is waited for
+                        # until the deadline, not for ever.
+                        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {left_ms}")
+                        yield connection
         finally:
             if self._lock is not None:
                 self._lock.release()

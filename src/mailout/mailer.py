@@ -87,26 +87,34 @@ class RateLimit:
         self._next = time.monotonic()
         self._lock = threading.Lock()
 
-    def wait(self, stop: threading.Event) -> None:
+    def wait(self, stop: threading.Event) -> float:
+        """Wait for this message's slot; return it (0 without a limit)."""
         if self.per_second <= 0:
-            return
+            return 0.0
         with self._lock:
             now = time.monotonic()
             slot = max(self._next, now)
             self._next = slot + 1.0 / self.per_second
         if slot > now:
             stop.wait(slot - now)
+        return slot
 
-    def went(self) -> None:
-        """Count a message that just went out: the next slot is a whole interval after it.
+    def went(self, slot: float) -> None:
+        """Count a message that just went out, given the slot it waited for.
 
-        A message that went out after its slot (its connection was being opened) must not
-        let the ones after it come closer together than the limit allows.
+        One that went out more than an interval after its slot (its connection was being
+        opened) must not let the ones after it come closer together than the limit allows:
+        the next slot moves to an interval after it. One that went out in time changes
+        nothing, so that the work between slot and wire (building, marking) is not counted
+        twice and a single connection still reaches the limit.
         """
         if self.per_second <= 0:
             return
-        with self._lock:
-            self._next = max(self._next, time.monotonic() + 1.0 / self.per_second)
+        interval = 1.0 / self.per_second
+        now = time.monotonic()
+        if now - slot > interval:
+            with self._lock:
+                self._next = max(self._next, now + interval)
 
 
 def delivery_message_id(dispatch: Dispatch, delivery_id: int) -> str:
@@ -319,12 +327,17 @@ class Mailer:
                         for claimed in batch:
                             if self.stop.is_set():
                                 return  # the rest of the batch goes back to the queue in finish()
-                            self.rate.wait(self.stop)
+                            slot = self.rate.wait(self.stop)
                             data = self._build(claimed)
                             marked = self._record(db, pending, sending=claimed.id)
                             pending = None
                             if inflight is not None:
                                 pending, inflight = self._finish(connection, inflight), None
+                            if pending is not None and not isinstance(pending, outbox.Sent):
+                                # A refusal (rare): recorded now, before the next message goes
+                                # out, so that a pause it causes (5.7.x) stops that one too.
+                                self._record(db, pending)
+                                pending = None
                             if self.stop.is_set():
                                 # Stopped meanwhile (a pause, Ctrl-C): it does not go out. Marked,
                                 # it goes back to the queue; claimed, finish() gives it back.
@@ -337,8 +350,8 @@ class Mailer:
                                 self.tally.add("skipped")
                                 continue
                             refused = self._start(connection, claimed, data)
-                            self.rate.went()
                             if refused is None:
+                                self.rate.went(slot)
                                 inflight = claimed
                             else:  # not on the wire whole (rare): two outcomes to record
                                 self._record(db, pending)

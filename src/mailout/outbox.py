@@ -763,8 +763,9 @@ def skip_pending(conn: Connection | Session, subscriber_id: int, list_id: int | 
     """Skip what a running dispatch still has waiting for a person (on ``list_id``, or every list).
 
     A sending process checks each batch when it claims it; this takes the person out
-    of the queue at once, even from a batch already claimed: only the message on the
-    wire at this very moment can still reach them.
+    of the queue at once, even from a batch already claimed: only a delivery already
+    marked ``sending`` can still reach them (the message on the wire on a connection,
+    and the next one, marked while the server reads it: at most two per connection).
     """
     values = {"b_subscriber": subscriber_id, "b_now": utcnow()}
     if list_id is None:
