@@ -58,6 +58,7 @@ from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql import ColumnElement, Select
 
 from . import processes
+from .db import stored_time
 from .models import (
     Delivery,
     DeliveryStatus,
@@ -692,11 +693,7 @@ def _driver(conn: Connection, sql: str, params: tuple[object, ...]) -> int:
 
 def _now_param(conn: Connection) -> object:
     """Return the current time as the column type would have stored it."""
-    now = utcnow()
-    if conn.dialect.name == "sqlite":
-        # SQLAlchemy's SQLite DateTime storage format (UTC, no offset).
-        return now.strftime("%Y-%m-%d %H:%M:%S.%f")
-    return now
+    return stored_time(conn, utcnow())
 
 
 def mark_sending(conn: Connection, delivery_id: int, worker: str) -> bool:
