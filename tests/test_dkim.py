@@ -188,6 +188,77 @@ def test_a_body_template_hashes_as_the_whole_body_does_whatever_its_pieces() -> 
 # --- signatures ------------------------------------------------------------------------------------
 
 
+def test_every_message_of_a_template_verifies_and_the_fast_path_signs_as_the_generic_one(
+    signer: DkimSigner, dns_server: DNSServer
+) -> None:
+    signed = MessageTemplate(_variant(), ADDRESSING, subject=LONG_SUBJECT, dkim=signer)
+    for message in _messages(signed):
+        assert verifies(message, dns_server)
+        end = message.index(b"\r\n", message.index(b" b="))
+        while message[end + 2 : end + 3] in (b" ", b"\t"):
+            end = message.index(b"\r\n", end + 2)
+        header, rest = message[: end + 2], message[end + 2 :]
+        assert header.startswith(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=efus.example;")
+        assert signer.sign(rest) == header  # the generic path: parse, canonicalize the whole body
+        assert all(len(line) <= 78 for line in header.split(b"\r\n"))
+    assert dns_server.queries and set(dns_server.queries) == {"mo2026._domainkey.efus.example."}
+
+
+def test_the_signature_covers_the_headers_a_reader_sees_over_signed(signer: DkimSigner) -> None:
+    message = _messages(MessageTemplate(_variant(), ADDRESSING, dkim=signer))[0]
+    unfolded = re.sub(rb"\r\n[ \t]+", b" ", message.split(b"\r\n\r\n")[0])
+    tags = dict(
+        t.strip().split(b"=", 1)
+        for t in unfolded.split(b"\r\n")[0].split(b":", 1)[1].split(b";")
+        if t.strip()
+    )
+    names = [n.strip() for n in tags[b"h"].split(b":")]
+    for name in (b"from", b"reply-to", b"to", b"subject", b"date", b"message-id", b"list-unsubscribe"):
+        assert names.count(name) == 2, name  # once for the header, once more so none can be added
+    for name in (b"mime-version", b"content-type", b"list-id", b"list-unsubscribe-post"):
+        assert names.count(name) == 2, name
+    assert tags[b"t"] == str(NOW).encode() and b"x" not in tags and b"l" not in tags
+
+
+def test_a_changed_body_byte_or_signed_header_or_an_added_header_fails(
+    signer: DkimSigner, dns_server: DNSServer
+) -> None:
+    message = _messages(MessageTemplate(_variant(), ADDRESSING, dkim=signer))[1]
+    assert verifies(message, dns_server)
+    body = message.index(b"\r\n\r\n") + 4
+    middle = body + (len(message) - body) // 2
+    changed = message[:middle] + bytes([message[middle] ^ 1]) + message[middle + 1 :]
+    assert not verifies(changed, dns_server)
+    assert not verifies(message.replace(b"Subject: ", b"Subject: Re: ", 1), dns_server)
+    assert not verifies(message.replace(b"\r\nTo: ", b"\r\nTo: mallory@example.net, ", 1), dns_server)
+    for added in (
+        b"From: Mallory <mallory@example.net>\r\n",
+        b"Reply-To: mallory@example.net\r\n",
+        b"List-Unsubscribe: <https://mallory.example/u>\r\n",
+        b"Subject: Urgent\r\n",
+    ):
+        assert not verifies(added + message, dns_server), added  # on top, where readers look first
+        at_end = message.replace(b"\r\n\r\n", b"\r\n" + added + b"\r\n", 1)
+        assert not verifies(at_end, dns_server), added
+    # A header outside h= may be added on the way (a relay's Received), and white space in
+    # the body may change (relaxed canonicalization): the signature still holds.
+    assert verifies(b"Received: from relay.example by mx.example; Thu, 31 Jan 2019\r\n" + message, dns_server)
+    assert verifies(message[:body] + message[body:].replace(b" ", b"  "), dns_server)
+
+
+def test_an_ed25519_signature_is_added_beside_the_rsa_one_and_both_verify(
+    double_signer: DkimSigner, dns_server: DNSServer
+) -> None:
+    for message in _messages(MessageTemplate(_variant(Segment.PUBLIC), ADDRESSING, dkim=double_signer)):
+        assert message.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;")
+        assert message.count(b"DKIM-Signature:") == 2
+        unfolded = message.replace(b"\r\n ", b" ")
+        assert b"a=ed25519-sha256; c=relaxed/relaxed; d=efus.example; s=mo2026e;" in unfolded
+        assert verifies(message, dns_server, 0)
+        assert verifies(message, dns_server, 1)
+        assert not verifies(message.replace(b"Subject: ", b"Subject: Re: ", 1), dns_server, 1)
+
+
 def test_an_expiry_is_written_when_asked(rsa_pem: bytes, dns_server: DNSServer) -> None:
     key = DkimKey("efus.example", "mo2026", _rsa(rsa_pem))
     dns_server.add_txt(key.record_name, key.record())
