@@ -38,6 +38,8 @@ from mailout.render import Recipient, Variant, render_variant
 from mailout.segments import Segment
 from tests.conftest import EXAMPLE_ISSUE, REPO
 from tests.dnsserver import DNSServer
+from tests.smtpserver import SMTPServer
+from tests.test_sending import add_subscribers, people, run, statuses
 
 NOW = 1_700_000_000
 
@@ -469,3 +471,74 @@ def test_dmarc_relaxed_alignment_allows_a_parent_or_a_subdomain() -> None:
     assert aligned("mail.efus.example", "efus.example")
     assert not aligned("fus.example", "efus.example")
     assert not aligned("mailer.example", "efus.example")
+
+
+# --- what mailout sends and writes -----------------------------------------------------------------
+
+
+def _sign_with(workspace: Path, rsa_pem: bytes, dns_server: DNSServer, *, ed25519_pem: bytes = b"") -> None:
+    """Add a [dkim] section to the workspace, its key in a file, the public key in the DNS server."""
+    (workspace / "dkim.pem").write_bytes(rsa_pem)
+    section = '\n[dkim]\ndomain = "efus.example"\nselector = "mo2026"\nkey_file = "dkim.pem"\n'
+    keys = [DkimKey("efus.example", "mo2026", _rsa(rsa_pem))]
+    if ed25519_pem:
+        (workspace / "dkim-ed25519.pem").write_bytes(ed25519_pem)
+        section += 'ed25519_selector = "mo2026e"\ned25519_key_file = "dkim-ed25519.pem"\n'
+        keys.append(DkimKey("efus.example", "mo2026e", _ed25519(ed25519_pem)))
+    with (workspace / "mailout.toml").open("a", encoding="utf-8") as config:
+        config.write(section)
+    for key in keys:
+        dns_server.add_txt(key.record_name, key.record())
+
+
+@pytest.mark.slow
+def test_every_message_sent_by_smtp_verifies_tests_and_dispatches(
+    sending_workspace: Path, smtp_server: SMTPServer, dns_server: DNSServer, rsa_pem: bytes
+) -> None:
+    _sign_with(sending_workspace, rsa_pem, dns_server)
+    add_subscribers(sending_workspace, [(address, name) for name, address in PEOPLE])
+    code, out = run("test", "2019-01", "--to", "team@efus.example")
+    assert code == 0 and "warning" not in out, out
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0, out
+    assert len(smtp_server.messages) == 2 + len(PEOPLE)
+    for received in smtp_server.messages:
+        assert received.raw.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;")
+        assert verifies(received.raw, dns_server), received.raw[:2000]
+
+
+@pytest.mark.slow
+def test_the_local_outbox_holds_the_messages_signed_as_they_would_be_sent(
+    sending_workspace: Path, dns_server: DNSServer, rsa_pem: bytes, ed25519_pem: bytes
+) -> None:
+    workspace = sending_workspace
+    config = workspace / "mailout.toml"
+    config.write_text(re.sub(r"\[smtp\][^\[]*", "", config.read_text(encoding="utf-8")), encoding="utf-8")
+    _sign_with(workspace, rsa_pem, dns_server, ed25519_pem=ed25519_pem)
+    add_subscribers(workspace, [(address, name) for name, address in PEOPLE])
+    code, out = run("test", "2019-01", "--to", "team@efus.example")
+    assert code == 0, out
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0, out
+    written = sorted((workspace / "outbox").glob("*.eml"))
+    assert len(written) == 2 + len(PEOPLE)
+    for path in written:
+        data = path.read_bytes()
+        assert data.count(b"DKIM-Signature:") == 2
+        assert verifies(data, dns_server, 0) and verifies(data, dns_server, 1), path.name
+
+
+def test_a_dispatch_with_an_unreadable_key_stops_before_anything_is_sent(
+    sending_workspace: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace = sending_workspace
+    with (workspace / "mailout.toml").open("a", encoding="utf-8") as config:
+        config.write('\n[dkim]\ndomain = "efus.example"\nselector = "s"\nkey_env = "DKIM_KEY"\n')
+    add_subscribers(workspace, people(2))
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code != 0 and "the environment variable DKIM_KEY is not set" in out, out
+    assert not smtp_server.messages and statuses(workspace) == {}  # no dispatch, no delivery queued
+    monkeypatch.setenv("DKIM_KEY", "not a key")
+    code, out = run("test", "2019-01", "--to", "team@efus.example")
+    assert code != 0 and "the environment variable DKIM_KEY is not a PEM private key" in out, out
+    assert not smtp_server.messages
