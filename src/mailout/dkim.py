@@ -75,11 +75,11 @@ LINE = 78
 
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
-_TRAILING_WSP = re.compile(rb"[ \t]+\r\n")
+_TAB_TO_SPACE = bytes.maketrans(b"\t", b" ")
+_SPACES = re.compile(rb"  +")
 _WSP = re.compile(rb"[ \t]+")
 # A header field ends at a CRLF not followed by white space (which would fold it).
 _FIELD_END = re.compile(rb"\r\n(?![ \t])")
-_FOLD = re.compile(rb"\r\n")
 _SELECTOR = re.compile(
     r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
@@ -90,14 +90,22 @@ _DOMAIN = re.compile(
 
 def relaxed_lines(data: bytes) -> bytes:
     """Return whole lines in relaxed form: no white space at line ends, other runs one space."""
-    if b"\t" not in data and b"  " not in data and b" \r\n" not in data:
-        return data  # the common case for quoted-printable text: already canonical
-    return _WSP.sub(b" ", _TRAILING_WSP.sub(CRLF, data))
+    # A tab ends up as a space either way (in a run made one space, or dropped at a line's
+    # end), so tabs become spaces first; then runs of two spaces or more are made one, and
+    # a line's last space, the only white space left there, is dropped.
+    if b"\t" in data:
+        data = data.translate(_TAB_TO_SPACE)
+    if b"  " in data:
+        data = _SPACES.sub(b" ", data)
+    return data.replace(b" \r\n", CRLF)
 
 
 def relaxed_header(name: bytes, value: bytes) -> bytes:
     """Return one header field in relaxed form, without its CRLF: ``name:value``, unfolded."""
-    return name.strip().lower() + b":" + _WSP.sub(b" ", _FOLD.sub(b"", value)).strip(b" \t")
+    value = value.replace(CRLF, b"")
+    if b"\t" in value or b"  " in value:
+        value = _WSP.sub(b" ", value)
+    return name.strip().lower() + b":" + value.strip(b" \t")
 
 
 class BodyHash:
