@@ -17,6 +17,8 @@ from mailout.db import make_engine, upgrade
 from mailout.issues import Issue, load_issue
 from mailout.workspace import init_workspace
 from tests import dnsserver
+from tests.postfix import PostfixRelay
+from tests.postfix import unavailable as postfix_unavailable
 from tests.postgres import PostgresServer, find_pg_bin
 from tests.smtpserver import SMTPServer
 
@@ -255,3 +257,17 @@ def ed25519_pem() -> bytes:
     return ed25519.Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+
+
+@pytest.fixture
+def postfix_relay(smtp_server: SMTPServer) -> Iterator[PostfixRelay]:
+    """A real Postfix on loopback that relays what it receives to ``smtp_server``."""
+    reason = postfix_unavailable()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: CI must run the relay test (scripts/system-deps installs Postfix)")
+        pytest.skip(reason)
+    relay = PostfixRelay(smtp_server.port)
+    relay.start()
+    yield relay
+    relay.stop()

@@ -9,6 +9,7 @@ import math
 import random
 import re
 import secrets
+import smtplib
 from pathlib import Path
 
 import dkim as dkimpy
@@ -38,6 +39,7 @@ from mailout.render import Recipient, Variant, render_variant
 from mailout.segments import Segment
 from tests.conftest import EXAMPLE_ISSUE, REPO
 from tests.dnsserver import DNSServer
+from tests.postfix import PostfixRelay
 from tests.smtpserver import SMTPServer
 from tests.test_sending import add_subscribers, people, run, statuses
 
@@ -489,6 +491,24 @@ def _sign_with(workspace: Path, rsa_pem: bytes, dns_server: DNSServer, *, ed2551
         config.write(section)
     for key in keys:
         dns_server.add_txt(key.record_name, key.record())
+
+
+@pytest.mark.slow
+def test_a_message_relayed_by_a_real_postfix_still_verifies(
+    postfix_relay: PostfixRelay, smtp_server: SMTPServer, double_signer: DkimSigner, dns_server: DNSServer
+) -> None:
+    messages = _messages(MessageTemplate(_variant(), ADDRESSING, subject=LONG_SUBJECT, dkim=double_signer))
+    with smtplib.SMTP("127.0.0.1", postfix_relay.port, timeout=30) as client:
+        for message, (_, address) in zip(messages, PEOPLE, strict=True):
+            client.sendmail("newsletter@efus.example", [address], message)
+    relayed = smtp_server.wait_for(len(messages), timeout=60)
+    for received in relayed:
+        # Postfix added its Received line on top, and handed on the rest as it got it.
+        assert received.raw.startswith(b"Received: from ") and b"relay.test.example" in received.raw[:500]
+        assert verifies(received.raw, dns_server, 0) and verifies(received.raw, dns_server, 1)
+    assert sorted(r.raw.split(b"Message-ID: <")[1][:12] for r in relayed) == sorted(
+        m.split(b"Message-ID: <")[1][:12] for m in messages
+    )
 
 
 @pytest.mark.slow
