@@ -562,3 +562,37 @@ def test_a_dispatch_with_an_unreadable_key_stops_before_anything_is_sent(
     code, out = run("test", "2019-01", "--to", "team@efus.example")
     assert code != 0 and "the environment variable DKIM_KEY is not a PEM private key" in out, out
     assert not smtp_server.messages
+
+
+def test_the_record_mailout_prints_is_the_one_receivers_verify_with(
+    workspace: Path, dns_server: DNSServer, rsa_pem: bytes, ed25519_pem: bytes
+) -> None:
+    (workspace / "dkim.pem").write_bytes(rsa_pem)
+    (workspace / "ed.pem").write_bytes(ed25519_pem)
+    with (workspace / "mailout.toml").open("a", encoding="utf-8") as config:
+        config.write(
+            '\n[dkim]\ndomain = "example.org"\nselector = "mo2026"\nkey_file = "dkim.pem"\n'
+            'ed25519_selector = "mo2026e"\ned25519_key_file = "ed.pem"\n'
+        )
+    code, out = run("dkim", "record")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert [line.split(" ")[0] for line in lines] == [
+        "mo2026._domainkey.example.org.",
+        "mo2026e._domainkey.example.org.",
+    ]
+    for line in lines:
+        name, _, strings = line.partition(". IN TXT ")
+        parts = re.findall(r'"([^"]*)"', strings)
+        assert all(len(p) <= 255 for p in parts) and len(parts) == (2 if "k=rsa" in line else 1)
+        dns_server.add_txt(name, "".join(parts))
+    signer = load_signer(load_settings(workspace, env={}), env={})
+    assert signer is not None
+    message = b"From: newsletter@example.org\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nHello\r\n"
+    signed = signer.sign(message) + message
+    assert verifies(signed, dns_server, 0) and verifies(signed, dns_server, 1)
+
+
+def test_dkim_record_without_dkim_says_what_to_set(workspace: Path) -> None:
+    code, out = run("dkim", "record")
+    assert code == 1 and "no DKIM key: set dkim.domain, dkim.selector and dkim.key_file" in out

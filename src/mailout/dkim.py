@@ -244,6 +244,12 @@ class DkimKey:
         der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode('ascii')}"
 
+    def zone_line(self) -> str:
+        """Return the record as a zone file line, its text cut in strings of 255 characters (RFC 1035)."""
+        text = self.record()
+        strings = " ".join(f'"{text[i : i + 255]}"' for i in range(0, len(text), 255))
+        return f"{self.record_name}. IN TXT {strings}"
+
     def sign(self, data: bytes) -> bytes:
         """Return the signature of ``data`` (the canonical headers) for this key's algorithm."""
         digest = hashlib.sha256(data).digest()
