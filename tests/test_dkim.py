@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import functools
 import hashlib
@@ -206,6 +207,19 @@ def test_every_message_of_a_template_verifies_and_the_fast_path_signs_as_the_gen
         assert signer.sign(rest) == header  # the generic path: parse, canonicalize the whole body
         assert all(len(line) <= 78 for line in header.split(b"\r\n"))
     assert dns_server.queries and set(dns_server.queries) == {"mo2026._domainkey.efus.example."}
+
+
+def test_threads_sharing_one_template_sign_every_message_right(
+    signer: DkimSigner, dns_server: DNSServer
+) -> None:
+    # The send loop's threads share one MessageTemplate, so one copied prefix hash.
+    template = MessageTemplate(_variant(), ADDRESSING, dkim=signer)
+    expected = _messages(template)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: _messages(template), range(8)))
+    for messages in results:
+        assert messages == expected  # same clock, same Date: the same bytes, whatever the thread
+    assert all(verifies(m, dns_server) for m in expected)
 
 
 def test_the_signature_covers_the_headers_a_reader_sees_over_signed(signer: DkimSigner) -> None:
