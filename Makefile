@@ -46,6 +46,8 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/import.py
+	$(BIN)/python bench/web.py
+	$(BIN)/python bench/dispatch.py
 
 system-deps:
 	@scripts/system-deps

@@ -91,6 +91,10 @@ def test_secrets_come_only_from_the_environment(tmp_path: Path) -> None:
         ('[sender]\naddress = "not-an-address"\n', r"sender.address: not an email address"),
         ('[smtp]\nsecurity = "ssl"\n', r"smtp.security: must be 'starttls', 'tls' or 'plain'"),
         (
+            '[database]\nsqlite_synchronous = "extra"\n',
+            r"mailout.toml:2: database.sqlite_synchronous: must be 'full' or 'normal', got 'extra'",
+        ),
+        (
             '[newsletter]\nmembers_teaser = "{n} more"\n',
             r"newsletter.members_teaser: only \{count\} and \{s\}",
         ),
@@ -101,6 +105,20 @@ def test_wrong_settings_name_file_and_key(tmp_path: Path, text: str, message: st
     with pytest.raises(ConfigError, match=message) as caught:
         load_settings(write(tmp_path, text), env={})
     assert "\n" not in str(caught.value), "a config error is one line"
+
+
+def test_sqlite_synchronous_is_full_unless_set_in_the_file_or_the_environment(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path / "a", ""), env={}).database.sqlite_synchronous == "full"
+    root = write(tmp_path / "b", '[database]\nsqlite_synchronous = "normal"\n')
+    assert load_settings(root, env={}).database.sqlite_synchronous == "normal"
+    env = {"MAILOUT_DATABASE_SQLITE_SYNCHRONOUS": "full"}
+    assert load_settings(root, env=env).database.sqlite_synchronous == "full"
+    with pytest.raises(
+        ConfigError,
+        match=r"^environment variable MAILOUT_DATABASE_SQLITE_SYNCHRONOUS \(database.sqlite_synchronous\):"
+        r" must be 'full' or 'normal', got 'NORMAL'$",
+    ):
+        load_settings(root, env={"MAILOUT_DATABASE_SQLITE_SYNCHRONOUS": "NORMAL"})
 
 
 def test_wrong_environment_value_names_the_variable(tmp_path: Path) -> None:

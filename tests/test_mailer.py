@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import email
 import email.policy
+import itertools
 import json
 import threading
 import time
@@ -315,3 +316,34 @@ def test_an_outbox_that_stops_taking_files_mid_dispatch_leaves_nobody_behind(sen
     assert set(recipients) == everyone(80) and set(recipients.values()) == {1}
     status = report()
     assert status["counts"]["sent"] == sum(status["counts"].values()) == status["total"] == 80
+
+
+@pytest.mark.parametrize("work", [0.0, 0.02])
+def test_one_sender_reaches_the_rate_limit_whatever_its_work_between_slot_and_wire(work: float) -> None:
+    # Building and marking a message takes time after its slot; counting it twice would
+    # keep a single connection (or several processes of one each) under the limit.
+    from mailout.mailer import RateLimit
+
+    rate, stop = RateLimit(20.0), threading.Event()
+    started = time.monotonic()
+    sent: list[float] = []
+    for _ in range(21):
+        slot = rate.wait(stop)
+        time.sleep(work)
+        rate.went(slot)
+        sent.append(time.monotonic())
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert min(gaps) >= 0.05 * 0.9, "never closer together than the limit"
+    assert sent[-1] - started < 20 * 0.05 + work + 0.5, "and not slower than it: 20 intervals"
+
+
+def test_a_message_sent_late_after_its_slot_keeps_the_next_an_interval_away() -> None:
+    from mailout.mailer import RateLimit
+
+    rate, stop = RateLimit(10.0), threading.Event()
+    slot = rate.wait(stop)
+    time.sleep(0.35)  # the connection was being opened: it went out long after its slot
+    rate.went(slot)
+    went = time.monotonic()
+    rate.wait(stop)
+    assert time.monotonic() - went >= 0.1 * 0.9

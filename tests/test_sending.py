@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from click.testing import CliRunner
@@ -223,6 +224,22 @@ def test_repeated_policy_refusals_pause_the_dispatch(
     assert code == 0 and "resuming dispatch 1" in out, out
 
 
+@pytest.mark.parametrize("at", ["rcpt", "data"])
+def test_a_policy_pause_stops_at_the_refusal_that_reaches_the_limit(
+    sending_workspace: Path, smtp_server: SMTPServer, at: Literal["rcpt", "data"]
+) -> None:
+    # One connection: the next message is marked while the server reads the one before;
+    # the refusal that reaches the limit must still stop it from going out.
+    edit_config(sending_workspace, ("concurrency = 2", "concurrency = 1"))
+    add_subscribers(sending_workspace, people(10))
+    for address, _ in people(10):
+        smtp_server.answer(address, 550, "5.7.1 SPF check failed", at=at)
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 3 and "paused" in out, out
+    states = collections.Counter(statuses(sending_workspace).values())
+    assert states == {"failed": 3, "queued": 7}, states
+
+
 def test_421_and_dropped_connections_reconnect(sending_workspace: Path, smtp_server: SMTPServer) -> None:
     add_subscribers(sending_workspace, people(20))
     smtp_server.answer("p3@example.org", 421, "4.7.0 closing connection", times=1)
@@ -339,13 +356,14 @@ def test_rate_limit_is_held(sending_workspace: Path, smtp_server: SMTPServer) ->
     assert times[-1] - times[0] >= 29 / 20 * 0.9
 
 
-def test_nothing_goes_on_the_wire_before_the_previous_outcome_is_committed(
+def test_nothing_goes_on_the_wire_before_its_sending_mark_is_committed(
     sending_workspace: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     add_subscribers(sending_workspace, people(30))
     engine = make_engine(load_settings(sending_workspace).database_url())
     earlier: dict[int, list[str]] = collections.defaultdict(list)
     problems: list[str] = []
+    most_sending = [0]
     record = smtp_server._record
 
     def check(received: Received) -> None:
@@ -358,12 +376,16 @@ def test_nothing_goes_on_the_wire_before_the_previous_outcome_is_committed(
         recipient = received.rcpt_tos[0]
         if state[recipient] != "sending":
             problems.append(f"{recipient} on the wire while {state[recipient]}")
+        # The answer to the previous message on the connection is recorded with the next
+        # mark but one: all the others before it are recorded.
         problems.extend(
-            f"{recipient} on the wire while {before}, sent earlier on the same connection, is {state[before]}"
-            for before in earlier[received.connection]
+            f"{recipient} on the wire while {before}, sent two or more before it on the same"
+            f" connection, is {state[before]}"
+            for before in earlier[received.connection][:-1]
             if state[before] != "sent"
         )
         earlier[received.connection].append(recipient)
+        most_sending[0] = max(most_sending[0], sum(s == "sending" for s in state.values()))
         record(received)
 
     monkeypatch.setattr(smtp_server, "_record", check)
@@ -371,6 +393,8 @@ def test_nothing_goes_on_the_wire_before_the_previous_outcome_is_committed(
     engine.dispose()
     assert code == 0, out
     assert len(smtp_server.messages) == 30 and problems == []
+    # At most two per connection (concurrency 2): the one on the wire, the next one marked.
+    assert 1 <= most_sending[0] <= 2 * 2
     assert set(statuses(sending_workspace).values()) == {"sent"}
 
 
@@ -412,7 +436,7 @@ def test_kill_9_then_resume_sends_everyone_exactly_once_at_once(
     assert time.monotonic() - started < 30, "resumed at once, not after sending.worker_timeout"
     code, report = run("status", "1", "--json")
     unknown = set(json.loads(report)["unknown"])
-    assert len(unknown) <= 3, "at most one in flight per connection"
+    assert len(unknown) <= 2 * 3, "at most two per connection (docs/reliability.md)"
     if unknown:
         assert f"{len(unknown)} in flight when the process stopped are unknown" in out
     received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages)
@@ -423,6 +447,35 @@ def test_kill_9_then_resume_sends_everyone_exactly_once_at_once(
     assert all(n == 1 for e, n in received.items() if e not in unknown)
     counts = json.loads(report)["counts"]
     assert sum(counts.values()) == 120
+
+
+def test_kill_9_at_full_speed_leaves_at_most_two_unknown_per_connection_and_sends_none_twice(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    # No rate limit: the answer to one message is read while the next one is being marked,
+    # so a kill finds up to two deliveries "sending" on each connection.
+    edit_config(sending_workspace, ("concurrency = 2", "concurrency = 3"))
+    add_subscribers(sending_workspace, people(400))
+    process = start_send()
+    try:
+        smtp_server.wait_for(100, timeout=60)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.stdout.close()  # type: ignore[union-attr]
+    left = collections.Counter(statuses(sending_workspace).values())
+    assert left["sent"] + left["queued"] + left["claimed"] + left["sending"] == 400
+    assert left["sent"] < 400 and left["sending"] <= 2 * 3, f"at most two per connection: {left}"
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0 and "finished" in out, out
+    report = json.loads(run("status", "1", "--json")[1])
+    unknown = set(report["unknown"])
+    assert len(unknown) == left["sending"], "what was sending, and only that, is unknown"
+    received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.messages)
+    assert [e for e, n in received.items() if n > 1] == [], "nobody got it twice"
+    assert set(received) | unknown == {e for e, _ in people(400)}, "nobody is left out"
+    assert report["counts"]["sent"] + len(unknown) == 400
+    assert report["done"] == report["total"] == 400
 
 
 def test_a_zombie_or_a_reused_pid_is_gone_too(
@@ -507,9 +560,14 @@ def test_two_processes_share_a_dispatch_without_duplicates(
         text=True,
     )
     out_second, _ = second.communicate(timeout=120)
+    first_was_running = first.poll() is None
     out_first, _ = first.communicate(timeout=120)
-    if database_url.startswith("sqlite"):
+    if database_url.startswith("sqlite") and first_was_running:
         assert second.returncode == 1 and "another process is sending this dispatch" in out_second
+    elif database_url.startswith("sqlite"):
+        # The machine was so busy that the first had finished before the second had started;
+        # then the second only found a finished dispatch (and must not have sent anything).
+        assert second.returncode in (0, 1), out_second
     else:
         assert second.returncode in (0, 3), out_second
     assert first.returncode in (0, 3), out_first  # 3: the other process finished the last ones
@@ -524,6 +582,7 @@ def test_two_processes_share_a_dispatch_without_duplicates(
 RACER = """
 import os, sys
 from pathlib import Path
+from typing import Literal
 
 from mailout.cli import main  # imported before the start: the racers differ by as little as can be
 

@@ -12,11 +12,27 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
+from mailout.config import load_settings
+from mailout.db import make_engine, transaction
+from mailout.models import (
+    ConsentEvent,
+    Delivery,
+    DeliveryStatus,
+    EventKind,
+    MailingList,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+)
+from mailout.tokens import Purpose, Signer
+from tests.conftest import SECRET_KEY
 from tests.smtpserver import SMTPServer
 from tests.test_web import MEMBERS, PUBLIC, import_list, received, run, unsubscribe_url, view_url
 
@@ -42,10 +58,10 @@ def http(url: str, data: bytes | None = None, headers: dict[str, str] | None = N
 class Served:
     """A `mailout serve` process on loopback, stopped with SIGTERM."""
 
-    def __init__(self, workspace: Path, port: int) -> None:
+    def __init__(self, workspace: Path, port: int, *options: str) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mailout", "serve", "--port", str(port)],
+            [sys.executable, "-m", "mailout", "serve", "--port", str(port), *options],
             cwd=workspace,
             env=os.environ.copy(),
             stdout=subprocess.PIPE,
@@ -123,6 +139,141 @@ def test_one_click_from_a_received_message_then_the_next_dispatch_skips_that_add
     assert code == 0, out
     assert [r.rcpt_tos[0] for r in smtp_server.messages[before:]] == ["bo@example.org"]
     assert "stopped" in served.stop()
+
+
+def test_serve_runs_waitress_and_stalled_clients_hold_no_thread(
+    served: Served, sending_workspace: Path
+) -> None:
+    second = Served(sending_workspace, free_port(), "--threads", "1", "--behind-proxy")
+    stalled = []
+    try:
+        host, port = second.url.removeprefix("http://").split(":")
+        for _ in range(3):  # half a request each, never finished: a slow-loris client
+            connection = socket.create_connection((host, int(port)), timeout=5)
+            connection.sendall(b"GET /issues/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            stalled.append(connection)
+        started = time.monotonic()
+        status, page, headers = http(second.url + "/issues/2019-01")
+        assert status == 200 and "January 2019" in page
+        assert time.monotonic() - started < 5  # one thread, and it was free
+        assert headers["Server"] is None  # no "Werkzeug/…" (nor any server's name and version)
+        # The server refuses a body bigger than any of the app's requests, before the app.
+        status, _, _ = http(second.url + "/unsubscribe/x.y", data=b"x" * (65 * 1024))
+        assert status == 413
+        # Behind a proxy, loopback says nothing about who asks: no password set, no preview.
+        assert http(second.url + "/preview/")[0] == 404
+        assert http(served.url + "/preview/")[0] == 200
+    finally:
+        for connection in stalled:
+            connection.close()
+        assert "stopped" in second.stop()
+
+
+def members_tokens(workspace: Path, count: int) -> dict[str, str]:
+    """Add ``count`` members and return each one's one-click address, by email."""
+    import_list(workspace, [(f"reader{n}@example.org", f"Reader {n}") for n in range(count)], "members")
+    engine = make_engine(load_settings(workspace).database_url())
+    signer = Signer.from_secret(SECRET_KEY)
+    with transaction(engine) as session:
+        rows = session.execute(
+            select(Subscriber.email, Subscription.subscriber_id, Subscription.list_id)
+            .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+            .join(MailingList, MailingList.id == Subscription.list_id)
+            .where(MailingList.name == "members", Subscriber.email.like("reader%"))
+        ).all()
+    engine.dispose()
+    return {email: signer.sign(Purpose.UNSUBSCRIBE, sid, lid) for email, sid, lid in rows}
+
+
+def one_click(base: str, tokens: list[str]) -> list[int]:
+    """POST one-click to each token from four threads at once; return the statuses."""
+    with ThreadPoolExecutor(4) as pool:
+        return list(
+            pool.map(
+                lambda token: http(
+                    f"{base}/unsubscribe/{token}",
+                    data=b"List-Unsubscribe=One-Click",
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                )[0],
+                tokens,
+            )
+        )
+
+
+def unsubscribe_events(workspace: Path) -> dict[str, list[tuple[str, str]]]:
+    engine = make_engine(load_settings(workspace).database_url())
+    with transaction(engine) as session:
+        rows = session.execute(
+            select(Subscriber.email, ConsentEvent.kind, ConsentEvent.source)
+            .join(Subscriber, Subscriber.id == ConsentEvent.subscriber_id)
+            .where(ConsentEvent.kind == EventKind.UNSUBSCRIBED)
+        ).all()
+        left = set(
+            session.scalars(
+                select(Subscriber.email)
+                .join(Subscription, Subscription.subscriber_id == Subscriber.id)
+                .where(Subscription.status == SubscriptionStatus.UNSUBSCRIBED)
+            )
+        )
+    engine.dispose()
+    found: dict[str, list[tuple[str, str]]] = {email: [] for email in left}
+    for email, kind, source in rows:
+        found.setdefault(email, []).append((str(kind), str(source)))
+    return found
+
+
+def test_concurrent_one_click_posts_are_all_recorded_once(served: Served, sending_workspace: Path) -> None:
+    tokens = members_tokens(sending_workspace, 24)
+    # Every person twice, the second time concurrently with the first: one event each.
+    statuses = one_click(served.url, [*tokens.values(), *tokens.values()])
+    assert statuses == [200] * 48
+    events = unsubscribe_events(sending_workspace)
+    assert events == {email: [("unsubscribed", "one-click")] for email in tokens}
+
+
+def test_one_click_posts_while_another_process_dispatches(
+    served: Served, sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    tokens = members_tokens(sending_workspace, 40)
+    leaving = sorted(tokens)[::2]
+    before = len(smtp_server.messages)
+    smtp_server.slow_answer(0.05)  # about a second of sending: the POSTs land in the middle
+    env = {**os.environ, "MAILOUT_SENDING_BATCH_SIZE": "2"}
+    sender = subprocess.Popen(
+        [sys.executable, "-m", "mailout", "send", "2019-01", "--list", "members", "--yes", "--again"],
+        cwd=sending_workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while len(smtp_server.messages) == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sender.poll() is None, "the dispatch ended before the POSTs began"
+        statuses = one_click(served.url, [tokens[email] for email in leaving])
+    finally:
+        output, _ = sender.communicate(timeout=120)
+    assert sender.returncode == 0, output
+    assert statuses == [200] * len(leaving)  # none waited past the busy timeout (a 503)
+    assert unsubscribe_events(sending_workspace) == {
+        email: [("unsubscribed", "one-click")] for email in leaving
+    }
+    engine = make_engine(load_settings(sending_workspace).database_url())
+    with transaction(engine) as session:
+        newest = session.scalar(select(func.max(Delivery.dispatch_id)))
+        states = dict(
+            session.execute(
+                select(Delivery.email, Delivery.status).where(Delivery.dispatch_id == newest)
+            ).all()
+        )
+    engine.dispose()
+    # Each message went out or was skipped; only those who left were skipped, and a skipped
+    # person got nothing.
+    assert set(states.values()) <= {DeliveryStatus.SENT, DeliveryStatus.SKIPPED}
+    skipped = {email for email, status in states.items() if status is DeliveryStatus.SKIPPED}
+    assert skipped <= set(leaving)
+    got = {r.rcpt_tos[0] for r in smtp_server.messages[before:]}
+    assert got == set(states) - skipped
+    assert set(tokens) - set(leaving) <= got
+    assert skipped  # some were still waiting when they left: the two processes did overlap
 
 
 def test_serve_refuses_a_port_in_use(served: Served, port: int) -> None:

@@ -467,9 +467,13 @@ def test_each_chunk_is_written_with_the_same_few_statements(
         assert (report.added, report.updated) == (2 * len(chunks), len(chunks))
         return len(seen)
 
-    # Look up what the file held and who is stored; insert people, subscriptions and
-    # consent events; update the changed names; remember the addresses seen.
-    assert statements(range(1, 4)) - statements(range(0, 1)) == 2 * 7
+    # Look up what the file held and who is stored; remember the addresses seen; insert
+    # people (SQLite: then read back their ids), subscriptions and consent events; update
+    # the changed names. PostgreSQL copies the addresses seen and the new people (COPY,
+    # which these events do not see; the people's temporary table made if need be and
+    # emptied first) and adds subscriptions and events in one statement.
+    per_chunk = 8 if engine.dialect.name == "sqlite" else 7
+    assert statements(range(1, 4)) - statements(range(0, 1)) == 2 * per_chunk
 
 
 def test_the_case_of_an_address_never_makes_a_second_person(engine: Engine, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from mailout import archive, tokens
 from mailout.cli import cli
@@ -32,6 +32,7 @@ from mailout.models import (
     ConsentEvent,
     Delivery,
     DeliveryStatus,
+    Dispatch,
     MailingList,
     Subscriber,
     SubscriberStatus,
@@ -40,7 +41,7 @@ from mailout.models import (
 from mailout.outbox import create_dispatch
 from mailout.render import private_images, render_variant
 from mailout.segments import Segment
-from mailout.web import create_app
+from mailout.web import NEWEST_SECONDS, PageCache, create_app
 from tests.conftest import SECRET_KEY
 from tests.smtpserver import SMTPServer
 from tests.test_render import members_only_items, secret_strings
@@ -333,6 +334,112 @@ def test_the_public_page_shows_no_members_only_text(sent: Path, client: FlaskCli
     policy = response.headers["Content-Security-Policy"]
     assert "default-src 'none'" in policy and "script-src" not in policy
     assert "https:" not in policy and "http:" not in policy  # nothing from another site
+
+
+def public_dispatches(workspace: Path) -> list[tuple[int, str]]:
+    engine = make_engine(load_settings(workspace).database_url())
+    with transaction(engine) as session:
+        rows = session.execute(
+            select(Dispatch.id, Dispatch.key).where(Dispatch.segment == Segment.PUBLIC).order_by(Dispatch.id)
+        ).all()
+    engine.dispose()
+    return [(int(i), str(k)) for i, k in rows]
+
+
+def test_the_public_page_is_made_once_per_dispatch_and_revalidated_by_its_etag(
+    sent: Path, app: Flask, client: FlaskClient
+) -> None:
+    pages = app.extensions["mailout"].pages
+    first = client.get("/issues/2019-01")
+    assert first.status_code == 200 and "January 2019" in first.get_data(as_text=True)
+    [(dispatch_id, key)] = public_dispatches(sent)
+    assert pages.held() == [(dispatch_id, key, "")]
+    second = client.get("/issues/2019-01?utm_source=x")  # other parameters: the same page
+    assert second.get_data() == first.get_data() and second.headers["ETag"] == first.headers["ETag"]
+    assert pages.held() == [(dispatch_id, key, "")]
+    assert second.headers["Cache-Control"] == "public, max-age=300"
+    assert "default-src 'none'" in second.headers["Content-Security-Policy"]
+
+    again = client.get("/issues/2019-01", headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304 and again.get_data() == b""
+    assert again.headers["ETag"] == first.headers["ETag"]
+    other = client.get("/issues/2019-01", headers={"If-None-Match": '"something-else"'})
+    assert other.status_code == 200 and other.get_data() == first.get_data()
+    # Mounted under another path, the pictures' links differ: another entry.
+    mounted = client.get("/issues/2019-01", environ_overrides={"SCRIPT_NAME": "/news"})
+    assert b'src="/news/issues/2019-01/images/' in mounted.get_data()
+    assert b'src="/issues/2019-01/images/' in first.get_data()
+    assert set(pages.held()) == {(dispatch_id, key, ""), (dispatch_id, key, "/news")}
+
+
+def test_a_members_page_never_comes_from_nor_goes_into_the_public_cache(
+    sent: Path, app: Flask, client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    pages = app.extensions["mailout"].pages
+    issue = load_issue(sent / "issues" / "2019-01" / "issue.yaml")
+    secrets = secret_strings(issue)
+    titles = {i.title for i in members_only_items(issue)}
+    member_url = path_of(view_url(received(smtp_server)[("members", "ana@example.org")]))
+    member = client.get(member_url)
+    assert member.status_code == 200 and leaked(member.get_data(as_text=True), titles) == titles
+    assert pages.held() == []  # a member's page is never kept
+    public = client.get("/issues/2019-01").get_data(as_text=True)
+    assert not leaked(public, secrets)
+    # Then the member's page again: theirs, not the public one just kept.
+    member = client.get(member_url)
+    assert leaked(member.get_data(as_text=True), titles) == titles and "Ana" in member.get_data(as_text=True)
+    assert member.headers["Cache-Control"] == "private, no-store" and "ETag" not in member.headers
+    # A bad token is never answered from the public cache either.
+    refused = client.get("/issues/2019-01?t=x.y")
+    assert refused.status_code == 403 and not leaked(refused.get_data(as_text=True), secrets)
+    assert [key[0] for key in pages.held()] == [d for d, _ in public_dispatches(sent)]
+
+
+def test_each_dispatch_has_its_own_page_whatever_became_of_the_one_before(
+    sent: Path, app: Flask, client: FlaskClient
+) -> None:
+    pages = app.extensions["mailout"].pages
+    assert "January 2019" in client.get("/issues/2019-01").get_data(as_text=True)
+    issue_file = sent / "issues" / "2019-01" / "issue.yaml"
+    issue_file.write_text(
+        issue_file.read_text(encoding="utf-8").replace(
+            'subject: "Efus Newsletter – January 2019"', 'subject: "Efus Newsletter – January 2019, again"'
+        ),
+        encoding="utf-8",
+    )
+    code, out = run("send", "2019-01", "--list", "public", "--yes", "--again")
+    assert code == 0, out
+    time.sleep(NEWEST_SECONDS)  # which dispatch is the newest: looked up again by now
+    first, second = public_dispatches(sent)
+    assert "January 2019, again" in client.get("/issues/2019-01").get_data(as_text=True)
+    assert {k[:2] for k in pages.held()} == {first, second}
+
+    # The newest dispatch removed (a backup restored, say): the page is the one before's again.
+    engine = make_engine(load_settings(sent).database_url())
+    with engine.begin() as conn:
+        conn.execute(delete(Delivery).where(Delivery.dispatch_id == second[0]))
+        conn.execute(delete(Dispatch).where(Dispatch.id == second[0]))
+    time.sleep(NEWEST_SECONDS)
+    page = client.get("/issues/2019-01").get_data(as_text=True)
+    assert "January 2019" in page and "January 2019, again" not in page
+    # Another dispatch again; on SQLite it may even get the removed one's number: its own page.
+    issue_file.write_text(
+        issue_file.read_text(encoding="utf-8").replace("January 2019, again", "January 2019, third"),
+        encoding="utf-8",
+    )
+    code, out = run("send", "2019-01", "--list", "public", "--yes", "--again")
+    assert code == 0, out
+    time.sleep(NEWEST_SECONDS)
+    third = public_dispatches(sent)[-1]
+    assert third[1] != second[1]
+    assert "January 2019, third" in client.get("/issues/2019-01").get_data(as_text=True)
+    # Nothing left of the archive: no page, whatever the cache holds.
+    with engine.begin() as conn:
+        conn.execute(delete(Delivery))
+        conn.execute(delete(Dispatch))
+    engine.dispose()
+    time.sleep(NEWEST_SECONDS)
+    assert client.get("/issues/2019-01").status_code == 404
 
 
 def test_a_member_sees_the_members_version_through_their_own_link(
@@ -714,3 +821,18 @@ def test_the_factory_finds_the_workspace_like_a_command(sent: Path) -> None:
         assert app.test_client().get("/preview/2019-01").status_code == 404  # not local, no password: off
     finally:
         app.extensions["mailout"].engine.dispose()
+
+
+def test_the_page_cache_keeps_the_most_recently_used_pages_within_its_limit() -> None:
+    cache = PageCache(limit=250)
+    for key in ("a", "b"):
+        cache.put(key, key.encode() * 100)
+    assert cache.get("a") is not None  # "a" used last: "b" goes first
+    cache.put("c", b"c" * 100)
+    assert cache.held() == ["a", "c"] and cache.size == 200
+    assert cache.get("b") is None
+    big = cache.put("d", b"d" * 251)  # alone over the limit: answered, never kept
+    assert big.body == b"d" * 251 and cache.held() == ["a", "c"]
+    again = cache.put("a", b"A" * 50)
+    assert cache.get("a") == again and cache.size == 150
+    assert again.etag != cache.put("e", b"a" * 50).etag  # the tag is the content's

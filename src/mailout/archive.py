@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from .config import Settings
@@ -78,6 +78,24 @@ def public_dispatch(session: Session, slug: str) -> Dispatch | None:
         .order_by(Dispatch.id.desc())
         .limit(1)
     ).first()
+
+
+def public_dispatch_key(conn: Connection | Session, slug: str) -> tuple[int, str] | None:
+    """Return the number and random key of the newest dispatch of ``slug`` to a public list, if any.
+
+    Only those: the row itself holds the whole page, twice (HTML and text).
+    """
+    row = conn.execute(_NEWEST_PUBLIC, {"slug": slug}).first()
+    return (int(row[0]), str(row[1])) if row is not None else None
+
+
+# Built once: the web app runs it for issue pages.
+_NEWEST_PUBLIC = (
+    select(Dispatch.id, Dispatch.key)
+    .where(Dispatch.issue == bindparam("slug"), Dispatch.segment == Segment.PUBLIC.value)
+    .order_by(Dispatch.id.desc())
+    .limit(1)
+)
 
 
 def member_dispatch(session: Session, slug: str, claim: Claim) -> tuple[Dispatch, Delivery] | None:

@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.exc import DatabaseError as SQLAlchemyDatabaseError
 
+from .config import Database
 from .db import BUSY_TIMEOUT_MS, current_revision, head_revision, make_engine
 from .errors import DatabaseError
 
@@ -48,7 +49,7 @@ def backup(url: str, target: Path | None = None, *, force: bool = False) -> Path
     return target
 
 
-def backup_before_upgrade(url: str) -> Path | None:
+def backup_before_upgrade(url: str, *, sqlite_synchronous: str = Database.sqlite_synchronous) -> Path | None:
     """Back up a SQLite database that has an upgrade pending; return where, or None if none was needed.
 
     A new or empty database, one already at the newest schema, and a PostgreSQL
@@ -57,7 +58,7 @@ def backup_before_upgrade(url: str) -> Path | None:
     database = _sqlite_file(url)
     if database is None or not database.is_file():
         return None
-    engine = make_engine(url)
+    engine = make_engine(url, sqlite_synchronous=sqlite_synchronous)
     try:
         revision = current_revision(engine)
     except SQLAlchemyDatabaseError:

@@ -100,7 +100,7 @@ class Smtp:
 @dataclass(frozen=True)
 class Sending:
     #: SMTP connections (threads) per sending process.
-    concurrency: int = 4
+    concurrency: int = 8
     #: Messages per second across every process of a dispatch; 0 means no limit.
     rate_limit: float = 0.0
     #: Deliveries a thread claims at a time.
@@ -115,12 +115,21 @@ class Sending:
     worker_timeout: float = 30.0
 
 
+#: The values of ``database.sqlite_synchronous``, as SQLite names them (``PRAGMA synchronous``).
+SQLITE_SYNCHRONOUS = ("full", "normal")
+
+
 @dataclass(frozen=True)
 class Database:
     #: A SQLAlchemy URL. A relative SQLite path is relative to the workspace.
     #: PostgreSQL: ``postgresql+psycopg://user@host/dbname``; a URL with a password
     #: belongs in the environment (``MAILOUT_DATABASE_URL``), not in this file.
     url: str = "sqlite:///mailout.db"
+    #: SQLite only: when a commit reaches the disk (``PRAGMA synchronous``). ``full``: at
+    #: every commit, which then survives a power loss; ``normal``: at checkpoints only, so a
+    #: power loss or an operating-system crash may undo the last commits (a process crash
+    #: loses nothing either way). See docs/reliability.md.
+    sqlite_synchronous: str = "full"
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,9 @@ class Web:
     #: bound anywhere else it asks for ``MAILOUT_PREVIEW_PASSWORD`` (and is off without one).
     host: str = "127.0.0.1"
     port: int = 8025
+    #: Requests ``mailout serve`` handles at once; more wait in its queue. Pages are
+    #: Python work under one lock (the GIL), so more threads help only with slow requests.
+    threads: int = 4
     preview_password: str = field(default="", repr=False)
 
 
@@ -287,6 +299,7 @@ NUMBER_RANGES: dict[str, Range] = {
     "preview.html_warn_bytes": Range(0, unit="bytes"),
     "web.port": Range(1, 65535),
     "dkim.expire_after": Range(0, 366 * 86_400, unit="seconds"),
+    "web.threads": Range(1, 64),
 }
 
 
@@ -576,6 +589,11 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
                 raise fail(f"{section}.{f.name}", reason)
     if settings.smtp.security not in ("starttls", "tls", "plain"):
         raise fail("smtp.security", f"must be 'starttls', 'tls' or 'plain', got {settings.smtp.security!r}")
+    if settings.database.sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+        raise fail(
+            "database.sqlite_synchronous",
+            f"must be {' or '.join(map(repr, SQLITE_SYNCHRONOUS))}, got {settings.database.sqlite_synchronous!r}",
+        )
     teaser = settings.newsletter.members_teaser
     try:
         fields = {name for _, name, _, _ in string.Formatter().parse(teaser) if name is not None}

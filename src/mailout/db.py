@@ -5,12 +5,18 @@ foreign keys enforced and a busy timeout so that two processes wait for each
 other instead of failing. Transactions are begun explicitly, with ``BEGIN
 IMMEDIATE`` (the driver's own implicit transactions are switched off), so that
 a transaction that reads and then writes never fails half-way on a busy
-database.
+database. The send loop's one statement per message runs outside any
+transaction, in the driver's autocommit, where SQLite takes the write lock
+before the statement reads, too (see ``outbox._driver``). Each commit waits for the disk as
+``database.sqlite_synchronous`` says (docs/reliability.md: what survives what).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import datetime as dt
+import threading
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,7 @@ from sqlalchemy.exc import DatabaseError as SQLAlchemyDatabaseError
 from sqlalchemy.exc import NoSuchModuleError as NoSuchDriver
 from sqlalchemy.orm import Session
 
+from .config import SQLITE_SYNCHRONOUS, Database
 from .errors import DatabaseError
 
 #: A database gone away, or locked for too long, in the middle of a command: front ends
@@ -36,26 +43,41 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000
 
 
-def make_engine(url: str) -> Engine:
-    """Return an engine for ``url``, configured for mailout's use of it."""
+def make_engine(url: str, *, sqlite_synchronous: str = Database.sqlite_synchronous) -> Engine:
+    """Return an engine for ``url``, configured for mailout's use of it.
+
+    ``sqlite_synchronous`` is ``database.sqlite_synchronous``: every connection to a
+    SQLite database takes it; PostgreSQL ignores it.
+    """
+    if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+        raise DatabaseError(
+            f"sqlite_synchronous must be {' or '.join(map(repr, SQLITE_SYNCHRONOUS))}, got {sqlite_synchronous!r}"
+        )
     try:
         engine = create_engine(url, pool_pre_ping=url.startswith("postgresql"))
     except (ArgumentError, NoSuchDriver, ValueError, ImportError) as exc:
         raise DatabaseError(f"cannot use database URL {safe_url(url)!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_connect)
+
+        def connect(dbapi_connection: Any, _record: Any) -> None:
+            _sqlite_connect(dbapi_connection, sqlite_synchronous)
+
+        event.listen(engine, "connect", connect)
         event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_connection: Any, synchronous: str) -> None:
     # Let SQLAlchemy, not the driver, decide when a transaction begins.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA synchronous=NORMAL")  # durable in WAL mode up to the last checkpointed commit
+    # In WAL mode, FULL syncs the WAL at every commit: a commit then survives a power loss.
+    # NORMAL syncs only at checkpoints: a power loss may undo the last commits (a crash of
+    # the process loses none). Per connection: SQLite does not keep it in the file.
+    cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")  # one of SQLITE_SYNCHRONOUS
     cursor.close()
 
 
@@ -114,12 +136,14 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
+def upgrade(
+    url: str, revision: str = "head", *, sqlite_synchronous: str = Database.sqlite_synchronous
+) -> tuple[str | None, str | None]:
     """Create or upgrade the schema at ``url``; return the revisions before and after.
 
     The whole upgrade is one transaction: an upgrade that fails changes nothing.
     """
-    engine = make_engine(url)
+    engine = make_engine(url, sqlite_synchronous=sqlite_synchronous)
     try:
         before = _checked(lambda: current_revision(engine), url)
         if before is not None and before not in _known_revisions():
@@ -214,9 +238,9 @@ def _checked(call: Any, url: str) -> Any:
         raise DatabaseError(f"cannot open database {safe_url(url)}: {reason}") from None
 
 
-def open_engine(url: str) -> Engine:
+def open_engine(url: str, *, sqlite_synchronous: str = Database.sqlite_synchronous) -> Engine:
     """Return an engine for a database whose schema is up to date, or say what to run."""
-    engine = make_engine(url)
+    engine = make_engine(url, sqlite_synchronous=sqlite_synchronous)
     revision = _checked(lambda: current_revision(engine), url)
     if revision != head_revision():
         engine.dispose()
@@ -237,8 +261,87 @@ def _newer_schema(url: str, revision: str) -> str:
     return f"the database {safe_url(url)} is at schema {revision}, made by a newer mailout: upgrade mailout"
 
 
+class WriteQueue:
+    """The write transactions of one process on one database, one at a time on SQLite.
+
+    SQLite has one writer at a time. Threads of one process that all ask for its
+    write lock wait in SQLite's busy handler, which sleeps and polls: a writer can
+    sleep on after the lock is free, and latency jumps. Queued here on a lock of the
+    process instead, each writer starts as soon as the previous one commits. The
+    busy timeout still covers other processes (a dispatch, a second web server).
+    PostgreSQL has row locks and needs no queue: there it does nothing.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+
+    @contextmanager
+    def transaction(self, *, timeout: float = BUSY_TIMEOUT_MS / 1000) -> Iterator[Connection]:
+        """Yield a connection in a write transaction, committed at the end or rolled back on an error.
+
+        ``timeout`` (by default the busy timeout) bounds the whole wait: for the queue,
+        then for other processes' locks (SQLite's busy timeout, PostgreSQL's
+        ``lock_timeout``), so that a request waits at most that long in all. Past it,
+        ``DatabaseUnavailable`` (queue) or ``OperationalError`` (lock) is raised.
+        """
+        deadline = time.monotonic() + timeout
+        if self._lock is not None and not self._lock.acquire(timeout=timeout):
+            raise DatabaseUnavailable(
+                "BEGIN IMMEDIATE", None, TimeoutError("database is locked: the queue of writers did not move")
+            )
+        try:
+            with self.engine.connect() as connection:
+                left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+                if self._lock is not None:
+                    # Only what is left of the deadline for other processes' write lock.
+                    shortened = left_ms < BUSY_TIMEOUT_MS - 50  # a few ms less: not worth two statements
+                    # On the driver's connection, outside any transaction of SQLAlchemy's.
+                    driver: Any = connection.connection.driver_connection
+                    if shortened:
+                        driver.execute(f"PRAGMA busy_timeout={left_ms}")
+                    try:
+                        with connection.begin():
+                            yield connection
+                    finally:
+                        if shortened:
+                            try:
+                                driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                            except Exception:
+                                connection.invalidate()  # never back to the pool with the short wait
+                else:
+                    with connection.begin():
+                        # PostgreSQL: a row another transaction holds (an import) is waited for
+                        # until the deadline, not for ever.
+                        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {left_ms}")
+                        yield connection
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
     """Yield a session whose work is committed at the end, or rolled back on any error."""
     with Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
+
+
+def stored_time(conn: Connection, when: dt.datetime) -> object:
+    """Return ``when`` as a parameter of plain SQL, as a ``DateTime`` column stores it.
+
+    SQLAlchemy keeps a date-time on SQLite as text, ``YYYY-MM-DD HH:MM:SS.ffffff``
+    in UTC with no offset; rows written with this compare and sort with the ORM's own.
+    """
+    if conn.dialect.name == "sqlite":
+        return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return when
+
+
+def copy_rows(conn: Connection, copy: str, rows: Iterable[tuple[object, ...]]) -> None:
+    """Send ``rows`` to PostgreSQL's ``copy`` statement (``COPY ... FROM STDIN``), in ``conn``'s transaction."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor, cursor.copy(copy) as stream:
+        for row in rows:
+            stream.write_row(row)

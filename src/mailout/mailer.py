@@ -2,9 +2,13 @@
 
 Each of ``sending.concurrency`` threads holds one connection to the transport
 and one to the database. It claims a few deliveries at a time, and for each:
-marks it ``sending`` (committed), sends it, and records the server's answer
-(committed) before the next message goes on that connection. That ordering is
-what makes a crash at any moment safe; see ``outbox``.
+marks it ``sending`` (committed) and puts it on the wire; then, while the
+server reads it, commits the previous message's answer together with the next
+message's ``sending`` mark, and only then reads this one's answer. So no
+message goes on the wire before its ``sending`` mark is committed, and a
+process killed at any moment leaves at most two ``sending`` deliveries per
+connection (the one on the wire, the next one marked); they become ``unknown``.
+See ``outbox`` and docs/reliability.md.
 
 A message that went out whole but got no answer (a drop or a timeout after the
 final ".") is recorded ``unknown`` and never sent again unasked: the server may
@@ -84,15 +88,34 @@ class RateLimit:
         self._next = time.monotonic()
         self._lock = threading.Lock()
 
-    def wait(self, stop: threading.Event) -> None:
+    def wait(self, stop: threading.Event) -> float:
+        """Wait for this message's slot; return it (0 without a limit)."""
         if self.per_second <= 0:
-            return
+            return 0.0
         with self._lock:
             now = time.monotonic()
             slot = max(self._next, now)
             self._next = slot + 1.0 / self.per_second
         if slot > now:
             stop.wait(slot - now)
+        return slot
+
+    def went(self, slot: float) -> None:
+        """Count a message that just went out, given the slot it waited for.
+
+        One that went out more than an interval after its slot (its connection was being
+        opened) must not let the ones after it come closer together than the limit allows:
+        the next slot moves to an interval after it. One that went out in time changes
+        nothing, so that the work between slot and wire (building, marking) is not counted
+        twice and a single connection still reaches the limit.
+        """
+        if self.per_second <= 0:
+            return
+        interval = 1.0 / self.per_second
+        now = time.monotonic()
+        if now - slot > interval:
+            with self._lock:
+                self._next = max(self._next, now + interval)
 
 
 def delivery_message_id(dispatch: Dispatch, delivery_id: int) -> str:
@@ -185,6 +208,12 @@ class Mailer:
             dispatch.issue, lst.id, member=dispatch.segment == Segment.MEMBER, sender=dispatch.from_address
         )
         self.rate = RateLimit(settings.sending.rate_limit)
+        self._domain = self.template.addressing.domain
+        # What every message needs, read once: attributes of an ORM object cost a lookup each time.
+        self._dispatch_id: int = dispatch.id
+        self._key: str = dispatch.key
+        self._sender: str = dispatch.from_address
+        self._batch: int = settings.sending.batch_size
 
     # -- set-up and tear-down ---------------------------------------------------
 
@@ -274,38 +303,65 @@ class Mailer:
 
     def _thread(self) -> None:
         connection: Connection | None = None
-        # What happened to the previous message, recorded with the next one's "sending"
-        # mark (see _record): one commit per message, and still nothing goes on the wire
-        # before the previous outcome is durable.
+        # The message on the wire whose answer is not read yet, and the outcome read but
+        # not yet recorded. The outcome is recorded with the next message's "sending"
+        # mark, in one statement committed while the server reads the message on the
+        # wire: one commit per message, waited for while the server works.
+        inflight: outbox.Claimed | None = None
         pending: Outcome | None = None
         try:
             connection = self.transport.connect()
             with outbox.loop_connection(self.engine) as db:
                 try:
                     while not self.stop.is_set():
-                        self._record(db, pending)
-                        pending = None
                         with db.begin():
-                            batch = outbox.claim(
-                                db, self.dispatch.id, self.worker, self.settings.sending.batch_size
-                            )
+                            batch = outbox.claim(db, self._dispatch_id, self.worker, self._batch)
                         if not batch:
+                            # Answer and record what is on the wire before waiting.
+                            if inflight is not None:
+                                self._record(db, pending)
+                                pending, inflight = self._finish(connection, inflight), None
+                            self._record(db, pending)
+                            pending = None
                             if not self._wait_for_more():
                                 return
                             continue
                         for claimed in batch:
                             if self.stop.is_set():
                                 return  # the rest of the batch goes back to the queue in finish()
-                            self.rate.wait(self.stop)
+                            slot = self.rate.wait(self.stop)
                             data = self._build(claimed)
                             marked = self._record(db, pending, sending=claimed.id)
                             pending = None
+                            if inflight is not None:
+                                pending, inflight = self._finish(connection, inflight), None
+                            if pending is not None and not isinstance(pending, outbox.Sent):
+                                # A refusal (rare): recorded now, before the next message goes
+                                # out, so that a pause it causes (5.7.x) stops that one too.
+                                self._record(db, pending)
+                                pending = None
+                            if self.stop.is_set():
+                                # Stopped meanwhile (a pause, Ctrl-C): it does not go out. Marked,
+                                # it goes back to the queue; claimed, finish() gives it back.
+                                if marked:
+                                    self._record(db, pending)
+                                    pending = partial(self._unmark, claimed=claimed)
+                                return
                             if not marked:
                                 # Skipped since the claim: they unsubscribed while it waited.
                                 self.tally.add("skipped")
                                 continue
-                            pending = self._attempt(connection, claimed, data)
+                            refused = self._start(connection, claimed, data)
+                            if refused is None:
+                                self.rate.went(slot)
+                                inflight = claimed
+                            else:  # not on the wire whole (rare): two outcomes to record
+                                self._record(db, pending)
+                                pending = refused
                 finally:
+                    if inflight is not None:
+                        self._record(db, pending)
+                        pending = self._finish(connection, inflight)
                     if pending is not None:
                         self._record(db, pending)
         except BaseException as exc:  # a bug or a database failure: stop everything, report it
@@ -322,16 +378,17 @@ class Mailer:
         (an unsubscribe skipped it), and then it must not be sent.
         """
         if pending is None or isinstance(pending, outbox.Sent):
-            # The usual case: one statement. On PostgreSQL ``db`` is in autocommit, and
-            # this is one round trip, committed when it returns (see outbox.loop_connection).
+            # The usual case: one statement, committed when it returns, on the driver's own
+            # connection (see outbox.loop_connection and outbox.advance).
             if pending is None and sending is None:
                 return False
-            with db.begin():
-                return outbox.advance(db, pending, sending, self.worker)
+            return outbox.advance(db, pending, sending, self.worker)
         # A refusal takes several statements (a bounce suppresses the address too): all or nothing.
         with outbox.atomic(db):
             pending(db)
-            return outbox.mark_sending(db, sending, self.worker) if sending is not None else False
+            if sending is None or self.stop.is_set():  # paused by this very outcome: send no more
+                return False
+            return outbox.mark_sending(db, sending, self.worker)
 
     def _wait_for_more(self) -> bool:
         """With nothing to claim now: wait for deferred deliveries, or say there is nothing left."""
@@ -344,16 +401,14 @@ class Mailer:
         self.stop.wait(wait)
         return True
 
-    def _attempt(self, connection: Connection, claimed: outbox.Claimed, data: bytes) -> Outcome:
-        """Send one message; return how to record what happened."""
+    def _start(self, connection: Connection, claimed: outbox.Claimed, data: bytes) -> Outcome | None:
+        """Put one message on the wire; return None, or how to record why it did not go out whole."""
         try:
-            reply = connection.send(self.dispatch.from_address, claimed.email, data)
+            connection.start(self._sender, claimed.email, data)
         except PermanentFailure as failure:
             return partial(self._failed, claimed=claimed, failure=failure)
         except TemporaryFailure as failure:
             return partial(self._deferred, claimed=claimed, failure=failure)
-        except UnclearOutcome as outcome:
-            return partial(self._unknown, claimed=claimed, outcome=outcome)
         except Exception as error:
             # By the transport's contract the message did not reach the server (a refused
             # login, a full disk, a bug): it goes back to the queue, and since nothing more
@@ -363,6 +418,24 @@ class Mailer:
             if not isinstance(error, MailoutError):
                 self.errors.append(error)  # a bug: its traceback is wanted too
             return partial(self._halted, claimed=claimed, error=error)
+        return None
+
+    def _finish(self, connection: Connection, claimed: outbox.Claimed) -> Outcome:
+        """Read the answer to the message on the wire; return how to record it."""
+        try:
+            reply = connection.finish()
+        except PermanentFailure as failure:
+            return partial(self._failed, claimed=claimed, failure=failure)
+        except TemporaryFailure as failure:
+            return partial(self._deferred, claimed=claimed, failure=failure)
+        except UnclearOutcome as outcome:
+            return partial(self._unknown, claimed=claimed, outcome=outcome)
+        except Exception as error:
+            # The whole message went out: whatever this is, the server may have it.
+            if not isinstance(error, MailoutError):
+                self.errors.append(error)
+                self.stop.set()
+            return partial(self._unknown, claimed=claimed, outcome=UnclearOutcome(0, str(error)))
         self.policy_streak = 0
         self.tally.add("sent")
         return outbox.Sent(claimed.id, str(reply))
@@ -372,7 +445,7 @@ class Mailer:
         return self.template.build(
             to_name=claimed.name,
             to_address=claimed.email,
-            message_id=message_id(self.dispatch.key, claimed.id, self.template.addressing.domain),
+            message_id=message_id(self._key, claimed.id, self._domain),
             recipient=Recipient(first_name(claimed.name), urls.unsubscribe, urls.view),
             unsubscribe_mailto=urls.unsubscribe_mailto,
         )
@@ -411,6 +484,9 @@ class Mailer:
         # The server may have it: sending it again could deliver it twice, so only on request.
         outbox.mark(db, claimed.id, DeliveryStatus.UNKNOWN, reply=str(outcome))
         self.tally.add("unknown")
+
+    def _unmark(self, db: DbConnection, *, claimed: outbox.Claimed) -> None:
+        outbox.requeue_unsent(db, claimed.id, self.worker)
 
     def _halted(self, db: DbConnection, *, claimed: outbox.Claimed, error: Exception) -> None:
         outbox.requeue_unsent(db, claimed.id, self.worker)

@@ -159,7 +159,7 @@ class DeliveryStatus(StrEnum):
 
     QUEUED = "queued"  # waiting to be claimed
     CLAIMED = "claimed"  # taken by a sending process, not yet on the wire
-    SENDING = "sending"  # on the wire now (at most one per connection)
+    SENDING = "sending"  # on the wire now, or next (at most two per connection)
     SENT = "sent"  # the server accepted it; ``reply`` says what it answered
     DEFERRED = "deferred"  # a 4xx: retried from ``next_attempt_at``
     FAILED = "failed"  # a 5xx, or deferred for too long

@@ -10,10 +10,11 @@ same transaction (recipients and the rendered variant frozen). Then:
                          |                        +--not handed over (login refused...)--> queued
                          +--unsubscribed--> skipped
 
-Each step is committed before the next message goes on the same connection,
-so a process killed at any moment leaves at most one ``sending`` delivery per
-connection: those become ``unknown`` (never resent unless asked), while its
-``claimed`` deliveries go back to ``queued``. A process is known dead at once
+A delivery's ``sending`` mark is committed before its message goes on the wire,
+and its outcome with the mark of the message after next on the same connection
+(see ``mailer``), so a process killed at any moment leaves at most two
+``sending`` deliveries per connection: those become ``unknown`` (never resent
+unless asked), while its ``claimed`` deliveries go back to ``queued``. A process is known dead at once
 when it ran on this machine and runs no more (see ``processes``), and otherwise
 when its heartbeat in ``workers`` is older than ``sending.worker_timeout``. A
 transport that can tell whether a message was delivered (the local outbox: its
@@ -31,6 +32,7 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
@@ -38,6 +40,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     String,
+    Table,
     Update,
     and_,
     bindparam,
@@ -50,7 +53,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -661,11 +664,30 @@ _SENT_AND_SENDING_SQL = (
 )
 
 
+_PYFORMAT: dict[str, str] = {}
+
+
 def _driver(conn: Connection, sql: str, params: tuple[object, ...]) -> int:
-    """Run ``sql`` on the driver; return how many rows it changed."""
-    if conn.dialect.paramstyle != "qmark":
-        sql = sql.replace("?", "%s")
-    return int(conn.exec_driver_sql(sql, params).rowcount)
+    """Run ``sql`` on the driver's own connection; return how many rows it changed.
+
+    Outside a transaction the statement commits by itself: on PostgreSQL a
+    ``loop_connection`` is in autocommit, and SQLite's driver runs in autocommit
+    (see ``db``), where a writing statement takes the write lock before it reads,
+    as ``BEGIN IMMEDIATE`` would, and waits for it as long as the busy timeout.
+    Inside a transaction it is part of it. Errors come out as SQLAlchemy's, as
+    from ``Connection.execute``.
+    """
+    raw: Any = conn.connection.driver_connection
+    dialect = conn.dialect
+    try:
+        if dialect.paramstyle == "qmark":
+            return int(raw.execute(sql, params).rowcount)
+        if sql not in _PYFORMAT:
+            _PYFORMAT[sql] = sql.replace("?", "%s")
+        # psycopg: prepared once per connection, then only executed.
+        return int(raw.execute(_PYFORMAT[sql], params, prepare=True).rowcount)
+    except dialect.loaded_dbapi.Error as error:
+        raise DBAPIError.instance(sql, params, error, dialect.loaded_dbapi.Error) from error
 
 
 def _now_param(conn: Connection) -> object:
@@ -741,24 +763,41 @@ def skip_pending(conn: Connection | Session, subscriber_id: int, list_id: int | 
     """Skip what a running dispatch still has waiting for a person (on ``list_id``, or every list).
 
     A sending process checks each batch when it claims it; this takes the person out
-    of the queue at once, even from a batch already claimed: only the message on the
-    wire at this very moment can still reach them.
+    of the queue at once, even from a batch already claimed: only a delivery already
+    marked ``sending`` can still reach them (the message on the wire on a connection,
+    and the next one, marked while the server reads it: at most two per connection).
     """
-    running = select(Dispatch.id).where(Dispatch.finished_at.is_(None))
-    if list_id is not None:
-        running = running.where(Dispatch.list_id == list_id)
-    result = conn.execute(
-        update(Delivery)
+    values = {"b_subscriber": subscriber_id, "b_now": utcnow()}
+    if list_id is None:
+        result = conn.execute(_SKIP_PENDING_EVERY_LIST, values)
+    else:
+        result = conn.execute(_SKIP_PENDING, {**values, "b_list": list_id})
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _skip_pending(one_list: bool) -> Update:
+    # Built once (below): every unsubscribe runs it, the web app's one-click POST included.
+    deliveries, dispatches = cast(Table, Delivery.__table__), cast(Table, Dispatch.__table__)
+    running = select(dispatches.c.id).where(dispatches.c.finished_at.is_(None))
+    if one_list:
+        running = running.where(dispatches.c.list_id == bindparam("b_list"))
+    return (
+        update(deliveries)
         .where(
-            Delivery.subscriber_id == subscriber_id,
-            Delivery.dispatch_id.in_(running.scalar_subquery()),
+            deliveries.c.subscriber_id == bindparam("b_subscriber"),
+            deliveries.c.dispatch_id.in_(running.scalar_subquery()),
             # Claimed too: a sending process marks a delivery "sending" only while it is
             # still claimed, and drops it otherwise.
-            Delivery.status.in_([DeliveryStatus.QUEUED, DeliveryStatus.CLAIMED, DeliveryStatus.DEFERRED]),
+            deliveries.c.status.in_([DeliveryStatus.QUEUED, DeliveryStatus.CLAIMED, DeliveryStatus.DEFERRED]),
         )
-        .values(status=DeliveryStatus.SKIPPED, reply="unsubscribed before sending", updated_at=utcnow())
+        .values(
+            status=DeliveryStatus.SKIPPED, reply="unsubscribed before sending", updated_at=bindparam("b_now")
+        )
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+_SKIP_PENDING = _skip_pending(one_list=True)
+_SKIP_PENDING_EVERY_LIST = _skip_pending(one_list=False)
 
 
 def next_due(conn: Connection, dispatch_id: int) -> dt.datetime | None:

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Connection, String, bindparam, func, insert, select, update
+from sqlalchemy import Connection, String, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from . import outbox
 from .config import LANGUAGE_TAG, ListSettings
+from .db import copy_rows, stored_time
 from .errors import MailoutError
 from .models import (
     ConsentEvent,
@@ -53,6 +55,9 @@ class SubscriberNotFound(MailoutError):
     """No subscriber has this address."""
 
 
+# A line break or NUL in a field: refused, never cleaned.
+_BREAK_OR_NUL = re.compile("[\r\n\0]")
+
 # RFC 5322 dot-atom: the local part of nearly every real address. Anything else
 # (quotes, non-ASCII) goes through email-validator's full rules.
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
@@ -63,7 +68,7 @@ def normalise_email(raw: str) -> str:
     value = raw.strip()
     if not value:
         raise InvalidSubscriber("empty address")
-    if any(c in value for c in "\r\n\0"):
+    if _BREAK_OR_NUL.search(value):
         raise InvalidSubscriber("address contains a line break or NUL")
     local, at, domain = value.rpartition("@")
     if at and len(local) <= 64 and len(value) <= 254 and _DOT_ATOM.fullmatch(local):
@@ -89,7 +94,7 @@ def clean_fields(name: str, organisation: str, language: str) -> tuple[str, str,
     """Return the fields trimmed and checked; raise ``InvalidSubscriber`` saying which one is wrong."""
     values = {"name": name.strip(), "organisation": organisation.strip(), "language": language.strip()}
     for key, value in values.items():
-        if any(c in value for c in "\r\n\0"):
+        if _BREAK_OR_NUL.search(value):
             raise InvalidSubscriber(f"{key} contains a line break or NUL character")
         if len(value) > MAX_LENGTHS[key]:
             raise InvalidSubscriber(f"{key} is {len(value)} characters long; at most {MAX_LENGTHS[key]}")
@@ -198,20 +203,98 @@ def unsubscribe(
     session: Session, person: Subscriber, source: Source, *, lst: MailingList | None = None, detail: str = ""
 ) -> int:
     """Unsubscribe ``person`` from ``lst``, or from every list when ``lst`` is None; return how many changed."""
-    now = utcnow()
-    query = update(Subscription).where(
-        Subscription.subscriber_id == person.id, Subscription.status == SubscriptionStatus.SUBSCRIBED
+    changed = _leave(session, person.id, lst.id if lst else None, source, detail)
+    session.expire(person, ["status", "updated_at"])  # written below the ORM: read again when asked
+    return changed
+
+
+@dataclass(frozen=True)
+class LinkUnsubscribe:
+    """What an unsubscribe link did: the list it names, and how many subscriptions ended."""
+
+    list_name: str
+    list_description: str
+    changed: int
+
+
+# The statements of an unsubscribe, built once: the web app makes them for every one-click
+# POST, and building and keying a statement costs more than SQLite takes to run it.
+_lists, _subscribers, _subscriptions = (
+    cast(Table, m.__table__) for m in (MailingList, Subscriber, Subscription)
+)
+_NAMED_BY_LINK = select(_lists.c.name, _lists.c.description).where(
+    _lists.c.id == bindparam("b_list"),
+    select(_subscribers.c.id).where(_subscribers.c.id == bindparam("b_subscriber")).exists(),
+)
+_END_SUBSCRIPTIONS = (
+    update(_subscriptions)
+    .where(
+        _subscriptions.c.subscriber_id == bindparam("b_subscriber"),
+        _subscriptions.c.status == SubscriptionStatus.SUBSCRIBED,
     )
-    if lst is not None:
-        query = query.where(Subscription.list_id == lst.id)
-    changed = session.execute(query.values(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now)).rowcount  # type: ignore[attr-defined]
-    if lst is None and person.status is SubscriberStatus.SUBSCRIBED:
-        person.status = SubscriberStatus.UNSUBSCRIBED
-        changed += 1
+    .values(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=bindparam("b_now"))
+)
+_END_SUBSCRIPTION = _END_SUBSCRIPTIONS.where(_subscriptions.c.list_id == bindparam("b_list"))
+_END_SUBSCRIBER = (
+    update(_subscribers)
+    .where(
+        _subscribers.c.id == bindparam("b_subscriber"), _subscribers.c.status == SubscriberStatus.SUBSCRIBED
+    )
+    .values(status=SubscriberStatus.UNSUBSCRIBED, updated_at=bindparam("b_now"))
+)
+_RECORD = insert(cast(Table, ConsentEvent.__table__))
+
+
+def unsubscribe_by_link(
+    conn: Connection, subscriber_id: int, list_id: int, source: Source, *, every_list: bool = False
+) -> LinkUnsubscribe | None:
+    """Unsubscribe the person a token names from its list (or every list); None if either is unknown.
+
+    The web app's POST, in as few statements as the work takes: one to find the
+    list and check the person, one update, the consent event if anything changed,
+    and the skip of their queued messages.
+    """
+    row = conn.execute(_NAMED_BY_LINK, {"b_list": list_id, "b_subscriber": subscriber_id}).first()
+    if row is None:
+        return None
+    name, description = row
+    detail = f"from the link to list {name}" if every_list else ""
+    changed = _leave(conn, subscriber_id, None if every_list else list_id, source, detail)
+    return LinkUnsubscribe(name, description, changed)
+
+
+def _leave(
+    conn: Connection | Session, subscriber_id: int, list_id: int | None, source: Source, detail: str
+) -> int:
+    """End the subscriptions (one list, or every list and the person's own status); record it once."""
+    now = utcnow()
+    ids = {"b_subscriber": subscriber_id, "b_now": now}
+    if list_id is not None:
+        changed = _rowcount(conn.execute(_END_SUBSCRIPTION, {**ids, "b_list": list_id}))
+    else:
+        # The person's row before their subscriptions: an import adding them to a list
+        # holds that row (FOR SHARE) until it commits, so the subscriptions ended next
+        # include the one it added.
+        changed = _rowcount(conn.execute(_END_SUBSCRIBER, ids))
+        changed += _rowcount(conn.execute(_END_SUBSCRIPTIONS, ids))
     if changed:
-        record(session, person, EventKind.UNSUBSCRIBED, source, lst=lst, detail=detail)
-    outbox.skip_pending(session, person.id, lst.id if lst else None)
-    return int(changed)
+        conn.execute(
+            _RECORD,
+            {
+                "subscriber_id": subscriber_id,
+                "list_id": list_id,
+                "kind": EventKind.UNSUBSCRIBED,
+                "source": source,
+                "detail": detail,
+                "created_at": now,
+            },
+        )
+    outbox.skip_pending(conn, subscriber_id, list_id)
+    return changed
+
+
+def _rowcount(result: object) -> int:
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def mark_bounced(conn: Connection, subscriber_id: int, detail: str) -> None:
@@ -333,7 +416,22 @@ def list_counts(session: Session) -> list[tuple[str, str, int]]:
 
 # --- in bulk, for the importer -------------------------------------------------------
 # The importer decides what each row of a file does; the statements that write it are
-# here, with every other write of these tables. Each is one batched statement.
+# here, with every other write of these tables. They go to the driver as plain SQL, as
+# the send loop's do: SQLAlchemy's per-row parameter processing cost more than the
+# statements themselves. On SQLite, executemany of prepared statements. On PostgreSQL,
+# the new people go by COPY into a temporary table of this session, then one INSERT ...
+# SELECT; subscriptions and their consent events in one statement, from arrays.
+#
+# Another process may write the same people between the importer's look-up and these
+# statements. On SQLite it cannot: the import holds the write lock from its first
+# statement (BEGIN IMMEDIATE). On PostgreSQL, ON CONFLICT DO NOTHING skips a person or
+# subscription written meanwhile, and a subscription is added only while the person is
+# still subscribed (their row locked FOR SHARE until the import commits: see
+# ``unsubscribe``). The enums' values are written into the SQL (S608: no outside input).
+
+_SUBSCRIBED = f"'{SubscriberStatus.SUBSCRIBED.value}'"
+_LIST_SUBSCRIBED = f"'{SubscriptionStatus.SUBSCRIBED.value}'"
+_LIST_UNSUBSCRIBED = f"'{SubscriptionStatus.UNSUBSCRIBED.value}'"
 
 
 @dataclass(frozen=True)
@@ -346,76 +444,6 @@ class NewPerson:
     language: str
 
 
-def add_many(conn: Connection, people: Sequence[NewPerson], now: dt.datetime) -> list[int]:
-    """Insert ``people`` (subscribed) in one statement; return their new ids, in order."""
-    if not people:
-        return []
-    rows = conn.execute(
-        insert(Subscriber).returning(Subscriber.id, sort_by_parameter_order=True),
-        [
-            {
-                "email": p.email,
-                "email_key": p.email.lower(),
-                "name": p.name,
-                "organisation": p.organisation,
-                "language": p.language,
-                "status": SubscriberStatus.SUBSCRIBED,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for p in people
-        ],
-    ).all()
-    return [row.id for row in rows]
-
-
-def subscribe_many(
-    conn: Connection, list_id: int, joining: Sequence[tuple[int, str]], source: Source, now: dt.datetime
-) -> None:
-    """Subscribe each (subscriber id, detail) to the list, each with its consent event."""
-    if not joining:
-        return
-    conn.execute(
-        insert(Subscription),
-        [
-            {
-                "subscriber_id": sid,
-                "list_id": list_id,
-                "status": SubscriptionStatus.SUBSCRIBED,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for sid, _ in joining
-        ],
-    )
-    _consent_many(conn, list_id, joining, EventKind.SUBSCRIBED, source, now)
-
-
-def update_fields_many(conn: Connection, changes: Sequence[FieldChange], now: dt.datetime) -> None:
-    """Write changed names, organisations and languages in one batched statement."""
-    if not changes:
-        return
-    conn.execute(
-        update(Subscriber)
-        .where(Subscriber.id == bindparam("b_id"))
-        .values(
-            name=bindparam("b_name"),
-            organisation=bindparam("b_organisation"),
-            language=bindparam("b_language"),
-            updated_at=now,
-        ),
-        [
-            {
-                "b_id": c.subscriber_id,
-                "b_name": c.name,
-                "b_organisation": c.organisation,
-                "b_language": c.language,
-            }
-            for c in changes
-        ],
-    )
-
-
 @dataclass(frozen=True)
 class FieldChange:
     """New values for a stored person's name, organisation and language."""
@@ -424,6 +452,119 @@ class FieldChange:
     name: str
     organisation: str
     language: str
+
+
+def add_many(conn: Connection, people: Sequence[NewPerson], now: dt.datetime) -> dict[str, int]:
+    """Insert ``people`` (subscribed); return the id of each by address key.
+
+    On PostgreSQL, someone another process added meanwhile is left as stored, and
+    their id returned too.
+    """
+    if not people:
+        return {}
+    at = stored_time(conn, now)
+    rows = [(p.email, p.email.lower(), p.name, p.organisation, p.language) for p in people]
+    keys = [key for _, key, *_ in rows]
+    if conn.dialect.name != "postgresql":
+        conn.exec_driver_sql(
+            "INSERT INTO subscribers (email, email_key, name, organisation, language, status,"  # noqa: S608
+            f" created_at, updated_at) VALUES (?, ?, ?, ?, ?, {_SUBSCRIBED}, ?, ?)",
+            [(*row, at, at) for row in rows],
+        )
+        marks = ", ".join("?" * len(keys))
+        found = conn.exec_driver_sql(
+            f"SELECT email_key, id FROM subscribers WHERE email_key IN ({marks})",  # noqa: S608
+            tuple(keys),
+        ).all()
+        return {str(key): int(sid) for key, sid in found}
+    _stage(conn, "mailout_staged_people", _STAGED_PEOPLE, rows)
+    added = conn.exec_driver_sql(
+        "INSERT INTO subscribers (email, email_key, name, organisation, language, status,"  # noqa: S608
+        f" created_at, updated_at) SELECT email, email_key, name, organisation, language, {_SUBSCRIBED},"
+        " %s, %s FROM mailout_staged_people ORDER BY email_key ON CONFLICT DO NOTHING"
+        " RETURNING email_key, id",
+        (at, at),
+    )
+    ids = {str(key): int(sid) for key, sid in added.all()}
+    if len(ids) < len(keys):  # added by another process since the importer looked
+        missing = [key for key in keys if key not in ids]
+        found = conn.exec_driver_sql(
+            "SELECT email_key, id FROM subscribers WHERE email_key = ANY(%s)", (missing,)
+        ).all()
+        ids |= {str(key): int(sid) for key, sid in found}
+    return ids
+
+
+def subscribe_many(
+    conn: Connection, list_id: int, joining: Sequence[tuple[int, str]], source: Source, now: dt.datetime
+) -> int:
+    """Subscribe each (subscriber id, detail) to the list, each with its consent event; return how many.
+
+    Only people still subscribed, and not yet on the list, join it (on SQLite the
+    importer's look-up, made under the same lock, has ensured it already).
+    """
+    if not joining:
+        return 0
+    at = stored_time(conn, now)
+    if conn.dialect.name != "postgresql":
+        conn.exec_driver_sql(
+            "INSERT INTO subscriptions (subscriber_id, list_id, status, created_at, updated_at)"  # noqa: S608
+            f" VALUES (?, ?, {_LIST_SUBSCRIBED}, ?, ?)",
+            [(sid, list_id, at, at) for sid, _ in joining],
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO consent_events (subscriber_id, list_id, kind, source, detail, created_at)"  # noqa: S608
+            f" VALUES (?, ?, '{EventKind.SUBSCRIBED.value}', ?, ?, ?)",
+            [(sid, list_id, source.value, detail, at) for sid, detail in joining],
+        )
+        return len(joining)
+    # One statement: the consent events are those of the subscriptions actually added.
+    # The ids as an array, not a join: the planner then probes the primary key, even
+    # when the table has grown in this very transaction and has no statistics yet.
+    joined = conn.exec_driver_sql(
+        "WITH joining AS (SELECT * FROM unnest(%(ids)s::integer[], %(details)s::text[]) AS j(id, detail)),"  # noqa: S608
+        " joined AS ("
+        " INSERT INTO subscriptions (subscriber_id, list_id, status, created_at, updated_at)"
+        f" SELECT s.id, %(list)s, {_LIST_SUBSCRIBED}, %(at)s, %(at)s FROM subscribers s"
+        f" WHERE s.id = ANY(%(ids)s) AND s.status = {_SUBSCRIBED} ORDER BY s.id FOR SHARE"
+        " ON CONFLICT (subscriber_id, list_id) DO NOTHING RETURNING subscriber_id)"
+        " INSERT INTO consent_events (subscriber_id, list_id, kind, source, detail, created_at)"
+        f" SELECT joined.subscriber_id, %(list)s, '{EventKind.SUBSCRIBED.value}', %(source)s, joining.detail,"
+        " %(at)s FROM joined JOIN joining ON joining.id = joined.subscriber_id",
+        {
+            "ids": [sid for sid, _ in joining],
+            "details": [detail for _, detail in joining],
+            "list": list_id,
+            "at": at,
+            "source": source.value,
+        },
+    )
+    return int(joined.rowcount)
+
+
+def update_fields_many(conn: Connection, changes: Sequence[FieldChange], now: dt.datetime) -> None:
+    """Write changed names, organisations and languages (never the status) in one batch."""
+    if not changes:
+        return
+    at = stored_time(conn, now)
+    if conn.dialect.name != "postgresql":
+        conn.exec_driver_sql(
+            "UPDATE subscribers SET name = ?, organisation = ?, language = ?, updated_at = ? WHERE id = ?",
+            [(c.name, c.organisation, c.language, at, c.subscriber_id) for c in changes],
+        )
+        return
+    conn.exec_driver_sql(
+        "UPDATE subscribers SET name = v.name, organisation = v.organisation, language = v.language,"
+        " updated_at = %s FROM unnest(%s::integer[], %s::text[], %s::text[], %s::text[])"
+        " AS v(id, name, organisation, language) WHERE subscribers.id = v.id",
+        (
+            at,
+            [c.subscriber_id for c in changes],
+            [c.name for c in changes],
+            [c.organisation for c in changes],
+            [c.language for c in changes],
+        ),
+    )
 
 
 def unsubscribe_many(
@@ -436,36 +577,35 @@ def unsubscribe_many(
     """End each (subscription id, subscriber id, detail) on the list, each with its consent event."""
     if not leaving:
         return
-    conn.execute(
-        update(Subscription)
-        .where(Subscription.id == bindparam("b_id"))
-        .values(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now),
-        [{"b_id": subscription_id} for subscription_id, _, _ in leaving],
-    )
-    _consent_many(
-        conn, list_id, [(sid, detail) for _, sid, detail in leaving], EventKind.UNSUBSCRIBED, source, now
-    )
-
-
-def _consent_many(
-    conn: Connection,
-    list_id: int,
-    events: Sequence[tuple[int, str]],
-    kind: EventKind,
-    source: Source,
-    now: dt.datetime,
-) -> None:
+    at = stored_time(conn, now)
+    sql = f"UPDATE subscriptions SET status = {_LIST_UNSUBSCRIBED}, updated_at = ? WHERE id = ?"  # noqa: S608
+    if conn.dialect.paramstyle != "qmark":
+        sql = sql.replace("?", "%s")
+    conn.exec_driver_sql(sql, [(at, subscription_id) for subscription_id, _, _ in leaving])
     conn.execute(
         insert(ConsentEvent),
         [
             {
                 "subscriber_id": sid,
                 "list_id": list_id,
-                "kind": kind,
+                "kind": EventKind.UNSUBSCRIBED,
                 "source": source,
                 "detail": detail,
                 "created_at": now,
             }
-            for sid, detail in events
+            for _, sid, detail in leaving
         ],
     )
+
+
+# Temporary tables of this session (each connection sees only its own), emptied before
+# each use and dropped at the end of the transaction.
+_STAGED_PEOPLE = "email text, email_key text, name text, organisation text, language text"
+
+
+def _stage(conn: Connection, table: str, columns: str, rows: Iterable[tuple[object, ...]]) -> None:
+    """Copy ``rows`` into the session's temporary ``table`` (PostgreSQL), replacing what it held."""
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {table} ({columns}) ON COMMIT DROP")
+    conn.exec_driver_sql(f"TRUNCATE {table}")
+    names = ", ".join(column.split()[0] for column in columns.split(", "))
+    copy_rows(conn, f"COPY {table} ({names}) FROM STDIN", rows)

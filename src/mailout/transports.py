@@ -16,6 +16,12 @@ time. The contract of ``Connection.send``, which the send loop relies on:
   an outbox that cannot be written; or a bug): the message did not reach the
   server, as if it had not been tried.
 
+``send`` is ``start`` then ``finish``: ``start`` puts the whole message on the
+wire and raises only what ``send`` raises before the message ended (it never
+raises ``UnclearOutcome``); ``finish`` waits for the answer and raises the
+rest. Between the two the send loop does its database work for the next
+message, while the server reads this one.
+
 The send loop depends on this interface only, never on smtplib.
 """
 
@@ -88,6 +94,14 @@ class TransportUnavailable(MailoutError):
 class Connection(Protocol):
     def send(self, sender: str, recipient: str, data: bytes) -> Reply:
         """Send one message; return the reply that accepted it, or raise (see the module's contract)."""
+        ...
+
+    def start(self, sender: str, recipient: str, data: bytes) -> None:
+        """Put one message on the wire, to its end; raise as ``send`` would before its end."""
+        ...
+
+    def finish(self) -> Reply:
+        """Return the answer to the message ``start`` put on the wire, or raise as ``send`` would."""
         ...
 
     def close(self) -> None: ...
@@ -175,6 +189,16 @@ def eml_name(message_id: str) -> str:
 class OutboxConnection:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._written: Reply | None = None
+
+    def start(self, sender: str, recipient: str, data: bytes) -> None:
+        """Write the message (see ``send``); ``finish`` returns what ``send`` would."""
+        self._written = self.send(sender, recipient, data)
+
+    def finish(self) -> Reply:
+        reply, self._written = self._written, None
+        assert reply is not None, "finish() without start()"
+        return reply
 
     def send(self, sender: str, recipient: str, data: bytes) -> Reply:
         """Write the message atomically: a temporary file, fsync, then rename."""
@@ -328,6 +352,11 @@ class SmtpConnection:
 
     def send(self, sender: str, recipient: str, data: bytes) -> Reply:
         """Send one message; return the reply that accepted it, or raise (see the module's contract)."""
+        self.start(sender, recipient, data)
+        return self.finish()
+
+    def start(self, sender: str, recipient: str, data: bytes) -> None:
+        """Send the envelope and the whole message, up to the final "."; do not wait for the answer."""
         if self.client is None:
             self.client = self._open()
         client = self.client
@@ -373,7 +402,12 @@ class SmtpConnection:
             if closing:  # "421 closing connection" to a pipelined command, then the hang-up
                 raise TemporaryFailure(421, _text(closing[0])) from None
             raise TemporaryFailure(0, f"connection lost: {exc}") from None
+
+    def finish(self) -> Reply:
+        """Wait for the answer to the message ``start`` sent (see ``_final_reply``)."""
         # From here on, the server may have the message whatever happens to the answer.
+        client = self.client
+        assert client is not None, "finish() without start()"
         code, text = self._final_reply(client)
         if code == 421:
             self.close()

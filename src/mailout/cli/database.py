@@ -32,10 +32,11 @@ def db_upgrade(state: State) -> None:
     """
     url = state.settings.database_url()
     where = safe_url(url)
-    saved = backup_before_upgrade(url)
+    synchronous = state.settings.database.sqlite_synchronous
+    saved = backup_before_upgrade(url, sqlite_synchronous=synchronous)
     if saved is not None:
         click.echo(f"{where}: backed up to {saved}")
-    before, after = upgrade(url)
+    before, after = upgrade(url, sqlite_synchronous=synchronous)
     if before == after:
         click.echo(f"{where}: up to date (schema {after})")
     elif before is None:

@@ -35,7 +35,10 @@ class State:
     def engine(self) -> Engine:
         """Return the workspace database, checked to be at the newest schema."""
         if self._engine is None:
-            self._engine = open_engine(self.settings.database_url())
+            database = self.settings.database
+            self._engine = open_engine(
+                self.settings.database_url(), sqlite_synchronous=database.sqlite_synchronous
+            )
             click.get_current_context().call_on_close(self._engine.dispose)
         return self._engine
 

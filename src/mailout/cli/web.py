@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
@@ -17,6 +16,7 @@ from ..links import Links
 from ..net import is_loopback
 from ..paths import display_path
 from ..web import PACKAGE, create_app, standalone_page
+from ..web.server import make_server
 from .state import State, pass_state
 from .terminal import safe
 
@@ -24,43 +24,47 @@ from .terminal import safe
 @click.command("serve")
 @click.option("--host", help="Address to listen on (default: web.host, 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default: web.port, 8025).")
+@click.option(
+    "--threads", type=click.IntRange(1, 64), help="Requests handled at once (default: web.threads, 4)."
+)
+@click.option(
+    "--behind-proxy",
+    is_flag=True,
+    help="Requests come through a web server on this machine: the preview asks for the password.",
+)
 @pass_state
-def serve_command(state: State, host: str | None, port: int | None) -> None:
-    """Run the web app for local use: unsubscribe links, the archive, the preview.
+def serve_command(
+    state: State, host: str | None, port: int | None, threads: int | None, behind_proxy: bool
+) -> None:
+    """Run the web app: unsubscribe links, the archive, the preview.
 
+    It runs under waitress, a WSGI server made to face the internet, so what you
+    start here is what you can run in production (behind a web server for https).
     On loopback (the default) the team's preview is open. Bound to another address,
-    the preview asks for MAILOUT_PREVIEW_PASSWORD, and is off without one.
-    In production, run `mailout.web:create_app()` under a WSGI server (see docs/web.md).
+    the preview asks for MAILOUT_PREVIEW_PASSWORD, and is off without one; so it
+    does behind a web server on this machine (--behind-proxy).
 
     \b
     Example:
         mailout serve
         open http://127.0.0.1:8025/preview/
+        mailout serve --behind-proxy --port 8025
     """
-    from werkzeug.serving import ThreadedWSGIServer, make_server
-
     settings = state.settings
     host = host or settings.web.host
     port = port or settings.web.port
-    local = is_loopback(host)
+    # Behind a proxy every request comes from loopback, and may name it as its host.
+    local = is_loopback(host) and not behind_proxy
     app = create_app(settings, local=local)
     click.get_current_context().call_on_close(app.extensions["mailout"].engine.dispose)
     try:
-        # Werkzeug would print its own advice and exit: check first, and say it our way.
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-        server = make_server(host, port, app, threaded=True)
-        # On SIGTERM or Ctrl-C, let requests in progress (an unsubscribe being recorded) finish.
-        assert isinstance(server, ThreadedWSGIServer)
-        server.daemon_threads = False
+        server = make_server(app, host, port, threads or settings.web.threads)
     except OSError as exc:
         raise MailoutError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}"
             " (is another `mailout serve` running? choose another with --port)"
         ) from None
-    where = f"http://{host if ':' not in host else f'[{host}]'}:{server.server_port}"
+    where = f"http://{host if ':' not in host else f'[{host}]'}:{server.effective_port}"
     click.echo(f"serving {settings.newsletter.name} at {where}/ (Ctrl-C to stop)")
     here = Links(settings, base_url=where)
     click.echo(f"  archive:  {here.archive()}")
@@ -68,11 +72,12 @@ def serve_command(state: State, host: str | None, port: int | None) -> None:
         protected = "" if local else " (password: MAILOUT_PREVIEW_PASSWORD)"
         click.echo(f"  preview:  {here.preview()}{protected}")
     else:
-        click.echo("  preview:  off (bound beyond loopback: set MAILOUT_PREVIEW_PASSWORD to turn it on)")
+        why = "behind a proxy" if behind_proxy else "bound beyond loopback"
+        click.echo(f"  preview:  off ({why}: set MAILOUT_PREVIEW_PASSWORD to turn it on)")
     public = Links(settings).base
     base = urlsplit(public)
     default_port = 443 if base.scheme == "https" else 80
-    if base.hostname and is_loopback(base.hostname) and (base.port or default_port) != server.server_port:
+    if base.hostname and is_loopback(base.hostname) and (base.port or default_port) != server.effective_port:
         click.secho(
             f"warning: messages link to {public}, not to this server;"
             " set newsletter.public_base_url or --port to match",
@@ -85,12 +90,14 @@ def serve_command(state: State, host: str | None, port: int | None) -> None:
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        server.serve_forever()
+        server.run()
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-        server.server_close()
+        # Let requests in progress (an unsubscribe being recorded) finish, then close.
+        server.task_dispatcher.shutdown(cancel_pending=False, timeout=10)
+        server.close()
         click.echo("stopped")
 
 

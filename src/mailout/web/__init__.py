@@ -1,8 +1,9 @@
 """The web side of mailout: what answers the links in every message, and the team's preview.
 
 ``create_app(settings)`` builds the Flask app; nothing is built at import time.
-For production, run it behind a WSGI server from the workspace folder, with the
-same database and ``MAILOUT_SECRET_KEY`` as the sender::
+``mailout serve`` runs it under waitress (``server.py``), in production too;
+another WSGI server can run it from the workspace folder, with the same
+database and ``MAILOUT_SECRET_KEY`` as the sender::
 
     gunicorn --workers 2 --bind 127.0.0.1:8025 'mailout.web:create_app()'
 
@@ -18,10 +19,12 @@ Routes (blueprint ``mailout``):
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,7 @@ from flask import Flask
 from sqlalchemy import Engine
 
 from ..config import Settings, load_settings
-from ..db import open_engine
+from ..db import WriteQueue, open_engine
 from ..links import Links
 from ..tokens import Signer
 
@@ -63,6 +66,64 @@ class TimedCache:
         return value
 
 
+@dataclass(frozen=True)
+class CachedPage:
+    """A page's bytes as sent, and its entity tag (the digest of those bytes)."""
+
+    body: bytes
+    etag: str
+
+
+class PageCache:
+    """Pages that never change once made, the least recently used dropped past ``limit`` bytes.
+
+    Thread-safe. The key must hold everything the page depends on: an entry is
+    never checked again, only dropped.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[Hashable, CachedPage] = OrderedDict()
+
+    def get(self, key: Hashable) -> CachedPage | None:
+        """Return the page kept under ``key``, if any."""
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def put(self, key: Hashable, body: bytes) -> CachedPage:
+        """Keep ``body`` under ``key`` (unless it alone is over the limit) and return it as a page."""
+        made = CachedPage(body, hashlib.sha256(body).hexdigest()[:32])
+        if len(body) > self.limit:
+            return made
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.size -= len(old.body)
+            self._entries[key] = made
+            self.size += len(body)
+            while self.size > self.limit:
+                _, dropped = self._entries.popitem(last=False)
+                self.size -= len(dropped.body)
+        return made
+
+    def held(self) -> list[Hashable]:
+        """Return the keys held, least recently used first."""
+        with self._lock:
+            return list(self._entries)
+
+
+#: How long the app takes an issue's newest public dispatch as known: a new dispatch, or one
+#: removed, shows on the issue's page this much later at most (browsers keep it 300 s anyway).
+NEWEST_SECONDS = 1.0
+#: The memory the public issue pages may take in each web process: about 500 pages of 60 KB.
+PAGE_CACHE_BYTES = 32 * 1024 * 1024
+
+
 class Mailout:
     """What the views share: settings, database, signer, links, and who may see the preview."""
 
@@ -74,6 +135,12 @@ class Mailout:
         self.preview_open = preview_open
         #: Issue slug -> the pictures its public dispatches load (messages load them on every open).
         self.images = TimedCache()
+        #: Issue slug -> the number and key of its newest public dispatch (unknown slugs: not kept).
+        self.newest = TimedCache(ttl=NEWEST_SECONDS)
+        #: (dispatch id, dispatch key, mount point) -> its public page; see ``views._public_issue_page``.
+        self.pages = PageCache(PAGE_CACHE_BYTES)
+        #: The unsubscribe POSTs' transactions, one at a time on SQLite.
+        self.writes = WriteQueue(engine)
 
 
 def create_app(settings: Settings | None = None, *, local: bool = False) -> Flask:
@@ -88,7 +155,7 @@ def create_app(settings: Settings | None = None, *, local: bool = False) -> Flas
 
     settings = settings or load_settings()
     signer = Signer.from_secret(settings.secret_key)
-    engine = open_engine(settings.database_url())
+    engine = open_engine(settings.database_url(), sqlite_synchronous=settings.database.sqlite_synchronous)
     app = Flask(__name__, static_folder=str(PACKAGE / "static"), template_folder=str(PACKAGE / "templates"))
     app.config.update(
         MAX_CONTENT_LENGTH=64 * 1024,

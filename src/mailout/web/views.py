@@ -33,7 +33,7 @@ from ..net import is_loopback
 from ..preview import sample_recipient
 from ..render import private_images, render_issue
 from ..segments import Segment
-from ..subscribers import unsubscribe
+from ..subscribers import unsubscribe_by_link
 from ..tokens import Purpose
 from . import Mailout
 
@@ -65,14 +65,12 @@ def mailout() -> Mailout:
 
 
 @contextmanager
-def session(*, write: bool = False) -> Iterator[Session]:
-    """A session committed at the end of the block, or rolled back on an error.
+def session() -> Iterator[Session]:
+    """A session for pages, which only read: on SQLite that takes no lock.
 
-    Pages only read (``write=False``): on SQLite that takes no lock. Only the
-    unsubscribe POST writes.
+    Only the unsubscribe POST writes, through ``Mailout.writes``.
     """
-    engine = mailout().engine if write else reader(mailout().engine)
-    with Session(engine, expire_on_commit=False) as s, s.begin():
+    with Session(reader(mailout().engine), expire_on_commit=False) as s, s.begin():
         yield s
 
 
@@ -196,26 +194,28 @@ def unsubscribe_post(token: str) -> Response:
     """
     if token in _SAMPLE_TOKENS:
         return page("mailout/message.html", title="A sample link", text=_SAMPLE_TEXT)
-    claim = mailout().signer.verify(Purpose.UNSUBSCRIBE, token)
+    state = mailout()
+    claim = state.signer.verify(Purpose.UNSUBSCRIBE, token)
     if claim is None:
         return _invalid_link()
     one_click = _is_one_click()
     every_list = not one_click and request.form.get("scope") == "all"
-    with session(write=True) as s:
-        person = s.get(Subscriber, claim.subscriber_id)
-        lst = s.get(MailingList, claim.list_id)
-        if person is None or lst is None:
-            return _invalid_link()
-        unsubscribe(
-            s,
-            person,
+    # One write at a time in this process on SQLite: see WriteQueue.
+    with state.writes.transaction() as conn:
+        done = unsubscribe_by_link(
+            conn,
+            claim.subscriber_id,
+            claim.list_id,
             Source.ONE_CLICK if one_click else Source.LINK,
-            lst=None if every_list else lst,
-            detail=f"from the link to list {lst.name}" if every_list else "",
+            every_list=every_list,
         )
-        list_name = lst.description or lst.name
+    if done is None:
+        return _invalid_link()
     return page(
-        "mailout/unsubscribed.html", title="You are unsubscribed", list_name=list_name, every_list=every_list
+        "mailout/unsubscribed.html",
+        title="You are unsubscribed",
+        list_name=done.list_description or done.list_name,
+        every_list=every_list,
     )
 
 
@@ -239,37 +239,69 @@ def archive_index() -> Response:
 @blueprint.get("/issues/<slug>")
 def issue_page(slug: str) -> Response:
     """The public variant; with ``?t=``, the member variant for the member the token names."""
+    token = request.args.get("t")
+    if token is None:
+        return _public_issue_page(slug)
     state = mailout()
     links = state.links
-    token = request.args.get("t")
     with session() as s:
-        if token is not None:
-            claim = state.signer.verify(Purpose.VIEW, token)
-            found = archive.member_dispatch(s, slug, claim) if claim is not None else None
-            if found is None:
-                # Forged, foreign, or not this person's issue: one answer, and never the members' text.
-                public = archive.public_dispatch(s, slug) is not None
-                return page(
-                    "mailout/view_invalid.html",
-                    403,
-                    title="This link is not valid",
-                    public_url=url_for("mailout.issue_page", slug=slug) if public else None,
-                )
-            html = archive.member_page(*found, links)
-            cache = "private, no-store"
-        else:
-            dispatch = archive.public_dispatch(s, slug)
-            if dispatch is None:
-                return page("mailout/message.html", 404, title="No such issue", text=_NO_ISSUE)
-            html = archive.public_page(dispatch, links)
-            cache = "public, max-age=300"
+        claim = state.signer.verify(Purpose.VIEW, token)
+        found = archive.member_dispatch(s, slug, claim) if claim is not None else None
+        if found is None:
+            # Forged, foreign, or not this person's issue: one answer, and never the members' text.
+            public = archive.public_dispatch_key(s, slug) is not None
+            return page(
+                "mailout/view_invalid.html",
+                403,
+                title="This link is not valid",
+                public_url=url_for("mailout.issue_page", slug=slug) if public else None,
+            )
+        html = archive.member_page(*found, links)
     html = html.replace(links.pictures(slug), url_for("mailout.issue_page", slug=slug) + "/")
     response = Response(html, 200, mimetype="text/html")
     response.headers["Content-Security-Policy"] = _ISSUE_PAGE
-    response.headers["Cache-Control"] = cache
-    if token is not None:
-        response.headers["X-Robots-Tag"] = "noindex"
+    # A member's own page: never kept by a cache, never by this app's.
+    response.headers["Cache-Control"] = "private, no-store"
+    response.headers["X-Robots-Tag"] = "noindex"
     return response
+
+
+def _public_issue_page(slug: str) -> Response:
+    """The public page of the issue's newest public dispatch, from the app's cache when it has it.
+
+    A dispatch's page never changes: it is made once and kept under the dispatch's
+    number and random key. Which dispatch is the issue's newest public one is looked
+    up at most once every ``NEWEST_SECONDS``.
+    """
+    state = mailout()
+    found = state.newest.get(slug, lambda: _newest_public(slug))
+    if found is None:
+        return page("mailout/message.html", 404, title="No such issue", text=_NO_ISSUE)
+    # The page's own address is part of it (the pictures' links): behind two mount points,
+    # two entries.
+    cached = state.pages.get((*found, request.script_root))
+    if cached is None:
+        with session() as s:
+            dispatch = archive.public_dispatch(s, slug)  # the newest now, whatever was known
+            if dispatch is None:
+                return page("mailout/message.html", 404, title="No such issue", text=_NO_ISSUE)
+            html = archive.public_page(dispatch, state.links)
+            key = (dispatch.id, dispatch.key, request.script_root)
+        html = html.replace(state.links.pictures(slug), url_for("mailout.issue_page", slug=slug) + "/")
+        cached = state.pages.put(key, html.encode("utf-8"))
+    if request.if_none_match.contains_weak(cached.etag):
+        response = Response(status=304)
+    else:
+        response = Response(cached.body, 200, mimetype="text/html")
+    response.set_etag(cached.etag)
+    response.headers["Content-Security-Policy"] = _ISSUE_PAGE
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+def _newest_public(slug: str) -> tuple[int, str] | None:
+    with reader(mailout().engine).connect() as conn:
+        return archive.public_dispatch_key(conn, slug)
 
 
 _NO_ISSUE = "There is no issue at this address in the archive."
