@@ -440,7 +440,10 @@ def test_a_bad_key_is_refused_with_what_is_wrong(tmp_path: Path, ed25519_pem: by
     }
     for data, expected in cases.items():
         (tmp_path / "k.pem").write_bytes(data)
-        assert expected in _settings_error(tmp_path, setting)
+        message = _settings_error(tmp_path, setting)
+        assert expected in message
+        # Not a line of the key itself, whatever is wrong with it.
+        assert not any(line in message for line in data.decode("ascii").splitlines() if len(line) > 12)
     (tmp_path / "k.pem").chmod(0)
     if not (tmp_path / "k.pem").exists() or _readable(tmp_path / "k.pem"):
         return  # root reads any file: nothing more to check here
@@ -610,3 +613,51 @@ def test_the_record_mailout_prints_is_the_one_receivers_verify_with(
 def test_dkim_record_without_dkim_says_what_to_set(workspace: Path) -> None:
     code, out = run("dkim", "record")
     assert code == 1 and "no DKIM key: set dkim.domain, dkim.selector and dkim.key_file" in out
+
+
+@pytest.mark.slow
+def test_the_key_is_read_once_per_command_whatever_the_number_of_messages(
+    sending_workspace: Path,
+    smtp_server: SMTPServer,
+    dns_server: DNSServer,
+    rsa_pem: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _sign_with(sending_workspace, rsa_pem, dns_server)
+    add_subscribers(sending_workspace, people(30))
+    reads = []
+    load = serialization.load_pem_private_key
+    monkeypatch.setattr(
+        "mailout.dkim.serialization.load_pem_private_key",
+        lambda data, password: reads.append(1) or load(data, password=password),
+    )
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0, out
+    assert len(smtp_server.messages) == 30 and all(verifies(m.raw, dns_server) for m in smtp_server.messages)
+    # Once by plan(), which stops a send with a bad key before anything is queued, once by the
+    # send loop; never per message or per connection.
+    assert len(reads) <= 2, len(reads)
+
+
+@pytest.mark.slow
+def test_a_message_sent_again_after_an_unclear_end_is_signed_anew_with_the_same_message_id(
+    sending_workspace: Path, smtp_server: SMTPServer, dns_server: DNSServer, rsa_pem: bytes
+) -> None:
+    _sign_with(sending_workspace, rsa_pem, dns_server)
+    add_subscribers(sending_workspace, people(3))
+    smtp_server.drop_after(1, record=True)  # the server keeps a message but its answer is lost
+    run("send", "2019-01", "--list", "members", "--yes")
+    assert "unknown" in statuses(sending_workspace).values()
+    smtp_server.repair()
+    code, out = run("send", "2019-01", "--list", "members", "--yes", "--resend-unknown")
+    assert code == 0, out
+    by_recipient: dict[str, list[bytes]] = {}
+    for received in smtp_server.messages:
+        by_recipient.setdefault(received.rcpt_tos[0], []).append(received.raw)
+    twice = [copies for copies in by_recipient.values() if len(copies) == 2]
+    assert len(twice) == 1, {k: len(v) for k, v in by_recipient.items()}
+    first, again = twice[0]
+    assert verifies(first, dns_server) and verifies(again, dns_server)
+    # A receiver that has the first copy recognises the second by its Message-ID.
+    ids = [re.search(rb"^Message-ID: (.*)$", m, re.MULTILINE | re.IGNORECASE) for m in (first, again)]
+    assert ids[0] and ids[1] and ids[0].group(1) == ids[1].group(1)
