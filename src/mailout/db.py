@@ -282,8 +282,9 @@ class WriteQueue:
 
         ``timeout`` (by default the busy timeout) bounds the whole wait: for the queue,
         then for other processes' locks (SQLite's busy timeout, PostgreSQL's
-        ``lock_timeout``), so that a request waits at most that long in all. Past it,
-        ``DatabaseUnavailable`` (queue) or ``OperationalError`` (lock) is raised.
+        ``lock_timeout`` and ``statement_timeout``), so that a request waits at most
+        that long in all. Past it, ``DatabaseUnavailable`` (queue) or
+        ``OperationalError`` (lock, or the statement cancelled) is raised.
         """
         deadline = time.monotonic() + timeout
         if self._lock is not None and not self._lock.acquire(timeout=timeout):
@@ -312,8 +313,14 @@ class WriteQueue:
                 else:
                     with connection.begin():
                         # PostgreSQL: a row another transaction holds (an import) is waited for
-                        # until the deadline, not for ever.
-                        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {left_ms}")
+                        # until the deadline, not for ever. lock_timeout bounds each lock wait
+                        # alone: a writer queued behind another waits for the row's tuple lock,
+                        # then for the holder's transaction, up to lock_timeout each, so twice
+                        # the deadline; statement_timeout bounds the statement as a whole.
+                        connection.exec_driver_sql(
+                            f"SELECT set_config('lock_timeout', '{left_ms}', true),"
+                            f" set_config('statement_timeout', '{left_ms}', true)"
+                        )
                         yield connection
         finally:
             if self._lock is not None:
