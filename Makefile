@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(BIN)/mailout archive export build/archive
 	$(BIN)/mailout status
 
-## The whole test suite (installs Debian's chromium and postgresql when missing and root).
+## The whole test suite (installs Debian's chromium, postgresql and postfix when missing and root).
 test: system-deps $(STAMP)
 	$(BIN)/pytest
 

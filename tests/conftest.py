@@ -16,6 +16,9 @@ from mailout.config import Settings, load_settings
 from mailout.db import make_engine, upgrade
 from mailout.issues import Issue, load_issue
 from mailout.workspace import init_workspace
+from tests import dnsserver
+from tests.postfix import PostfixRelay
+from tests.postfix import unavailable as postfix_unavailable
 from tests.postgres import PostgresServer, find_pg_bin
 from tests.smtpserver import SMTPServer
 
@@ -224,3 +227,47 @@ def edit_config(workspace: Path, *changes: tuple[str, str]) -> None:
         assert old in text, f"{old!r} is not in mailout.toml"
         text = text.replace(old, new)
     config.write_text(text, encoding="utf-8")
+
+
+@pytest.fixture
+def dns_server() -> Iterator[dnsserver.DNSServer]:
+    """A real DNS server on loopback (UDP and TCP) answering the TXT records a test adds."""
+    with dnsserver.running() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rsa_pem() -> bytes:
+    """An unencrypted RSA-2048 private key in PEM, made for this run."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@pytest.fixture(scope="session")
+def ed25519_pem() -> bytes:
+    """An unencrypted Ed25519 private key in PEM, made for this run."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@pytest.fixture
+def postfix_relay(smtp_server: SMTPServer) -> Iterator[PostfixRelay]:
+    """A real Postfix on loopback that relays what it receives to ``smtp_server``."""
+    reason = postfix_unavailable()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: CI must run the relay test (scripts/system-deps installs Postfix)")
+        pytest.skip(reason)
+    relay = PostfixRelay(smtp_server.port)
+    relay.start()
+    yield relay
+    relay.stop()

@@ -33,6 +33,8 @@ CONFIG_FILE = "mailout.toml"
 LANGUAGE_TAG = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*")
 ENV_PREFIX = "MAILOUT_"
 #: Settings that must never be written in a file, with the variable that carries each.
+#: Names of a [dkim] key that would hold the private key itself: refused.
+DKIM_KEY_NAMES = ("key", "private_key", "ed25519_key", "ed25519_private_key")
 SECRETS = {
     "smtp.password": "MAILOUT_SMTP_PASSWORD",
     "web.preview_password": "MAILOUT_PREVIEW_PASSWORD",
@@ -165,6 +167,26 @@ class Web:
 
 
 @dataclass(frozen=True)
+class Dkim:
+    """``[dkim]``: sign every message when ``domain`` is set. The key itself is never in this file."""
+
+    #: The signing domain (``d=``): sender.address's domain or a parent of it, for DMARC.
+    domain: str = ""
+    #: The RSA key's selector: its public key is published at SELECTOR._domainkey.DOMAIN.
+    selector: str = ""
+    #: The RSA private key (PEM): a file, relative to the workspace, kept out of git...
+    key_file: str = ""
+    #: ...or the name of an environment variable that holds the PEM text.
+    key_env: str = ""
+    #: A second signature with an Ed25519 key (RFC 8463), under its own selector: off when empty.
+    ed25519_selector: str = ""
+    ed25519_key_file: str = ""
+    ed25519_key_env: str = ""
+    #: Seconds after signing when a signature expires (``x=``); 0: never.
+    expire_after: int = 0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of one workspace, resolved and validated."""
 
@@ -178,8 +200,15 @@ class Settings:
     database: Database = field(default_factory=Database)
     sending: Sending = field(default_factory=Sending)
     web: Web = field(default_factory=Web)
+    dkim: Dkim = field(default_factory=Dkim)
     lists: tuple[ListSettings, ...] = DEFAULT_LISTS
     secret_key: str = field(default="", repr=False)
+    #: Where each setting given came from ("mailout.toml:12: dkim.key_file"), for error messages.
+    sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def where(self, dotted: str) -> str:
+        """Return where the setting ``dotted`` came from, for an error message about its value."""
+        return self.sources.get(dotted, f"{dotted} (built-in default)")
 
     def path(self, name: str) -> Path:
         """Return a ``[paths]`` entry resolved against the workspace root."""
@@ -216,6 +245,7 @@ SECTIONS: dict[str, type] = {
     "database": Database,
     "sending": Sending,
     "web": Web,
+    "dkim": Dkim,
 }
 
 
@@ -268,6 +298,7 @@ NUMBER_RANGES: dict[str, Range] = {
     "sending.worker_timeout": Range(2, 86_400, unit="seconds"),
     "preview.html_warn_bytes": Range(0, unit="bytes"),
     "web.port": Range(1, 65535),
+    "dkim.expire_after": Range(0, 366 * 86_400, unit="seconds"),
     "web.threads": Range(1, 64),
 }
 
@@ -326,15 +357,16 @@ def load_settings(
     sections["web"] = dataclasses.replace(
         sections["web"], preview_password=env.get(SECRETS["web.preview_password"], "")
     )
+    sources = {
+        f"{section}.{key}": source for section, keys in layers.items() for key, (_, source) in keys.items()
+    }
     settings = Settings(
         root=(config_path.parent if config_path else (root or Path.cwd())).resolve(),
         config_file=config_path,
         secret_key=env.get(SECRETS["secret_key"], ""),
+        sources=sources,
         **sections,
     )
-    sources = {
-        f"{section}.{key}": source for section, keys in layers.items() for key, (_, source) in keys.items()
-    }
     _validate(settings, sources)
     return settings
 
@@ -368,6 +400,12 @@ def _read_file(path: Path, layers: dict[str, dict[str, tuple[Any, str]]]) -> Non
             dotted = f"{section}.{key}"
             if dotted in SECRETS or key in ("password", "secret_key"):
                 raise ConfigError(_secret_message(path, text, key, dotted))
+            if section == "dkim" and key in DKIM_KEY_NAMES:
+                raise ConfigError(
+                    f"{_where(path, text, key, section)}: the DKIM private key may not be written in"
+                    f" {path.name}; give the file that holds it (dkim.key_file) or the environment"
+                    " variable (dkim.key_env)"
+                )
             if (
                 dotted == "database.url"
                 and isinstance(value, str)
@@ -436,6 +474,10 @@ def _read_env(env: Mapping[str, str], layers: dict[str, dict[str, tuple[Any, str
         for f in dataclasses.fields(cls)
     }
     known |= set(SECRETS.values())
+    # The variables that [dkim] names as holding its keys (in the file or the environment).
+    for key in ("key_env", "ed25519_key_env"):
+        named = layers["dkim"].get(key, ("", ""))[0]
+        known |= {v for v in (named, env.get(f"{ENV_PREFIX}DKIM_{key}".upper(), "")) if isinstance(v, str)}
     for name in env:
         if name.startswith(ENV_PREFIX) and name not in known:
             match = difflib.get_close_matches(name, sorted(known), n=1)
@@ -561,8 +603,53 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
         raise fail(
             "newsletter.members_teaser", f"only {{count}} and {{s}} may appear in braces, got {teaser!r}"
         )
+    _validate_dkim(settings.dkim, fail)
     if not LANGUAGE_TAG.fullmatch(settings.newsletter.language):
         raise fail(
             "newsletter.language",
             f"expected a language tag such as 'en' or 'fr', got {settings.newsletter.language!r}",
         )
+
+
+def _validate_dkim(dkim: Dkim, fail: typing.Callable[[str, str], ConfigError]) -> None:
+    """Check that ``[dkim]`` names a domain, a selector and exactly one place for each key."""
+    from .dkim import valid_domain, valid_selector
+
+    # Where the key is, or its selector, without a domain: a signature half set up.
+    given = [f.name for f in dataclasses.fields(dkim) if f.name != "expire_after" and getattr(dkim, f.name)]
+    if not dkim.domain:
+        if given:
+            raise fail(f"dkim.{given[0]}", "set dkim.domain too, or nothing is signed")
+        return
+    if not valid_domain(dkim.domain):
+        raise fail("dkim.domain", f"expected a domain name such as 'example.org', got {dkim.domain!r}")
+    for prefix in ("", "ed25519_"):
+        selector = getattr(dkim, f"{prefix}selector")
+        key_file, key_env = getattr(dkim, f"{prefix}key_file"), getattr(dkim, f"{prefix}key_env")
+        if not selector:
+            if prefix and (key_file or key_env):
+                raise fail(
+                    f"dkim.{prefix}key_{'file' if key_file else 'env'}", "set dkim.ed25519_selector too"
+                )
+            if prefix:
+                continue
+            raise fail(
+                "dkim.domain", "set dkim.selector too: the name under which the public key is published"
+            )
+        if not valid_selector(selector):
+            raise fail(
+                f"dkim.{prefix}selector", f"expected DNS labels such as 'mailout2026', got {selector!r}"
+            )
+        if bool(key_file) == bool(key_env):
+            raise fail(
+                f"dkim.{prefix}selector",
+                f"give the private key in exactly one of dkim.{prefix}key_file (a path) and"
+                f" dkim.{prefix}key_env (an environment variable's name)",
+            )
+        if key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_env):
+            raise fail(
+                f"dkim.{prefix}key_env",
+                f"expected the name of an environment variable, got {key_env[:20]!r}...",
+            )
+    if dkim.ed25519_selector and dkim.ed25519_selector == dkim.selector:
+        raise fail("dkim.ed25519_selector", "must differ from dkim.selector: each key has its own DNS record")

@@ -30,6 +30,8 @@ from . import outbox
 from . import subscribers as people
 from .config import Settings
 from .db import reader, transaction
+from .dkim import check as check_dkim
+from .dkim import load_signer
 from .errors import MailoutError
 from .issues import Issue
 from .links import Links
@@ -206,6 +208,7 @@ def plan(
     warnings = []
     if settings.smtp.host:  # mail to real people: the links must be safe to sign
         warnings += check_real_key(settings.secret_key)
+    warnings += check_dkim(settings, load_signer(settings))  # a key that cannot be read stops here
     base = Links(settings).base
     if settings.smtp.host and not base.startswith("https://"):
         warnings.append(

@@ -39,6 +39,7 @@ from sqlalchemy.exc import OperationalError
 from . import outbox
 from . import subscribers as people
 from .config import Settings
+from .dkim import load_signer
 from .errors import MailoutError
 from .links import Links
 from .message import Addressing, MessageTemplate, message_id
@@ -201,6 +202,7 @@ class Mailer:
             Addressing(
                 dispatch.from_name, dispatch.from_address, dispatch.reply_to, lst.name, lst.description
             ),
+            dkim=load_signer(settings),
         )
         self.links = Links(settings, signer).for_messages(
             dispatch.issue, lst.id, member=dispatch.segment == Segment.MEMBER, sender=dispatch.from_address

@@ -24,6 +24,7 @@ import secrets
 from dataclasses import dataclass
 from email.utils import format_datetime
 
+from .dkim import BodyTemplate, DkimSigner
 from .headers import address_header, one_line, unstructured_header
 from .render import Recipient, Slots, Variant
 
@@ -97,7 +98,14 @@ class Addressing:
 class MessageTemplate:
     """One variant of one dispatch, ready to be filled in for each recipient."""
 
-    def __init__(self, variant: Variant, addressing: Addressing, *, subject: str | None = None) -> None:
+    def __init__(
+        self,
+        variant: Variant,
+        addressing: Addressing,
+        *,
+        subject: str | None = None,
+        dkim: DkimSigner | None = None,
+    ) -> None:
         self.variant = variant
         self.addressing = addressing
         self.boundary = f"=_mailout_{secrets.token_hex(12)}"
@@ -127,6 +135,19 @@ class MessageTemplate:
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         ).encode("ascii")
         self.tail = f"\r\n--{self.boundary}--\r\n".encode("ascii")
+        self.dkim = dkim
+        if dkim is not None:
+            # The body's fixed pieces around the recipient's values, for DKIM's body hash.
+            pieces, current = [], self.text_head + self.text.pieces[0]
+            for piece in self.text.pieces[1:]:
+                pieces.append(current)
+                current = piece
+            current += self.html_head + self.html.pieces[0]
+            for piece in self.html.pieces[1:]:
+                pieces.append(current)
+                current = piece
+            pieces.append(current + self.tail)
+            self.dkim_body = BodyTemplate(pieces)
 
     def build(
         self,
@@ -152,7 +173,7 @@ class MessageTemplate:
                 b"List-Unsubscribe: " + unsubscribe.encode("ascii") + CRLF,
             ]
         )
-        return b"".join(
+        message = b"".join(
             [
                 headers,
                 CRLF,
@@ -163,6 +184,10 @@ class MessageTemplate:
                 self.tail,
             ]
         )
+        if self.dkim is None:
+            return message
+        values = [text_values[k] for k in self.text.keys] + [html_values[k] for k in self.html.keys]
+        return self.dkim.sign_parts(headers, self.dkim_body.digest(values)) + message
 
 
 def message_id(dispatch_key: str, delivery_id: int, domain: str) -> str:

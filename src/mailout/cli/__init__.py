@@ -21,6 +21,7 @@ from ..paths import display_path
 from ..workspace import init_workspace
 from .compose import issue, preview, templates
 from .database import db
+from .dkim import dkim_group
 from .sending import send_command, status_command, test_command, worker_command
 from .state import State
 from .subscribers import subscribers
@@ -136,6 +137,7 @@ for command in (
     worker_command,
     serve_command,
     archive_group,
+    dkim_group,
 ):
     cli.add_command(command)
 

@@ -15,6 +15,8 @@ import click
 from .. import dispatching
 from .. import subscribers as people
 from ..dispatching import Ending, Plan, Report, Result, Summary
+from ..dkim import check as check_dkim
+from ..dkim import load_signer
 from ..errors import MailoutError
 from ..links import Links
 from ..mailer import Tally
@@ -58,6 +60,9 @@ def test_command(state: State, name: str, addresses: tuple[str, ...]) -> None:
     if settings.smtp.host:  # to real mailboxes: refuse a public key as `send` does
         for warning in check_real_key(settings.secret_key):
             click.secho(f"warning: {warning}", fg="yellow", err=True)
+    dkim = load_signer(settings)
+    for warning in check_dkim(settings, dkim):
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
     issue = state.issue(name)
     transport = make_transport(settings)
     urls = Links(settings).test_message(issue.slug)
@@ -70,6 +75,7 @@ def test_command(state: State, name: str, addresses: tuple[str, ...]) -> None:
                     settings.sender.name, settings.sender.address, settings.sender.reply_to, f"test-{segment}"
                 ),
                 subject=f"[TEST {segment}] {variant.subject}",
+                dkim=dkim,
             )
             for address in targets:
                 data = template.build(
