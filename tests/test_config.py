@@ -89,6 +89,11 @@ def test_secrets_come_only_from_the_environment(tmp_path: Path) -> None:
             r"newsletter.public_base_url: must be an absolute http\(s\) URL",
         ),
         ('[sender]\naddress = "not-an-address"\n', r"sender.address: not an email address"),
+        ('[sender]\nreturn_path = "bounces@"\n', r"mailout.toml:2: sender.return_path: not an email address"),
+        (
+            '[sender]\nreturn_path = "a@b.example>\\r\\nRCPT TO:<x@y>"\n',
+            r"sender.return_path: not an email address",
+        ),
         ('[smtp]\nsecurity = "ssl"\n', r"smtp.security: must be 'starttls', 'tls' or 'plain'"),
         (
             '[database]\nsqlite_synchronous = "extra"\n',
@@ -285,3 +290,12 @@ def test_a_number_out_of_range_is_one_line_on_the_command_line(
     result = CliRunner().invoke(cli, ["--set", setting, "preview", "first-issue"])
     assert result.exit_code == 1
     assert result.output == f"error: command-line option --set {message}\n"
+
+
+def test_the_envelope_sender_is_the_return_path_else_the_from_address(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, '[sender]\naddress = "news@city.example"\n'), env={})
+    assert settings.sender.envelope == "news@city.example"
+    text = '[sender]\naddress = "news@city.example"\nreturn_path = "bounces@mail.city.example"\n'
+    settings = load_settings(write(tmp_path, text), env={})
+    assert settings.sender.envelope == "bounces@mail.city.example"
+    assert settings.sender.address == "news@city.example"

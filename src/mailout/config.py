@@ -67,6 +67,14 @@ class Sender:
     name: str = "Newsletter"
     address: str = "newsletter@example.org"
     reply_to: str = ""
+    #: The envelope sender (SMTP ``MAIL FROM``), where servers send bounce reports:
+    #: a mailbox read by machine. Empty: ``address`` (the ``From``) is used.
+    return_path: str = ""
+
+    @property
+    def envelope(self) -> str:
+        """The address given in ``MAIL FROM``."""
+        return self.return_path or self.address
 
 
 @dataclass(frozen=True)
@@ -576,6 +584,13 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
     for name in ("name", "reply_to"):
         if any(c in getattr(settings.sender, name) for c in "\r\n\0"):
             raise fail(f"sender.{name}", "must be one line")
+    return_path = settings.sender.return_path
+    if return_path and (
+        return_path.count("@") != 1
+        or not all(return_path.split("@"))
+        or any(c in return_path for c in ' \t\r\n\0<>,;:"()[]\\')
+    ):
+        raise fail("sender.return_path", f"not an email address: {return_path!r}")
     if "://" not in settings.database.url:
         raise fail(
             "database.url", f"not a database URL: {settings.database.url!r} (e.g. sqlite:///mailout.db)"
