@@ -591,6 +591,14 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
         or any(c in return_path for c in ' \t\r\n\0<>,;:"()[]\\')
     ):
         raise fail("sender.return_path", f"not an email address: {return_path!r}")
+    if not return_path.isascii():
+        # A non-ASCII envelope sender needs SMTPUTF8 at every server on the way, and a bounce
+        # to it would be refused by those without it: bounces would be lost, unseen.
+        raise fail(
+            "sender.return_path",
+            f"{return_path!r} has characters outside ASCII; the envelope sender must be ASCII"
+            " (write an international domain in its xn-- form)",
+        )
     if "://" not in settings.database.url:
         raise fail(
             "database.url", f"not a database URL: {settings.database.url!r} (e.g. sqlite:///mailout.db)"
