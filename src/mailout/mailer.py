@@ -247,6 +247,11 @@ class Mailer:
         """Register this process; take over from gone ones, and say so. Returns what was recovered."""
         timeout = self.settings.sending.worker_timeout
         with self.engine.begin() as conn:
+            # First, so that the dispatch's row is locked before any delivery's, in the order
+            # `send` takes them when it resumes a dispatch (PostgreSQL would see a deadlock).
+            before = outbox.record_run(
+                conn, self.dispatch.id, signing=self.signing, envelope_sender=self.envelope_sender
+            )
             settle = settle_in_flight(self.transport, self.dispatch)
             recovered = outbox.recover(conn, self.dispatch.id, timeout, settle)
             others = outbox.live_workers(conn, self.dispatch.id, timeout)
@@ -257,9 +262,6 @@ class Mailer:
                     " to follow it"
                 )
             outbox.register_worker(conn, self.dispatch.id, self.worker)
-            before = outbox.record_run(
-                conn, self.dispatch.id, signing=self.signing, envelope_sender=self.envelope_sender
-            )
         for line in recovery_notices(recovered):
             self.notice(line)
         for line in changed_since(before, self.signing, self.envelope_sender):
