@@ -9,6 +9,7 @@ import lxml.html
 import pytest
 import yaml
 
+import mailout
 from mailout.config import Settings, load_settings
 from mailout.issues import Issue, Item, load_issue
 from mailout.pictures import pixel_size
@@ -123,6 +124,19 @@ def test_colour_schemes_are_declared_and_dark_styles_stay_in_a_style_block(
         assert "prefers-color-scheme" not in " ".join(
             e.get("style", "") for e in page.iter() if isinstance(e.tag, str)
         )
+
+
+def test_a_theme_without_dark_styles_does_not_claim_dark_mode(example_issue: Issue, tmp_path: Path) -> None:
+    """A workspace theme written before dark mode (no dark styles) keeps the light scheme only."""
+    builtin = Path(mailout.__file__).parent / "templates" / "email" / "theme.mjml.j2"
+    text = builtin.read_text(encoding="utf-8")
+    old = re.sub(r"\s*<mj-raw>.*?</mj-raw>", "", text, flags=re.S)
+    assert "prefers-color-scheme" not in old and "<mj-style>" in old
+    (tmp_path / "templates" / "email").mkdir(parents=True)
+    (tmp_path / "templates" / "email" / "theme.mjml.j2").write_text(old, encoding="utf-8")
+    (tmp_path / "mailout.toml").write_text("", encoding="utf-8")
+    for variant in variants(example_issue, load_settings(tmp_path, env={})):
+        assert "color-scheme" not in variant.html
 
 
 def test_no_text_under_13px(example_issue: Issue, themed: tuple[Settings, str]) -> None:

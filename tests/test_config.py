@@ -106,6 +106,10 @@ def test_secrets_come_only_from_the_environment(tmp_path: Path) -> None:
         ),
         ('[sender]\naddress = "not-an-address"\n', r"sender.address: not an email address"),
         ('[sender]\nreturn_path = "bounces@"\n', r"mailout.toml:2: sender.return_path: not an email address"),
+        ('[sender]\nreturn_path = ".b@efus.example"\n', r"sender.return_path: not an address a mail server"),
+        ('[sender]\nreturn_path = "b@efus..example"\n', r"sender.return_path: not an address a mail server"),
+        ('[sender]\nreturn_path = "b\\u000bx@efus.example"\n', r"sender.return_path: not an address"),
+        ('[sender]\nreturn_path = "b@localhost"\n', r"sender.return_path: not an address a mail server"),
         (
             '[sender]\nreturn_path = "rebonds@été.example"\n',
             r"mailout.toml:2: sender.return_path: .* outside ASCII; the envelope sender must be ASCII",

@@ -356,6 +356,7 @@ def test_dkim_is_off_unless_configured(tmp_path: Path) -> None:
 
 def test_a_key_from_a_file_or_a_variable_signs(tmp_path: Path, rsa_pem: bytes, ed25519_pem: bytes) -> None:
     (tmp_path / "dkim.pem").write_bytes(rsa_pem)
+    (tmp_path / "dkim.pem").chmod(0o600)
     env = {"MAILOUT_DKIM_ED25519": ed25519_pem.decode()}
     settings = load_settings(
         _workspace(
@@ -440,6 +441,7 @@ def test_a_bad_key_is_refused_with_what_is_wrong(tmp_path: Path, ed25519_pem: by
     }
     for data, expected in cases.items():
         (tmp_path / "k.pem").write_bytes(data)
+        (tmp_path / "k.pem").chmod(0o600)
         message = _settings_error(tmp_path, setting)
         assert expected in message
         # Not a line of the key itself, whatever is wrong with it.
@@ -448,6 +450,59 @@ def test_a_bad_key_is_refused_with_what_is_wrong(tmp_path: Path, ed25519_pem: by
     if not (tmp_path / "k.pem").exists() or _readable(tmp_path / "k.pem"):
         return  # root reads any file: nothing more to check here
     assert "cannot read the key file k.pem: Permission denied" in _settings_error(tmp_path, setting)
+
+
+def test_a_key_pasted_where_its_path_belongs_is_refused_and_not_printed_back(
+    tmp_path: Path, rsa_pem: bytes
+) -> None:
+    setting = 'domain = "efus.example"\nselector = "s"\n'
+    for env in ({"MAILOUT_DKIM_KEY_FILE": rsa_pem.decode()}, {"MAILOUT_DKIM_KEY_FILE": "-----BEGIN x"}):
+        message = _settings_error(tmp_path, setting, env)
+        assert "(dkim.key_file): holds a key, not a path" in message
+        assert "-----BEGIN" not in message
+        assert not any(line in message for line in rsa_pem.decode().splitlines() if len(line) > 12)
+    (tmp_path / "mailout.toml").write_text(  # a key pasted into the file itself, as a TOML multi-line string
+        f'[sender]\naddress = "newsletter@efus.example"\n[dkim]\n{setting}key_file = """{rsa_pem.decode()}"""\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path, env={})
+    assert "holds a key, not a path" in str(caught.value) and "MII" not in str(caught.value)
+
+
+def test_a_key_with_its_line_ends_written_as_backslash_n_is_the_same_key(
+    tmp_path: Path, rsa_pem: bytes
+) -> None:
+    """A PEM on one line with literal \\n, as .env files and CI secret stores hold it."""
+    env = {"DKIM_PEM": rsa_pem.decode().strip().replace("\n", "\\n")}
+    assert "\n" not in env["DKIM_PEM"]
+    settings = load_settings(
+        _workspace(tmp_path, 'domain = "efus.example"\nselector = "s"\nkey_env = "DKIM_PEM"\n'), env=env
+    )
+    signer = load_signer(settings, env=env)
+    assert signer is not None
+    public = (
+        signer.keys[0]
+        .key.public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    assert public == _rsa(rsa_pem).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_a_key_file_others_can_read_or_a_short_expiry_is_warned_of(tmp_path: Path, rsa_pem: bytes) -> None:
+    (tmp_path / "k.pem").write_bytes(rsa_pem)
+    (tmp_path / "k.pem").chmod(0o640)
+    setting = 'domain = "efus.example"\nselector = "s"\nkey_file = "k.pem"\n'
+    settings = load_settings(_workspace(tmp_path, setting + "expire_after = 600\n"), env={})
+    warnings = check(settings, load_signer(settings, env={}))
+    assert any(
+        "dkim.key_file k.pem can be read by other users" in w and "chmod 600 k.pem" in w for w in warnings
+    )
+    assert any("dkim.expire_after is 600 s" in w for w in warnings)
+    (tmp_path / "k.pem").chmod(0o600)
+    settings = load_settings(_workspace(tmp_path, setting + "expire_after = 604800\n"), env={})
+    assert check(settings, load_signer(settings, env={})) == []
 
 
 def _readable(path: Path) -> bool:
@@ -474,6 +529,7 @@ def test_a_short_key_or_an_unaligned_domain_is_warned_of(tmp_path: Path) -> None
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     (tmp_path / "k.pem").write_bytes(pem)
+    (tmp_path / "k.pem").chmod(0o600)
     settings = load_settings(
         _workspace(tmp_path, 'domain = "mailer.example"\nselector = "s"\nkey_file = "k.pem"\n'), env={}
     )
@@ -498,10 +554,12 @@ def test_dmarc_relaxed_alignment_allows_a_parent_or_a_subdomain() -> None:
 def _sign_with(workspace: Path, rsa_pem: bytes, dns_server: DNSServer, *, ed25519_pem: bytes = b"") -> None:
     """Add a [dkim] section to the workspace, its key in a file, the public key in the DNS server."""
     (workspace / "dkim.pem").write_bytes(rsa_pem)
+    (workspace / "dkim.pem").chmod(0o600)
     section = '\n[dkim]\ndomain = "efus.example"\nselector = "mo2026"\nkey_file = "dkim.pem"\n'
     keys = [DkimKey("efus.example", "mo2026", _rsa(rsa_pem))]
     if ed25519_pem:
         (workspace / "dkim-ed25519.pem").write_bytes(ed25519_pem)
+        (workspace / "dkim-ed25519.pem").chmod(0o600)
         section += 'ed25519_selector = "mo2026e"\ned25519_key_file = "dkim-ed25519.pem"\n'
         keys.append(DkimKey("efus.example", "mo2026e", _ed25519(ed25519_pem)))
     with (workspace / "mailout.toml").open("a", encoding="utf-8") as config:
@@ -585,7 +643,9 @@ def test_the_record_mailout_prints_is_the_one_receivers_verify_with(
     workspace: Path, dns_server: DNSServer, rsa_pem: bytes, ed25519_pem: bytes
 ) -> None:
     (workspace / "dkim.pem").write_bytes(rsa_pem)
+    (workspace / "dkim.pem").chmod(0o600)
     (workspace / "ed.pem").write_bytes(ed25519_pem)
+    (workspace / "ed.pem").chmod(0o600)
     with (workspace / "mailout.toml").open("a", encoding="utf-8") as config:
         config.write(
             '\n[dkim]\ndomain = "example.org"\nselector = "mo2026"\nkey_file = "dkim.pem"\n'

@@ -119,6 +119,28 @@ def test_a_dispatch_resumed_after_the_return_path_changed_uses_the_new_one_and_s
     assert collections.Counter(statuses(sending_workspace).values())["queued"] == 0
 
 
+def test_a_resumed_dispatch_without_return_path_keeps_its_own_from_as_envelope(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    """The From is frozen with the dispatch: MAIL FROM follows it, not today's sender.address."""
+    add_subscribers(sending_workspace, people(6))
+    for address, _ in people(6):
+        smtp_server.answer(address, 550, "5.7.1 SPF check failed", times=1)
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 3 and "paused" in out, out
+    first = len(smtp_server.messages)
+    smtp_server.rules.clear()
+    edit_config(sending_workspace, (f'address = "{FROM}"', 'address = "news@other.example"'))
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0 and "resuming dispatch 1" in out, out
+    assert "envelope sender" not in out, out
+    later = smtp_server.messages[first:]
+    assert later
+    for message in later:
+        assert message.message()["From"].addresses[0].addr_spec == FROM
+        assert message.mail_from == FROM
+
+
 def test_status_says_which_key_signed_a_dispatch(
     sending_workspace: Path, smtp_server: SMTPServer, rsa_pem: bytes, ed25519_pem: bytes
 ) -> None:
@@ -126,11 +148,13 @@ def test_status_says_which_key_signed_a_dispatch(
     code, out = run("send", "2019-01", "--list", "members", "--yes")
     assert code == 0, out
     (sending_workspace / "dkim.pem").write_bytes(rsa_pem)
+    (sending_workspace / "dkim.pem").chmod(0o600)
     with (sending_workspace / "mailout.toml").open("a", encoding="utf-8") as config:
         config.write('\n[dkim]\ndomain = "efus.example"\nselector = "mo2026"\nkey_file = "dkim.pem"\n')
     code, out = run("send", "2019-01", "--list", "members", "--yes", "--again")
     assert code == 0, out
     (sending_workspace / "dkim-ed.pem").write_bytes(ed25519_pem)
+    (sending_workspace / "dkim-ed.pem").chmod(0o600)
     edit_config(
         sending_workspace,
         (
@@ -258,12 +282,16 @@ def test_runs_starting_together_record_their_envelope_once(database_url: str) ->
 def test_the_envelope_is_the_return_path_else_the_from_address(tmp_path: Path) -> None:
     (tmp_path / "mailout.toml").write_text(f'[sender]\naddress = "{FROM}"\n', encoding="utf-8")
     assert envelope_sender(load_settings(tmp_path, env={}), 3, 17) == FROM
+    assert envelope_sender(load_settings(tmp_path, env={}), 3, from_address="old@efus.example") == (
+        "old@efus.example"
+    )
     (tmp_path / "mailout.toml").write_text(
         f'[sender]\naddress = "{FROM}"\nreturn_path = "{RETURN_PATH}"\n', encoding="utf-8"
     )
     settings = load_settings(tmp_path, env={})
     assert envelope_sender(settings) == envelope_sender(settings, 3) == envelope_sender(settings, 3, 17)
     assert envelope_sender(settings) == RETURN_PATH
+    assert envelope_sender(settings, 3, from_address="old@efus.example") == RETURN_PATH
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,24 @@ def test_png_from_the_example_issue() -> None:
         (b"<svg xmlns='http://www.w3.org/2000/svg'/>", None),
         (b"", None),
         (b"GIF89a" + bytes(4), None),  # a size of 0 x 0
+        # A PNG header claiming 1 x 2**31-1 pixels: no such picture, no such height attribute.
+        (
+            b"\x89PNG\r\n\x1a\n"
+            + struct.pack(">I", 13)
+            + b"IHDR"
+            + struct.pack(">II", 1, 2**31 - 1)
+            + bytes(2),
+            None,
+        ),
+        # A frame header beyond the first MiB (after a long run of padding segments): not looked for.
+        (
+            b"\xff\xd8" + (b"\xff\xfe" + struct.pack(">H", 65_535) + bytes(65_533)) * 17 + jpeg(10, 10)[2:],
+            None,
+        ),
+        (
+            b"\xff\xd8" + (b"\xff\xfe" + struct.pack(">H", 65_535) + bytes(65_533)) * 15 + jpeg(10, 10)[2:],
+            (10, 10),
+        ),
     ],
 )
 def test_headers(tmp_path: Path, content: bytes, size: tuple[int, int] | None) -> None:

@@ -72,6 +72,7 @@ def test_every_kind_of_message_scores_at_most_a_tenth(
     )
     add_subscribers(workspace, [("sam@public.example", "Sam Reyes")], "public")
     (workspace / "dkim.pem").write_bytes(rsa_pem)
+    (workspace / "dkim.pem").chmod(0o600)
     for signed in (False, True):
         if signed:
             with (workspace / "mailout.toml").open("a", encoding="utf-8") as config:

@@ -573,6 +573,12 @@ URL_REFUSED = ' <>"\\'
 BASE_URL_MAX = 500
 
 
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+#: An envelope address (RFC 5321 Mailbox, dot-atom local part, a domain of two labels or more).
+_ENVELOPE_ADDRESS = re.compile(rf"(?=.{{3,254}}$){_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+")
+
+
 def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
     """Check values across layers; each message names where the wrong value came from."""
 
@@ -614,6 +620,14 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
             "sender.return_path",
             f"{return_path!r} has characters outside ASCII; the envelope sender must be ASCII"
             " (write an international domain in its xn-- form)",
+        )
+    if return_path and not _ENVELOPE_ADDRESS.fullmatch(return_path):
+        # Checked strictly: a server that refuses MAIL FROM (501 5.1.7) fails every delivery.
+        raise fail(
+            "sender.return_path",
+            f"not an address a mail server accepts in MAIL FROM: {return_path!r}"
+            " (a local part of letters, digits and .+-_ without a dot at either end, and a domain"
+            " name such as bounces@mail.example.org)",
         )
     if "://" not in settings.database.url:
         raise fail(
@@ -684,6 +698,13 @@ def _validate_dkim(dkim: Dkim, fail: typing.Callable[[str, str], ConfigError]) -
                 f"dkim.{prefix}selector",
                 f"give the private key in exactly one of dkim.{prefix}key_file (a path) and"
                 f" dkim.{prefix}key_env (an environment variable's name)",
+            )
+        if key_file and ("-----BEGIN" in key_file or "\n" in key_file or len(key_file) > 1024):
+            # Never repeated: this is a private key pasted where its path belongs.
+            raise fail(
+                f"dkim.{prefix}key_file",
+                "holds a key, not a path: put the PEM key in a file readable only by the sending"
+                f" user and give its path, or name an environment variable in dkim.{prefix}key_env",
             )
         if key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_env):
             raise fail(

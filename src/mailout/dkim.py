@@ -34,6 +34,7 @@ current machine, against 10 ms for a pure-Python implementation.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
@@ -399,6 +400,10 @@ def _load_key(settings: Settings, env: Mapping[str, str], prefix: str, kind: typ
                 f"{where}: the environment variable {key_env} is not set (it holds the PEM key)"
             )
         data = env[key_env].encode("utf-8", "replace")
+        if b"\\n" in data and b"\n" not in data.strip():
+            # A PEM squeezed onto one line with its line ends written as \n, as .env files
+            # and CI secret stores often hold it: the same key.
+            data = data.replace(b"\\r\\n", b"\n").replace(b"\\n", b"\n")
         source = f"the environment variable {key_env}"
     try:
         key = serialization.load_pem_private_key(data, password=None)
@@ -435,6 +440,21 @@ def check(settings: Settings, signer: DkimSigner | None) -> list[str]:
                 f"dkim: the RSA key of selector {key.selector} has {key.key.key_size} bits;"
                 f" RFC 8301 asks for {RSA_GOOD_BITS}, and some receivers treat a shorter one as no signature"
             )
+    for prefix in ("", "ed25519_"):
+        key_file = getattr(settings.dkim, f"{prefix}key_file")
+        path = Path(key_file).expanduser() if key_file else None
+        path = path if path is None or path.is_absolute() else settings.root / path
+        with contextlib.suppress(OSError):
+            if path is not None and path.stat().st_mode & 0o077:
+                warnings.append(
+                    f"dkim.{prefix}key_file {key_file} can be read by other users than its owner:"
+                    f" chmod 600 {key_file}"
+                )
+    if 0 < settings.dkim.expire_after < 86_400:
+        warnings.append(
+            f"dkim.expire_after is {settings.dkim.expire_after} s: a message held in a relay's queue"
+            " longer than that fails its check on arrival; a few days is usual"
+        )
     domain = settings.dkim.domain.lower()
     sender = settings.sender.address.rpartition("@")[2].lower()
     if not aligned(domain, sender):

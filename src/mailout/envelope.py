@@ -7,7 +7,9 @@ send loop (``mailer``) and so ``mailout worker``; the local outbox writes the
 same address as the ``Return-Path`` line of its ``.eml`` files.
 
 It is a function of the settings, the dispatch and the delivery, though today
-only ``sender.return_path`` (or ``sender.address`` without it) decides: an
+only ``sender.return_path`` decides, else the message's ``From`` address: the
+dispatch's own, frozen with it, so that a run resumed after ``sender.address``
+changed keeps ``MAIL FROM`` and ``From`` in one domain (SPF alignment); an
 address that names the dispatch and the delivery (VERP, for reading bounces)
 changes this one function.
 """
@@ -18,11 +20,16 @@ from .config import Settings
 
 
 def envelope_sender(
-    settings: Settings, dispatch_id: int | None = None, delivery_id: int | None = None
+    settings: Settings,
+    dispatch_id: int | None = None,
+    delivery_id: int | None = None,
+    *,
+    from_address: str | None = None,
 ) -> str:
     """Return the ``MAIL FROM`` address of a message (of a test when ``dispatch_id`` is None).
 
-    Without ``delivery_id``: the address the dispatch's messages share, as recorded with
-    the dispatch and shown by ``mailout status``.
+    ``from_address`` is the message's ``From`` (a dispatch's, as frozen with it); without
+    it, ``sender.address``. Without ``delivery_id``: the address the dispatch's messages
+    share, as recorded with the dispatch and shown by ``mailout status``.
     """
-    return settings.sender.envelope
+    return settings.sender.return_path or from_address or settings.sender.address

@@ -235,10 +235,12 @@ class Mailer:
         self._dispatch_id: int = dispatch.id
         self._key: str = dispatch.key
         #: The envelope sender (MAIL FROM) of a delivery's message: ``envelope`` decides.
-        self._envelope: Callable[[int], str] = partial(envelope_sender, settings, dispatch.id)
+        self._envelope: Callable[[int], str] = partial(
+            envelope_sender, settings, dispatch.id, from_address=dispatch.from_address
+        )
         #: What this run signs with and the envelope sender it uses, recorded with the dispatch.
         self.signing = self.template.dkim.identity if self.template.dkim else ""
-        self.envelope_sender = envelope_sender(settings, dispatch.id)
+        self.envelope_sender = envelope_sender(settings, dispatch.id, from_address=dispatch.from_address)
         self._batch: int = settings.sending.batch_size
 
     # -- set-up and tear-down ---------------------------------------------------

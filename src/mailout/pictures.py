@@ -15,6 +15,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: JPEG "start of frame" markers (baseline, progressive, ...), which carry the size;
 #: C4, C8 and CC are other segments in the same range.
 JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+#: How far into a JPEG its frame header is looked for (after metadata such as EXIF and
+#: an embedded thumbnail, each segment at most 64 KiB); a header found later is ignored.
+JPEG_SEARCH = 1 << 20
+#: No picture in an email is larger than this on either side; a header saying so is wrong.
+LARGEST = 65_535
 
 
 def pixel_size(path: Path) -> tuple[int, int] | None:
@@ -28,7 +33,7 @@ def pixel_size(path: Path) -> tuple[int, int] | None:
                 width, height = struct.unpack("<HH", head[6:10])
             elif head.startswith(b"\xff\xd8"):
                 file.seek(2)
-                found = _jpeg_size(file.read())
+                found = _jpeg_size(file.read(JPEG_SEARCH))
                 if found is None:
                     return None
                 width, height = found
@@ -36,7 +41,7 @@ def pixel_size(path: Path) -> tuple[int, int] | None:
                 return None
     except (OSError, struct.error):
         return None
-    return (width, height) if width > 0 and height > 0 else None
+    return (width, height) if 0 < width <= LARGEST and 0 < height <= LARGEST else None
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
