@@ -111,13 +111,24 @@ class DNSServer:
                 if reply is not None:
                     self.request.sendall(struct.pack("!H", len(reply)) + reply)
 
-        udp = socketserver.ThreadingUDPServer((self.host, 0), Udp)
+        # UDP takes a free port; TCP the same number, which another socket (a client's
+        # outgoing connection, say) may hold: then both let go and try another port.
+        for attempt in range(50):
+            udp = socketserver.ThreadingUDPServer((self.host, 0), Udp)
+            tcp = socketserver.ThreadingTCPServer(
+                (self.host, udp.server_address[1]), Tcp, bind_and_activate=False
+            )
+            try:
+                tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                tcp.server_bind()
+                tcp.server_activate()
+                break
+            except OSError:
+                udp.server_close()
+                tcp.server_close()
+                if attempt == 49:
+                    raise
         self.port = udp.server_address[1]
-        tcp = socketserver.ThreadingTCPServer((self.host, self.port), Tcp, bind_and_activate=False)
-        tcp.allow_reuse_address = True
-        tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        tcp.server_bind()
-        tcp.server_activate()
         for one in (udp, tcp):
             one.daemon_threads = True
             threading.Thread(target=one.serve_forever, daemon=True).start()

@@ -21,11 +21,12 @@ import pytest
 from click.testing import CliRunner
 
 from mailout.cli import cli
-from mailout.config import Settings, load_settings
+from mailout.config import CHECK_IDS, Settings, load_settings
 from mailout.dkim import DkimKey, load_signer
-from mailout.doctor import CHECK_IDS, Finding, Status, diagnose
+from mailout.doctor import Finding, Status, diagnose
 from mailout.errors import ConfigError
-from mailout.resolver import Lookup, parse_nameserver
+from mailout.net import parse_nameserver
+from mailout.resolver import Lookup
 from mailout.tokens import PUBLIC_KEYS
 from tests.conftest import SECRET_KEY, edit_config
 from tests.dnsserver import DNSServer

@@ -1,6 +1,6 @@
 """``mailout doctor``: is the sending domain set up as Gmail and Yahoo require, and can we send?
 
-Each check has a stable id (``CHECK_IDS``, in the order they run) and gives
+Each check has a stable id (``config.CHECK_IDS``, in the order they run) and gives
 one ``Finding``: ok, a warning, an error, or skipped (switched off in
 ``doctor.skip``, or not applicable), with what is wrong and the exact record
 or setting that fixes it. ``diagnose`` runs them all; ``preflight`` returns
@@ -35,22 +35,6 @@ from .resolver import DnsFailure, Lookup
 from .tokens import GOOD_KEY_LENGTH, check_real_key
 from .transports import SmtpTransport
 
-CHECK_IDS = (
-    "spf-record",
-    "spf-lookups",
-    "spf-authorizes-relay",
-    "dkim-record",
-    "dkim-record-ed25519",
-    "dmarc-record",
-    "dmarc-alignment",
-    "mx-return-path",
-    "mx-unsubscribe",
-    "https-base-url",
-    "smtp-connect",
-    "smtp-tls",
-    "smtp-login",
-    "secret-key",
-)
 NEW_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 #: Networks whose addresses are not what receivers see: a relay here sends from another address.
 _INSIDE = [
@@ -200,7 +184,10 @@ class _Doctor:
     def _relay_addresses(self, host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         """Return the addresses of ``smtp.host``: from DNS, or this machine's for ``localhost`` (RFC 6761)."""
         if host.lower().rstrip(".") == "localhost" or host.lower().endswith(".localhost"):
-            found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            try:
+                found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise DnsFailure(f"{host}: {exc.strerror or exc}") from None
             return list(
                 dict.fromkeys(ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in found)
             )

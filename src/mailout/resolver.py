@@ -14,7 +14,6 @@ turn: a check run before a send must stay quick.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,8 @@ import dns.name
 import dns.nameserver
 import dns.rcode
 import dns.resolver
+
+from .net import parse_nameserver
 
 #: Time-outs after which the DNS servers are taken for unreachable in this run.
 GIVE_UP_AFTER = 2
@@ -46,26 +47,6 @@ class Answer:
     def texts(self) -> list[str]:
         """Return each TXT record's strings joined, as SPF, DKIM and DMARC read them."""
         return [b"".join(r.strings).decode("utf-8", "replace") for r in self.records]
-
-
-def parse_nameserver(entry: str) -> tuple[str, int]:
-    """Return (address, port) from ``"192.0.2.1"``, ``"127.0.0.1:5353"`` or ``"[::1]:5353"``."""
-    match = re.fullmatch(
-        r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([0-9.]+)(?::(\d+))?|([0-9A-Fa-f:]+)", entry.strip()
-    )
-    if match is None:
-        raise ValueError(
-            f"expected an IP address with an optional port, e.g. '127.0.0.1:5353', got {entry!r}"
-        )
-    address = match.group(1) or match.group(3) or match.group(5)
-    port = int(match.group(2) or match.group(4) or 53)
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        raise ValueError(f"expected an IP address with an optional port, got {entry!r}") from None
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port {port} of {entry!r} is not from 1 to 65535")
-    return address, port
 
 
 class Lookup:

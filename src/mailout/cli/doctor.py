@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import click
 
-from ..doctor import Finding, Status, diagnose
 from .state import State, pass_state
 from .terminal import safe
 
-SYMBOLS = {Status.OK: "✓", Status.ERROR: "✗", Status.WARNING: "!", Status.SKIPPED: "-"}
-COLOURS = {Status.OK: "green", Status.ERROR: "red", Status.WARNING: "yellow", Status.SKIPPED: None}
+if TYPE_CHECKING:
+    from ..doctor import Finding
+
+# By the values of doctor.Status. The checks (and dnspython) are imported when a command
+# runs them, not by every command.
+SYMBOLS = {"ok": "✓", "error": "✗", "warning": "!", "skipped": "-"}
+COLOURS = {"ok": "green", "error": "red", "warning": "yellow", "skipped": None}
 
 
 def finding_line(finding: Finding) -> str:
@@ -44,6 +49,8 @@ def doctor_command(state: State, as_json: bool) -> None:
         mailout doctor
         mailout --set doctor.nameservers=203.0.113.53 doctor --json
     """
+    from ..doctor import Status, diagnose
+
     findings = diagnose(state.settings)
     errors = sum(f.status is Status.ERROR for f in findings)
     if as_json:

@@ -17,7 +17,6 @@ from .. import subscribers as people
 from ..dispatching import Ending, Plan, Report, Result, Summary
 from ..dkim import check as check_dkim
 from ..dkim import load_signer
-from ..doctor import preflight
 from ..errors import MailoutError
 from ..links import Links
 from ..mailer import Tally
@@ -45,6 +44,8 @@ def _check_before_sending(state: State, *, refuse: bool) -> None:
     settings = state.settings
     if not settings.smtp.host or not settings.doctor.before_send:
         return
+    from ..doctor import preflight  # DNS code, loaded only when the checks run
+
     errors = preflight(settings)
     if not errors:
         return
