@@ -71,16 +71,16 @@ class DNSServer:
 
     def answer(self, wire: bytes) -> bytes | None:
         """Return the wire-format response to one query (None: leave it unanswered)."""
-        if self.silent:
-            return None
         query = dns.message.from_wire(wire)
-        response = dns.message.make_response(query)
-        response.flags |= dns.flags.AA
         question = query.question[0]
         name = question.name.to_text().lower()
         rdtype = dns.rdatatype.to_text(question.rdtype)
         self.queries.append(name)
         self.questions.append((name, rdtype))
+        if self.silent:
+            return None
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
         texts = self.records.get((name, rdtype))
         if name in self.servfail:
             response.set_rcode(dns.rcode.SERVFAIL)

@@ -325,7 +325,10 @@ def test_an_spf_term_with_a_macro_cannot_be_evaluated_and_is_a_warning(good: Set
 def test_no_dkim_record_is_an_error_whose_fix_is_the_record_dkim_record_prints(good: Setup) -> None:
     good.dns.remove(good.key.record_name, "TXT")
     dkim = good.findings()["dkim-record"]
-    assert dkim.status is Status.ERROR and dkim.message == "no DKIM record at mo2026._domainkey.efus.example"
+    assert dkim.status is Status.ERROR
+    assert dkim.message == (
+        "no DKIM record at mo2026._domainkey.efus.example; the name does not exist in DNS (NXDOMAIN)"
+    )
     code, printed = run("dkim", "record")
     assert code == 0 and dkim.fix.startswith(f"publish {printed.strip()}")
 
@@ -506,6 +509,13 @@ def test_servfail_and_nxdomain_each_say_what_happened(good: Setup) -> None:
     good.edit(('return_path = "bounce@bounces.efus.example"', 'return_path = "bounce@nowhere.example"'))
     found = good.findings()
     assert found["spf-record"].message.startswith("no SPF record at nowhere.example")
+    assert found["spf-record"].message.endswith("the name does not exist in DNS (NXDOMAIN)")
+    good.dns.remove("bounces.efus.example", "TXT")  # the name keeps its MX
+    good.edit(('return_path = "bounce@nowhere.example"', 'return_path = "bounce@bounces.efus.example"'))
+    spf = good.findings()["spf-record"]
+    assert spf.message.endswith("the name exists but has no TXT record")
+    good.dns.add("bounces.efus.example", "TXT", "site-verification=abc")
+    assert good.findings()["spf-record"].message.endswith("its TXT records hold other things")
     assert "nowhere.example has no MX nor address record" in found["mx-return-path"].message
 
 
@@ -746,3 +756,21 @@ def test_a_test_send_warns_of_errors_and_sends(gated: Setup, smtp_server: SMTPSe
     assert code == 0, out
     assert "warning: ✗ dkim-record: no DKIM record at mo2026._domainkey.efus.example" in out
     assert len(smtp_server.wait_for(2)) == 2
+
+
+def test_a_test_send_with_skip_checks_asks_dns_nothing(gated: Setup, smtp_server: SMTPServer) -> None:
+    gated.dns.remove(gated.key.record_name, "TXT")
+    code, out = run("test", "2019-01", "--to", "me@example.org", "--skip-checks")
+    assert code == 0 and "warning: ✗" not in out, out
+    assert gated.dns.questions == [] and len(smtp_server.wait_for(2)) == 2
+
+
+def test_the_local_outbox_is_never_checked_before_sending_and_doctor_skips_smtp(gated: Setup) -> None:
+    edit_config(gated.root, ('host = "127.0.0.1"', 'host = ""'))
+    gated.dns.silent = True  # would make any check fail
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0, out
+    assert gated.dns.questions == []
+    code, out = run("doctor")
+    assert code == 1  # the DNS checks still run, and fail
+    assert "- smtp-connect: no smtp.host: messages go to the local outbox" in out.splitlines()

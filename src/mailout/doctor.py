@@ -95,6 +95,15 @@ class _Doctor:
     def add(self, check: str, status: Status, message: str, fix: str = "") -> None:
         self.findings.append(Finding(check, status, message, fix))
 
+    def _absent(self, name: str, rdtype: str) -> str:
+        """Say how DNS answered a question that found nothing: NXDOMAIN, or no records of the type."""
+        answer = self.lookup.query(name, rdtype)
+        if answer.records:
+            return f"its {rdtype} records hold other things"
+        if answer.exists:
+            return f"the name exists but has no {rdtype} record"
+        return "the name does not exist in DNS (NXDOMAIN)"
+
     def wanted(self, check: str) -> bool:
         """Tell whether to run ``check``; note it skipped when ``doctor.skip`` has it."""
         if check in self.settings.doctor.skip:
@@ -142,7 +151,8 @@ class _Doctor:
             self.add(
                 check,
                 Status.ERROR,
-                f"no SPF record at {domain} (the envelope domain, {_envelope_source(self.settings)})",
+                f"no SPF record at {domain} (the envelope domain, {_envelope_source(self.settings)});"
+                f" {self._absent(domain, 'TXT')}",
                 f'publish {domain}. IN TXT "v=spf1 {self._relay_term()} ~all"',
             )
             return False
@@ -325,7 +335,7 @@ class _Doctor:
             self.add(check, Status.ERROR, f"cannot read the DKIM record: {exc}", _DNS_FIX)
             return
         if not texts:
-            self.add(check, Status.ERROR, f"no DKIM record at {name}", fix)
+            self.add(check, Status.ERROR, f"no DKIM record at {name}; {self._absent(name, 'TXT')}", fix)
             return
         if len(texts) > 1:
             self.add(
