@@ -422,6 +422,9 @@ def test_strict_dmarc_alignment_with_a_subdomain_d_is_an_error(good: Setup, rsa_
         alignment.fix
         == 'set dkim.domain = "efus.example" and publish its key; or relax the DMARC record: adkim=r'
     )
+    # With the record's own check switched off, its strict modes still count.
+    good.edit(("timeout = 2\n", 'timeout = 2\nskip = ["dmarc-record"]\n'))
+    assert good.findings()["dmarc-alignment"].status is Status.ERROR
     # Relaxed (the default), the same domains align.
     good.dns.remove("_dmarc.efus.example", "TXT")
     good.dns.add("_dmarc.efus.example", "TXT", "v=DMARC1; p=quarantine")
@@ -671,6 +674,13 @@ def test_a_check_switched_off_is_skipped_and_does_no_work(good: Setup) -> None:
     assert good.smtp.connections == 0
     code, out = run("doctor")
     assert code == 0, out
+
+
+def test_lines_keep_the_order_of_the_checks_whichever_is_switched_off(good: Setup) -> None:
+    good.edit(("timeout = 2\n", 'timeout = 2\nskip = ["spf-authorizes-relay", "dkim-record"]\n'))
+    found = good.findings()  # asserts the order
+    assert found["spf-authorizes-relay"].status is found["dkim-record"].status is Status.SKIPPED
+    assert found["spf-record"].status is Status.OK
 
 
 def test_an_unknown_check_or_nameserver_is_a_config_error_with_a_suggestion(good: Setup) -> None:
