@@ -30,7 +30,8 @@ demo: $(STAMP)
 	$(BIN)/mailout archive export build/archive
 	$(BIN)/mailout status
 
-## The whole test suite (installs Debian's chromium, postgresql and postfix when missing and root).
+## The whole test suite (installs Debian's chromium, postgresql, postfix and spamassassin when
+## missing and root).
 test: system-deps $(STAMP)
 	$(BIN)/pytest
 

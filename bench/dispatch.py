@@ -2,6 +2,7 @@
 
 Run from the repository root:
   python bench/dispatch.py [--recipients N] [--no-postgres] [--sqlite-synchronous full|normal|both]
+                           [--dkim off|on|both]
 It needs Debian's postfix package for smtp-sink and smtp-source
 (``apt-get install postfix``; the Postfix daemon itself is not used and not started).
 
@@ -23,6 +24,9 @@ production.
 ``--sqlite-synchronous`` writes ``database.sqlite_synchronous`` into the SQLite
 workspaces (default: mailout's own default); ``both`` sends with each, back to
 back for each number of recipients, and prints both rows.
+``--dkim on`` signs every message (RSA-2048, a key made for the run), and the
+ceiling's message is signed too, so smtp-source carries the same bytes;
+``both`` sends unsigned, then signed, back to back, each with its ceiling.
 ``--concurrency`` overrides ``sending.concurrency``; ``--profile FOLDER`` runs
 the mailout process under py-spy (``pip install py-spy``) and writes a flame
 graph per run there (collapsed stacks as text with ``BENCH_PROFILE_RAW=1``); ``--only sqlite|postgresql`` and ``--no-small`` shorten a run.
@@ -117,11 +121,30 @@ def postmaster_pid(server: PostgresServer) -> int:
     return int((server.data_dir / "postmaster.pid").read_text().split()[0])
 
 
-def workspace(folder: Path, url: str, port: int, synchronous: str | None = None) -> Path:
+def dkim_key(folder: Path) -> Path:
+    """An RSA-2048 signing key made for the run (PEM, PKCS#8)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = folder / "dkim.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return path
+
+
+def workspace(
+    folder: Path, url: str, port: int, synchronous: str | None = None, dkim: Path | None = None
+) -> Path:
     folder.mkdir(parents=True)
     database = f'[database]\nurl = "{url}"\n'
     if synchronous is not None:
         database += f'sqlite_synchronous = "{synchronous}"\n'
+    if dkim is not None:
+        database += f'[dkim]\ndomain = "efus.example"\nselector = "bench"\nkey_file = "{dkim}"\n'
     (folder / "mailout.toml").write_text(
         f'[newsletter]\nname = "Efus Newsletter"\npublic_base_url = "https://news.example"\n'
         f'postal_address = "10 rue de l\'Exemple, Paris"\n[sender]\nname = "Efus Newsletter"\naddress = "{SENDER}"\n'
@@ -242,6 +265,7 @@ def run_send(
 def message_file(folder: Path) -> Path:
     """One message exactly as mailout builds it, for smtp-source to send."""
     from mailout.config import load_settings
+    from mailout.dkim import load_signer
     from mailout.issues import load_issue
     from mailout.links import Links
     from mailout.message import Addressing, MessageTemplate
@@ -253,7 +277,9 @@ def message_file(folder: Path) -> Path:
     variant = render_variant(
         load_issue(folder / "issues" / "2019-01" / "issue.yaml"), settings, Segment.MEMBER
     )
-    template = MessageTemplate(variant, Addressing("Efus Newsletter", SENDER, list_name="members"))
+    template = MessageTemplate(
+        variant, Addressing("Efus Newsletter", SENDER, list_name="members"), dkim=load_signer(settings)
+    )
     # The links of a real message: signed tokens, as long as the send loop's.
     links = Links(settings, Signer([SECRET_KEY])).for_messages("2019-01", 1, member=True, sender=SENDER)
     urls = links(1)
@@ -292,6 +318,9 @@ def main() -> None:
         choices=("full", "normal", "both"),
         help="database.sqlite_synchronous for SQLite (default: mailout's); both: each, back to back",
     )
+    parser.add_argument(
+        "--dkim", choices=("off", "on", "both"), default="off", help="sign with DKIM (both: off, then on)"
+    )
     parser.add_argument("--only", choices=["sqlite", "postgresql"], help="one database only")
     parser.add_argument("--no-small", action="store_true", help="skip the run with a tenth of the recipients")
     parser.add_argument("--concurrency", type=int, help="sending.concurrency (default: the default)")
@@ -310,6 +339,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="mailout-dispatch-") as scratch:
             base = Path(scratch)
             flush = flush_latency(base)
+            key = dkim_key(base)
+            signing: tuple[Path | None, ...] = {"off": (None,), "on": (key,), "both": (None, key)}[args.dkim]
             chosen = args.sqlite_synchronous
             modes: tuple[str | None, ...] = ("full", "normal") if chosen == "both" else (chosen,)
             databases = (
@@ -330,11 +361,14 @@ def main() -> None:
                 sizes = (args.recipients,) if args.no_small else (args.recipients, args.recipients // 10)
                 for kind, make_url, synchronous_modes in databases:
                     for n in sizes:
-                        for synchronous in synchronous_modes:
-                            label = kind if synchronous is None else f"{kind} ({synchronous})"
-                            name = f"{kind.lower()}_{synchronous or 'default'}_{n}"
+                        for synchronous, dkim in [(m, d) for m in synchronous_modes for d in signing]:
+                            notes = [note for note in (synchronous, dkim and "DKIM") if note]
+                            label = f"{kind} ({', '.join(notes)})" if notes else kind
+                            name = (
+                                f"{kind.lower()}_{synchronous or 'default'}_{'dkim' if dkim else 'plain'}_{n}"
+                            )
                             url = make_url(name)
-                            folder = workspace(base / name, url, port, synchronous)
+                            folder = workspace(base / name, url, port, synchronous, dkim)
                             fill(url, n)
                             database = (
                                 postmaster_pid(server)

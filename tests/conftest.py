@@ -21,6 +21,7 @@ from tests.postfix import PostfixRelay
 from tests.postfix import unavailable as postfix_unavailable
 from tests.postgres import PostgresServer, find_pg_bin
 from tests.smtpserver import SMTPServer
+from tests.spamassassin import SPAMASSASSIN
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -96,6 +97,15 @@ def _require(what: str, reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{what} is missing in CI: {reason}")
     pytest.skip(f"{what} is not installed ({reason})")
+
+
+@pytest.fixture
+def spamassassin_command() -> str:
+    """Debian's spamassassin command (the rules run offline); skipped only outside CI when absent."""
+    if SPAMASSASSIN is None:
+        _require("spamassassin", "apt-get install spamassassin; `make test` does it as root")
+    assert SPAMASSASSIN is not None
+    return SPAMASSASSIN
 
 
 @pytest.fixture(scope="session")

@@ -79,3 +79,83 @@ def test_member_variant_fits_the_screen(
     assert shot.stat().st_size > 10_000
     assert not errors and not failed, (errors, failed)
     page.close()
+
+
+# Inside the mail's frame: the layout as measured, for the assertions below.
+LAYOUT_JS = """
+() => {
+  const box = e => e.getBoundingClientRect();
+  const shown = e => box(e).width > 0 && getComputedStyle(e).display !== 'none';
+  const columns = cls => Array.from(document.querySelectorAll('.' + cls)).map(c => [box(c).left, box(c).top, box(c).width]);
+  return {
+    viewport: window.innerWidth,
+    body: document.body.clientWidth,
+    scroll: document.documentElement.scrollWidth,
+    narrow: columns('mj-column-per-35'),
+    wide: columns('mj-column-per-65'),
+    overflowing: Array.from(document.body.querySelectorAll('*')).filter(shown)
+      .filter(e => box(e).right > window.innerWidth + 0.5 || box(e).left < -0.5)
+      .map(e => e.tagName + '.' + e.className + ' ' + Math.round(box(e).left) + '-' + Math.round(box(e).right)),
+    images: Array.from(document.images).map(i => [i.getAttribute('src'), box(i).left, box(i).right, i.naturalWidth]),
+  };
+}
+"""
+
+
+@pytest.mark.parametrize("width", [375, 640])
+def test_layout_inside_an_iframe_of_the_phone_width(
+    browser: Any, tmp_path: Path, example_issue: Issue, repo_settings: Settings, width: int
+) -> None:
+    # Headless Chromium makes no window narrower than 500 px (--window-size=375 shows the
+    # desktop layout): the message is measured inside a frame of the width instead.
+    files = write_preview(example_issue, repo_settings, tmp_path / "build")
+    member = next(f for f in files if f.variant.segment == "member")
+    host = member.html_path.parent / "frame.html"
+    host.write_text(
+        f'<!doctype html><html><body style="margin:0"><iframe name="mail" src="{member.html_path.name}"'
+        f' style="width:{width}px;height:3000px;border:0"></iframe></body></html>',
+        encoding="utf-8",
+    )
+    page = browser.new_page(viewport={"width": 1024, "height": 900})
+    page.goto(host.as_uri())
+    page.wait_for_load_state("load")
+    frame = page.frame(name="mail")
+    assert frame is not None
+    layout = frame.evaluate(LAYOUT_JS)
+    assert layout["viewport"] == width
+    assert layout["scroll"] <= width, f"horizontal scrolling in {width}px: {layout['scroll']}px wide"
+    assert not layout["overflowing"], layout["overflowing"]
+    narrow, wide = layout["narrow"], layout["wide"]
+    assert len(narrow) == len(wide) >= 5, "the news, calls and publications cards"
+    images = layout["images"]
+    assert len(images) >= 7 and all(natural > 0 for *_, natural in images), images
+    assert all(left >= 0 and right <= width for _, left, right, _ in images), images
+    for (n_left, n_top, n_width), (w_left, w_top, w_width) in zip(narrow, wide, strict=True):
+        if width == 375:
+            # the mobile layout: the columns stack, each as wide as the message
+            assert abs(n_width - layout["body"]) <= 1 and abs(w_width - layout["body"]) <= 1, (narrow, wide)
+            assert w_top > n_top and n_left == w_left
+        else:
+            # the desktop layout: the picture's column beside the text's, 35% and 65% of 600 px
+            assert abs(n_width - 210) <= 1 and abs(w_width - 390) <= 1, (narrow, wide)
+            assert n_top == w_top and w_left > n_left
+    page.close()
+
+
+def test_dark_mode_keeps_text_readable(
+    browser: Any, tmp_path: Path, example_issue: Issue, repo_settings: Settings
+) -> None:
+    files = write_preview(example_issue, repo_settings, tmp_path / "build")
+    member = next(f for f in files if f.variant.segment == "member")
+    for scheme in ("light", "dark"):
+        page = browser.new_page(viewport={"width": 600, "height": 900}, color_scheme=scheme)
+        page.goto(member.html_path.as_uri())
+        page.wait_for_load_state("load")
+        background = page.evaluate("getComputedStyle(document.querySelector('.mo-content')).backgroundColor")
+        # the dark styles apply (and only in dark mode): the content is no longer white
+        assert (background == "rgb(255, 255, 255)") == (scheme == "light"), (scheme, background)
+        ratios = page.evaluate(CONTRAST_JS)
+        assert len(ratios) > 50
+        low = [(text, round(ratio, 2)) for text, ratio in ratios if ratio < 4.5]
+        assert not low, f"text below WCAG AA contrast (4.5:1) in {scheme} mode: {low}"
+        page.close()

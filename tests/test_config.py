@@ -88,8 +88,28 @@ def test_secrets_come_only_from_the_environment(tmp_path: Path) -> None:
             '[newsletter]\npublic_base_url = "example.org"\n',
             r"newsletter.public_base_url: must be an absolute http\(s\) URL",
         ),
+        (
+            '[newsletter]\npublic_base_url = "https://ville-été.example/news"\n',
+            r"mailout.toml:2: newsletter.public_base_url: must be ASCII without spaces.*xn-- form",
+        ),
+        (
+            '[newsletter]\npublic_base_url = "https://news.example/a b"\n',
+            r"newsletter.public_base_url: must be ASCII without spaces",
+        ),
+        (
+            '[newsletter]\npublic_base_url = "https://news.example/>x"\n',
+            r"newsletter.public_base_url: must be ASCII without spaces",
+        ),
+        (
+            f'[newsletter]\npublic_base_url = "https://news.example/{"x" * 480}"\n',
+            r"newsletter.public_base_url: is 501 characters long; at most 500",
+        ),
         ('[sender]\naddress = "not-an-address"\n', r"sender.address: not an email address"),
         ('[sender]\nreturn_path = "bounces@"\n', r"mailout.toml:2: sender.return_path: not an email address"),
+        (
+            '[sender]\nreturn_path = "rebonds@été.example"\n',
+            r"mailout.toml:2: sender.return_path: .* outside ASCII; the envelope sender must be ASCII",
+        ),
         (
             '[sender]\nreturn_path = "a@b.example>\\r\\nRCPT TO:<x@y>"\n',
             r"sender.return_path: not an email address",

@@ -315,3 +315,16 @@ def test_a_long_subject_folds_in_every_script() -> None:
         raw = _build(subject=subject)
         _check_lines(raw, address="ana@example.org")
         assert _parse(raw)["Subject"] == subject
+
+
+def test_the_feedback_id_is_written_once_per_variant_for_every_recipient() -> None:
+    value = "7:members:2019-01:efus.example"
+    template = MessageTemplate(_variant(), ADDRESSING, feedback_id=value)
+    assert f"Feedback-ID: {value}\r\n".encode() in template.shared_headers
+    for name, address in (("Ana", "ana@example.org"), ("Bob", "bob@example.org")):
+        raw = template.build(
+            to_name=name, to_address=address, message_id=f"m.{name}@efus.example",
+            recipient=RECIPIENT, unsubscribe_mailto=MAILTO,
+        )  # fmt: skip
+        assert _parse(raw).get_all("Feedback-ID") == [value]
+    assert "Feedback-ID" not in _parse(_build()), "none unless asked"

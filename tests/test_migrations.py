@@ -70,7 +70,8 @@ def rows() -> dict[str, list[dict[str, Any]]]:
 
     A column added by a later migration holds the value the upgrade must give it
     (``email_key``: the address lower-cased; ``generation``: the dispatches of an issue to
-    a list numbered in id order; ``process``: ""); the test refuses rows that lack a column.
+    a list numbered in id order; ``process``: ""; ``signing`` and ``envelope_sender``: NULL,
+    not known); the test refuses rows that lack a column.
     """
     data: dict[str, list[dict[str, Any]]] = {table: [] for table in TABLES}
     data["lists"] = [
@@ -151,6 +152,9 @@ def rows() -> dict[str, list[dict[str, Any]]]:
         "from_name": "Efus – Zoë's newsletter",
         "from_address": "newsletter@efus.example",
         "reply_to": "team@efus.example",
+        # Sent before mailout recorded the signing identity and the envelope sender (0007).
+        "signing": None,
+        "envelope_sender": None,
     }
     data["dispatches"] = [
         {

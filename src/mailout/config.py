@@ -605,17 +605,33 @@ def _coerce_number(value: Any, hint: type[float], source: str) -> float:
     return number
 
 
+#: Characters refused in ``newsletter.public_base_url`` besides non-ASCII and control characters.
+URL_REFUSED = ' <>"\\'
+#: The longest ``newsletter.public_base_url``: its unsubscribe links stay one header line.
+BASE_URL_MAX = 500
+
+
 def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
     """Check values across layers; each message names where the wrong value came from."""
 
     def fail(dotted: str, message: str) -> ConfigError:
         return ConfigError(f"{sources.get(dotted, f'{dotted} (built-in default)')}: {message}")
 
-    url = urlsplit(settings.newsletter.public_base_url)
+    base_url = settings.newsletter.public_base_url
+    url = urlsplit(base_url)
     if url.scheme not in ("http", "https") or not url.netloc:
+        raise fail("newsletter.public_base_url", f"must be an absolute http(s) URL, got {base_url!r}")
+    if not base_url.isascii() or any(c in base_url for c in URL_REFUSED) or not base_url.isprintable():
+        # It goes as it is into List-Unsubscribe, a header of ASCII without spaces.
         raise fail(
             "newsletter.public_base_url",
-            f"must be an absolute http(s) URL, got {settings.newsletter.public_base_url!r}",
+            f"must be ASCII without spaces, quotes or angle brackets, got {base_url!r}"
+            " (write an international domain in its xn-- form and percent-encode the path)",
+        )
+    if len(base_url) > BASE_URL_MAX:
+        # With an unsubscribe token it must fit in one line of List-Unsubscribe (998 at most).
+        raise fail(
+            "newsletter.public_base_url", f"is {len(base_url)} characters long; at most {BASE_URL_MAX}"
         )
     if "@" not in settings.sender.address or any(c in settings.sender.address for c in " \r\n<>"):
         raise fail("sender.address", f"not an email address: {settings.sender.address!r}")
@@ -629,6 +645,14 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
         or any(c in return_path for c in ' \t\r\n\0<>,;:"()[]\\')
     ):
         raise fail("sender.return_path", f"not an email address: {return_path!r}")
+    if not return_path.isascii():
+        # A non-ASCII envelope sender needs SMTPUTF8 at every server on the way, and a bounce
+        # to it would be refused by those without it: bounces would be lost, unseen.
+        raise fail(
+            "sender.return_path",
+            f"{return_path!r} has characters outside ASCII; the envelope sender must be ASCII"
+            " (write an international domain in its xn-- form)",
+        )
     if "://" not in settings.database.url:
         raise fail(
             "database.url", f"not a database URL: {settings.database.url!r} (e.g. sqlite:///mailout.db)"

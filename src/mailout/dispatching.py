@@ -173,6 +173,11 @@ class Report(Summary):
     unknown: list[str] = field(default_factory=list)
     #: Failed deliveries refused for a policy reason (5.7.x): ``send --retry-policy`` retries them.
     refused: int = 0
+    #: Who signed its messages, per send run that changed it, oldest first ("": not signed);
+    #: None when it was sent before mailout recorded it (see ``outbox.RunRecord``).
+    signing: tuple[str, ...] | None = None
+    #: The envelope sender (MAIL FROM) of its messages, the same way.
+    envelope_sender: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -463,7 +468,11 @@ def report(engine: Engine, dispatch_id: int) -> Report:
         failures = [Failure(r, n) for r, n in outbox.failure_replies(session, dispatch_id)]
         unknown = [email for _, email in outbox.unknown_deliveries(session, dispatch_id)]
         refused = len(_policy_refusals(session, dispatch_id))
-    return Report(**vars(summary), failures=failures, unknown=unknown, refused=refused)
+        ran = outbox.run_record(session, dispatch_id)
+    return Report(
+        **vars(summary), failures=failures, unknown=unknown, refused=refused,
+        signing=ran.signing, envelope_sender=ran.envelope_sender,
+    )  # fmt: skip
 
 
 def unfinished(engine: Engine, dispatch_id: int | None = None) -> list[Summary]:

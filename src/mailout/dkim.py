@@ -9,7 +9,8 @@ messages that share most of their body.
 What is signed, and why:
 
 - ``h=`` names From, Reply-To, To, Subject, Date, Message-ID, MIME-Version,
-  Content-Type, List-Id, List-Unsubscribe and List-Unsubscribe-Post, each
+  Content-Type, List-Id, List-Unsubscribe, List-Unsubscribe-Post and
+  Feedback-ID (Gmail counts complaints by it only under the sender's signature), each
   once more than the message has it ("over-signing"): a verifier then hashes
   an empty header for the extra name, so a header of these names added on
   the way (a second From, a List-Unsubscribe pointing elsewhere) breaks the
@@ -65,6 +66,7 @@ SIGNED_HEADERS = (
     "list-id",
     "list-unsubscribe",
     "list-unsubscribe-post",
+    "feedback-id",
 )
 #: Below this an RSA key is refused: RFC 8301 forbids verifiers to accept it.
 RSA_MIN_BITS = 1024
@@ -275,6 +277,11 @@ class DkimSigner:
         self.expire_after = expire_after
         self.clock = clock
         self.headers = tuple(h.lower() for h in headers)
+
+    @property
+    def identity(self) -> str:
+        """Say who signs: ``d=DOMAIN s=SELECTOR (ALGORITHM)`` for each key, comma-separated."""
+        return ", ".join(f"d={k.domain} s={k.selector} ({k.algorithm})" for k in self.keys)
 
     def sign(self, message: bytes) -> bytes:
         """Return the DKIM-Signature header lines for a whole message (CRLF line ends)."""

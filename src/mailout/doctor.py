@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from . import dmarc, spf
 from .config import CHECK_IDS, Settings
 from .dkim import DkimKey, load_signer
+from .envelope import envelope_sender
 from .errors import ConfigError
 from .links import Links
 from .net import is_loopback
@@ -82,7 +83,10 @@ class _Doctor:
         self.real = bool(settings.smtp.host)
         #: What sending for real requires: an error with smtp.host, a warning for the outbox.
         self.severe = Status.ERROR if self.real else Status.WARNING
-        self.envelope = domain_of(settings.sender.envelope)
+        #: The envelope sender's domain, where receivers read SPF (the address from the one function
+        #: that decides it for every message).
+        self.return_path = envelope_sender(settings)
+        self.envelope = domain_of(self.return_path)
         self.author = domain_of(settings.sender.address)
         self.findings: list[Finding] = []
         self._spf_record = ""
@@ -449,7 +453,7 @@ class _Doctor:
     # --- MX, the base URL -------------------------------------------------------------------
 
     def _mx(self) -> None:
-        envelope = self.settings.sender.envelope
+        envelope = self.return_path
         for check, domain, what in (
             ("mx-return-path", self.envelope, f"bounces to {envelope}"),
             ("mx-unsubscribe", self.author, f"unsubscribe requests to unsubscribe@{self.author}"),

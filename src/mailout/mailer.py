@@ -40,9 +40,10 @@ from . import outbox
 from . import subscribers as people
 from .config import Settings
 from .dkim import load_signer
+from .envelope import envelope_sender
 from .errors import MailoutError
 from .links import Links
-from .message import Addressing, MessageTemplate, message_id
+from .message import Addressing, MessageTemplate, feedback_id, message_id
 from .models import DeliveryStatus, Dispatch, MailingList, utcnow
 from .render import Recipient, first_name
 from .segments import Segment
@@ -168,6 +169,25 @@ def recovery_notices(recovered: outbox.Recovery) -> list[str]:
     return lines
 
 
+def _signed(identity: str) -> str:
+    return f"signed with {identity}" if identity else "not signed"
+
+
+def changed_since(before: outbox.RunRecord, signing: str, envelope: str) -> list[str]:
+    """Say what this run does differently from the dispatch's run before it (a new key, a new return path)."""
+    lines = []
+    if before.signing is not None and before.signing[-1] != signing:
+        lines.append(
+            f"the messages of the run before were {_signed(before.signing[-1])}; this run's are {_signed(signing)}"
+        )
+    if before.envelope_sender is not None and before.envelope_sender[-1] != envelope:
+        lines.append(
+            f"the messages of the run before had the envelope sender {before.envelope_sender[-1]};"
+            f" this run's have {envelope} (sender.return_path)"
+        )
+    return lines
+
+
 class Mailer:
     """Sends one dispatch until it is finished, paused or stopped."""
 
@@ -197,12 +217,14 @@ class Mailer:
         self.policy_streak = 0
         self.errors: list[BaseException] = []
         variant = outbox.frozen_variant(dispatch)
+        addressing = Addressing(
+            dispatch.from_name, dispatch.from_address, dispatch.reply_to, lst.name, lst.description
+        )
         self.template = MessageTemplate(
             variant,
-            Addressing(
-                dispatch.from_name, dispatch.from_address, dispatch.reply_to, lst.name, lst.description
-            ),
+            addressing,
             dkim=load_signer(settings),
+            feedback_id=feedback_id(str(dispatch.id), lst.name, dispatch.issue, addressing.domain),
         )
         self.links = Links(settings, signer).for_messages(
             dispatch.issue, lst.id, member=dispatch.segment == Segment.MEMBER, sender=dispatch.from_address
@@ -212,7 +234,11 @@ class Mailer:
         # What every message needs, read once: attributes of an ORM object cost a lookup each time.
         self._dispatch_id: int = dispatch.id
         self._key: str = dispatch.key
-        self._sender: str = dispatch.from_address
+        #: The envelope sender (MAIL FROM) of a delivery's message: ``envelope`` decides.
+        self._envelope: Callable[[int], str] = partial(envelope_sender, settings, dispatch.id)
+        #: What this run signs with and the envelope sender it uses, recorded with the dispatch.
+        self.signing = self.template.dkim.identity if self.template.dkim else ""
+        self.envelope_sender = envelope_sender(settings, dispatch.id)
         self._batch: int = settings.sending.batch_size
 
     # -- set-up and tear-down ---------------------------------------------------
@@ -221,6 +247,11 @@ class Mailer:
         """Register this process; take over from gone ones, and say so. Returns what was recovered."""
         timeout = self.settings.sending.worker_timeout
         with self.engine.begin() as conn:
+            # First, so that the dispatch's row is locked before any delivery's, in the order
+            # `send` takes them when it resumes a dispatch (PostgreSQL would see a deadlock).
+            before = outbox.record_run(
+                conn, self.dispatch.id, signing=self.signing, envelope_sender=self.envelope_sender
+            )
             settle = settle_in_flight(self.transport, self.dispatch)
             recovered = outbox.recover(conn, self.dispatch.id, timeout, settle)
             others = outbox.live_workers(conn, self.dispatch.id, timeout)
@@ -232,6 +263,8 @@ class Mailer:
                 )
             outbox.register_worker(conn, self.dispatch.id, self.worker)
         for line in recovery_notices(recovered):
+            self.notice(line)
+        for line in changed_since(before, self.signing, self.envelope_sender):
             self.notice(line)
         self._share_rate(len(others) + 1)
         return recovered
@@ -404,7 +437,7 @@ class Mailer:
     def _start(self, connection: Connection, claimed: outbox.Claimed, data: bytes) -> Outcome | None:
         """Put one message on the wire; return None, or how to record why it did not go out whole."""
         try:
-            connection.start(self._sender, claimed.email, data)
+            connection.start(self._envelope(claimed.id), claimed.email, data)
         except PermanentFailure as failure:
             return partial(self._failed, claimed=claimed, failure=failure)
         except TemporaryFailure as failure:

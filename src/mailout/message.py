@@ -18,6 +18,7 @@ folded.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import secrets
@@ -105,6 +106,7 @@ class MessageTemplate:
         *,
         subject: str | None = None,
         dkim: DkimSigner | None = None,
+        feedback_id: str = "",
     ) -> None:
         self.variant = variant
         self.addressing = addressing
@@ -121,6 +123,9 @@ class MessageTemplate:
             b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" + CRLF,
             f'Content-Type: multipart/alternative;\r\n boundary="{self.boundary}"'.encode("ascii") + CRLF,
         ]
+        if feedback_id:
+            # Per dispatch, not per recipient: written (and DKIM-hashed) once per variant.
+            shared.append(b"Feedback-ID: " + feedback_id.encode("ascii") + CRLF)
         if addressing.reply_to:
             shared.insert(1, address_header("Reply-To", "", addressing.reply_to))
         self.shared_headers = b"".join(shared)
@@ -188,6 +193,31 @@ class MessageTemplate:
             return message
         values = [text_values[k] for k in self.text.keys] + [html_values[k] for k in self.html.keys]
         return self.dkim.sign_parts(headers, self.dkim_body.digest(values)) + message
+
+
+#: What may stand in a Feedback-ID field: no colon (it separates the fields), no space, ASCII.
+_NOT_IN_FIELD = re.compile(r"[^A-Za-z0-9._-]+")
+#: The longest field: the header cannot be folded, so its length is kept well within 998.
+FIELD_MAX = 64
+
+
+def feedback_id(campaign: str, list_name: str, issue: str, sender_domain: str) -> str:
+    """Return the value of the ``Feedback-ID`` header: ``campaign:list:issue:sender``.
+
+    Gmail's feedback loop counts complaints per value of each field, the last one
+    naming the sender for good. ``campaign`` is the dispatch's number (``test`` for
+    ``mailout test``); ``sender_domain`` is the domain of the From address. Each field
+    keeps ASCII letters, digits, ".", "_" and "-"; any other run of characters becomes
+    one "-", and a field is cut to 64 characters.
+    """
+    # An international domain as DNS writes it; one that is no valid name is replaced below.
+    with contextlib.suppress(UnicodeError):
+        sender_domain = sender_domain.encode("idna").decode("ascii")
+    fields = []
+    for value in (campaign, list_name, issue, sender_domain):
+        field = _NOT_IN_FIELD.sub("-", value).strip("-")[:FIELD_MAX]
+        fields.append(field or "-")
+    return ":".join(fields)
 
 
 def message_id(dispatch_key: str, delivery_id: int, domain: str) -> str:

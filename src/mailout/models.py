@@ -202,6 +202,13 @@ class Dispatch(Base):
     paused_reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Who signed the messages, one line per send run that changed it, oldest first:
+    #: ``d=DOMAIN s=SELECTOR (ALGORITHM)`` per key, comma-separated; an empty line: not
+    #: signed. NULL: sent before mailout recorded it. Written when a run starts.
+    signing: Mapped[str | None] = mapped_column(Text)
+    #: The envelope sender (MAIL FROM) of its messages, as ``signing``: one line per run
+    #: that changed it, oldest first; NULL: sent before mailout recorded it.
+    envelope_sender: Mapped[str | None] = mapped_column(Text)
 
 
 class Delivery(Base):

@@ -341,6 +341,61 @@ def register_worker(conn: Connection, dispatch_id: int, name: str) -> None:
     )
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """What a dispatch's messages were sent with, one item per send run that changed it, oldest first.
+
+    ``signing``: ``d=DOMAIN s=SELECTOR (ALGORITHM)`` per key, comma-separated, or "" for
+    not signed. None: the dispatch was sent before mailout recorded it (or no run started).
+    """
+
+    signing: tuple[str, ...] | None
+    envelope_sender: tuple[str, ...] | None
+
+
+def _history(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value.split("\n"))
+
+
+def run_record(conn: Connection | Session, dispatch_id: int) -> RunRecord:
+    """Return the signing identities and envelope senders the dispatch's runs used."""
+    row = conn.execute(
+        select(Dispatch.signing, Dispatch.envelope_sender).where(Dispatch.id == dispatch_id)
+    ).one()
+    return RunRecord(_history(row.signing), _history(row.envelope_sender))
+
+
+def _then(column: Any, value: str) -> ColumnElement[str]:
+    """Return ``column`` with ``value`` as its last line: unchanged when it is so already."""
+    new = literal(value, String)
+    tail = literal("\n" + value, String)
+    return case(
+        (column.is_(None), new),
+        (column == new, column),
+        (func.substr(column, func.length(column) - func.length(tail) + 1) == tail, column),
+        else_=column + tail,
+    )
+
+
+def record_run(conn: Connection, dispatch_id: int, *, signing: str, envelope_sender: str) -> RunRecord:
+    """Record that a send run of the dispatch starts with this signing identity and envelope sender.
+
+    Each column keeps one line per run that changed it, oldest first (a run like the one
+    before adds nothing), in one statement: two processes starting together add one line.
+    Returns what was recorded before.
+    """
+    before = run_record(conn, dispatch_id)
+    conn.execute(
+        update(Dispatch)
+        .where(Dispatch.id == dispatch_id)
+        .values(
+            signing=_then(Dispatch.signing, signing),
+            envelope_sender=_then(Dispatch.envelope_sender, envelope_sender),
+        )
+    )
+    return before
+
+
 def heartbeat(conn: Connection, name: str) -> None:
     conn.execute(update(Worker).where(Worker.id == name).values(heartbeat_at=utcnow()))
 

@@ -26,6 +26,7 @@ from typing import Any, Generic, TypeVar
 import jinja2
 import mjml
 import premailer
+from lxml import etree
 
 from . import markup
 from .config import Settings
@@ -34,6 +35,7 @@ from .headers import one_line
 from .issues import Issue, Item, Section, is_url
 from .links import Links, private_picture_path
 from .paths import display_path
+from .pictures import pixel_size, scaled_height
 from .segments import Segment
 
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates" / "email"
@@ -41,6 +43,13 @@ BUILTIN_TEMPLATES = Path(__file__).parent / "templates" / "email"
 FIELDS = ("first_name", "unsubscribe_url", "view_url")
 #: A document as text (a variant) or as bytes (its encoded part in a message).
 Doc = TypeVar("Doc", str, bytes)
+#: How many characters an inbox shows of the preview line, at most (Gmail and Apple Mail
+#: show about 100-140): the hidden preheader is padded to this length, so the first
+#: words of the body ("View this email in your browser") stay out of the preview.
+PREVIEW_LENGTH = 150
+#: One unit of the padding: a zero-width non-joiner and a no-break space. The
+#: non-joiner stops clients from collapsing the spaces into one.
+PREVIEW_FILLER = "\u200c\u00a0"
 
 
 def first_name(name: str) -> str:
@@ -193,10 +202,11 @@ def render_variant(
     visible = visible_sections(issue, segment)
     shown = sum(len(items) for _, items in visible)
     hidden = sum(len(s.items) for s in issue.sections) - shown
-    context = _template_context(issue, settings, segment, visible, hidden, tokens)
+    sizes: dict[str, tuple[int, int]] = {}
+    context = _template_context(issue, settings, segment, visible, hidden, tokens, sizes)
     mjml_source = _render_template(env, "layout.mjml.j2", context)
     text = _render_template(env, "layout.txt.j2", context)
-    html_out = _to_html(mjml_source, settings)
+    html_out = _to_html(mjml_source, settings, sizes)
     return Variant(
         slug=issue.slug,
         segment=segment,
@@ -219,8 +229,12 @@ def _template_context(
     visible: list[tuple[Section, tuple[Item, ...]]],
     hidden: int,
     tokens: Mapping[str, str],
+    sizes: dict[str, tuple[int, int]],
 ) -> dict[str, Any]:
-    """Return what the templates see: the visible sections, the teaser, links and placeholders."""
+    """Return what the templates see: the visible sections, the teaser, links and placeholders.
+
+    ``sizes`` collects the pixel size of every local picture the template asks a URL for.
+    """
     teaser = (
         settings.newsletter.members_teaser.format(count=hidden, s="" if hidden == 1 else "s")
         if hidden
@@ -232,7 +246,11 @@ def _template_context(
     def asset_url(name: str) -> str:
         if is_url(name):
             return name
-        return links.picture(issue.slug, private_image_path(issue, name) if name in private else name)
+        url = links.picture(issue.slug, private_image_path(issue, name) if name in private else name)
+        size = pixel_size(issue.folder / name)
+        if size is not None:
+            sizes[url] = size
+        return url
 
     return {
         "issue": issue,
@@ -246,7 +264,13 @@ def _template_context(
         "language": issue.language or settings.newsletter.language,
         "placeholder": {key: token for token, key in tokens.items()},
         "asset_url": asset_url,
+        "preheader_filler": preview_filler(issue.preheader),
     }
+
+
+def preview_filler(preheader: str) -> str:
+    """Return the invisible padding after ``preheader`` that fills an inbox's preview line."""
+    return PREVIEW_FILLER * max(0, PREVIEW_LENGTH - len(preheader))
 
 
 def _variant_warnings(
@@ -332,7 +356,7 @@ def _template_frame(exc: BaseException) -> str:
     return f"{display_path(Path(frames[-1].filename))}:{frames[-1].lineno}" if frames else ""
 
 
-def _to_html(mjml_source: str, settings: Settings) -> str:
+def _to_html(mjml_source: str, settings: Settings, sizes: Mapping[str, tuple[int, int]]) -> str:
     try:
         # fonts={}: MJML would otherwise link a web font from a remote host.
         converted = mjml.mjml2html(mjml_source, disable_comments=True, fonts={})
@@ -343,19 +367,37 @@ def _to_html(mjml_source: str, settings: Settings) -> str:
         )
         suspects = f" (workspace templates in use: {', '.join(overrides)})" if overrides else ""
         raise TemplateError(f"the rendered MJML is not valid: {exc}{suspects}") from None
+    page = etree.fromstring(converted.strip(), etree.HTMLParser())
     inliner = premailer.Premailer(
-        converted,
         allow_network=False,  # never fetch anything: no remote CSS, and no crash offline
         cssutils_logging_level=logging.CRITICAL,  # cssutils warns on every vendor property
         keep_style_tags=False,
         remove_classes=False,
         strip_important=False,
         disable_validation=True,
+        # MJML writes the pixel width of every image and table; premailer would replace
+        # it with the CSS width (width="100%"), which Outlook reads as the file's own width.
+        disable_basic_attributes=["width", "height"],
     )
-    inlined: str = inliner.transform()
-    if not inlined.lstrip().lower().startswith("<!doctype"):
-        inlined = "<!doctype html>\n" + inlined
-    return inlined
+    inliner.transform(page)  # in place: a <style data-premailer="ignore"> stays as written
+    _size_images(page, sizes)
+    inlined: str = etree.tostring(page, method="html", encoding="unicode", pretty_print=True)
+    return "<!doctype html>\n" + inlined
+
+
+def _size_images(page: Any, sizes: Mapping[str, tuple[int, int]]) -> None:
+    """Give every image a pixel ``height`` for its pixel ``width`` where its file's size is known.
+
+    Outlook for Windows ignores CSS sizes; without both attributes it shows a picture
+    at its own size. MJML's ``height="auto"`` is not valid HTML and is dropped.
+    """
+    for img in page.iter("img"):
+        width = img.get("width", "")
+        size = sizes.get(img.get("src", ""))
+        if width.isdigit() and size is not None:
+            img.set("height", str(scaled_height(size, int(width))))
+        elif not img.get("height", "").isdigit():
+            img.attrib.pop("height", None)
 
 
 def _tidy_text(text: str) -> str:

@@ -131,6 +131,9 @@ class Transport(Protocol):
 class OutboxTransport:
     """Writes each message as an .eml file that any mail program opens.
 
+    The file starts with a ``Return-Path`` line holding the envelope sender, as a
+    mailbox shows a delivered message; what follows is exactly what SMTP would carry.
+
     A message is written to a temporary file named after its Message-ID, then renamed
     to its final name, also from the Message-ID: so the folder alone says whether a
     message was delivered, and a temporary file left by a killed process is not a delivery.
@@ -210,6 +213,9 @@ class OutboxConnection:
         try:
             handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=f"{TEMPORARY}{stem}-", suffix=".eml")
             with os.fdopen(handle, "wb") as out:
+                # The envelope sender, where a delivering server puts it: a first line of its
+                # own, above the DKIM signature, which does not cover it.
+                out.write(b"Return-Path: <" + sender.encode("utf-8") + b">\r\n")
                 out.write(data)
                 out.flush()
                 os.fsync(out.fileno())

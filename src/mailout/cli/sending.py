@@ -17,10 +17,11 @@ from .. import subscribers as people
 from ..dispatching import Ending, Plan, Report, Result, Summary
 from ..dkim import check as check_dkim
 from ..dkim import load_signer
+from ..envelope import envelope_sender
 from ..errors import MailoutError
 from ..links import Links
 from ..mailer import Tally
-from ..message import Addressing, MessageTemplate
+from ..message import Addressing, MessageTemplate, feedback_id
 from ..models import FINAL
 from ..render import Recipient, render_issue
 from ..segments import Segment
@@ -101,16 +102,19 @@ def test_command(state: State, name: str, addresses: tuple[str, ...], skip_check
     issue = state.issue(name)
     transport = make_transport(settings)
     urls = Links(settings).test_message(issue.slug)
+    sender = envelope_sender(settings)
     connection = transport.connect()
     try:
         for segment, variant in render_issue(issue, settings).items():
+            addressing = Addressing(
+                settings.sender.name, settings.sender.address, settings.sender.reply_to, f"test-{segment}"
+            )
             template = MessageTemplate(
                 variant,
-                Addressing(
-                    settings.sender.name, settings.sender.address, settings.sender.reply_to, f"test-{segment}"
-                ),
+                addressing,
                 subject=f"[TEST {segment}] {variant.subject}",
                 dkim=dkim,
+                feedback_id=feedback_id("test", f"test-{segment}", issue.slug, addressing.domain),
             )
             for address in targets:
                 data = template.build(
@@ -122,7 +126,7 @@ def test_command(state: State, name: str, addresses: tuple[str, ...], skip_check
                     unsubscribe_mailto=urls.unsubscribe_mailto,
                 )
                 try:
-                    reply = connection.send(settings.sender.address, address, data)
+                    reply = connection.send(sender, address, data)
                 except DeliveryFailure as failure:
                     raise MailoutError(f"test {segment} to {address}: {failure}") from None
                 click.echo(f"[TEST {segment}] to {address}: {safe(reply)}")
@@ -437,6 +441,10 @@ def _print_report(report: Report) -> None:
     click.echo(_adds_up(report))
     if report.seconds:
         click.echo(f"time: {report.seconds:,.0f} s, {report.rate:,.1f} messages/s")
+    click.echo(
+        _history("signed", report.signing, report.done, lambda s: f"signed: {s}" if s else "not signed")
+    )
+    click.echo(_history("envelope sender", report.envelope_sender, report.done, "envelope sender: {}".format))
     if report.paused_reason:
         click.echo(f"paused: {report.paused_reason}")
     if report.failures:
@@ -452,6 +460,17 @@ def _print_report(report: Report) -> None:
         )
         for email in report.unknown:
             click.echo(f"  {email}")
+
+
+def _history(what: str, runs: tuple[str, ...] | None, done: int, show: Callable[[str], str]) -> str:
+    """Say what the dispatch's runs used: the latest, then the earlier ones that differed."""
+    if runs is None:
+        why = "sent before mailout recorded it" if done else "no send run has started"
+        return f"{what}: unknown ({why})"
+    latest = safe(show(runs[-1]))
+    if len(runs) == 1:
+        return latest
+    return f"{latest} (earlier runs: {'; '.join(safe(show(r)) for r in runs[:-1])})"
 
 
 @click.command("status")
