@@ -206,6 +206,11 @@ port = {smtp_server.port}
 security = "plain"
 timeout = 5
 
+[doctor]
+# The loopback server stands in for a relay: no real domain is set up for these sends, and
+# tests/test_doctor.py tests the checks that `send` runs first against a test DNS server.
+before_send = false
+
 [sending]
 concurrency = 2
 batch_size = 5

@@ -27,7 +27,8 @@ The faults, each produced by the server itself on the wire:
         received.raw, received.rcpt_tos, received.message()["Subject"]
 
 With ``tls=True`` it offers STARTTLS with a self-signed certificate for
-``localhost`` and ``127.0.0.1`` (``cert_pem``, ``cert_file``, ``client_context()``);
+``localhost`` and ``127.0.0.1`` (``cert_pem``, ``cert_file``, ``client_context()``), or for
+the names of ``cert_names`` only (a certificate for another host);
 with a ``username`` and ``password`` it offers AUTH PLAIN and LOGIN and refuses
 MAIL FROM until the client has logged in. With ``smtputf8=True`` it offers
 SMTPUTF8 (RFC 6531), for addresses that are not ASCII.
@@ -157,7 +158,7 @@ def tls_available() -> bool:
     return importlib.util.find_spec("cryptography") is not None or shutil.which("openssl") is not None
 
 
-def _certificate_with_cryptography() -> tuple[bytes, bytes]:
+def _certificate_with_cryptography(names: tuple[str, ...] = ()) -> tuple[bytes, bytes]:
     """Make a self-signed certificate and its key (PEM) with the cryptography package."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -165,7 +166,11 @@ def _certificate_with_cryptography() -> tuple[bytes, bytes]:
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOSTNAME)])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else HOSTNAME)])
+    alternatives: list[x509.GeneralName] = [x509.DNSName(n) for n in names] or [
+        x509.DNSName(HOSTNAME),
+        x509.IPAddress(ipaddress.ip_address(HOST)),
+    ]
     now = datetime.datetime.now(datetime.UTC)
     public = key.public_key()
     certificate = (
@@ -177,7 +182,7 @@ def _certificate_with_cryptography() -> tuple[bytes, bytes]:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=2))
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(HOSTNAME), x509.IPAddress(ipaddress.ip_address(HOST))]),
+            x509.SubjectAlternativeName(alternatives),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -191,7 +196,7 @@ def _certificate_with_cryptography() -> tuple[bytes, bytes]:
     return certificate.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def _certificate_with_openssl(openssl: str) -> tuple[bytes, bytes]:
+def _certificate_with_openssl(openssl: str, names: tuple[str, ...] = ()) -> tuple[bytes, bytes]:
     """Make a self-signed certificate and its key (PEM) with the openssl command."""
     with tempfile.TemporaryDirectory(prefix="smtpserver-") as folder:
         cert, key = Path(folder) / "cert.pem", Path(folder) / "key.pem"
@@ -200,8 +205,10 @@ def _certificate_with_openssl(openssl: str) -> tuple[bytes, bytes]:
                 openssl, "req", "-x509", "-nodes", "-days", "2",
                 "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                 "-keyout", str(key), "-out", str(cert),
-                "-subj", f"/CN={HOSTNAME}",
-                "-addext", f"subjectAltName=DNS:{HOSTNAME},IP:{HOST}",
+                "-subj", f"/CN={names[0] if names else HOSTNAME}",
+                "-addext", "subjectAltName=" + (
+                    ",".join(f"DNS:{n}" for n in names) or f"DNS:{HOSTNAME},IP:{HOST}"
+                ),
             ],
             check=True,
             capture_output=True,
@@ -210,14 +217,14 @@ def _certificate_with_openssl(openssl: str) -> tuple[bytes, bytes]:
         return cert.read_bytes(), key.read_bytes()
 
 
-def _certificate() -> tuple[bytes, bytes]:
-    """Make a self-signed certificate for localhost and 127.0.0.1, and its key (PEM)."""
+def _certificate(names: tuple[str, ...] = ()) -> tuple[bytes, bytes]:
+    """Make a self-signed certificate for ``names`` (default: localhost and 127.0.0.1), and its key (PEM)."""
     if importlib.util.find_spec("cryptography") is not None:
-        return _certificate_with_cryptography()
+        return _certificate_with_cryptography(names)
     openssl = shutil.which("openssl")
     if openssl is None:
         raise RuntimeError("STARTTLS needs a certificate: install the cryptography package or openssl")
-    return _certificate_with_openssl(openssl)
+    return _certificate_with_openssl(openssl, names)
 
 
 # --- aiosmtpd glue -----------------------------------------------------------------
@@ -388,6 +395,7 @@ class SMTPServer:
         password: str | None = None,
         auth_require_tls: bool | None = None,
         smtputf8: bool = False,
+        cert_names: tuple[str, ...] = (),
     ) -> None:
         if (username is None) != (password is None):
             raise ValueError("give both a username and a password, or neither")
@@ -398,6 +406,7 @@ class SMTPServer:
         self.password = password
         self.auth_require_tls = tls if auth_require_tls is None else auth_require_tls
         self.smtputf8 = smtputf8
+        self.cert_names = cert_names
         self.rules: dict[str, Rule] = {}
         """How to answer each recipient address (exact match); see `answer()`."""
         self.stalls: dict[str, float] = {}
@@ -714,7 +723,7 @@ class SMTPServer:
     # --- the certificate
 
     def _make_tls_context(self) -> ssl.SSLContext:
-        cert_pem, key_pem = _certificate()
+        cert_pem, key_pem = _certificate(self.cert_names)
         self._folder = tempfile.TemporaryDirectory(prefix="smtpserver-")
         folder = Path(self._folder.name)
         cert_file, key_file = folder / "cert.pem", folder / "key.pem"

@@ -194,6 +194,41 @@ class Dkim:
     expire_after: int = 0
 
 
+#: The checks of ``mailout doctor``, in the order they run: what ``doctor.skip`` may name.
+#: Kept here rather than in doctor.py so that reading the settings does not load DNS code.
+CHECK_IDS = (
+    "spf-record",
+    "spf-lookups",
+    "spf-authorizes-relay",
+    "dkim-record",
+    "dkim-record-ed25519",
+    "dmarc-record",
+    "dmarc-alignment",
+    "mx-return-path",
+    "mx-unsubscribe",
+    "https-base-url",
+    "smtp-connect",
+    "smtp-tls",
+    "smtp-login",
+    "secret-key",
+)
+
+
+@dataclass(frozen=True)
+class Doctor:
+    """``[doctor]``: how ``mailout doctor`` and the checks before a real send ask DNS and SMTP."""
+
+    #: Check ids switched off where the team knows better (``mailout doctor --json`` lists the ids).
+    skip: tuple[str, ...] = ()
+    #: DNS servers to ask instead of the system's (``"192.0.2.53"``, ``"127.0.0.1:5353"``,
+    #: ``"[2001:db8::53]:53"``): e.g. the domain's own server, right after publishing.
+    nameservers: tuple[str, ...] = ()
+    #: Seconds to wait for each DNS answer and each step of the SMTP check.
+    timeout: float = 5.0
+    #: Run the checks before ``send`` (refusing on an error) and ``test`` (warning) to a real server.
+    before_send: bool = True
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of one workspace, resolved and validated."""
@@ -209,6 +244,7 @@ class Settings:
     sending: Sending = field(default_factory=Sending)
     web: Web = field(default_factory=Web)
     dkim: Dkim = field(default_factory=Dkim)
+    doctor: Doctor = field(default_factory=Doctor)
     lists: tuple[ListSettings, ...] = DEFAULT_LISTS
     secret_key: str = field(default="", repr=False)
     #: Where each setting given came from ("mailout.toml:12: dkim.key_file"), for error messages.
@@ -254,6 +290,7 @@ SECTIONS: dict[str, type] = {
     "sending": Sending,
     "web": Web,
     "dkim": Dkim,
+    "doctor": Doctor,
 }
 
 
@@ -308,6 +345,7 @@ NUMBER_RANGES: dict[str, Range] = {
     "web.port": Range(1, 65535),
     "dkim.expire_after": Range(0, 366 * 86_400, unit="seconds"),
     "web.threads": Range(1, 64),
+    "doctor.timeout": Range(0, 60, above=True, unit="seconds"),
 }
 
 
@@ -657,6 +695,7 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
             "newsletter.members_teaser", f"only {{count}} and {{s}} may appear in braces, got {teaser!r}"
         )
     _validate_dkim(settings.dkim, fail)
+    _validate_doctor(settings.doctor, fail)
     if not LANGUAGE_TAG.fullmatch(settings.newsletter.language):
         raise fail(
             "newsletter.language",
@@ -713,3 +752,17 @@ def _validate_dkim(dkim: Dkim, fail: typing.Callable[[str, str], ConfigError]) -
             )
     if dkim.ed25519_selector and dkim.ed25519_selector == dkim.selector:
         raise fail("dkim.ed25519_selector", "must differ from dkim.selector: each key has its own DNS record")
+
+
+def _validate_doctor(doctor: Doctor, fail: typing.Callable[[str, str], ConfigError]) -> None:
+    """Check that ``doctor.skip`` names known checks and ``doctor.nameservers`` addresses."""
+    from .net import parse_nameserver
+
+    for check in doctor.skip:
+        if check not in CHECK_IDS:
+            raise fail("doctor.skip", f"unknown check '{check}'{_closest(check, set(CHECK_IDS))}")
+    for entry in doctor.nameservers:
+        try:
+            parse_nameserver(entry)
+        except ValueError as exc:
+            raise fail("doctor.nameservers", str(exc)) from None

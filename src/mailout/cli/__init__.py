@@ -22,6 +22,7 @@ from ..workspace import init_workspace
 from .compose import issue, preview, templates
 from .database import db
 from .dkim import dkim_group
+from .doctor import doctor_command
 from .sending import send_command, status_command, test_command, worker_command
 from .state import State
 from .subscribers import subscribers
@@ -138,6 +139,7 @@ for command in (
     serve_command,
     archive_group,
     dkim_group,
+    doctor_command,
 ):
     cli.add_command(command)
 

@@ -27,10 +27,41 @@ from ..render import Recipient, render_issue
 from ..segments import Segment
 from ..tokens import check_real_key
 from ..transports import DeliveryFailure, make_transport
+from .doctor import finding_line, print_findings
 from .state import State, pass_state
 from .terminal import safe
 
 NOT_FINISHED = 3
+
+SKIP_CHECKS = click.option(
+    "--skip-checks",
+    is_flag=True,
+    help="Do not run mailout doctor's checks first (DNS, SMTP, the secret key).",
+)
+
+
+def _check_before_sending(state: State, *, refuse: bool) -> None:
+    """Run ``mailout doctor``'s checks before mail goes to a real server; refuse or warn on an error."""
+    settings = state.settings
+    if not settings.smtp.host or not settings.doctor.before_send:
+        return
+    from ..doctor import preflight  # DNS code, loaded only when the checks run
+
+    errors = preflight(settings)
+    if not errors:
+        return
+    if not refuse:
+        for finding in errors:
+            click.secho(f"warning: {finding_line(finding)}", fg="yellow", err=True)
+        return
+    click.secho("mailout doctor found errors; nothing was queued or sent:", fg="red", err=True)
+    print_findings(errors, err=True)
+    count = f"{len(errors)} error{'s' if len(errors) != 1 else ''}"
+    raise MailoutError(
+        f"{count} before sending to {settings.smtp.host}: fix {'them' if len(errors) != 1 else 'it'}"
+        " (`mailout doctor` shows every check), switch a check off in doctor.skip where you know"
+        " better, or send anyway with --skip-checks"
+    )
 
 
 @click.command("test")
@@ -41,12 +72,14 @@ NOT_FINISHED = 3
     multiple=True,
     help="Send to this address (repeatable; default: preview.test_recipients).",
 )
+@SKIP_CHECKS
 @pass_state
-def test_command(state: State, name: str, addresses: tuple[str, ...]) -> None:
+def test_command(state: State, name: str, addresses: tuple[str, ...], skip_checks: bool) -> None:
     """Send each variant to yourself, the subject marked [TEST member] or [TEST public].
 
     Nothing is recorded as a delivery: a later dispatch to the same address is
-    not affected.
+    not affected. To a real server, mailout doctor's errors are printed as
+    warnings first: a test to yourself before DNS is ready is a normal step.
 
     \b
     Example:
@@ -58,6 +91,8 @@ def test_command(state: State, name: str, addresses: tuple[str, ...]) -> None:
         raise MailoutError(
             "no test recipients: give --to ADDRESS or set preview.test_recipients in mailout.toml"
         )
+    if not skip_checks:
+        _check_before_sending(state, refuse=False)
     if settings.smtp.host:  # to real mailboxes: refuse a public key as `send` does
         for warning in check_real_key(settings.secret_key):
             click.secho(f"warning: {warning}", fg="yellow", err=True)
@@ -248,6 +283,7 @@ def _resend_questions(plan: Plan) -> list[str]:
     is_flag=True,
     help="Send again to those refused by policy (5.7.x), once the cause is fixed (also once finished).",
 )
+@SKIP_CHECKS
 @pass_state
 def send_command(
     state: State,
@@ -258,6 +294,7 @@ def send_command(
     again: bool,
     resend_unknown: bool,
     retry_policy: bool,
+    skip_checks: bool,
 ) -> None:
     """Dispatch an issue to a list; run it again to resume after a stop or a crash.
 
@@ -267,7 +304,9 @@ def send_command(
     two copies: a message that got no answer from the server, or was in flight
     when a process died, is reported as unknown and sent again only with
     --resend-unknown. Messages refused by policy (5.7.x: SPF, DKIM, reputation)
-    are sent again only with --retry-policy.
+    are sent again only with --retry-policy. To a real server, mailout
+    doctor's checks run first, and an error stops the send before anything
+    is written (--skip-checks sends anyway).
 
     \b
     Example:
@@ -280,6 +319,8 @@ def send_command(
         )
     state.settings.mailing_list(list_name)  # an unknown list is the first thing to say
     state.signer()  # refuse early, before any work: every message needs signed links
+    if not skip_checks:
+        _check_before_sending(state, refuse=True)  # before the plan: nothing is written on refusal
     plan = dispatching.plan(
         state.engine(),
         state.settings,
