@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from mailout.cli import cli
+from mailout import spf as spf_module
 from mailout.config import CHECK_IDS, Settings, load_settings
 from mailout.dkim import DkimKey, load_signer
 from mailout.doctor import Finding, Status, diagnose
@@ -231,11 +232,43 @@ def test_more_than_10_lookups_through_nested_includes_is_an_error(good: Setup) -
     found = good.findings()
     lookups = found["spf-lookups"]
     assert lookups.status is Status.ERROR
-    assert "takes 13 DNS look-ups, more than the 10 RFC 7208 allows" in lookups.message
-    assert "include:n3.relay.example in n2.relay.example" in lookups.message
+    assert "takes more than 10 DNS look-ups, the most RFC 7208 allows" in lookups.message
+    assert "a:h7.relay.example in n2.relay.example" in lookups.message  # the 11th, where receivers stop
+    assert "mx:efus.example" not in lookups.message
     # A receiver stops at the 11th look-up with a permanent error, before the relay's range.
     relay = found["spf-authorizes-relay"]
     assert relay.status is Status.ERROR and "permerror, more than 10 DNS look-ups" in relay.message
+
+
+def test_includes_that_branch_at_every_level_stop_at_the_11th_look_up(
+    good: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each level includes the next twice: 20 levels, 21 names, but a walk of the whole tree
+    # would read a record 2**21 times. A receiver stops at the 11th look-up; so does doctor.
+    dns = good.dns
+    dns.remove("_spf.relay.example", "TXT")
+    dns.add("_spf.relay.example", "TXT", "v=spf1 include:l0.relay.example -all")
+    for level in range(20):
+        nxt = f"l{level + 1}.relay.example"
+        dns.add(f"l{level}.relay.example", "TXT", f"v=spf1 include:{nxt} include:{nxt} -all")
+    dns.add("l20.relay.example", "TXT", RELAY_SPF)
+    reads: list[str] = []
+    records = spf_module.records
+
+    def counted(domain: str, lookup: Lookup) -> tuple[list[str], bool]:
+        reads.append(domain)
+        return records(domain, lookup)
+
+    monkeypatch.setattr(spf_module, "records", counted)
+    found = good.findings()
+    lookups = found["spf-lookups"]
+    assert lookups.status is Status.ERROR and "takes more than 10 DNS look-ups" in lookups.message
+    # 2 includes above l0, then one per level: the 11th look-up is in l8, and the walk stops there.
+    assert lookups.message.endswith("include:l9.relay.example in l8.relay.example")
+    assert len(reads) < 40, len(reads)  # each check reads a handful of records, not 2**21
+    assert len([q for q in dns.questions if q[0].startswith("l")]) <= 12
+    relay = found["spf-authorizes-relay"]
+    assert relay.status is Status.ERROR and "more than 10 DNS look-ups" in relay.message
 
 
 def test_an_include_loop_is_an_error(good: Setup) -> None:

@@ -216,21 +216,21 @@ class _Doctor:
             self.add(check, Status.ERROR, f"cannot follow the SPF record of {domain}: {exc}", _DNS_FIX)
             return
         n, void = len(tally.lookups), len(tally.void)
-        if tally.problems:
+        if tally.over:
+            self.add(
+                check,
+                Status.ERROR,
+                f"the SPF record of {domain} takes more than {spf.MAX_LOOKUPS} DNS look-ups, the most RFC 7208"
+                f" allows (receivers stop at the next one and fail it): {', '.join(tally.lookups)}",
+                "drop the includes of services you no longer use, or replace includes by the ip4:/ip6:"
+                " ranges they list",
+            )
+        elif tally.problems:
             self.add(
                 check,
                 Status.ERROR,
                 f"the SPF record of {domain} is a permanent error for receivers: {'; '.join(tally.problems)}",
                 "remove or correct those terms",
-            )
-        elif n > spf.MAX_LOOKUPS:
-            self.add(
-                check,
-                Status.ERROR,
-                f"the SPF record of {domain} takes {n} DNS look-ups, more than the {spf.MAX_LOOKUPS} RFC 7208"
-                f" allows (receivers then fail it): {', '.join(tally.lookups)}",
-                "drop the includes of services you no longer use, or replace includes by the ip4:/ip6:"
-                " ranges they list",
             )
         elif void > spf.MAX_VOID:
             self.add(

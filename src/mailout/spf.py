@@ -9,7 +9,10 @@ Three questions about the envelope domain's SPF, each answered over a
   of their look-ups come back empty ("void")? RFC 7208 4.6.4 makes more than
   10 of the first, or more than 2 of the second, a permanent error. The count
   is of the whole tree, as a receiver evaluating a message that matches no
-  term (a forgery) walks it; include loops are found on the way.
+  term (a forgery) walks it; include loops are found on the way. The walk
+  stops at the 11th look-up, as a receiver does: a record whose includes
+  branch (each level including the next twice) would otherwise take work
+  doubling with every level, and ``send`` runs this check.
 - ``evaluate``: what result would a receiver give for mail from this address?
   ip4, ip6, a, mx, include, redirect and all are evaluated; a term with a
   macro (``%{i}``) or ``ptr`` needs the message itself and a reverse look-up,
@@ -148,12 +151,21 @@ class Count:
     problems: list[str] = field(default_factory=list)
     #: Terms whose target has a macro: counted, not followed.
     unfollowed: list[str] = field(default_factory=list)
+    #: True when the walk stopped at look-up MAX_LOOKUPS + 1: ``lookups`` holds the first ones only.
+    over: bool = False
+
+
+class _TooMany(Exception):
+    """The walk passed MAX_LOOKUPS: a receiver stops there with a permanent error."""
 
 
 def count(domain: str, lookup: Lookup) -> Count:
     """Count the DNS-querying terms under ``domain``'s record; raise ``DnsFailure`` if DNS fails."""
     tally = Count()
-    _count(domain, lookup, tally, (domain.lower(),), top=True)
+    try:
+        _count(domain, lookup, tally, (domain.lower(),), top=True)
+    except _TooMany:
+        tally.over = True
     return tally
 
 
@@ -180,6 +192,8 @@ def _count(domain: str, lookup: Lookup, tally: Count, stack: tuple[str, ...], *,
             continue
         where = f"{term.text} in {domain}"
         tally.lookups.append(where)
+        if len(tally.lookups) > MAX_LOOKUPS:
+            raise _TooMany
         if term.macro:
             tally.unfollowed.append(where)
             continue
