@@ -379,6 +379,12 @@ def test_a_dkim_record_of_another_key_or_revoked_is_an_error_and_testing_a_warni
         good.key.record().replace("k=rsa", "k=ed25519"): (Status.ERROR, "k=ed25519, but the key"),
         "v=DKIM1; k=rsa; p=bm90IGEga2V5": (Status.ERROR, "another key"),
         good.key.record() + "; t=y": (Status.WARNING, "has t=y (testing)"),
+        # RFC 6376 3.6.1: a key restricted to other hashes or other services verifies nothing of ours.
+        good.key.record().replace("k=rsa", "k=rsa; h=sha1"): (Status.ERROR, "h=sha1 does not list sha256"),
+        good.key.record().replace("k=rsa", "h=sha1 : SHA256; k=rsa"): (Status.OK, "publishes the rsa key"),
+        good.key.record().replace("k=rsa", "k=rsa; s=tlsrpt"): (Status.ERROR, "s=tlsrpt lists neither"),
+        good.key.record().replace("k=rsa", "k=rsa; s=tlsrpt:email"): (Status.OK, "publishes"),
+        good.key.record().replace("k=rsa", "k=rsa; s=*"): (Status.OK, "publishes"),
         good.key.record().replace("p=", "t = y:s; p = ").replace("==", "= ="): (Status.WARNING, "t=y"),
     }
     for record, (status, text) in cases.items():

@@ -358,9 +358,14 @@ class _Doctor:
             problem = f"k={tags.get('k', 'rsa')}, but the key of selector {key.selector} is {kind}"
         elif _published_key(tags["p"], kind) != _own_key(key):
             problem = "its p= is another key than the one mailout signs with"
+        elif "h" in tags and "sha256" not in _colon_list(tags["h"]):
+            # RFC 6376 3.6.1: verifiers reject the key for a signature whose hash h= does not list.
+            problem = f"h={tags['h']} does not list sha256, the hash mailout signs with"
+        elif "s" in tags and not {"email", "*"} & set(_colon_list(tags["s"])):
+            problem = f"s={tags['s']} lists neither email nor *: the key may not sign email"
         if problem:
             self.add(check, Status.ERROR, f"the DKIM record at {name}: {problem}", fix)
-        elif "y" in [f.strip().lower() for f in tags.get("t", "").split(":")]:
+        elif "y" in _colon_list(tags.get("t", "")):
             self.add(
                 check,
                 Status.WARNING,
@@ -573,6 +578,11 @@ def _tags(text: str) -> dict[str, str]:
         if name.strip():
             tags[name.strip().lower()] = "".join(value.split())
     return tags
+
+
+def _colon_list(value: str) -> list[str]:
+    """Return the entries of a colon-separated DKIM tag value (``h=sha1:sha256``), lowercased."""
+    return [entry.strip().lower() for entry in value.split(":")]
 
 
 def _own_key(key: DkimKey) -> bytes:
