@@ -681,7 +681,7 @@ def test_the_secret_key_must_be_set_long_and_not_published(
     for key, status, text in (
         ("", Status.ERROR, "MAILOUT_SECRET_KEY is not set"),
         (demo, Status.ERROR, "a key published in mailout's own files"),
-        ("k" * 20, Status.ERROR, "has 20 characters"),
+        ("k" * 20, Status.WARNING, "has 20 characters"),  # as send, test and worker warn: send goes on
         (f"{SECRET_KEY},{demo}", Status.ERROR, "(key 2) is a key published"),
         (SECRET_KEY, Status.OK, "32 characters or more"),
     ):
@@ -823,3 +823,13 @@ def test_the_local_outbox_is_never_checked_before_sending_and_doctor_skips_smtp(
     code, out = run("doctor")
     assert code == 1  # the DNS checks still run, and fail
     assert "- smtp-connect: no smtp.host: messages go to the local outbox" in out.splitlines()
+
+
+def test_a_short_secret_key_is_warned_about_and_send_goes_on(
+    gated: Setup, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAILOUT_SECRET_KEY", "k" * 20)
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0, out
+    assert "has 20 characters" in out  # send's own warning
+    assert len(smtp_server.wait_for(3)) == 3
