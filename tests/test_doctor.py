@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mailout.cli import cli
 from mailout import spf as spf_module
+from mailout.cli import cli
 from mailout.config import CHECK_IDS, Settings, load_settings
 from mailout.dkim import DkimKey, load_signer
 from mailout.doctor import Finding, Status, diagnose
@@ -479,6 +479,16 @@ def test_a_broken_or_doubled_dmarc_record_is_an_error(good: Setup) -> None:
         good.dns.add("_dmarc.efus.example", "TXT", *records)
         dmarc = good.findings()["dmarc-record"]
         assert dmarc.status is Status.ERROR and text in dmarc.message, dmarc
+    # A record is DMARC only when its first tag is exactly v=DMARC1 (RFC 7489 6.4).
+    for records, status, text in (
+        (["v=DMARC10; p=reject", "v=DMARC1; p=none"], Status.OK, "p=none"),
+        (["v = DMARC1 ; p=quarantine"], Status.OK, "p=quarantine"),
+        (["vx=1; v=DMARC1; p=none"], Status.ERROR, "no DMARC record at _dmarc.efus.example"),
+    ):
+        good.dns.remove("_dmarc.efus.example", "TXT")
+        good.dns.add("_dmarc.efus.example", "TXT", *records)
+        dmarc = good.findings()["dmarc-record"]
+        assert dmarc.status is status and text in dmarc.message, (records, dmarc)
 
 
 # --- MX, the base URL --------------------------------------------------------------------------
@@ -559,6 +569,30 @@ def test_servfail_and_nxdomain_each_say_what_happened(good: Setup) -> None:
     good.dns.add("bounces.efus.example", "TXT", "site-verification=abc")
     assert good.findings()["spf-record"].message.endswith("its TXT records hold other things")
     assert "nowhere.example has no MX nor address record" in found["mx-return-path"].message
+
+
+def test_an_spf_record_dns_cannot_read_says_so_on_every_spf_line(good: Setup) -> None:
+    good.dns.servfail.add("bounces.efus.example.")
+    found = good.findings()
+    assert "failed to answer (SERVFAIL)" in found["spf-record"].message
+    for check in ("spf-lookups", "spf-authorizes-relay"):
+        assert found[check].status is Status.SKIPPED
+        assert found[check].message.startswith("cannot read the SPF record: bounces.efus.example TXT:")
+        assert "needs one SPF record" not in found[check].message
+
+
+def test_an_mx_term_with_more_than_10_mail_servers_is_a_permanent_error(good: Setup) -> None:
+    good.dns.remove("bounces.efus.example", "TXT")
+    good.dns.add("bounces.efus.example", "TXT", "v=spf1 mx:many.efus.example -all")
+    # The relay (127.0.0.1) is the first of 11: a receiver still gives a permanent error.
+    good.dns.add("many.efus.example", "MX", *(f"{i} mx{i}.efus.example." for i in range(11)))
+    for i in range(11):
+        good.dns.add(f"mx{i}.efus.example", "A", f"127.0.0.{i + 1}")
+    found = good.findings()
+    relay = found["spf-authorizes-relay"]
+    assert relay.status is Status.ERROR and "permerror" in relay.message, relay
+    assert "11 mail servers, more than 10" in relay.message
+    assert "11 mail servers, more than 10" in found["spf-lookups"].message
 
 
 def test_the_system_resolver_is_used_without_nameservers() -> None:
@@ -669,6 +703,9 @@ def test_a_closed_port_cannot_connect(good: Setup) -> None:
     good.edit((f"port = {good.smtp.port}", f"port = {port}"))
     connect = good.findings()["smtp-connect"]
     assert connect.status is Status.ERROR and "cannot connect to localhost:" in connect.message
+    good.edit(('host = "localhost"', 'host = "::1"'))
+    connect = good.findings()["smtp-connect"]
+    assert connect.status is Status.ERROR and f"cannot connect to [::1]:{port}:" in connect.message
 
 
 # --- the secret key -------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def parse(text: str) -> dict[str, str]:
         if not equals:
             raise DmarcSyntaxError(f"'{part.strip()}' is not a tag=value pair")
         tags[name.strip().lower()] = value.strip()
-    if tags.get("v") != "DMARC1" or not text.lstrip().startswith("v"):
+    if not is_dmarc(text):
         raise DmarcSyntaxError("does not start with v=DMARC1")
     if tags.get("p", "").lower() not in POLICIES:
         raise DmarcSyntaxError(f"p= must be none, quarantine or reject, got {tags.get('p', '(missing)')!r}")
@@ -74,6 +74,12 @@ def parse(text: str) -> dict[str, str]:
     if "sp" in tags and tags["sp"].lower() not in POLICIES:
         raise DmarcSyntaxError(f"sp= must be none, quarantine or reject, got {tags['sp']!r}")
     return tags
+
+
+def is_dmarc(text: str) -> bool:
+    """Tell whether a TXT record is a DMARC record: its first tag is exactly ``v=DMARC1`` (RFC 7489 6.4)."""
+    name, equals, value = text.split(";", 1)[0].partition("=")
+    return name.strip() == "v" and equals == "=" and value.strip() == "DMARC1"
 
 
 def find(domain: str, lookup: Lookup) -> tuple[list[str], list[str]]:
@@ -87,7 +93,7 @@ def find(domain: str, lookup: Lookup) -> tuple[list[str], list[str]]:
     for candidate in dict.fromkeys((domain, organizational_domain(domain))):
         name = f"_dmarc.{candidate}"
         asked.append(name)
-        texts = [t for t in lookup.query(name, "TXT").texts() if t.replace(" ", "").startswith("v=DMARC1")]
+        texts = [t for t in lookup.query(name, "TXT").texts() if is_dmarc(t)]
         if texts:
             return asked, texts
     return asked, []

@@ -127,9 +127,11 @@ class _Doctor:
         domain = self.envelope
         wanted = [c for c in ("spf-record", "spf-lookups", "spf-authorizes-relay") if self.wanted(c)]
         later = [c for c in wanted if c != "spf-record"]
-        if "spf-record" in wanted and not self._spf_exists(domain):
-            self.skip(later, f"needs one SPF record at {domain}")
-            return
+        if "spf-record" in wanted:
+            missing = self._spf_exists(domain)
+            if missing:
+                self.skip(later, missing)
+                return
         if later and not self._spf_record:  # spf-record switched off: the others still need the record
             try:
                 found, _ = spf.records(domain, self.lookup)
@@ -145,13 +147,15 @@ class _Doctor:
         if "spf-authorizes-relay" in later:
             self._spf_relay(domain)
 
-    def _spf_exists(self, domain: str) -> bool:
+    def _spf_exists(self, domain: str) -> str:
+        """Check the one SPF record at ``domain``; return why the later SPF checks cannot run, or ""."""
         check = "spf-record"
+        needs = f"needs one SPF record at {domain}"
         try:
             found, _ = spf.records(domain, self.lookup)
         except DnsFailure as exc:
             self.add(check, Status.ERROR, f"cannot read the SPF record of {domain}: {exc}", _DNS_FIX)
-            return False
+            return f"cannot read the SPF record: {exc}"
         if not found:
             self.add(
                 check,
@@ -160,7 +164,7 @@ class _Doctor:
                 f" {self._absent(domain, 'TXT')}",
                 f'publish {domain}. IN TXT "v=spf1 {self._relay_term()} ~all"',
             )
-            return False
+            return needs
         if len(found) > 1:
             listed = " | ".join(found)
             self.add(
@@ -169,7 +173,7 @@ class _Doctor:
                 f"{len(found)} SPF records at {domain}, and receivers then ignore them all: {listed}",
                 "merge them into one v=spf1 record and remove the others",
             )
-            return False
+            return needs
         try:
             spf.parse(found[0])
         except spf.SpfSyntaxError as exc:
@@ -179,10 +183,10 @@ class _Doctor:
                 f"the SPF record of {domain} does not parse: {exc}",
                 f"correct the record (RFC 7208 syntax): {found[0]}",
             )
-            return False
+            return needs
         self._spf_record = found[0]
         self.add(check, Status.OK, f"{domain}: {found[0]}")
-        return True
+        return ""
 
     def _relay_term(self) -> str:
         """Return the SPF term that authorizes ``smtp.host``, or a placeholder for the relay's include."""

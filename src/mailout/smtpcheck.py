@@ -41,7 +41,8 @@ class _Probe:
     def __init__(self, settings: Smtp, timeout: float) -> None:
         self.s = settings
         self.timeout = timeout
-        self.where = f"{settings.host}:{settings.port}"
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host  # an IPv6 address
+        self.where = f"{host}:{settings.port}"
         self.findings: list[Finding] = []
 
     def add(self, check: str, status: Status, message: str, fix: str = "") -> None:

@@ -311,7 +311,11 @@ def _matches(
     if term.name == "a":
         hosts = [target]
     else:  # mx
-        hosts = [str(r.exchange).rstrip(".") for r in lookup.query(target, "MX").records][:MAX_MX_NAMES]
+        hosts = [str(r.exchange).rstrip(".") for r in lookup.query(target, "MX").records]
+        if len(hosts) > MAX_MX_NAMES:  # RFC 7208 4.6.4: a permanent error, not the first 10
+            raise _Stop(
+                "permerror", f"{term.text} in {domain}: {len(hosts)} mail servers, more than {MAX_MX_NAMES}"
+            )
     found = any(_within(address, one, term) for host in hosts for one in _addresses(host, address, lookup))
     return yes if found else ""
 
