@@ -238,6 +238,7 @@ def test_more_than_10_lookups_through_nested_includes_is_an_error(good: Setup) -
     # A receiver stops at the 11th look-up with a permanent error, before the relay's range.
     relay = found["spf-authorizes-relay"]
     assert relay.status is Status.ERROR and "permerror, more than 10 DNS look-ups" in relay.message
+    assert "see the spf-lookups line" in relay.fix and "ip4:" not in relay.fix
 
 
 def test_includes_that_branch_at_every_level_stop_at_the_11th_look_up(
@@ -311,14 +312,32 @@ def test_an_spf_record_that_does_not_authorize_the_relay_is_an_error_with_the_re
     good.edit(('host = "localhost"', 'host = "relay.efus.example"'))
     good.edit(("timeout = 2\n", 'timeout = 2\nskip = ["smtp-connect"]\n'))
     good.dns.add("relay.efus.example", "A", "192.0.2.25")
+    # The record includes the relay's SPF, which may list the address the relay sends from: a warning.
     found = good.findings()
     relay = found["spf-authorizes-relay"]
-    assert relay.status is Status.ERROR
+    assert relay.status is Status.WARNING, relay
     # The relay's include does not match (its -all fails there); then this record's -all does.
     assert "192.0.2.25: fail, -all in bounces.efus.example" in relay.message
+    assert "it includes include:_spf.relay.example, which may list the addresses" in relay.message
+    # Nothing passes and no third party's include: an error, with the term to add.
+    good.dns.remove("bounces.efus.example", "TXT")
+    good.dns.add("bounces.efus.example", "TXT", "v=spf1 include:_spf.efus.example -all")
+    good.dns.add("_spf.efus.example", "TXT", "v=spf1 ip4:198.51.100.0/24 -all")
+    found = good.findings()
+    relay = found["spf-authorizes-relay"]
+    assert relay.status is Status.ERROR, relay
     assert relay.fix.startswith(
-        'publish bounces.efus.example. IN TXT "v=spf1 include:_spf.relay.example ip4:192.0.2.25 -all"'
+        'publish bounces.efus.example. IN TXT "v=spf1 include:_spf.efus.example ip4:192.0.2.25 -all"'
     )
+    # One address of smtp.host passes, another does not: the relay may send from the first only.
+    good.dns.add("relay.efus.example", "AAAA", "2001:db8::25")
+    good.dns.remove("_spf.efus.example", "TXT")
+    good.dns.add("_spf.efus.example", "TXT", "v=spf1 ip4:192.0.2.16/28 -all")
+    relay = good.findings()["spf-authorizes-relay"]
+    assert relay.status is Status.WARNING, relay
+    assert "does not authorize 2001:db8::25: fail" in relay.message
+    assert "it does authorize 192.0.2.25 by ip4:192.0.2.16/28 in _spf.efus.example" in relay.message
+    good.dns.remove("relay.efus.example", "AAAA")
     assert found["smtp-tls"].status is Status.SKIPPED  # and no connection was tried
     assert good.smtp.connections == 0
     # The same relay authorized through a, mx, and a redirect: passes.
@@ -579,6 +598,12 @@ def test_an_spf_record_dns_cannot_read_says_so_on_every_spf_line(good: Setup) ->
         assert found[check].status is Status.SKIPPED
         assert found[check].message.startswith("cannot read the SPF record: bounces.efus.example TXT:")
         assert "needs one SPF record" not in found[check].message
+    # The record read, an include not: a temperror, whose fix is DNS, not another ip4: term.
+    good.dns.servfail.clear()
+    good.dns.servfail.add("_spf.relay.example.")
+    relay = good.findings()["spf-authorizes-relay"]
+    assert relay.status is Status.ERROR and "temperror" in relay.message, relay
+    assert relay.fix.startswith("check that DNS answers") and "ip4:" not in relay.fix
 
 
 def test_an_mx_term_with_more_than_10_mail_servers_is_a_permanent_error(good: Setup) -> None:

@@ -272,26 +272,50 @@ class _Doctor:
             return
         refused: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str]] = []
         said: list[str] = []
-        unknown, passed = [], []
+        unknown, passed, broken = [], [], []
         for address in addresses:
             verdict = spf.evaluate(address, domain, self.lookup)
             if verdict.result == "pass":
                 passed.append(f"{address} by {verdict.why}")
             elif verdict.result == "unknown":
                 unknown.append(f"{address}: {verdict.why}")
+            elif verdict.result in ("temperror", "permerror"):
+                broken.append((verdict.result, f"{address}: {verdict.result}, {verdict.why}"))
             else:
                 refused.append((address, verdict.result))
                 said.append(f"{address}: {verdict.result}, {verdict.why}")
+        if broken:
+            # Not a missing term: DNS failed, or the record is broken for every address.
+            results = {result for result, _ in broken}
+            self.add(
+                check,
+                Status.ERROR,
+                f"SPF of {domain} gives {' and '.join(sorted(results))} for smtp.host {host}:"
+                f" {'; '.join(text for _, text in broken)}",
+                _DNS_FIX if "temperror" in results else "correct the SPF record (see the spf-lookups line)",
+            )
+            return
         # An address of this machine or a private network may be hidden behind another: a record
-        # that works but does not list it is a warning. A broken record is an error anyway.
-        hidden = all(_inside(a) and verdict in ("fail", "softfail", "neutral") for a, verdict in refused)
-        if refused and hidden:
+        # that works but does not list it is a warning.
+        hidden = all(_inside(a) for a, _ in refused)
+        # The address one connects to is often not the one the relay sends from: a record that
+        # passes another address of smtp.host, or includes the relay's SPF, is probably right.
+        third_party = self._third_party_includes()
+        if refused and (hidden or passed or third_party):
+            if hidden:
+                why = "smtp.host is on this machine or a private network, so receivers see the relay's public"
+                why += " address instead"
+            elif passed:
+                why = f"it does authorize {', '.join(passed)}; the relay may send from that address only"
+            else:
+                why = (
+                    f"it includes {', '.join(third_party)}, which may list the addresses the relay sends from"
+                )
             self.add(
                 check,
                 Status.WARNING,
-                f"SPF of {domain} does not authorize {'; '.join(said)}; smtp.host is on this"
-                " machine or a private network, so receivers see the relay's public address instead",
-                f"make sure the SPF record of {domain} authorizes that address",
+                f"SPF of {domain} does not authorize {'; '.join(said)}; {why}",
+                f"make sure the SPF record of {domain} authorizes the address the relay sends from",
             )
         elif refused:
             terms = " ".join(f"ip{a.version}:{a}" for a, _ in refused)
@@ -306,6 +330,21 @@ class _Doctor:
             self.add(check, Status.WARNING, f"cannot evaluate SPF of {domain}: {'; '.join(unknown)}")
         else:
             self.add(check, Status.OK, f"SPF of {domain} authorizes smtp.host {host}: {', '.join(passed)}")
+
+    def _third_party_includes(self) -> list[str]:
+        """Return the include: and redirect= terms of the envelope's record naming another organization's domain."""
+        try:
+            terms = spf.parse(self._spf_record)
+        except spf.SpfSyntaxError:
+            return []
+        own = dmarc.organizational_domain(self.envelope)
+        return [
+            t.text
+            for t in terms
+            if t.name in ("include", "redirect")
+            and not t.macro
+            and dmarc.organizational_domain(t.value) != own
+        ]
 
     # --- DKIM ----------------------------------------------------------------------------
 
