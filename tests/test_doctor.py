@@ -895,3 +895,26 @@ def test_a_short_secret_key_is_warned_about_and_send_goes_on(
     assert code == 0, out
     assert "has 20 characters" in out  # send's own warning
     assert len(smtp_server.wait_for(3)) == 3
+
+
+def test_a_dry_run_prints_the_errors_as_warnings_then_the_plan(gated: Setup, smtp_server: SMTPServer) -> None:
+    gated.dns.remove("_dmarc.efus.example", "TXT")
+    code, out = run("send", "2019-01", "--list", "members", "--dry-run")
+    assert code == 0, out
+    assert "warning: ✗ dmarc-record: no DMARC record at _dmarc.efus.example" in out
+    assert "dry run: nothing was written or sent" in out
+    assert smtp_server.messages == []
+    code, status = run("status", "--json")
+    assert code == 0 and json.loads(status) == []
+
+
+def test_an_unknown_issue_or_list_is_said_before_any_dns_question(gated: Setup) -> None:
+    gated.dns.silent = True  # every check would fail, slowly
+    code, out = run("send", "no-such-issue", "--list", "members", "--yes")
+    assert code == 1 and "no-such-issue" in out, out
+    assert "doctor found errors" not in out and "no answer from" not in out
+    code, out = run("send", "2019-01", "--list", "no-such-list", "--yes")
+    assert code == 1 and "no-such-list" in out and "doctor found errors" not in out, out
+    code, out = run("test", "no-such-issue", "--to", "me@example.org")
+    assert code == 1 and "no-such-issue" in out and "warning: ✗" not in out, out
+    assert gated.dns.questions == []

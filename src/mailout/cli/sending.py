@@ -91,6 +91,7 @@ def test_command(state: State, name: str, addresses: tuple[str, ...], skip_check
         raise MailoutError(
             "no test recipients: give --to ADDRESS or set preview.test_recipients in mailout.toml"
         )
+    issue = state.issue(name)  # an unknown issue is said before any DNS question
     if not skip_checks:
         _check_before_sending(state, refuse=False)
     if settings.smtp.host:  # to real mailboxes: refuse a public key as `send` does
@@ -99,7 +100,6 @@ def test_command(state: State, name: str, addresses: tuple[str, ...], skip_check
     dkim = load_signer(settings)
     for warning in check_dkim(settings, dkim):
         click.secho(f"warning: {warning}", fg="yellow", err=True)
-    issue = state.issue(name)
     transport = make_transport(settings)
     urls = Links(settings).test_message(issue.slug)
     sender = envelope_sender(settings)
@@ -306,7 +306,9 @@ def send_command(
     --resend-unknown. Messages refused by policy (5.7.x: SPF, DKIM, reputation)
     are sent again only with --retry-policy. To a real server, mailout
     doctor's checks run first, and an error stops the send before anything
-    is written (--skip-checks sends anyway).
+    is written (--skip-checks sends anyway; --dry-run prints them as
+    warnings). `mailout worker` resumes a dispatch without the checks: send
+    ran them when it wrote the dispatch.
 
     \b
     Example:
@@ -318,13 +320,16 @@ def send_command(
             "--again writes a new dispatch to everyone; --resend-unknown and --retry-policy take up the last one"
         )
     state.settings.mailing_list(list_name)  # an unknown list is the first thing to say
+    issue = state.issue(name)  # then an unknown issue, before any DNS question
     state.signer()  # refuse early, before any work: every message needs signed links
     if not skip_checks:
-        _check_before_sending(state, refuse=True)  # before the plan: nothing is written on refusal
+        # Before the plan: nothing is written on refusal. A dry run writes nothing anyway: it
+        # shows the errors as warnings, then the plan.
+        _check_before_sending(state, refuse=not dry_run)
     plan = dispatching.plan(
         state.engine(),
         state.settings,
-        state.issue(name),
+        issue,
         list_name,
         again=again,
         resend_unknown=resend_unknown,
