@@ -10,7 +10,10 @@ Records of any type are added in zone-file text (``add("efus.example", "MX",
 "10 mx.efus.example.")``); a name with records of other types only, or with
 names below it, answers "no records" (NOERROR), any other NXDOMAIN. Faults:
 ``silent`` drops every question unanswered (a server that times out), and a
-name in ``servfail`` is answered SERVFAIL.
+name in ``servfail`` is answered SERVFAIL. With ``zone`` set, it is that
+zone's authoritative server only: a name outside it is answered REFUSED, or
+with ``outside = "refer"`` by a referral to the root (no answer, no AA flag,
+name servers in the authority section), as authoritative servers do.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ class DNSServer:
         self.questions: list[tuple[str, str]] = []
         self.silent = False
         self.servfail: set[str] = set()
+        #: The one zone served (e.g. "efus.example"); None: every name.
+        self.zone: str | None = None
+        self.outside = "refuse"
         self.host = "127.0.0.1"
         self.port = 0
         self._servers: list[socketserver.BaseServer] = []
@@ -80,6 +86,14 @@ class DNSServer:
         if self.silent:
             return None
         response = dns.message.make_response(query)
+        zone = _fqdn(self.zone) if self.zone else ""
+        if zone and name != zone and not name.endswith("." + zone):
+            if self.outside == "refuse":
+                response.set_rcode(dns.rcode.REFUSED)
+            else:
+                root = dns.rrset.from_text(".", 60, "IN", "NS", "a.root-servers.net.")
+                response.authority.append(root)
+            return response.to_wire()
         response.flags |= dns.flags.AA
         texts = self.records.get((name, rdtype))
         if name in self.servfail:

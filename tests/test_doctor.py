@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from mailout import resolver as resolver_module
 from mailout import spf as spf_module
 from mailout.cli import cli
 from mailout.config import CHECK_IDS, Settings, load_settings
@@ -30,7 +31,7 @@ from mailout.net import parse_nameserver
 from mailout.resolver import Lookup
 from mailout.tokens import PUBLIC_KEYS
 from tests.conftest import SECRET_KEY, edit_config
-from tests.dnsserver import DNSServer
+from tests.dnsserver import DNSServer, running
 from tests.smtpserver import SMTPServer
 from tests.test_sending import add_subscribers, people, run
 
@@ -618,6 +619,29 @@ def test_an_mx_term_with_more_than_10_mail_servers_is_a_permanent_error(good: Se
     assert relay.status is Status.ERROR and "permerror" in relay.message, relay
     assert "11 mail servers, more than 10" in relay.message
     assert "11 mail servers, more than 10" in found["spf-lookups"].message
+
+
+@pytest.mark.parametrize("outside", ["refuse", "refer"])
+def test_names_outside_the_zone_of_doctor_nameservers_are_asked_of_the_system_resolver(
+    good: Setup, monkeypatch: pytest.MonkeyPatch, outside: str
+) -> None:
+    # doctor.nameservers is efus.example's own server: it refuses (or refers) the relay's names.
+    good.dns.zone, good.dns.outside = "efus.example", outside
+    good.dns.remove("_spf.relay.example", "TXT")
+    with running() as system:
+        system.add("_spf.relay.example", "TXT", RELAY_SPF)
+        monkeypatch.setattr(resolver_module, "system_resolver", system.resolver, raising=False)
+        found = good.findings()
+        assert {f.id: f.message for f in found.values() if f.status is not Status.OK} == {}
+        assert "127.0.0.1 by ip4:127.0.0.0/8 in _spf.relay.example" in found["spf-authorizes-relay"].message
+        assert ("_spf.relay.example.", "TXT") in good.dns.questions  # asked first
+        assert ("_spf.relay.example.", "TXT") in system.questions  # then the system's servers
+        assert not any(q[0].endswith("efus.example.") for q in system.questions)  # own names: own server
+        # A name the system's servers do not know either: an answer, not a false DNS failure.
+        good.dns.remove("bounces.efus.example", "TXT")
+        good.dns.add("bounces.efus.example", "TXT", "v=spf1 include:gone.relay.example -all")
+        lookups = good.findings()["spf-lookups"]
+        assert lookups.status is Status.ERROR and "gone.relay.example has no SPF record" in lookups.message
 
 
 def test_the_system_resolver_is_used_without_nameservers() -> None:

@@ -2,7 +2,12 @@
 
 A ``Lookup`` asks the system's DNS servers, or those of ``doctor.nameservers``
 (the domain's own server right after publishing a record, bypassing caches;
-the tests' server on loopback). Each question is asked once per run. A name
+the tests' server on loopback). An authoritative server answers only for its
+own zones: for a name outside them (the relay's SPF include, ``smtp.host``) it
+answers REFUSED, or refers the question elsewhere without answering it. Such a
+question is asked again of the system's DNS servers, so pointing
+``doctor.nameservers`` at the domain's own server gives no false errors about
+other people's names. Each question is asked once per run. A name
 that does not exist (NXDOMAIN) and a name without records of the type asked
 (no answer) are answers, told apart by ``Answer.exists``; a server that does
 not answer in time, or answers SERVFAIL or REFUSED, raises ``DnsFailure``
@@ -19,9 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import dns.exception
+import dns.flags
+import dns.message
 import dns.name
 import dns.nameserver
 import dns.rcode
+import dns.rdatatype
 import dns.resolver
 
 from .net import parse_nameserver
@@ -57,6 +65,9 @@ class Lookup:
         self.timeouts = 0
         self._cache: dict[tuple[str, str], Answer | DnsFailure] = {}
         self._setup_error = ""
+        #: The system's resolver, asked when ``doctor.nameservers`` does not serve a name.
+        self._system: dns.resolver.Resolver | None = None
+        self.own = bool(nameservers)
         if nameservers:
             self.resolver = dns.resolver.Resolver(configure=False)
             self.resolver.nameservers = [
@@ -65,7 +76,7 @@ class Lookup:
             self.where = ", ".join(nameservers)
         else:
             try:
-                self.resolver = dns.resolver.Resolver()
+                self.resolver = system_resolver()
             except dns.resolver.NoResolverConfiguration:
                 self.resolver = dns.resolver.Resolver(configure=False)
                 self._setup_error = "no DNS server is configured on this machine; set doctor.nameservers"
@@ -92,19 +103,47 @@ class Lookup:
                 f"{name} {rdtype}: not asked, {self.where} did not answer earlier questions within"
                 f" {self.timeout:g} s"
             )
+        found = self._resolve(self.resolver, self.where, name, rdtype)
+        if found is not None:
+            return found
+        # doctor.nameservers does not serve this name: ask the system's DNS servers.
+        where = f"the system's DNS servers ({self.where} does not serve {name})"
+        if self._system is None:
+            try:
+                self._system = system_resolver()
+            except dns.resolver.NoResolverConfiguration:
+                return DnsFailure(
+                    f"{name} {rdtype}: {self.where} does not serve it, and no DNS server is"
+                    " configured on this machine to ask instead"
+                )
+            self._system.timeout = self._system.lifetime = self.timeout
+        return self._resolve(self._system, where, name, rdtype, last=True) or DnsFailure(
+            f"{name} {rdtype}: {where} refused to answer"
+        )
+
+    def _resolve(
+        self, resolver: dns.resolver.Resolver, where: str, name: str, rdtype: str, *, last: bool = False
+    ) -> Answer | DnsFailure | None:
+        """Ask ``resolver``; return None when it is ``doctor.nameservers`` and it does not serve the name."""
+        handover = self.own and not last
         try:
-            answer = self.resolver.resolve(name, rdtype, raise_on_no_answer=False, search=False)
+            answer = resolver.resolve(name, rdtype, raise_on_no_answer=False, search=False)
         except dns.resolver.NXDOMAIN:
             return Answer(name, rdtype, (), exists=False)
         except dns.resolver.LifetimeTimeout:
             self.timeouts += 1
-            return DnsFailure(f"{name} {rdtype}: no answer from {self.where} within {self.timeout:g} s")
+            return DnsFailure(f"{name} {rdtype}: no answer from {where} within {self.timeout:g} s")
         except dns.resolver.NoNameservers as exc:
-            return DnsFailure(f"{name} {rdtype}: {self.where} failed to answer ({_rcodes(exc)})")
+            rcodes = _rcodes(exc)
+            if handover and rcodes == "REFUSED":
+                return None
+            return DnsFailure(f"{name} {rdtype}: {where} failed to answer ({rcodes})")
         except (dns.name.NameTooLong, dns.name.LabelTooLong, dns.name.EmptyLabel):
             return DnsFailure(f"{name!r} is not a valid domain name")
         except dns.exception.DNSException as exc:
             return DnsFailure(f"{name} {rdtype}: {exc}")
+        if answer.rrset is None and handover and _referral(answer.response):
+            return None
         records = tuple(answer.rrset) if answer.rrset is not None else ()
         return Answer(name, rdtype, records)
 
@@ -118,6 +157,18 @@ class Lookup:
         for rdtype in ("A", "AAAA"):
             found += [ipaddress.ip_address(r.address) for r in self.query(name, rdtype).records]
         return found
+
+
+def system_resolver() -> dns.resolver.Resolver:
+    """Return a resolver that asks this machine's DNS servers (``/etc/resolv.conf``)."""
+    return dns.resolver.Resolver()
+
+
+def _referral(response: dns.message.Message) -> bool:
+    """Tell whether an empty answer is a referral: not authoritative, name servers of another zone."""
+    if response.flags & dns.flags.AA:
+        return False
+    return any(rrset.rdtype == dns.rdatatype.NS for rrset in response.authority)
 
 
 def _rcodes(exc: dns.resolver.NoNameservers) -> str:
