@@ -81,6 +81,7 @@ def good(
     root = tmp_path / "ws"
     root.mkdir()
     (root / "dkim.pem").write_bytes(rsa_pem)
+    (root / "dkim.pem").chmod(0o600)  # as the docs say: a key readable by others is warned about
     with SMTPServer(tls=True, username="news", password="s3cret-pass") as smtp:
         assert smtp.cert_file is not None
         monkeypatch.setenv("SSL_CERT_FILE", str(smtp.cert_file))
