@@ -70,8 +70,8 @@ def rows() -> dict[str, list[dict[str, Any]]]:
 
     A column added by a later migration holds the value the upgrade must give it
     (``email_key``: the address lower-cased; ``generation``: the dispatches of an issue to
-    a list numbered in id order; ``process``: ""; ``signing`` and ``envelope_sender``: NULL,
-    not known); the test refuses rows that lack a column.
+    a list numbered in id order; ``process``: ""; ``signing`` and ``envelope_sender``, of dispatches
+    and of deliveries: NULL, not known); the test refuses rows that lack a column.
     """
     data: dict[str, list[dict[str, Any]]] = {table: [] for table in TABLES}
     data["lists"] = [
@@ -216,6 +216,7 @@ def rows() -> dict[str, list[dict[str, Any]]]:
                 "next_attempt_at": at(9100 + n) if state is DeliveryStatus.DEFERRED else None,
                 "reply": f"250 2.0.0 Ok: queued as {n:08X}" if state is DeliveryStatus.SENT else "",
                 "updated_at": at(9000 + n),
+                "envelope_sender": None,
             }
         )
     data["workers"] = [

@@ -77,6 +77,22 @@ class Sender:
         return self.return_path or self.address
 
 
+#: The separators ``bounces.verp_separator`` accepts (Postfix, Gmail, Microsoft 365: "+"; qmail, Exim: "-").
+VERP_SEPARATORS = ("+", "-")
+
+
+@dataclass(frozen=True)
+class Bounces:
+    """``[bounces]``: how bounce reports find their way back to the message they are about."""
+
+    #: With ``sender.return_path`` set, give each message its own return address
+    #: (``bounces+DISPATCH.DELIVERY.CODE@domain``), so that a report names its delivery.
+    #: The bounce mailbox must accept sub-addresses (``bounces+anything``).
+    verp: bool = True
+    #: Between ``sender.return_path``'s local part and the delivery's code.
+    verp_separator: str = "+"
+
+
 @dataclass(frozen=True)
 class Paths:
     issues: Path = Path("issues")
@@ -245,6 +261,7 @@ class Settings:
     web: Web = field(default_factory=Web)
     dkim: Dkim = field(default_factory=Dkim)
     doctor: Doctor = field(default_factory=Doctor)
+    bounces: Bounces = field(default_factory=Bounces)
     lists: tuple[ListSettings, ...] = DEFAULT_LISTS
     secret_key: str = field(default="", repr=False)
     #: Where each setting given came from ("mailout.toml:12: dkim.key_file"), for error messages.
@@ -291,6 +308,7 @@ SECTIONS: dict[str, type] = {
     "web": Web,
     "dkim": Dkim,
     "doctor": Doctor,
+    "bounces": Bounces,
 }
 
 
@@ -667,6 +685,8 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
             " (a local part of letters, digits and .+-_ without a dot at either end, and a domain"
             " name such as bounces@mail.example.org)",
         )
+    if return_path and settings.bounces.verp:
+        _validate_verp(return_path, settings.bounces.verp_separator, fail)
     if "://" not in settings.database.url:
         raise fail(
             "database.url", f"not a database URL: {settings.database.url!r} (e.g. sqlite:///mailout.db)"
@@ -700,6 +720,26 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
         raise fail(
             "newsletter.language",
             f"expected a language tag such as 'en' or 'fr', got {settings.newsletter.language!r}",
+        )
+
+
+def _validate_verp(return_path: str, separator: str, fail: typing.Callable[[str, str], ConfigError]) -> None:
+    """Check that each message's return address (VERP) fits the limits of RFC 5321."""
+    from .envelope import VERP_ROOM
+
+    if separator not in VERP_SEPARATORS:
+        raise fail(
+            "bounces.verp_separator",
+            f"must be {' or '.join(map(repr, VERP_SEPARATORS))}, got {separator!r}",
+        )
+    local = return_path.rpartition("@")[0]
+    if len(local) + VERP_ROOM > 64 or len(return_path) + VERP_ROOM > 254:
+        # A longer address is refused by servers, or its bounce lost: refuse it now.
+        raise fail(
+            "sender.return_path",
+            f"its local part {local!r} leaves no room for each message's code ({VERP_ROOM} characters"
+            " of the 64 RFC 5321 allows); use at most"
+            f" {64 - VERP_ROOM} characters before the @, or set bounces.verp = false",
         )
 
 

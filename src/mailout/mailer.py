@@ -40,7 +40,7 @@ from . import outbox
 from . import subscribers as people
 from .config import Settings
 from .dkim import load_signer
-from .envelope import envelope_sender
+from .envelope import envelope_sender, for_dispatch
 from .errors import MailoutError
 from .links import Links
 from .message import Addressing, MessageTemplate, feedback_id, message_id
@@ -234,9 +234,10 @@ class Mailer:
         # What every message needs, read once: attributes of an ORM object cost a lookup each time.
         self._dispatch_id: int = dispatch.id
         self._key: str = dispatch.key
-        #: The envelope sender (MAIL FROM) of a delivery's message: ``envelope`` decides.
-        self._envelope: Callable[[int], str] = partial(
-            envelope_sender, settings, dispatch.id, from_address=dispatch.from_address
+        #: The envelope sender (MAIL FROM) of a delivery's message: ``envelope`` decides (with
+        #: VERP, one per delivery, its HMAC keyed once here), kept with its ``sending`` mark.
+        self._envelope: Callable[[int], str] = for_dispatch(
+            settings, dispatch.id, from_address=dispatch.from_address, signer=signer
         )
         #: What this run signs with and the envelope sender it uses, recorded with the dispatch.
         self.signing = self.template.dkim.identity if self.template.dkim else ""
@@ -366,7 +367,8 @@ class Mailer:
                                 return  # the rest of the batch goes back to the queue in finish()
                             slot = self.rate.wait(self.stop)
                             data = self._build(claimed)
-                            marked = self._record(db, pending, sending=claimed.id)
+                            envelope = self._envelope(claimed.id)
+                            marked = self._record(db, pending, sending=claimed.id, envelope=envelope)
                             pending = None
                             if inflight is not None:
                                 pending, inflight = self._finish(connection, inflight), None
@@ -386,7 +388,7 @@ class Mailer:
                                 # Skipped since the claim: they unsubscribed while it waited.
                                 self.tally.add("skipped")
                                 continue
-                            refused = self._start(connection, claimed, data)
+                            refused = self._start(connection, claimed, envelope, data)
                             if refused is None:
                                 self.rate.went(slot)
                                 inflight = claimed
@@ -406,8 +408,16 @@ class Mailer:
             if connection is not None:
                 connection.close()
 
-    def _record(self, db: DbConnection, pending: Outcome | None, sending: int | None = None) -> bool:
+    def _record(
+        self,
+        db: DbConnection,
+        pending: Outcome | None,
+        sending: int | None = None,
+        envelope: str | None = None,
+    ) -> bool:
         """Record the previous message's outcome and mark ``sending`` as on the wire; both committed.
+
+        ``envelope`` is the ``MAIL FROM`` that ``sending`` goes out with, kept with it.
 
         Returns whether ``sending`` was marked: not when it stopped being claimed meanwhile
         (an unsubscribe skipped it), and then it must not be sent.
@@ -417,13 +427,13 @@ class Mailer:
             # connection (see outbox.loop_connection and outbox.advance).
             if pending is None and sending is None:
                 return False
-            return outbox.advance(db, pending, sending, self.worker)
+            return outbox.advance(db, pending, sending, self.worker, envelope)
         # A refusal takes several statements (a bounce suppresses the address too): all or nothing.
         with outbox.atomic(db):
             pending(db)
             if sending is None or self.stop.is_set():  # paused by this very outcome: send no more
                 return False
-            return outbox.mark_sending(db, sending, self.worker)
+            return outbox.mark_sending(db, sending, self.worker, envelope)
 
     def _wait_for_more(self) -> bool:
         """With nothing to claim now: wait for deferred deliveries, or say there is nothing left."""
@@ -436,10 +446,12 @@ class Mailer:
         self.stop.wait(wait)
         return True
 
-    def _start(self, connection: Connection, claimed: outbox.Claimed, data: bytes) -> Outcome | None:
+    def _start(
+        self, connection: Connection, claimed: outbox.Claimed, envelope: str, data: bytes
+    ) -> Outcome | None:
         """Put one message on the wire; return None, or how to record why it did not go out whole."""
         try:
-            connection.start(self._envelope(claimed.id), claimed.email, data)
+            connection.start(envelope, claimed.email, data)
         except PermanentFailure as failure:
             return partial(self._failed, claimed=claimed, failure=failure)
         except TemporaryFailure as failure:

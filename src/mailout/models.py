@@ -234,6 +234,9 @@ class Delivery(Base):
     #: The server's last reply ("250 2.0.0 Ok: queued as ...", "550 5.1.1 ...").
     reply: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: The envelope sender (MAIL FROM) of its last attempt, written with its ``sending`` mark:
+    #: with VERP its own return address. NULL: not sent yet, or sent before mailout kept it.
+    envelope_sender: Mapped[str | None] = mapped_column(Text)
 
 
 class Worker(Base):

@@ -703,7 +703,8 @@ _SENDING = f"'{DeliveryStatus.SENDING.value}'"
 _SENT = f"'{DeliveryStatus.SENT.value}'"
 _CLAIMED = f"'{DeliveryStatus.CLAIMED.value}'"
 _SENDING_SQL = (
-    f"UPDATE deliveries SET status = {_SENDING}, attempts = attempts + 1, updated_at = ?"  # noqa: S608
+    f"UPDATE deliveries SET status = {_SENDING}, attempts = attempts + 1,"  # noqa: S608
+    " envelope_sender = ?, updated_at = ?"
     f" WHERE id = ? AND status = {_CLAIMED} AND worker = ?"
 )
 _SENT_SQL = f"UPDATE deliveries SET status = {_SENT}, reply = ?, updated_at = ? WHERE id = ?"  # noqa: S608
@@ -712,6 +713,7 @@ _SENT_AND_SENDING_SQL = (
     "UPDATE deliveries SET"  # noqa: S608
     f" status = CASE WHEN id = ? THEN {_SENDING} ELSE {_SENT} END,"
     " attempts = CASE WHEN id = ? THEN attempts + 1 ELSE attempts END,"
+    " envelope_sender = CASE WHEN id = ? THEN ? ELSE envelope_sender END,"
     " reply = CASE WHEN id = ? THEN reply ELSE ? END,"
     " updated_at = ?"
     # The next one only if it is still claimed, by this process: an unsubscribe may have
@@ -751,9 +753,12 @@ def _now_param(conn: Connection) -> object:
     return stored_time(conn, utcnow())
 
 
-def mark_sending(conn: Connection, delivery_id: int, worker: str) -> bool:
-    """Record that this delivery is going on the wire now; False if ``worker`` no longer has it claimed."""
-    return _driver(conn, _SENDING_SQL, (_now_param(conn), delivery_id, worker)) == 1
+def mark_sending(conn: Connection, delivery_id: int, worker: str, envelope: str | None = None) -> bool:
+    """Record that this delivery is going on the wire now, with ``envelope`` as its ``MAIL FROM``.
+
+    Returns False if ``worker`` no longer has it claimed. Without ``envelope``: NULL, not known.
+    """
+    return _driver(conn, _SENDING_SQL, (envelope, _now_param(conn), delivery_id, worker)) == 1
 
 
 def mark_sent(conn: Connection, delivery_id: int, reply: str) -> None:
@@ -761,20 +766,24 @@ def mark_sent(conn: Connection, delivery_id: int, reply: str) -> None:
     _driver(conn, _SENT_SQL, (reply[:2000], _now_param(conn), delivery_id))
 
 
-def advance(conn: Connection, sent: Sent | None, sending: int | None, worker: str) -> bool:
+def advance(
+    conn: Connection, sent: Sent | None, sending: int | None, worker: str, envelope: str | None = None
+) -> bool:
     """Record ``sent`` and mark delivery ``sending`` as going on the wire, in one statement.
 
-    Either may be None. The caller commits before the next message goes on the wire; on a
+    ``envelope`` is the ``MAIL FROM`` of ``sending``'s message, kept with the delivery (so
+    that a bounce to it is matched even if the process dies now). Either may be None. The caller commits before the next message goes on the wire; on a
     ``loop_connection`` to PostgreSQL the statement is committed when it returns.
     Returns whether ``sending`` was marked (not if ``worker`` stopped having it claimed).
     """
     if sent is None:
-        return mark_sending(conn, sending, worker) if sending is not None else False
+        return mark_sending(conn, sending, worker, envelope) if sending is not None else False
     if sending is None:
         mark_sent(conn, sent.delivery_id, sent.reply)
         return False
     now = _now_param(conn)
-    params = (sending, sending, sending, sent.reply[:2000], now, sent.delivery_id, sending, worker)
+    reply = sent.reply[:2000]
+    params = (sending, sending, sending, envelope, sending, reply, now, sent.delivery_id, sending, worker)
     return _driver(conn, _SENT_AND_SENDING_SQL, params) == 2
 
 
