@@ -432,3 +432,34 @@ def test_a_real_postfix_bounce_is_read(postfix_relay: PostfixRelay, smtp_server:
     assert report.original.message_id == "<17.4021.real@news.example.org>"
     assert report.original.list_id == LIST_MEMBERS
     assert report.reporting_mta == "relay.test.example"
+
+
+def test_a_non_standard_bounce_gives_each_address_its_own_answer() -> None:
+    raw = (
+        b"From: Mail Delivery System <Mailer-Daemon@mx.example.net>\n"
+        b"X-Failed-Recipients: jimbob@example.com, bob@example.com\n"
+        b"Subject: Mail delivery failed\n\n"
+        b"The following address(es) failed:\n\n"
+        b"  jimbob@example.com\n    550 5.1.1 no such user\n\n"
+        b"  bob@example.com\n    550 5.7.1 refused by policy: your domain is blocked\n"
+    )
+    report = read_report(raw)
+    assert [(r.address, r.outcome, r.status) for r in report.recipients] == [
+        ("bob@example.com", Outcome.POLICY, "5.7.1"),
+        ("jimbob@example.com", Outcome.PERMANENT, "5.1.1"),
+    ]
+
+
+def test_a_report_wrapped_in_a_mixed_message_is_found() -> None:
+    block = "Final-Recipient: rfc822; gone@example.com\nAction: failed\nStatus: 5.1.1\n"
+    report_body = _dsn(block).split(b"\n\n", 1)[1]
+    raw = (
+        b"From: relay@example.net\nTo: bounces@news.example.org\nMIME-Version: 1.0\n"
+        b'Content-Type: multipart/mixed; boundary="outer"\n\n--outer\n'
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\n\n'
+        + report_body
+        + b"\n--outer--\n"
+    )
+    report = read_report(raw)
+    assert report.kind is ReportKind.DSN and report.standard, report.reason
+    assert [(r.address, r.outcome) for r in report.recipients] == [("gone@example.com", Outcome.PERMANENT)]

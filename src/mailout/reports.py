@@ -464,13 +464,17 @@ def _body_text(msg: Message) -> str:
     return "\n".join(chunks)
 
 
-def _diagnostic_after(text: str, address: str) -> tuple[str | None, str | None]:
-    """The first line with a status code after the address's first mention: (its enhanced status, the line)."""
-    start = text.lower().find(address.lower())
-    if start < 0:
+def _diagnostic_after(text: str, lowered: str, address: str) -> tuple[str | None, str | None]:
+    """The first line with a status code after the address's first mention: (its enhanced status, the line).
+
+    ``text`` ends where the returned copy of the message starts; ``lowered`` is it in lower case.
+    """
+    # The address itself, not the end of a longer one (bob@ in jimbob@).
+    mention = re.search(r"(?<![\w.+-])" + re.escape(address.lower()), lowered)
+    if mention is None:
         return None, None
-    end = _COPY_MARKERS.search(text, start)
-    for line in text[start : end.start() if end else start + 4000].splitlines()[:30]:
+    start = mention.start()
+    for line in text[start : start + 4000].splitlines()[:30]:
         status = _STATUS.search(line)
         if status or _SMTP_CODE.search(line.replace(address, "")):
             return (status.group(0) if status else None), _clip(" ".join(line.split()))
@@ -482,12 +486,15 @@ def _read_nonstandard(msg: Message, identity: ReportIdentity, envelope_to: tuple
     if not temporary and not permanent:
         return None
     text = _body_text(msg)
+    marker = _COPY_MARKERS.search(text)
+    notice = text[: marker.start()] if marker else text  # the server's words, not the returned copy
+    lowered = notice.lower()
     recipients: list[Recipient] = []
     found = [(a, Outcome.PERMANENT) for a in sorted(permanent)]
     found += [(a, Outcome.TEMPORARY) for a in sorted(temporary - permanent)]
     for raw_address, outcome in found[:MAX_RECIPIENTS]:
         address = _clip(raw_address.decode("ascii", "replace"))
-        status, diagnostic = _diagnostic_after(text, address)
+        status, diagnostic = _diagnostic_after(notice, lowered, address)
         # flufl.bounce tells permanent from temporary; a 5.7.x in the answer says it is about the sender.
         if outcome is Outcome.PERMANENT and status and status.startswith("5.7."):
             outcome = Outcome.POLICY
@@ -498,19 +505,18 @@ def _read_nonstandard(msg: Message, identity: ReportIdentity, envelope_to: tuple
         identity,
         envelope_to,
         recipients=tuple(recipients),
-        original=_original(_returned_headers_nonstandard(msg, text)),
+        original=_original(_returned_headers_nonstandard(msg, text, marker)),
         standard=False,
         truncated=len(found) > MAX_RECIPIENTS,
         reason="non-standard bounce (flufl.bounce)",
     )
 
 
-def _returned_headers_nonstandard(msg: Message, text: str) -> Message | None:
+def _returned_headers_nonstandard(msg: Message, text: str, marker: re.Match[str] | None) -> Message | None:
     """The original's headers: an attached part, else the text after "a copy of the message follows"."""
     attached = _returned_headers(_parts(msg))
     if attached is not None:
         return attached
-    marker = _COPY_MARKERS.search(text)
     if marker is None:
         return None
     rest = text[marker.end() :].lstrip("\r\n")
