@@ -463,3 +463,30 @@ def test_a_report_wrapped_in_a_mixed_message_is_found() -> None:
     report = read_report(raw)
     assert report.kind is ReportKind.DSN and report.standard, report.reason
     assert [(r.address, r.outcome) for r in report.recipients] == [("gone@example.com", Outcome.PERMANENT)]
+
+
+@pytest.mark.slow
+def test_a_real_postfix_bounce_for_an_unknown_local_user_is_read(
+    postfix_local: PostfixRelay, smtp_server: SMTPServer
+) -> None:
+    """Postfix's own local delivery refuses a user it does not know (its diagnostic type is X-Postfix)."""
+    sender = "bounces+17.4024.m4n5b6@news.example.org"
+    message = (
+        b"From: news@news.example.org\r\nTo: nosuch@local.test.example\r\n"
+        b"Message-ID: <17.4024.real@news.example.org>\r\nSubject: March news\r\n\r\nHello\r\n"
+    )
+    with smtplib.SMTP("127.0.0.1", postfix_local.port, timeout=30) as client:
+        client.sendmail(sender, ["nosuch@local.test.example"], message)
+    [bounce] = smtp_server.wait_for(1, timeout=60)
+    assert bounce.rcpt_tos == [sender]
+
+    report = read_report(bounce.raw)
+    assert report.kind is ReportKind.DSN and sender in report.envelope_to
+    [recipient] = report.recipients
+    assert (recipient.address, recipient.outcome, recipient.status) == (
+        "nosuch@local.test.example",
+        Outcome.PERMANENT,
+        "5.1.1",
+    )
+    assert recipient.diagnostic == 'unknown user: "nosuch"'
+    assert report.original is not None and report.original.message_id == "<17.4024.real@news.example.org>"
