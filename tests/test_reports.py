@@ -6,7 +6,9 @@ servers named in each file send; one real Postfix report is made in a test below
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import quopri
 import smtplib
 import time
 from dataclasses import dataclass
@@ -490,3 +492,24 @@ def test_a_real_postfix_bounce_for_an_unknown_local_user_is_read(
     )
     assert recipient.diagnostic == 'unknown user: "nosuch"'
     assert report.original is not None and report.original.message_id == "<17.4024.real@news.example.org>"
+
+
+@pytest.mark.parametrize("encoding", ["base64", "quoted-printable"])
+def test_an_encoded_delivery_status_part_is_decoded(encoding: str) -> None:
+    fields = (
+        "Reporting-MTA: dns; mx.example.net\n\nFinal-Recipient: rfc822; a@example.com\nAction: failed\n"
+        "Status: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 Benutzer unbekannt: Müller\n"
+    ).encode()
+    body = base64.encodebytes(fields) if encoding == "base64" else quopri.encodestring(fields)
+    assert b"M\xc3\xbcller" not in body
+    raw = (
+        b"From: MAILER-DAEMON@mx.example.net\nMIME-Version: 1.0\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\n\n'
+        b"--b\nContent-Type: message/delivery-status\nContent-Transfer-Encoding: " + encoding.encode() + b"\n\n"
+        + body + b"\n--b--\n"
+    )  # fmt: skip
+    report = read_report(raw)
+    assert report.kind is ReportKind.DSN and report.standard, report.reason
+    [recipient] = report.recipients
+    assert (recipient.address, recipient.status) == ("a@example.com", "5.1.1")
+    assert recipient.diagnostic == "550 5.1.1 Benutzer unbekannt: Müller"

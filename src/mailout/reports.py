@@ -27,8 +27,10 @@ Everything kept is bounded (`MAX_RECIPIENTS`, `MAX_TEXT`), so a report listing
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
+import quopri
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -258,12 +260,19 @@ def _children(report: Message) -> list[Message]:
 def _field_blocks(part: Message) -> list[Message]:
     """The blocks of fields of a message/delivery-status or message/feedback-report part."""
     payload = part.get_payload()
-    if isinstance(payload, list):  # the email package parsed the blocks already
-        return [b for b in payload if isinstance(b, Message)]
-    body = part.get_payload(decode=True)
+    encoding = str(part.get("Content-Transfer-Encoding") or "").strip().lower()
+    if isinstance(payload, list):
+        blocks = [b for b in payload if isinstance(b, Message)]
+        if encoding not in ("base64", "quoted-printable"):
+            return blocks  # the email package parsed the blocks already
+        # It parsed the encoded text as if it were fields: put it back together and decode it.
+        encoded = "\n\n".join(b.as_string() for b in blocks[:MAX_PARTS]).encode("ascii", "replace")
+        body: object = base64.b64decode(encoded) if encoding == "base64" else quopri.decodestring(encoded)
+    else:
+        body = part.get_payload(decode=True)
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(payload)
-    blocks = re.split(r"\r?\n[ \t]*\r?\n", text.strip())
-    return [HeaderParser(policy=policy.compat32).parsestr(block) for block in blocks if block.strip()]
+    texts = re.split(r"\r?\n[ \t]*\r?\n", text.strip())
+    return [HeaderParser(policy=policy.compat32).parsestr(block) for block in texts if block.strip()]
 
 
 def _returned_headers(parts: Iterator[Message] | list[Message]) -> Message | None:
