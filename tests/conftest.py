@@ -286,3 +286,22 @@ def postfix_relay(smtp_server: SMTPServer) -> Iterator[PostfixRelay]:
     relay.start()
     yield relay
     relay.stop()
+
+
+@pytest.fixture
+def postfix_local(smtp_server: SMTPServer) -> Iterator[PostfixRelay]:
+    """``postfix_relay``, plus local delivery for ``local.test.example``, where no user exists.
+
+    A message to anyone there is accepted, then bounced by Postfix's local delivery
+    ("unknown user", 5.1.1); the bounce is relayed to ``smtp_server``.
+    """
+    reason = postfix_unavailable()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: CI must run the Postfix tests (scripts/system-deps installs Postfix)")
+        pytest.skip(reason)
+    settings = {"mydestination": "local.test.example", "local_recipient_maps": "", "local_transport": "local"}
+    relay = PostfixRelay(smtp_server.port, settings)
+    relay.start()
+    yield relay
+    relay.stop()

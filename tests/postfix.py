@@ -46,10 +46,14 @@ def _free_port() -> int:
 
 
 class PostfixRelay:
-    """Postfix listening on 127.0.0.1:``port``, relaying to 127.0.0.1:``relay_port``."""
+    """Postfix listening on 127.0.0.1:``port``, relaying to 127.0.0.1:``relay_port``.
 
-    def __init__(self, relay_port: int) -> None:
+    ``settings`` are main.cf lines written after the defaults below, which they override.
+    """
+
+    def __init__(self, relay_port: int, settings: dict[str, str] | None = None) -> None:
         self.relay_port = relay_port
+        self.settings = dict(settings or {})
         self.port = _free_port()
         # Not under pytest's tmp_path: the postfix user must be able to reach it.
         self.root = Path(tempfile.mkdtemp(prefix="mailout-postfix-"))
@@ -97,7 +101,8 @@ alias_database =
 local_transport = error:no local delivery here
 maillog_file = {self.root}/maillog
 maillog_file_prefixes = {self.root}
-""",
+"""
+            + "".join(f"{name} = {value}\n" for name, value in self.settings.items()),
             encoding="utf-8",
         )
         # Debian's services, less its smtpd on port 25 and without chroot (nothing to set up
