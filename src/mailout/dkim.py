@@ -378,14 +378,19 @@ def load_signer(settings: Settings, env: Mapping[str, str] | None = None) -> Dki
     return DkimSigner(keys, expire_after=dkim.expire_after)
 
 
+def _key_path(settings: Settings, key_file: str) -> Path:
+    """Return ``dkim.*key_file`` resolved: ``~`` expanded, a relative path under the workspace."""
+    path = Path(key_file).expanduser()
+    return path if path.is_absolute() else settings.root / path
+
+
 def _load_key(settings: Settings, env: Mapping[str, str], prefix: str, kind: type) -> PrivateKey:
     dkim = settings.dkim
     key_file: str = getattr(dkim, f"{prefix}key_file")
     key_env: str = getattr(dkim, f"{prefix}key_env")
     if key_file:
         where = settings.where(f"dkim.{prefix}key_file")
-        path = Path(key_file).expanduser()
-        path = path if path.is_absolute() else settings.root / path
+        path = _key_path(settings, key_file)
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -442,10 +447,8 @@ def check(settings: Settings, signer: DkimSigner | None) -> list[str]:
             )
     for prefix in ("", "ed25519_"):
         key_file = getattr(settings.dkim, f"{prefix}key_file")
-        path = Path(key_file).expanduser() if key_file else None
-        path = path if path is None or path.is_absolute() else settings.root / path
         with contextlib.suppress(OSError):
-            if path is not None and path.stat().st_mode & 0o077:
+            if key_file and _key_path(settings, key_file).stat().st_mode & 0o077:
                 warnings.append(
                     f"dkim.{prefix}key_file {key_file} can be read by other users than its owner:"
                     f" chmod 600 {key_file}"
