@@ -39,7 +39,13 @@ SECRETS = {
     "smtp.password": "MAILOUT_SMTP_PASSWORD",
     "web.preview_password": "MAILOUT_PREVIEW_PASSWORD",
     "secret_key": "MAILOUT_SECRET_KEY",
+    # The bounce mailbox's IMAP password (mailsource.py reads it when SOURCE is imap(s)://).
+    "bounces.imap_password": "MAILOUT_IMAP_PASSWORD",
 }
+#: A file of the certificate authorities an IMAP server's certificate is checked against.
+IMAP_CA_FILE_ENV = "MAILOUT_IMAP_CA_FILE"
+#: Variables that are not settings but are read where they are used: known, not misspelt ones.
+OTHER_VARIABLES = (IMAP_CA_FILE_ENV,)
 
 
 @dataclass(frozen=True)
@@ -537,7 +543,7 @@ def _read_env(env: Mapping[str, str], layers: dict[str, dict[str, tuple[Any, str
         for section, cls in SECTIONS.items()
         for f in dataclasses.fields(cls)
     }
-    known |= set(SECRETS.values())
+    known |= set(SECRETS.values()) | set(OTHER_VARIABLES)
     # The variables that [dkim] names as holding its keys (in the file or the environment).
     for key in ("key_env", "ed25519_key_env"):
         named = layers["dkim"].get(key, ("", ""))[0]
