@@ -6,7 +6,7 @@ import itertools
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,8 @@ from mailout.db import make_engine, upgrade
 from mailout.issues import Issue, load_issue
 from mailout.workspace import init_workspace
 from tests import dnsserver
+from tests.dovecot import DovecotServer
+from tests.dovecot import unavailable as dovecot_unavailable
 from tests.postfix import PostfixRelay
 from tests.postfix import unavailable as postfix_unavailable
 from tests.postgres import PostgresServer, find_pg_bin
@@ -305,3 +307,28 @@ def postfix_local(smtp_server: SMTPServer) -> Iterator[PostfixRelay]:
     relay.start()
     yield relay
     relay.stop()
+
+
+@pytest.fixture
+def dovecot_factory() -> Iterator[Callable[..., DovecotServer]]:
+    """Start Dovecot servers (`DovecotServer` arguments), each stopped at the end of the test."""
+    reason = dovecot_unavailable()
+    if reason:
+        _require("Dovecot", f"{reason}; `make test` installs dovecot-imapd as root")
+    servers: list[DovecotServer] = []
+
+    def start(capabilities: str | None = None) -> DovecotServer:
+        server = DovecotServer(capabilities)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def dovecot(dovecot_factory: Callable[..., DovecotServer]) -> DovecotServer:
+    """A private Dovecot IMAP server on loopback: one user, an empty INBOX, TLS from its own CA."""
+    return dovecot_factory()

@@ -45,6 +45,8 @@ from urllib.parse import quote
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 HOST = "127.0.0.1"
+#: Also loopback, where the server also listens, but a name its certificate does not have.
+OTHER_HOST = "127.0.0.2"
 USER = "ana@example.org"
 START_TIMEOUT = 20.0
 _PORT_ATTEMPTS = 3  # another process may take a free port before Dovecot binds it
@@ -197,7 +199,8 @@ base_dir = {self.root}/run
 state_dir = {self.root}/state
 log_path = {self.log}
 protocols = imap
-listen = {HOST}
+# 127.0.0.2 too: the same server under a name its certificate does not have.
+listen = {HOST}, {OTHER_HOST}
 ssl = required
 ssl_cert = <{self._cert}
 ssl_key = <{self._key}
@@ -229,11 +232,11 @@ namespace inbox {{
 }}
 service imap-login {{
   inet_listener imap {{
-    address = {HOST}
+    address = {HOST}, {OTHER_HOST}
     port = {self.imap_port}
   }}
   inet_listener imaps {{
-    address = {HOST}
+    address = {HOST}, {OTHER_HOST}
     port = {self.imaps_port}
     ssl = yes
   }}
@@ -339,6 +342,16 @@ service imap-login {{
             assert match, data
             return int(match.group(1))
 
+    def expunge(self, folder: str, uid: int) -> None:
+        """Take the message ``uid`` out of ``folder``, as another mail program would."""
+        with self.connect() as client:
+            typ, data = client.select(_quoted(folder))
+            assert typ == "OK", data
+            typ, data = client.uid("STORE", str(uid), "+FLAGS.SILENT", r"(\Deleted)")
+            assert typ == "OK", data
+            typ, data = client.uid("EXPUNGE", str(uid))
+            assert typ == "OK", data
+
     def create(self, folder: str) -> None:
         """CREATE ``folder``."""
         with self.connect() as client:
@@ -353,9 +366,11 @@ service imap-login {{
         names = set()
         for line in data:
             assert isinstance(line, bytes)
-            match = re.match(rb'\(.*?\) (?:"."|NIL) (.*)$', line)
+            match = re.match(rb'\(.*?\) (?:"(?:[^"\\]|\\.)*"|NIL) (?:"((?:[^"\\]|\\.)*)"|(\S+))$', line)
             assert match, line
-            names.add(match.group(1).decode().strip('"'))
+            quoted, atom = match.groups()
+            name = atom if quoted is None else re.sub(rb"\\(.)", rb"\1", quoted)
+            names.add(name.decode("ascii"))
         return names
 
     def flags(self, folder: str = "INBOX") -> dict[int, set[str]]:
