@@ -309,6 +309,7 @@ def test_imap_address_defaults_and_percent_encoding() -> None:
         ("imaps://ana%0A@mail.example.org/INBOX", "control character"),
         ("imaps://ana@mail.example.org/INBOX?uid=3", "unexpected"),
         ("imaps://ana@mail.example.org/INBOX#x", "unexpected"),
+        ("imaps://ana@[::1/INBOX", "not an IMAP address"),
     ],
 )
 def test_imap_address_mistakes(spec: str, message: str) -> None:

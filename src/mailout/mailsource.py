@@ -221,7 +221,10 @@ class ImapAddress:
     @classmethod
     def parse(cls, spec: str) -> ImapAddress:
         """Read an IMAP address; refuse one with a password, no user or no host, saying why."""
-        parts = urlsplit(spec)
+        try:
+            parts = urlsplit(spec)
+        except ValueError as error:  # e.g. "[::1" with no closing bracket
+            raise WorkspaceError(f"{spec}: not an IMAP address ({error})") from None
         implicit_tls = parts.scheme.lower() == "imaps"
         scheme = "imaps" if implicit_tls else "imap"
         example = f"{scheme}://USER@HOST/FOLDER"
@@ -306,7 +309,12 @@ def imap_utf7(name: str) -> str:
 
 def _quoted(name: str) -> str:
     """A folder name as an IMAP quoted string, in modified UTF-7."""
-    return '"' + imap_utf7(name).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return _string(imap_utf7(name))
+
+
+def _string(text: str) -> str:
+    """An IMAP quoted string (no control characters: checked before)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _is_loopback(sock: socket.socket) -> bool:
@@ -390,7 +398,7 @@ class _Imap:
                     secret = f"\0{user}\0{password}".encode()
                     client.authenticate("PLAIN", lambda _challenge: secret)
                 else:
-                    client.login(_quoted(user), password)
+                    client.login(_string(user), password)
             except imaplib.IMAP4.abort:
                 raise
             except imaplib.IMAP4.error as error:
@@ -515,6 +523,10 @@ class _Imap:
                     self._expunge(key)
             else:
                 self._store(key, r"(\Seen \Flagged)")
+        # The server's news of expunged messages is not read: keep it from piling up over a
+        # run of thousands.
+        for news in ("EXPUNGE", "FETCH", "EXISTS", "RECENT"):
+            client.untagged_responses.pop(news, None)
 
     def _store(self, key: str, flags: str) -> None:
         typ, data = self._connected().uid("STORE", key, "+FLAGS.SILENT", flags)
