@@ -8,6 +8,7 @@ import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -317,8 +318,8 @@ def dovecot_factory() -> Iterator[Callable[..., DovecotServer]]:
         _require("Dovecot", f"{reason}; `make test` installs dovecot-imapd as root")
     servers: list[DovecotServer] = []
 
-    def start(capabilities: str | None = None) -> DovecotServer:
-        server = DovecotServer(capabilities)
+    def start(**options: Any) -> DovecotServer:
+        server = DovecotServer(**options)
         servers.append(server)
         server.start()
         return server

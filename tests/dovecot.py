@@ -156,14 +156,15 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path, Path]:
 class DovecotServer:
     """Dovecot on 127.0.0.1 (see the module's docstring); `start()`, then `stop()` (idempotent)."""
 
-    def __init__(self, capabilities: str | None = None) -> None:
+    def __init__(self, capabilities: str | None = None, password: str | None = None) -> None:
         #: What Dovecot announces after login instead of all it can do (``imap_capability``),
         #: to play an older server: e.g. without MOVE or UIDPLUS.
         self.capabilities = capabilities
         self.user = USER
         #: The user as an IMAP URL writes it: the "@" percent-encoded.
         self.url_user = quote(USER, safe="")
-        self.password = secrets.token_urlsafe(16)
+        self.password = password or secrets.token_urlsafe(16)
+        assert ":" not in self.password and "\n" not in self.password  # the passwd-file's separators
         self.imap_port = 0
         self.imaps_port = 0
         # Not under pytest's tmp_path: Dovecot's own users must reach it when we are root.
@@ -326,8 +327,9 @@ service imap-login {{
         """An IMAPS connection of our own (logged in), closed at the end of the block."""
         client = imaplib.IMAP4_SSL(HOST, self.imaps_port, ssl_context=self.client_context(), timeout=10)
         try:
-            if login:
-                client.login(USER, self.password)
+            if login:  # PLAIN: LOGIN cannot carry a password that is not ASCII
+                secret = f"\0{USER}\0{self.password}".encode()
+                client.authenticate("PLAIN", lambda _: secret)
             yield client
         finally:
             with contextlib.suppress(imaplib.IMAP4.error, OSError):

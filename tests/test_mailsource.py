@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import base64
 import mailbox
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -395,6 +398,41 @@ def test_a_wrong_password(dovecot: DovecotServer) -> None:
     assert "\n" not in text
 
 
+def test_a_password_that_is_not_ascii(dovecot_factory: Callable[..., DovecotServer]) -> None:
+    # AUTHENTICATE PLAIN carries UTF-8 (and quotes, spaces) as they are; LOGIN could not.
+    server = dovecot_factory(password='Zoë "pässwörd" 日本')
+    box = imap_box(server)
+    messages = _fill(box)
+    with box.open() as source:
+        assert sorted(item.raw for item in source) == sorted(messages)
+
+
+def test_a_run_killed_midway_leaves_the_rest_as_it_was(dovecot: DovecotServer) -> None:
+    box = imap_box(dovecot)
+    messages = _fill(box)
+    script = f"""
+import os, signal
+from mailout.mailsource import open_source
+source = open_source({box.spec!r}, environ={{"MAILOUT_IMAP_PASSWORD": {dovecot.password!r}}},
+                     ca_file={str(dovecot.ca_file)!r}, move_to="Processed")
+items = iter(source)
+first = next(items)
+source.done(first.key)
+second = next(items)  # read, and then the process dies before it is handled
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60, check=False)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert box.state() == {
+        messages[0]: ("Processed", frozenset({"\\Seen"})),
+        messages[1]: UNREAD,
+        messages[2]: UNREAD,
+    }
+    # The next run reads what is left, every byte.
+    with box.open() as source:
+        assert sorted(item.raw for item in source) == sorted(messages[1:])
+
+
 def test_an_unknown_folder(dovecot: DovecotServer) -> None:
     box = imap_box(dovecot)
     with pytest.raises(WorkspaceError, match="cannot open the folder 'Bounces'") as caught:
@@ -465,8 +503,9 @@ def test_a_port_where_nothing_listens() -> None:
 class PlainServer(threading.Thread):
     """An IMAP server with no STARTTLS: it records every line it gets and refuses every login."""
 
-    def __init__(self) -> None:
+    def __init__(self, capabilities: bytes = b"IMAP4rev1 AUTH=PLAIN") -> None:
         super().__init__(daemon=True)
+        self.capabilities = capabilities
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.listener.getsockname()[1])
         self.received: list[bytes] = []
@@ -478,15 +517,17 @@ class PlainServer(threading.Thread):
         except OSError:
             return
         with connection, connection.makefile("rb") as lines:
-            connection.sendall(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] no TLS here\r\n")
+            connection.sendall(b"* OK [CAPABILITY " + self.capabilities + b"] no TLS here\r\n")
             for line in lines:
                 self.received.append(line)
                 tag, _, command = line.partition(b" ")
                 if command.upper().startswith(b"CAPABILITY"):
-                    connection.sendall(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n" + tag + b" OK done\r\n")
+                    connection.sendall(b"* CAPABILITY " + self.capabilities + b"\r\n" + tag + b" OK done\r\n")
                 elif command.upper().startswith(b"AUTHENTICATE"):
                     connection.sendall(b"+ \r\n")
                     self.received.append(lines.readline())
+                    connection.sendall(tag + b" NO [AUTHENTICATIONFAILED] refused\r\n")
+                elif command.upper().startswith(b"LOGIN"):
                     connection.sendall(tag + b" NO [AUTHENTICATIONFAILED] refused\r\n")
                 elif command.upper().startswith(b"LOGOUT"):
                     connection.sendall(b"* BYE\r\n" + tag + b" OK bye\r\n")
@@ -529,6 +570,30 @@ def test_loopback_without_starttls_may_log_in() -> None:
         server.close()
     assert b"AUTHENTICATE PLAIN" in b"".join(server.received)
     assert "Sesame-4711" not in str(caught.value)
+
+
+def test_a_server_without_auth_plain_gets_login() -> None:
+    server = PlainServer(b"IMAP4rev1")
+    server.start()
+    try:
+        with pytest.raises(WorkspaceError, match="login refused for a b"):
+            open_source(
+                f"imap://a%20b@127.0.0.1:{server.port}/", environ={"MAILOUT_IMAP_PASSWORD": 'Se"sa\\me'}
+            )
+    finally:
+        server.close()
+    # The user and the password as IMAP quoted strings.
+    assert any(line.endswith(b' LOGIN "a b" "Se\\"sa\\\\me"\r\n') for line in server.received), (
+        server.received
+    )
+    server = PlainServer(b"IMAP4rev1")
+    server.start()
+    try:
+        with pytest.raises(WorkspaceError, match="only takes plain LOGIN, which cannot carry") as caught:
+            open_source(f"imap://ana@127.0.0.1:{server.port}/", environ={"MAILOUT_IMAP_PASSWORD": "pässwörd"})
+    finally:
+        server.close()
+    assert "pässwörd" not in str(caught.value)
 
 
 def test_what_counts_as_loopback() -> None:
@@ -651,7 +716,7 @@ def test_delete_and_logout_leave_others_deleted_messages_alone(dovecot: DovecotS
 def test_move_on_an_older_server(
     dovecot_factory: Callable[..., DovecotServer], capabilities: str, leftover: bool
 ) -> None:
-    server = dovecot_factory(capabilities)
+    server = dovecot_factory(capabilities=capabilities)
     box = imap_box(server)
     messages = _fill(box)
     with box.open(move_to="Processed") as source:
