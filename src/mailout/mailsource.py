@@ -355,6 +355,8 @@ class _Imap:
         self._client: imaplib.IMAP4 | None = None
         #: The folder's UIDVALIDITY: a UID names the same message only while it is the same.
         self.uidvalidity = 0
+        self._exists = 0  # messages in the folder when it was opened
+        self._capabilities: set[str] = set()  # what the server supports, once logged in
         try:
             self._client = self._connect(context)
             self._capabilities = self._log_in(self._client)
