@@ -231,7 +231,7 @@ namespace inbox {{
   inbox = yes
   separator = /
 }}
-service imap-login {{
+{"" if os.geteuid() == 0 else _UNPRIVILEGED}service imap-login {{
   inet_listener imap {{
     address = {HOST}, {OTHER_HOST}
     port = {self.imap_port}
@@ -410,6 +410,16 @@ service imap-login {{
                 assert match, part[0]
                 found[int(match.group(1))] = part[1]
         return found
+
+
+#: Run by a user, no process may chroot: the login and anvil processes stay where they are.
+_UNPRIVILEGED = """service anvil {
+  chroot =
+}
+service imap-login {
+  chroot =
+}
+"""
 
 
 def _quoted(name: str) -> str:
