@@ -88,26 +88,39 @@ class MailSource(Protocol):
 
 
 class _Local:
-    """A Maildir folder or an mbox file, through the standard library's `mailbox`."""
+    """A Maildir folder or an mbox file, through the standard library's `mailbox`.
+
+    In a Maildir, `done` renames (or removes) the message's file: its bytes stay as
+    they are, and of two readers handling one message at once, one rename wins and
+    the other finds nothing left to do.
+    """
 
     def __init__(
-        self, box: mailbox.Mailbox[mailbox.Message], name: str, *, move_to: str | None, delete: bool
+        self,
+        box: mailbox.Mailbox[mailbox.Message],
+        name: str,
+        *,
+        root: Path,
+        move_to: str | None,
+        delete: bool,
     ) -> None:
         self._box = box
         self.name = name
+        self._root = root
         self._delete = delete
-        self._target: mailbox.Maildir | None = None
+        #: Where handled messages go: the Maildir itself, or its Maildir++ sub-folder
+        #: (".Processed" on disk), made when missing.
+        self._destination = root
         if move_to is not None and isinstance(box, mailbox.Maildir):
-            # A Maildir++ sub-folder (".Processed" on disk), made when missing.
-            self._target = (
-                box.add_folder(move_to) if move_to not in box.list_folders() else box.get_folder(move_to)
-            )
+            with contextlib.suppress(FileExistsError):  # made by another reader at the same instant
+                box.add_folder(move_to)
+            self._destination = root / f".{move_to}"
 
     def __iter__(self) -> Iterator[Item]:
         for key in list(self._box.iterkeys()):  # a list: `done` may move messages meanwhile
             try:
                 raw = self._box.get_bytes(key)
-            except KeyError:  # taken away by another reader since the listing
+            except (KeyError, FileNotFoundError):  # taken away by another reader since the listing
                 continue
             yield Item(str(key), raw)
 
@@ -117,18 +130,18 @@ class _Local:
             return  # an mbox is only read
         try:
             message = box.get_message(key)
-        except KeyError:
-            return
-        if self._delete:
-            box.discard(key)
-            return
-        message.set_subdir("cur")
-        message.add_flag("S")
-        if self._target is not None:
-            self._target.add(message)
-            box.discard(key)
-        else:
-            box[key] = message
+        except (KeyError, FileNotFoundError):
+            return  # handled by another reader meanwhile
+        info = message.get_info()
+        current = self._root / message.get_subdir() / (f"{key}{box.colon}{info}" if info else key)
+        flags = "".join(sorted({*message.get_flags(), "S"}))
+        try:
+            if self._delete:
+                current.unlink()
+            else:
+                current.rename(self._destination / "cur" / f"{key}{box.colon}2,{flags}")
+        except FileNotFoundError:
+            return  # another reader renamed or removed it first
 
     def close(self) -> None:
         self._box.close()
@@ -190,11 +203,12 @@ def open_source(
     if path.is_dir():
         if not all((path / sub).is_dir() for sub in ("cur", "new", "tmp")):
             raise WorkspaceError(f"{spec}: a folder but not a Maildir (no cur/, new/ and tmp/)")
-        return _Local(mailbox.Maildir(path, create=False), spec, move_to=move_to, delete=delete)
+        box = mailbox.Maildir(path, create=False)
+        return _Local(box, spec, root=path, move_to=move_to, delete=delete)
     if path.is_file():
         if move_to is not None or delete:
             raise WorkspaceError(f"{spec}: an mbox file is only read; --move-to and --delete need a Maildir")
-        return _Local(mailbox.mbox(path, create=False), spec, move_to=None, delete=False)
+        return _Local(mailbox.mbox(path, create=False), spec, root=path, move_to=None, delete=False)
     raise WorkspaceError(f"{spec}: no such Maildir or mbox file")
 
 
