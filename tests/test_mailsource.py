@@ -386,6 +386,10 @@ def test_starttls_on_the_imap_port(dovecot: DovecotServer) -> None:
     with box.open() as source:
         assert source.name == f"imap://ana%40example.org@127.0.0.1:{dovecot.imap_port}/INBOX"
         assert sorted(item.raw for item in source) == sorted(messages)
+        validity = source.uidvalidity  # type: ignore[attr-defined]
+    # The folder's UIDVALIDITY, the same for the next reader: its UIDs name the same messages.
+    with imap_box(dovecot).open() as again:
+        assert validity > 0 and again.uidvalidity == validity  # type: ignore[attr-defined]
     # STARTTLS verifies the certificate too.
     with pytest.raises(WorkspaceError, match="certificate is not trusted"):
         open_source(box.spec, environ=box.options["environ"], ca_file=dovecot.other_ca_file, timeout=10)
