@@ -33,7 +33,7 @@ from mailout import subscribers as people
 from mailout.bounces import Verdict
 from mailout.cli import cli
 from mailout.config import Settings, load_settings
-from mailout.db import make_engine, transaction
+from mailout.db import make_engine, transaction, upgrade
 from mailout.issues import load_issue
 from mailout.mailsource import open_source
 from mailout.models import (
@@ -50,9 +50,12 @@ from mailout.models import (
 )
 from mailout.reports import read_report
 from mailout.tokens import Signer
-from tests.conftest import edit_config
+from tests.conftest import SECRET_KEY, edit_config
 from tests.postgres import PostgresServer
 from tests.smtpserver import Received, SMTPServer
+from tests.test_migrations import TABLES as MIGRATION_TABLES
+from tests.test_migrations import insert as insert_rows
+from tests.test_migrations import rows as migration_rows
 
 FROM = "newsletter@efus.example"
 RETURN_PATH = "bounces@mail.efus.example"
@@ -769,3 +772,52 @@ def test_kill_9_in_the_middle_then_a_rerun_ends_as_one_uninterrupted_run(
     # __setitem__) writes a copy and then removes the original: a kill between the two
     # leaves both, and the rerun marks both seen. One copy too many, never one lost.
     assert len(whole_box) == 300 and len(killed_box) - len(whole_box) in (0, 1)
+
+
+# --- a database upgraded from before reports were kept ------------------------------------------------
+
+
+def test_reports_act_on_a_database_upgraded_with_rows_everywhere(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    url = empty_database_url
+    upgrade(url, "0008")
+    data = migration_rows()
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            for name in MIGRATION_TABLES:
+                if name in ("handled_reports", "report_recipients"):
+                    continue
+                insert_rows(connection, name, data[name])
+                if connection.dialect.name == "postgresql" and name not in ("workers", "mail_requests"):
+                    # Rows written with their ids: the sequence goes on after them, as in real use.
+                    connection.exec_driver_sql(
+                        f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT max(id) FROM {name}))"  # noqa: S608 - the names of this test's tables
+                    )
+        upgrade(url)
+        (tmp_path / "mailout.toml").write_text(
+            f'[sender]\naddress = "{FROM}"\nreturn_path = "{RETURN_PATH}"\n', encoding="utf-8"
+        )
+        settings = load_settings(tmp_path, env={"MAILOUT_SECRET_KEY": SECRET_KEY})
+        signer = Signer.from_secret(settings.secret_key)
+        key = data["dispatches"][0]["key"]
+        # Deliveries 1 and 2 of dispatch 1 (subscribers 1 and 2), sent before VERP: their
+        # Message-IDs find them, and the old rows take a score from 0.
+        first, second = (data["deliveries"][n]["email"] for n in (0, 1))
+        original = (
+            "From: Efus <newsletter@efus.example>\nMessage-ID: <{key}.{n}@efus.example>\nSubject: January"
+        )
+        hard = read_report(dsn(RETURN_PATH, first, "5.1.1", original.format(key=key, n=1)))
+        full = read_report(dsn(RETURN_PATH, second, "4.2.2", original.format(key=key, n=2), action="delayed"))
+        assert bounces.apply(engine, settings, signer, hard, now=DAY).action is ReportAction.BOUNCED
+        assert bounces.apply(engine, settings, signer, full, now=DAY).action is ReportAction.SOFT
+        assert bounces.apply(engine, settings, signer, hard, now=DAY).verdict is Verdict.RACE, "no pre-check"
+        with transaction(engine) as session:
+            statuses = dict(session.execute(select(Subscriber.id, Subscriber.status)).all())
+            scores = dict(session.execute(select(Subscriber.id, Subscriber.soft_score)).all())
+            assert (statuses[1], statuses[2]) == (SubscriberStatus.BOUNCED, SubscriberStatus.SUBSCRIBED)
+            assert scores[2] == 1 and sum(scores.values()) == 1, "every old row starts at 0"
+            assert bounces.dispatch_counts(session, 1) == (1, 0)
+    finally:
+        engine.dispose()

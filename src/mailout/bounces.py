@@ -304,7 +304,7 @@ def _act(
     if match.subscriber_id is None:
         return ReportAction.NONE, "matches no delivery or subscriber"
     if recipient is None or report.kind not in (ReportKind.DSN, ReportKind.COMPLAINT):
-        return ReportAction.NONE, f"{report.kind}: left for a person to read"
+        return ReportAction.NONE, report.reason or f"{report.kind}: not a bounce or a complaint"
     outcome = recipient.outcome
     if outcome is Outcome.DELIVERED:
         return ReportAction.NONE, f"delivered ({recipient.action or 'delivered'})"
