@@ -399,14 +399,19 @@ def test_the_list_id_and_the_recipient_match_when_the_message_id_is_not_ours(
         "Message-ID: <rewritten-by-a-relay@relay.example>" if line.lower().startswith("message-id:") else line
         for line in headers.split("\n")
     )
+    assert "<members.efus.example>" in changed
+    # Another sender's list of the same name: not ours, whoever is named.
+    theirs = changed.replace("<members.efus.example>", "<members.other.example>")
+    other = dsn("bounces@mail.efus.example", "p2@example.org", "5.1.1", theirs)
     raw = dsn("bounces@mail.efus.example", "p2@example.org", "5.1.1", changed)
     stranger = dsn("bounces@mail.efus.example", "nobody@example.org", "5.1.1", changed)
-    box = maildir(tmp_path / "bounces", raw, stranger)
-    first, second = run(engine, sent, box)
+    box = maildir(tmp_path / "bounces", other, raw, stranger)
+    elsewhere, first, second = run(engine, sent, box)
+    assert (elsewhere.matched_by, elsewhere.action) == (MatchedBy.NONE, ReportAction.NONE)
     assert (first.matched_by, first.action) == (MatchedBy.LIST_ID, ReportAction.BOUNCED)
     assert first.lines[0].dispatch_id == sent.dispatch_id, "the latest dispatch of that list to them"
     assert (second.matched_by, second.action, second.settled) == (MatchedBy.NONE, ReportAction.NONE, False)
-    assert unread(box) == 1, "what matched nothing stays unread"
+    assert unread(box) == 2, "what matched nothing stays unread"
 
 
 def test_policy_and_delivered_change_nothing_but_are_listed(

@@ -190,17 +190,23 @@ def _by_message_id(session: Session, message_id: str | None) -> _Match | None:
     return _delivery_match(session, MatchedBy.MESSAGE_ID, dispatch_id, int(delivery))
 
 
-def _list_named(session: Session, list_id_header: str | None) -> int | None:
-    """Return the list a List-Id header names (``Description <NAME.DOMAIN>``), if any of ours."""
+def _list_named(session: Session, settings: Settings, list_id_header: str | None) -> int | None:
+    """Return the list a List-Id header names (``Description <NAME.DOMAIN>``), if it is one of ours.
+
+    DOMAIN must be the domain of ``sender.address`` or of a dispatch's From: another
+    sender's list of the same name is not ours.
+    """
     if not list_id_header:
         return None
     value = list_id_header.rpartition("<")[2].partition(">")[0] if "<" in list_id_header else list_id_header
     value = value.strip().lower()
-    best: tuple[int, int] | None = None
+    senders = {settings.sender.address, *session.scalars(select(Dispatch.from_address).distinct())}
+    domains = {address.rpartition("@")[2].lower() for address in senders}
     for list_id, name in session.execute(select(MailingList.id, MailingList.name)):
-        if value.startswith(f"{name.lower()}.") and (best is None or len(name) > best[1]):
-            best = (list_id, len(name))
-    return best[0] if best else None
+        prefix = f"{name.lower()}."
+        if value.startswith(prefix) and value[len(prefix) :] in domains:
+            return int(list_id)
+    return None
 
 
 def _subscriber_id(session: Session, address: str) -> int | None:
@@ -269,7 +275,7 @@ def _matches(
     if whole is not None:
         return [(r, whole) for r in people], ""
     found: list[tuple[Recipient | None, _Match]] = []
-    list_id = _list_named(session, original.list_id if original else None)
+    list_id = _list_named(session, settings, original.list_id if original else None)
     uses_verp = bool(settings.sender.return_path) and settings.bounces.verp
     since = now - dt.timedelta(days=settings.bounces.match_days)
     for recipient in report.recipients:
