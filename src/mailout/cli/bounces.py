@@ -59,7 +59,7 @@ def process_command(state: State, source: str, dry_run: bool, move_to: str | Non
     engine = state.engine()
     settings = state.settings
     counts: collections.Counter[str] = collections.Counter()
-    before = left = 0
+    new = before = left = 0
     with open_source(source, move_to=move_to, delete=delete) as mailbox:
         for result in bounces.run(engine, settings, signer, mailbox, dry_run=dry_run):
             if result.verdict is Verdict.BEFORE:
@@ -69,14 +69,13 @@ def process_command(state: State, source: str, dry_run: bool, move_to: str | Non
                 click.echo(f"{result.kind:<9} {'-':<10} {'-':<12} -  handled by another process")
                 continue
             click.echo(_line(result))
-            for line in result.lines:
-                counts[line.action.value] += 1
+            new += 1
+            counts.update(line.action.value for line in result.lines)
             left += not result.settled
     done = ", ".join(f"{n} {action}" for action, n in sorted(counts.items()) if action != ReportAction.NONE)
-    new = sum(counts.values())
-    verb = "would be done (dry run)" if dry_run else "done"
+    dry = " (dry run: nothing stored, no mail touched)" if dry_run else ""
     click.echo(
-        f"{new} recipient{'s' if new != 1 else ''} in new reports: {done or 'nothing'} {verb};"
+        f"{new} new report{'s' if new != 1 else ''}{dry}: {done or 'nothing done'};"
         f" {left} left for a person; {before} handled before"
     )
 
