@@ -53,8 +53,7 @@ from mailout.tokens import Signer
 from tests.conftest import SECRET_KEY, edit_config
 from tests.postgres import PostgresServer
 from tests.smtpserver import Received, SMTPServer
-from tests.test_migrations import TABLES as MIGRATION_TABLES
-from tests.test_migrations import insert as insert_rows
+from tests.test_migrations import fill
 from tests.test_migrations import rows as migration_rows
 
 FROM = "newsletter@efus.example"
@@ -791,15 +790,7 @@ def test_reports_act_on_a_database_upgraded_with_rows_everywhere(
     engine = make_engine(url)
     try:
         with engine.begin() as connection:
-            for name in MIGRATION_TABLES:
-                if name in ("handled_reports", "report_recipients"):
-                    continue
-                insert_rows(connection, name, data[name])
-                if connection.dialect.name == "postgresql" and name not in ("workers", "mail_requests"):
-                    # Rows written with their ids: the sequence goes on after them, as in real use.
-                    connection.exec_driver_sql(
-                        f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT max(id) FROM {name}))"  # noqa: S608 - the names of this test's tables
-                    )
+            fill(connection, data)
         upgrade(url)
         (tmp_path / "mailout.toml").write_text(
             f'[sender]\naddress = "{FROM}"\nreturn_path = "{RETURN_PATH}"\n', encoding="utf-8"
