@@ -20,6 +20,8 @@ OWNERS = {
     "Delivery": "outbox.py",
     "Worker": "outbox.py",
     "MailRequest": "unsubmail.py",
+    "HandledReport": "bounces.py",
+    "ReportRecipient": "bounces.py",
 }
 TABLES = {
     "subscribers": "subscribers.py",
@@ -30,6 +32,8 @@ TABLES = {
     "deliveries": "outbox.py",
     "workers": "outbox.py",
     "mail_requests": "unsubmail.py",
+    "handled_reports": "bounces.py",
+    "report_recipients": "bounces.py",
 }
 _RAW_WRITE = re.compile(r"^\s*(?:UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+(\w+)", re.IGNORECASE)
 

@@ -23,7 +23,7 @@ from tests.conftest import SECRET_KEY, edit_config
 from tests.dnsserver import DNSServer
 from tests.smtpserver import Received, SMTPServer
 from tests.test_dkim import _sign_with, verifies
-from tests.test_migrations import TABLES, insert, rows
+from tests.test_migrations import fill, rows
 from tests.test_sending import add_subscribers, people, run, statuses
 
 pytestmark = pytest.mark.slow
@@ -294,8 +294,7 @@ def test_an_upgraded_database_says_it_does_not_know_for_old_dispatches(
     data = rows()
     try:
         with engine.begin() as connection:
-            for name in TABLES:
-                insert(connection, name, data[name])
+            fill(connection, data)
         upgrade(url)
         monkeypatch.setenv("MAILOUT_DATABASE_URL", url)
         code, out = run("status", "1")
@@ -322,8 +321,7 @@ def test_runs_starting_together_record_their_envelope_once(database_url: str) ->
     data = rows()
     try:
         with engine.begin() as connection:
-            for name in TABLES:
-                insert(connection, name, data[name])
+            fill(connection, data)
         barrier = threading.Barrier(4)
         errors: list[BaseException] = []
 
@@ -530,8 +528,7 @@ def test_the_envelope_is_kept_with_the_sending_mark_before_the_message_goes_out(
     data = rows()
     try:
         with engine.begin() as connection:
-            for name in TABLES:
-                insert(connection, name, data[name])
+            fill(connection, data)
             # Two deliveries of an upgraded database, claimed by this process.
             first, second = (row["id"] for row in data["deliveries"][:2])
             connection.execute(

@@ -42,6 +42,8 @@ TABLES = (
     "deliveries",
     "workers",
     "mail_requests",
+    "handled_reports",
+    "report_recipients",
 )
 
 T0 = dt.datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=dt.UTC)
@@ -71,7 +73,8 @@ def rows() -> dict[str, list[dict[str, Any]]]:
     A column added by a later migration holds the value the upgrade must give it
     (``email_key``: the address lower-cased; ``generation``: the dispatches of an issue to
     a list numbered in id order; ``process``: ""; ``signing`` and ``envelope_sender``, of dispatches
-    and of deliveries: NULL, not known); the test refuses rows that lack a column.
+    and of deliveries: NULL, not known; ``soft_score``: 0, ``soft_day`` and ``soft_bounced_at``:
+    NULL); the test refuses rows that lack a column.
     """
     data: dict[str, list[dict[str, Any]]] = {table: [] for table in TABLES}
     data["lists"] = [
@@ -100,6 +103,9 @@ def rows() -> dict[str, list[dict[str, Any]]]:
                 "status": status.value,
                 "created_at": at(10 + i),
                 "updated_at": at(1000 + i),
+                "soft_score": 0,
+                "soft_day": None,
+                "soft_bounced_at": None,
             }
         )
         for list_id in (1, 2) if i % 3 == 0 else (1,):
@@ -246,6 +252,45 @@ def rows() -> dict[str, list[dict[str, Any]]]:
             ]
         )
     ]
+    data["handled_reports"] = [
+        {
+            "id": 1,
+            "message_id": "<dsn.1@mx.lisboa.example>",
+            "sha256": "ab" * 32,
+            "kind": "dsn",
+            "matched_by": "verp",
+            "settled": True,
+            "summary": "dsn: 1 bounced",
+            "processed_at": at(9700),
+        },
+        {
+            "id": 2,
+            "message_id": None,
+            "sha256": "cd" * 32,
+            "kind": "autoreply",
+            "matched_by": "none",
+            "settled": False,
+            "summary": "autoreply: Abwesenheitsnotiz — «bin weg»",
+            "processed_at": at(9701),
+        },
+    ]
+    data["report_recipients"] = [
+        {
+            "id": 1,
+            "report_id": 1,
+            "subscriber_id": 5,
+            "dispatch_id": 1,
+            "delivery_id": 5,
+            "list_id": 1,
+            "address": data["subscribers"][4]["email"],
+            "outcome": "permanent",
+            "status": "5.1.1",
+            "diagnostic": "550 5.1.1 user unknown",
+            "matched_by": "verp",
+            "action": "bounced",
+            "note": "",
+        }
+    ]
     return data
 
 
@@ -284,6 +329,23 @@ def insert(connection: sa.Connection, table_name: str, records: list[dict[str, A
     sql = f"INSERT INTO {table_name} ({columns}) VALUES ({values})"  # noqa: S608
     statement = sa.text(sql).bindparams(*(sa.bindparam(n, type_=table.c[n].type) for n in names))
     connection.execute(statement, [{n: record[n] for n in names} for record in records])
+
+
+def fill(connection: sa.Connection, data: dict[str, list[dict[str, Any]]]) -> None:
+    """Write the rows of every table the schema has at this revision (for tests of upgraded databases).
+
+    On PostgreSQL the id sequences then go on after the rows, as after real use.
+    """
+    held = set(sa.inspect(connection).get_table_names())
+    for name in TABLES:
+        if name not in held:
+            continue
+        insert(connection, name, data[name])
+        if connection.dialect.name == "postgresql" and "id" in data[name][0] and name != "workers":
+            # The names come from this module, never from outside.
+            connection.exec_driver_sql(
+                f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT max(id) FROM {name}))"  # noqa: S608
+            )
 
 
 def normalise(value: Any) -> Any:

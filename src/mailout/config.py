@@ -85,6 +85,8 @@ class Sender:
 
 #: The separators ``bounces.verp_separator`` accepts (Postfix, Gmail, Microsoft 365: "+"; qmail, Exim: "-").
 VERP_SEPARATORS = ("+", "-")
+#: What ``bounces.complaint`` accepts: the dispatch's list, or every list.
+COMPLAINT_SCOPES = ("list", "all")
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,16 @@ class Bounces:
     verp: bool = True
     #: Between ``sender.return_path``'s local part and the delivery's code.
     verp_separator: str = "+"
+    #: Without VERP, a report that names only its failed recipient is matched to the
+    #: dispatches of the last this many days that mailed that address.
+    match_days: int = 30
+    #: Temporary failures on this many different UTC days suppress the address.
+    soft_threshold: int = 3
+    #: A temporary failure more than this many days after the last one starts the count again.
+    soft_reset_days: int = 7
+    #: What a complaint ends: ``"list"``, the subscription to the dispatch's list (every
+    #: list when the list is not known); ``"all"``, every list.
+    complaint: str = "list"
 
 
 @dataclass(frozen=True)
@@ -370,6 +382,9 @@ NUMBER_RANGES: dict[str, Range] = {
     "dkim.expire_after": Range(0, 366 * 86_400, unit="seconds"),
     "web.threads": Range(1, 64),
     "doctor.timeout": Range(0, 60, above=True, unit="seconds"),
+    "bounces.match_days": Range(1, 3660, unit="days"),
+    "bounces.soft_threshold": Range(1, 1000),
+    "bounces.soft_reset_days": Range(1, 3660, unit="days"),
 }
 
 
@@ -690,6 +705,11 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
             f"not an address a mail server accepts in MAIL FROM: {return_path!r}"
             " (a local part of letters, digits and .+-_ without a dot at either end, and a domain"
             " name such as bounces@mail.example.org)",
+        )
+    if settings.bounces.complaint not in COMPLAINT_SCOPES:
+        raise fail(
+            "bounces.complaint",
+            f"must be {' or '.join(map(repr, COMPLAINT_SCOPES))}, got {settings.bounces.complaint!r}",
         )
     if return_path and settings.bounces.verp:
         _validate_verp(return_path, settings.bounces.verp_separator, fail)

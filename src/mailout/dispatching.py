@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import outbox
+from . import bounces, outbox
 from . import subscribers as people
 from .config import Settings
 from .db import reader, transaction
@@ -178,6 +178,10 @@ class Report(Summary):
     signing: tuple[str, ...] | None = None
     #: The envelope sender (MAIL FROM) of its messages, the same way.
     envelope_sender: tuple[str, ...] | None = None
+    #: Recipients that bounce reports suppressed (a permanent failure, or soft ones to the
+    #: threshold), and that complained, as ``mailout bounces process`` recorded them.
+    bounced: int = 0
+    complained: int = 0
 
 
 @dataclass(frozen=True)
@@ -469,9 +473,10 @@ def report(engine: Engine, dispatch_id: int) -> Report:
         unknown = [email for _, email in outbox.unknown_deliveries(session, dispatch_id)]
         refused = len(_policy_refusals(session, dispatch_id))
         ran = outbox.run_record(session, dispatch_id)
+        bounced, complained = bounces.dispatch_counts(session, dispatch_id)
     return Report(
         **vars(summary), failures=failures, unknown=unknown, refused=refused,
-        signing=ran.signing, envelope_sender=ran.envelope_sender,
+        signing=ran.signing, envelope_sender=ran.envelope_sender, bounced=bounced, complained=complained,
     )  # fmt: skip
 
 

@@ -137,6 +137,21 @@ def envelope_sender(
     return for_dispatch(settings, dispatch_id, from_address=from_address, signer=signer)(delivery_id)
 
 
+def looks_like_verp(settings: Settings, address: str) -> bool:
+    """Return whether ``address`` has the form of a return address (VERP), signed rightly or not.
+
+    The return path's local part and the separator, then anything, at the return
+    path's domain, in any case. A report sent to such an address that `parse_verp`
+    refuses names a delivery falsely: forged, or mistyped on the way.
+    """
+    if not _uses_verp(settings):
+        return False
+    local, _, domain = settings.sender.return_path.rpartition("@")
+    given_local, at, given_domain = address.lower().rpartition("@")
+    head = f"{local}{settings.bounces.verp_separator}".lower()
+    return bool(at) and given_domain == domain.lower() and given_local.startswith(head)
+
+
 def parse_verp(settings: Settings, signer: Signer, address: str) -> tuple[int, int] | None:
     """Return the (dispatch id, delivery id) a return address names; None for any other address.
 

@@ -16,6 +16,8 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
+    Date,
     DateTime,
     Enum,
     ForeignKey,
@@ -75,6 +77,7 @@ class Source(StrEnum):
     MAIL = "mail"  # a message to the List-Unsubscribe mailto address
     SYNC = "sync"
     BOUNCE = "bounce"
+    FEEDBACK_LOOP = "feedback-loop"  # a complaint report from a mailbox provider's feedback loop
 
 
 def _enum(cls: type[StrEnum]) -> Enum:
@@ -107,6 +110,14 @@ class Subscriber(Base):
     )
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    #: Temporary failures (4.x.x) reported by bounce reports, counted at most once a UTC day;
+    #: at ``bounces.soft_threshold`` the address is suppressed (``bounces.soft_bounce``).
+    soft_score: Mapped[int] = mapped_column(default=0, server_default="0")
+    #: The UTC day ``soft_score`` last rose; NULL: never.
+    soft_day: Mapped[dt.date | None] = mapped_column(Date)
+    #: When the last temporary failure was handled: after ``bounces.soft_reset_days``
+    #: without one, the score starts again from 0. NULL: never.
+    soft_bounced_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class MailingList(Base):
@@ -266,3 +277,77 @@ class MailRequest(Base):
     outcome: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class MatchedBy(StrEnum):
+    """How a report was tied to a delivery, a list or a person (docs/bounces.md, matching)."""
+
+    VERP = "verp"  # its envelope recipient is a delivery's signed return address
+    MESSAGE_ID = "message-id"  # the returned message's Message-ID is one of ours
+    LIST_ID = "list-id"  # the returned message's List-Id names a list, and the recipient is on it
+    RECIPIENT = "recipient"  # fixed return path only: the address got a recent dispatch
+    NONE = "none"
+
+
+class ReportAction(StrEnum):
+    """What handling a report did to one recipient."""
+
+    BOUNCED = "bounced"  # a permanent failure: suppressed on every list
+    SOFT = "soft"  # a temporary failure: counted in the soft score
+    SUPPRESSED = "suppressed"  # a temporary failure that took the soft score to the threshold
+    UNSUBSCRIBED = "unsubscribed"  # a complaint: unsubscribed from the dispatch's list
+    COMPLAINED = "complained"  # a complaint: unsubscribed from every list
+    NONE = "none"  # nothing changed; ``note`` says why
+
+
+class HandledReport(Base):
+    """A report (bounce, complaint, automatic reply, unknown mail) handled once, ever.
+
+    Either its Message-ID or the SHA-256 of its bytes seen again means "handled
+    before"; the row is written in the transaction of what the report did.
+    """
+
+    __tablename__ = "handled_reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: The report's own Message-ID (a digest of it when longer than 250 bytes); NULL: none.
+    message_id: Mapped[str | None] = mapped_column(String(250), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    #: ``reports.ReportKind``: dsn, complaint, autoreply or unknown.
+    kind: Mapped[str] = mapped_column(String(16))
+    #: How it was matched (the best of its recipients'); ``none`` for what matched nothing.
+    matched_by: Mapped[MatchedBy] = mapped_column(_enum(MatchedBy))
+    #: True: handled in full and marked done in the mailbox; False: left for a person to read.
+    settled: Mapped[bool] = mapped_column(Boolean)
+    #: One line: what it was and what was done (at most 500 characters).
+    summary: Mapped[str] = mapped_column(Text, default="")
+    processed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReportRecipient(Base):
+    """One recipient of a handled report: who it was matched to, and what was done."""
+
+    __tablename__ = "report_recipients"
+    __table_args__ = (
+        Index("ix_report_recipients_report_id", "report_id"),
+        Index("ix_report_recipients_subscriber_id", "subscriber_id"),
+        Index("ix_report_recipients_dispatch_id_action", "dispatch_id", "action"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("handled_reports.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="SET NULL"))
+    dispatch_id: Mapped[int | None] = mapped_column(ForeignKey("dispatches.id", ondelete="SET NULL"))
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("deliveries.id", ondelete="SET NULL"))
+    list_id: Mapped[int | None] = mapped_column(ForeignKey("lists.id", ondelete="SET NULL"))
+    #: The address the report names (or the matched delivery's, when it names none).
+    address: Mapped[str] = mapped_column(String(320), default="")
+    #: ``reports.Outcome``; NULL for a report without recipients (an automatic reply).
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str | None] = mapped_column(String(16))
+    #: The server's diagnostic text, at most 500 characters.
+    diagnostic: Mapped[str] = mapped_column(Text, default="")
+    matched_by: Mapped[MatchedBy] = mapped_column(_enum(MatchedBy))
+    action: Mapped[ReportAction] = mapped_column(_enum(ReportAction))
+    #: Why, in a few words: "already bounced", "policy: the sender's fault", "score 2".
+    note: Mapped[str] = mapped_column(String(200), default="")

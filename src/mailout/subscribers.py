@@ -297,8 +297,8 @@ def _rowcount(result: object) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def mark_bounced(conn: Connection, subscriber_id: int, detail: str) -> None:
-    """Suppress an address the server says does not exist, for every later dispatch.
+def mark_bounced(conn: Connection, subscriber_id: int, detail: str) -> bool:
+    """Suppress an address the server says does not exist, for every later dispatch; return whether it changed.
 
     On the send loop's connection, in the transaction that records the failed delivery.
     """
@@ -327,6 +327,116 @@ def mark_bounced(conn: Connection, subscriber_id: int, detail: str) -> None:
                 created_at=utcnow(),
             )
         )
+    return bool(changed)
+
+
+# --- what bounce and complaint reports do (``bounces.handle`` decides) -------------------
+
+
+def bounce(session: Session, subscriber_id: int, detail: str) -> bool:
+    """Suppress an address a bounce report says is dead, on every list; return whether it changed.
+
+    Also skips what running dispatches still have queued for the person.
+    """
+    changed = mark_bounced(session.connection(), subscriber_id, detail)
+    if changed:
+        outbox.skip_pending(session, subscriber_id, None)
+        _forget(session, subscriber_id)
+    return changed
+
+
+@dataclass(frozen=True)
+class SoftBounce:
+    """What one temporary failure did to a person's soft-bounce score."""
+
+    score: int
+    #: False when the score had risen on this UTC day already.
+    rose: bool
+    #: True when the score reached the threshold and the address was suppressed.
+    suppressed: bool
+
+
+def soft_bounce(
+    session: Session,
+    subscriber_id: int,
+    now: dt.datetime,
+    *,
+    threshold: int,
+    reset_days: int,
+    detail: str,
+) -> SoftBounce:
+    """Count a temporary failure: the score rises at most once a UTC day; at ``threshold``, suppress.
+
+    A failure more than ``reset_days`` after the previous one starts the score from 0.
+    The person's row is locked first (``FOR UPDATE`` on PostgreSQL; SQLite holds the
+    write lock already), so two reports handled at once cannot both count the same day.
+    """
+    row = session.execute(
+        select(Subscriber.soft_score, Subscriber.soft_day, Subscriber.soft_bounced_at)
+        .where(Subscriber.id == subscriber_id)
+        .with_for_update()
+    ).one()
+    score, day, last = int(row.soft_score), row.soft_day, row.soft_bounced_at
+    now = now.astimezone(dt.UTC)
+    today = now.date()
+    if last is not None and now - outbox.as_utc(last) > dt.timedelta(days=reset_days):
+        score, day = 0, None
+    rose = day != today
+    if rose:
+        score, day = score + 1, today
+    session.execute(
+        update(Subscriber)
+        .where(Subscriber.id == subscriber_id)
+        .values(soft_score=score, soft_day=day, soft_bounced_at=now)
+    )
+    suppressed = score >= threshold and bounce(
+        session, subscriber_id, f"soft bounces on {score} days; the last: {detail}"
+    )
+    _forget(session, subscriber_id)
+    return SoftBounce(score, rose, suppressed)
+
+
+def complain(session: Session, subscriber_id: int, list_id: int | None, detail: str) -> int:
+    """Act on a complaint: end the subscription to ``list_id``, or every one (None); return how many ended.
+
+    Every list: the person's status becomes ``complained``. The consent event is of
+    kind ``complained``, on the word of the feedback loop.
+    """
+    now = utcnow()
+    ids = {"b_subscriber": subscriber_id, "b_now": now}
+    if list_id is not None:
+        changed = _rowcount(session.execute(_END_SUBSCRIPTION, {**ids, "b_list": list_id}))
+    else:
+        changed = _rowcount(
+            session.execute(
+                update(Subscriber)
+                .where(Subscriber.id == subscriber_id, Subscriber.status == SubscriberStatus.SUBSCRIBED)
+                .values(status=SubscriberStatus.COMPLAINED, updated_at=now)
+            )
+        )
+        changed += _rowcount(session.execute(_END_SUBSCRIPTIONS, ids))
+    if changed:
+        session.execute(
+            _RECORD,
+            {
+                "subscriber_id": subscriber_id,
+                "list_id": list_id,
+                "kind": EventKind.COMPLAINED,
+                "source": Source.FEEDBACK_LOOP,
+                "detail": detail[:500],
+                "created_at": now,
+            },
+        )
+    outbox.skip_pending(session, subscriber_id, list_id)
+    _forget(session, subscriber_id)
+    return changed
+
+
+def _forget(session: Session, subscriber_id: int) -> None:
+    """Have the session read the person again when asked: their row was written below the ORM."""
+    loaded = session.identity_map.get(session.identity_key(Subscriber, subscriber_id))
+    if loaded is not None:
+        session.expire(loaded)
 
 
 def resubscribe(session: Session, person: Subscriber, lst: MailingList, *, reason: str) -> None:

@@ -19,6 +19,7 @@ from ..db import DatabaseUnavailable
 from ..errors import IssueError, MailoutError
 from ..paths import display_path
 from ..workspace import init_workspace
+from .bounces import bounces_group
 from .compose import issue, preview, templates
 from .database import db
 from .dkim import dkim_group
@@ -140,6 +141,7 @@ for command in (
     archive_group,
     dkim_group,
     doctor_command,
+    bounces_group,
 ):
     cli.add_command(command)
 

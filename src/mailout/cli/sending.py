@@ -452,6 +452,9 @@ def _print_report(report: Report) -> None:
     click.echo(_history("envelope sender", report.envelope_sender, report.done, "envelope sender: {}".format))
     if report.paused_reason:
         click.echo(f"paused: {report.paused_reason}")
+    click.echo(
+        f"reports by mail (mailout bounces process): {report.bounced:,} bounced, {report.complained:,} complained"
+    )
     if report.failures:
         click.echo("failures and deferrals by server reply:")
         for failure in report.failures:

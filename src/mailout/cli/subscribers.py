@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .. import csvfile, unsubmail
+from .. import bounces, csvfile, unsubmail
 from .. import subscribers as people
 from ..config import ListSettings
 from ..db import transaction
@@ -290,7 +290,7 @@ def resubscribe_command(state: State, email: str, list_name: str, reason: str, c
 @click.argument("email")
 @pass_state
 def show_command(state: State, email: str) -> None:
-    """Show one subscriber, their lists and their whole consent history.
+    """Show one subscriber, their lists, their whole consent history and the reports about them.
 
     \b
     Example:
@@ -305,6 +305,11 @@ def show_command(state: State, email: str) -> None:
             )
         )
         click.echo(f"status: {person.status}   since {person.created_at:%Y-%m-%d %H:%M}")
+        if person.soft_score or person.soft_bounced_at:
+            last = f"{person.soft_bounced_at:%Y-%m-%d %H:%M}" if person.soft_bounced_at else "-"
+            click.echo(
+                f"soft bounces: score {person.soft_score} (last {last}, counted on {person.soft_day or '-'})"
+            )
         for membership in people.memberships(session, person):
             click.echo(
                 f"list {safe(membership.list_name)}: {membership.status}"
@@ -316,6 +321,16 @@ def show_command(state: State, email: str) -> None:
             detail = f": {safe(event.detail)}" if event.detail else ""
             click.echo(
                 f"  {event.created_at:%Y-%m-%d %H:%M}  {event.kind:<12} {scope:<10} by {event.source}{detail}"
+            )
+        reports = bounces.about(session, person.id)
+        if reports:
+            click.echo("reports (mailout bounces process):")
+        for handled, line in reports:
+            code = f" {line.status}" if line.status else ""
+            note = f": {line.note}" if line.note else ""
+            click.echo(
+                f"  {handled.processed_at:%Y-%m-%d %H:%M}  {handled.kind:<9} {line.outcome or '-'}{safe(code)}"
+                f" -> {line.action.value} (by {line.matched_by.value}){safe(note)}"
             )
 
 
