@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from . import subscribers
 from .config import Settings
 from .db import Engine, reader, transaction
-from .envelope import looks_like_verp, parse_verp
+from .envelope import looks_like_verp, parse_verp, uses_verp
 from .mailsource import MailSource
 from .models import (
     Delivery,
@@ -276,14 +276,13 @@ def _matches(
         return [(r, whole) for r in people], ""
     found: list[tuple[Recipient | None, _Match]] = []
     list_id = _list_named(session, settings, original.list_id if original else None)
-    uses_verp = bool(settings.sender.return_path) and settings.bounces.verp
     since = now - dt.timedelta(days=settings.bounces.match_days)
     for recipient in report.recipients:
         match = None
         for address in dict.fromkeys(a for a in (recipient.address, recipient.original_address) if a):
             if list_id is not None:
                 match = _by_list(session, list_id, address)
-            if match is None and not uses_verp:
+            if match is None and not uses_verp(settings):
                 match = _by_recipient(session, address, since)
             if match is not None:
                 break

@@ -74,7 +74,8 @@ def _letters(digest: bytes) -> str:
     )
 
 
-def _uses_verp(settings: Settings) -> bool:
+def uses_verp(settings: Settings) -> bool:
+    """Return whether each message of a dispatch gets a return address of its own (VERP)."""
     return bool(settings.sender.return_path) and settings.bounces.verp
 
 
@@ -88,7 +89,7 @@ def for_dispatch(
     on and there is no ``signer`` (no secret key).
     """
     return_path = settings.sender.return_path
-    if not _uses_verp(settings):
+    if not uses_verp(settings):
         plain = return_path or from_address or settings.sender.address
         return lambda delivery_id: plain
     if signer is None:
@@ -129,7 +130,7 @@ def envelope_sender(
     of their addresses (``bounces+12.<delivery>.<mac>@mail.example.org``). With VERP and a
     delivery, ``signer`` makes the MAC.
     """
-    if dispatch_id is None or not _uses_verp(settings):
+    if dispatch_id is None or not uses_verp(settings):
         return settings.sender.return_path or from_address or settings.sender.address
     if delivery_id is None:
         local, _, domain = settings.sender.return_path.rpartition("@")
@@ -144,7 +145,7 @@ def looks_like_verp(settings: Settings, address: str) -> bool:
     path's domain, in any case. A report sent to such an address that `parse_verp`
     refuses names a delivery falsely: forged, or mistyped on the way.
     """
-    if not _uses_verp(settings):
+    if not uses_verp(settings):
         return False
     local, _, domain = settings.sender.return_path.rpartition("@")
     given_local, at, given_domain = address.lower().rpartition("@")
@@ -162,7 +163,7 @@ def parse_verp(settings: Settings, signer: Signer, address: str) -> tuple[int, i
     forged, mistyped or truncated address, or one signed by a key no longer configured,
     gives None; so does every address when VERP is off.
     """
-    if not _uses_verp(settings) or len(address) > 254:
+    if not uses_verp(settings) or len(address) > 254:
         return None
     local, _, domain = settings.sender.return_path.rpartition("@")
     head = f"{local}{settings.bounces.verp_separator}".lower()
