@@ -33,7 +33,7 @@ from mailout import subscribers as people
 from mailout.bounces import Verdict
 from mailout.cli import cli
 from mailout.config import Settings, load_settings
-from mailout.db import make_engine, transaction, upgrade
+from mailout.db import make_engine, reader, transaction, upgrade
 from mailout.issues import load_issue
 from mailout.mailsource import open_source
 from mailout.models import (
@@ -745,15 +745,16 @@ def test_kill_9_in_the_middle_then_a_rerun_ends_as_one_uninterrupted_run(
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            with transaction(engine) as session:
-                if session.scalar(select(func.count()).select_from(HandledReport)) >= 100:
+            # As a reader: a writer's lock would wait for the run's groups, and see none of them.
+            with transaction(reader(engine)) as session:
+                if session.scalar(select(func.count()).select_from(HandledReport)) >= 1:
                     break
-            time.sleep(0.01)
+            time.sleep(0.005)
         os.kill(killed.pid, signal.SIGKILL)
         killed.wait(10)
         with transaction(engine) as session:
             partial = session.scalar(select(func.count()).select_from(HandledReport))
-        assert partial is not None and 100 <= partial < 300, "killed in the middle"
+        assert partial is not None and 1 <= partial < 300, "killed in the middle"
         rerun = process(sending_workspace, box, database_url)
         assert rerun.wait(120) == 0, log(box)
         twin_engine = make_engine(twin)
