@@ -45,8 +45,10 @@ from .db import Engine, reader, transaction
 from .envelope import looks_like_verp, parse_verp, uses_verp
 from .mailsource import Item, MailSource
 from .models import (
+    ConsentEvent,
     Delivery,
     Dispatch,
+    EventKind,
     HandledReport,
     MailingList,
     MatchedBy,
@@ -123,6 +125,10 @@ class _Match:
     delivery_id: int | None = None
     list_id: int | None = None
     address: str = ""
+    #: Why a recipient matched nothing, when there is more to say than that.
+    note: str = ""
+    #: The delivery's envelope sender (MAIL FROM), as it was kept; "" when not kept.
+    envelope: str = ""
 
 
 _NONE = _Match(MatchedBy.NONE)
@@ -173,7 +179,7 @@ def handled_before(session: Session, report: Report | ReportIdentity) -> Seen | 
 
 
 _DELIVERY = (
-    select(Delivery.subscriber_id, Delivery.email, Dispatch.list_id)
+    select(Delivery.subscriber_id, Delivery.email, Dispatch.list_id, Delivery.envelope_sender)
     .join(Dispatch, Dispatch.id == Delivery.dispatch_id)
     .where(Delivery.id == bindparam("b_delivery"), Delivery.dispatch_id == bindparam("b_dispatch"))
 )
@@ -187,7 +193,15 @@ def _delivery_match(session: Session, by: MatchedBy, dispatch_id: int, delivery_
     )
     if row is None:
         return None
-    return _Match(by, row.subscriber_id, dispatch_id, delivery_id, row.list_id, row.email)
+    return _Match(
+        by,
+        row.subscriber_id,
+        dispatch_id,
+        delivery_id,
+        row.list_id,
+        row.email,
+        envelope=row.envelope_sender or "",
+    )
 
 
 def _by_verp(
@@ -294,18 +308,60 @@ def _by_recipient(session: Session, address: str, since: dt.datetime) -> _Match 
     return _Match(MatchedBy.RECIPIENT, subscriber_id, *latest, address)
 
 
+def _key(address: str) -> str:
+    """An address as ``subscribers.email_key`` keeps it, to compare two spellings of one address."""
+    try:
+        return subscribers.normalise_email(address).lower()
+    except subscribers.InvalidSubscriber:
+        return address.strip().lower()
+
+
+def _for(recipient: Recipient, whole: _Match) -> _Match:
+    """``whole`` (the delivery a report is about) for ``recipient`` only if it names that delivery's address.
+
+    A report matched by its return address or its Message-ID may still name another
+    address: a forward of the message, or a report written by someone else. That
+    recipient is listed, and the report left for a person, never acted on.
+    """
+    wanted = _key(whole.address)
+    if any(_key(a) == wanted for a in (recipient.address, recipient.original_address) if a):
+        return whole
+    return _Match(MatchedBy.NONE, address=recipient.address, note="not the address the message went to")
+
+
 def _matches(
     session: Session, settings: Settings, signer: Signer, report: Report, now: dt.datetime
 ) -> tuple[list[tuple[Recipient | None, _Match]], str]:
-    """Return each recipient with its match, and why the report is forged ("" if it is not)."""
-    people: list[Recipient | None] = list(report.recipients) or [None]
+    """Return each recipient with its match, and why the report is forged ("" if it is not).
+
+    With VERP on, a bounce about a message sent with a signed return address is
+    believed only at that address: a stranger can write a report with a guessed
+    Message-ID or a List-Id to the plain return path. The returned Message-ID still
+    serves complaints (a feedback loop does not write to the return address) and
+    messages sent before VERP, each with the address the message went to. List-Id
+    and the recipient alone serve a fixed return path only.
+    """
     verp, forged = _by_verp(session, settings, signer, report)
     if forged:
         return [(r, _NONE) for r in report.recipients], forged
     original = report.original
+    verp_on = uses_verp(settings)
     whole = verp or _by_message_id(session, original.message_id if original else None)
+    if (
+        whole is not None
+        and whole.by is MatchedBy.MESSAGE_ID
+        and verp_on
+        and report.kind is not ReportKind.COMPLAINT
+        and looks_like_verp(settings, whole.envelope)
+    ):
+        # Its bounces go to its own signed return address: one that came here is not believed.
+        return [(r, _NONE) for r in report.recipients], ""
     if whole is not None:
-        return [(r, whole) for r in people], ""
+        if not report.recipients:
+            return [(None, whole)], ""
+        return [(r, _for(r, whole)) for r in report.recipients], ""
+    if verp_on:
+        return [(r, _NONE) for r in report.recipients], ""
     found: list[tuple[Recipient | None, _Match]] = []
     list_id = _list_named(session, settings, original.list_id if original else None)
     since = now - dt.timedelta(days=settings.bounces.match_days)
@@ -314,7 +370,7 @@ def _matches(
         for address in dict.fromkeys(a for a in (recipient.address, recipient.original_address) if a):
             if list_id is not None:
                 match = _by_list(session, list_id, address)
-            if match is None and not uses_verp(settings):
+            if match is None:
                 match = _by_recipient(session, address, since)
             if match is not None:
                 break
@@ -330,6 +386,16 @@ def _reference(report: Report) -> str:
 
 
 _STATUS = select(Subscriber.status).where(Subscriber.id == bindparam("b_subscriber"))
+_RESUBSCRIBED_SINCE = (
+    select(ConsentEvent.id)
+    .where(
+        ConsentEvent.subscriber_id == bindparam("b_subscriber"),
+        ConsentEvent.kind == EventKind.RESUBSCRIBED,
+        ConsentEvent.created_at
+        > select(Delivery.updated_at).where(Delivery.id == bindparam("b_delivery")).scalar_subquery(),
+    )
+    .limit(1)
+)
 
 
 def _act(
@@ -342,7 +408,7 @@ def _act(
 ) -> tuple[ReportAction, str]:
     """Do what one recipient's outcome calls for; return the action and a note."""
     if match.subscriber_id is None:
-        return ReportAction.NONE, "matches no delivery or subscriber"
+        return ReportAction.NONE, match.note or "matches no delivery or subscriber"
     if recipient is None or report.kind not in (ReportKind.DSN, ReportKind.COMPLAINT):
         return ReportAction.NONE, report.reason or f"{report.kind}: not a bounce or a complaint"
     outcome = recipient.outcome
@@ -355,6 +421,13 @@ def _act(
     )
     if status is not SubscriberStatus.SUBSCRIBED:
         return ReportAction.NONE, f"already {status}"
+    if match.delivery_id is not None and (
+        session.connection()
+        .execute(_RESUBSCRIBED_SINCE, {"b_subscriber": match.subscriber_id, "b_delivery": match.delivery_id})
+        .first()
+    ):
+        # Subscribed again by the team after this message went out: their word is newer.
+        return ReportAction.NONE, "about a message sent before they were subscribed again"
     what = " ".join(v for v in (recipient.status, recipient.diagnostic) if v)
     detail = f"{_reference(report)}: {what}" if what else _reference(report)
     if outcome is Outcome.PERMANENT:

@@ -384,7 +384,8 @@ def soft_bounce(
     today = now.date()
     if last is not None and now - outbox.as_utc(last) > dt.timedelta(days=reset_days):
         score, day = 0, None
-    rose = day != today
+    # Once a UTC day, and never for a day already counted (a clock put back, a late report).
+    rose = day is None or today > day
     if rose:
         score, day = score + 1, today
     session.execute(
@@ -455,6 +456,8 @@ def resubscribe(session: Session, person: Subscriber, lst: MailingList, *, reaso
         raise InvalidSubscriber(f"{person.email} is subscribed to '{lst.name}' already")
     # Only the named list comes back: a bounce or a global unsubscribe ended every other one.
     person.status = SubscriberStatus.SUBSCRIBED
+    # A fresh start: the temporary failures before it count no more.
+    person.soft_score, person.soft_day, person.soft_bounced_at = 0, None, None
     if existing is None:
         session.add(Subscription(subscriber_id=person.id, list_id=lst.id))
     else:
