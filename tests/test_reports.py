@@ -7,6 +7,7 @@ servers named in each file send; one real Postfix report is made in a test below
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import quopri
 import smtplib
@@ -513,3 +514,114 @@ def test_an_encoded_delivery_status_part_is_decoded(encoding: str) -> None:
     [recipient] = report.recipients
     assert (recipient.address, recipient.status) == ("a@example.com", "5.1.1")
     assert recipient.diagnostic == "550 5.1.1 Benutzer unbekannt: Müller"
+
+
+# --- what a report carries is safe to store ----------------------------------------------------
+
+# C0 control characters but tab, and DEL; a NUL makes PostgreSQL refuse the whole write.
+CONTROLS = "\x00\x01\x08\x0e\x1b\x7f"
+
+
+def _strings(value: object) -> list[str]:
+    """Every string a report carries, however deep in it."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [s for item in value for s in _strings(item)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [s for f in dataclasses.fields(value) for s in _strings(getattr(value, f.name))]
+    return []
+
+
+def _assert_clean(report: Report) -> None:
+    strings = _strings(report)
+    assert strings
+    for text in strings:
+        assert not any((ord(c) < 0x20 and c != "\t") or c == "\x7f" for c in text), repr(text)
+        assert not any("\ud800" <= c <= "\udfff" for c in text), repr(text)  # no lone surrogate
+
+
+def _returned(c: str) -> str:
+    return (
+        "--b\nContent-Type: message/rfc822\n\n"
+        f"Message-ID: <orig{c}@news.example.org>\nList-Id: Members{c} <members.news.example.org>\n"
+        f"From: news{c}@news.example.org\nTo: gone{c}@example.com\nSubject: News\n\nHello.\n\n"
+    )
+
+
+def test_control_characters_never_leave_a_report() -> None:
+    c = CONTROLS
+    block = (
+        f"Final-Recipient: rfc822; go{c}ne@example.com\nOriginal-Recipient: rfc822;{c}gone@example.com\n"
+        f"Action: fail{c}ed\nStatus: 5.1.1{c}\nDiagnostic-Code: smtp; 550 5.1.1 no{c} such user\n"
+    )
+    raw = (
+        _dsn(block, extra_headers=f"Delivered-To: bounces{c}@news.example.org\n")
+        .replace(b"<built@", f"<bu{c}ilt@".encode())
+        .replace(b"dns; mx.example.net", f"dns; mx{c}.example.net\nOriginal-Envelope-Id: 17{c}-1".encode())
+        .replace(b"--b--", (_returned(c) + "--b--").encode())
+    )
+    report = read_report(raw)
+    assert report.kind is ReportKind.DSN
+    _assert_clean(report)
+    [recipient] = report.recipients
+    assert (recipient.address, recipient.status, recipient.action) == ("gone@example.com", "5.1.1", "failed")
+    assert recipient.diagnostic == "550 5.1.1 no such user"
+    assert report.identity.message_id == "<built@mx.example.net>"
+    assert report.envelope_id == "17-1" and report.reporting_mta == "mx.example.net"
+    assert report.original == Original(
+        "<orig@news.example.org>",
+        "Members <members.news.example.org>",
+        "news@news.example.org",
+        ("gone@example.com",),
+    )
+
+
+def test_control_characters_never_leave_a_complaint_or_a_non_standard_bounce() -> None:
+    c = CONTROLS
+    complaint = (
+        "From: fbl@example.net\nTo: fbl@news.example.org\nMIME-Version: 1.0\n"
+        f'Content-Type: multipart/report; report-type=feedback-report; boundary="b"\n\n'
+        "--b\nContent-Type: text/plain\n\nA complaint.\n\n"
+        "--b\nContent-Type: message/feedback-report\n\n"
+        f"Feedback-Type: ab{c}use\nUser-Agent: fbl{c}/1\nOriginal-Rcpt-To: an{c}noyed@example.com\n\n"
+        f"{_returned(c)}--b--\n"
+    ).encode()
+    report = read_report(complaint)
+    assert report.kind is ReportKind.COMPLAINT
+    _assert_clean(report)
+    assert report.feedback_type == "abuse" and report.recipients[0].address == "annoyed@example.com"
+    nonstandard = (
+        (CORPUS / "exim-nonstandard.eml")
+        .read_bytes()
+        .replace(b"User unknown", f"User{c} unknown".encode())
+        .replace(b"left@example.co.uk", f"le{c}ft@example.co.uk".encode(), 1)
+    )
+    report = read_report(nonstandard)
+    assert report.kind is ReportKind.DSN and not report.standard
+    _assert_clean(report)
+    no_recipients = _dsn("").replace(b"report-type=delivery-status", f"report-type=x{c}y".encode())
+    report = read_report(no_recipients)
+    assert report.kind is ReportKind.UNKNOWN and "xy" in report.reason
+    _assert_clean(report)
+
+
+def test_raw_utf8_addresses_are_read_as_utf8() -> None:
+    # SMTPUTF8: a server returns the address as it is, in raw UTF-8, in the report's fields.
+    block = (
+        "Final-Recipient: rfc822; josé@exemplo.pt\nOriginal-Recipient: rfc822; josé@exemplo.pt\n"
+        "Action: failed\nStatus: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 <josé@exemplo.pt>: usuário desconhecido\n"
+    )
+    raw = _dsn(block, extra_headers="Subject: Não entregue\n").replace(
+        b"--b--", (_returned("") + "--b--").replace("gone@example.com", "zoë@exemplo.pt").encode()
+    )
+    report = read_report(raw)
+    _assert_clean(report)
+    [recipient] = report.recipients
+    assert recipient.address == "josé@exemplo.pt" and recipient.original_address == "josé@exemplo.pt"
+    assert recipient.diagnostic == "550 5.1.1 <josé@exemplo.pt>: usuário desconhecido"
+    assert report.original is not None and report.original.to == ("zoë@exemplo.pt",)
+    # Bytes that are no UTF-8 are replaced, never kept as surrogates.
+    report = read_report(raw.replace("josé".encode(), b"jos\xe9"))
+    _assert_clean(report)
+    assert report.recipients[0].address == "jos\ufffd@exemplo.pt"

@@ -179,18 +179,40 @@ def _read(msg: Message, identity: ReportIdentity) -> Report:
 # --- headers -------------------------------------------------------------------------------
 
 
+# C0 control characters but tab, and DEL: a NUL is refused by PostgreSQL in any text, and the others
+# have no place in an address or a one-line diagnostic.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _utf8(text: str) -> str:
+    """Text with the raw bytes the parser kept as surrogate escapes decoded as UTF-8 (SMTPUTF8)."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is no escape of a byte
+        raw = text.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
+
+
 def _clip(text: str) -> str:
-    return text[:MAX_TEXT]
+    """Text as a `Report` may carry it: UTF-8, no control characters but tab, at most `MAX_TEXT` long."""
+    return _CONTROL.sub("", _utf8(text[: MAX_TEXT * 4]))[:MAX_TEXT]
 
 
 def _text(value: object) -> str:
-    """A header value as text: encoded words decoded, unknown bytes replaced, whitespace unfolded."""
+    """A header value as text: encoded words decoded, raw bytes read as UTF-8, whitespace unfolded."""
     if isinstance(value, str):
-        value = value[: MAX_TEXT * 4]  # a megabyte-long header costs no more than a short one
+        value = _utf8(value[: MAX_TEXT * 4])  # a megabyte-long header costs no more than a short one
     try:
-        text = str(make_header(decode_header(value)))  # type: ignore[arg-type]
+        chunks = [
+            # Raw bytes in a header (compat32's "unknown-8bit"): SMTPUTF8 says they are UTF-8.
+            (chunk.decode("utf-8", "replace"), "utf-8")
+            if isinstance(chunk, bytes) and charset in (None, "unknown-8bit") and not chunk.isascii()
+            else (chunk, charset)
+            for chunk, charset in decode_header(value)  # type: ignore[arg-type]
+        ]
+        text = str(make_header(chunks))
     except Exception:  # a broken encoded word or charset: keep what the value says, readable
-        text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        text = _utf8(str(value))
     return _clip(" ".join(text[: MAX_TEXT * 4].split()))
 
 
@@ -322,7 +344,7 @@ def _typed(value: str | None) -> str | None:
     text = (rest if sep else value).strip()
     if "@" in text and " " not in text:  # an address, maybe in angle brackets
         text = text.strip("<>").strip()
-    return text or None
+    return _clip(text) or None
 
 
 def outcome_of(action: str | None, status: str | None) -> Outcome:
@@ -518,7 +540,7 @@ def _read_nonstandard(msg: Message, identity: ReportIdentity, envelope_to: tuple
     found = [(a, Outcome.PERMANENT) for a in sorted(permanent)]
     found += [(a, Outcome.TEMPORARY) for a in sorted(temporary - permanent)]
     for raw_address, outcome in found[:MAX_RECIPIENTS]:
-        address = _clip(raw_address.decode("ascii", "replace"))
+        address = _clip(raw_address.decode("utf-8", "replace"))
         status, diagnostic = _diagnostic_after(notice, lowered, address)
         # flufl.bounce tells permanent from temporary; a 5.7.x in the answer says it is about the sender.
         if outcome is Outcome.PERMANENT and status and status.startswith("5.7."):
