@@ -10,6 +10,7 @@ import base64
 import dataclasses
 import hashlib
 import quopri
+import resource
 import smtplib
 import time
 from dataclasses import dataclass
@@ -625,3 +626,90 @@ def test_raw_utf8_addresses_are_read_as_utf8() -> None:
     report = read_report(raw.replace("josé".encode(), b"jos\xe9"))
     _assert_clean(report)
     assert report.recipients[0].address == "jos\ufffd@exemplo.pt"
+
+
+# --- hostile sizes cost little CPU -------------------------------------------------------------
+
+
+def _cpu() -> float:
+    """CPU seconds of this thread: what a test measures is not slowed by a busy machine."""
+    usage = resource.getrusage(resource.RUSAGE_THREAD)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _read_cheaply(raw: bytes) -> Report:
+    started = _cpu()
+    report = read_report(raw)
+    assert _cpu() - started < 3, f"{_cpu() - started:.1f} CPU seconds"
+    return report
+
+
+def _exim(addresses: int) -> bytes:
+    return (
+        "From: Mail Delivery System <Mailer-Daemon@mx.example.net>\n"
+        "Subject: Mail delivery failed: returning message to sender\n\n"
+        "A message that you sent could not be delivered to one or more of its\n"
+        "recipients. This is a permanent error. The following address(es) failed:\n\n"
+        + "".join(
+            f"  r{i}@example.com\n    SMTP error from remote mail server after RCPT TO:<r{i}@example.com>:\n"
+            f"    550 5.1.{i % 10} no such user\n"
+            for i in range(addresses)
+        )
+    ).encode()
+
+
+def test_a_message_of_200000_parts_costs_little() -> None:
+    # Parsing took seconds and flufl.bounce a minute (it walks every part): neither reads past part 200.
+    raw = (
+        b'From: MAILER-DAEMON@mx.example.net\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="B"\n\n'
+        + b"--B\nContent-Type: text/plain\n\nr1@example.com 550 5.1.1 no\n" * 200_000
+        + b"--B--\n"
+    )
+    report = _read_cheaply(raw)
+    assert report.kind is ReportKind.UNKNOWN
+    assert report.reason == "no report found; not searched for other formats (more than 200 MIME parts)"
+
+
+def test_a_plain_text_bounce_of_12_mb_costs_little() -> None:
+    report = _read_cheaply(_exim(200_000))
+    assert report.kind is ReportKind.UNKNOWN
+    assert report.reason.endswith(
+        f"not searched for other formats (larger than {reports.MAX_READ_BYTES} bytes)"
+    )
+
+
+def test_a_non_standard_bounce_of_almost_a_mib_is_read_cheaply() -> None:
+    raw = _exim(7_000)
+    assert len(raw) < reports.MAX_READ_BYTES
+    report = _read_cheaply(raw)
+    assert report.kind is ReportKind.DSN and not report.standard and report.truncated
+    assert len(report.recipients) == reports.MAX_RECIPIENTS
+    by_address = {r.address: r for r in report.recipients}
+    assert by_address["r1001@example.com"].status == "5.1.1"  # its own line, not r1000's
+    assert by_address["r1001@example.com"].diagnostic == "550 5.1.1 no such user"
+
+
+def test_a_dsn_of_200000_recipients_or_10000_parts_costs_little() -> None:
+    blocks = "\n".join(
+        f"Final-Recipient: rfc822; r{i}@example.com\nAction: failed\nStatus: 5.1.1\n" for i in range(200_000)
+    )
+    report = _read_cheaply(_dsn(blocks))
+    assert report.kind is ReportKind.DSN and report.truncated
+    assert len(report.recipients) == reports.MAX_RECIPIENTS
+    # The report's parts come first: a hostile tail of parts after them does not hide them.
+    block = "Final-Recipient: rfc822; gone@example.com\nAction: failed\nStatus: 5.1.1\n"
+    tail = "--b\nContent-Type: text/plain\n\nx\n" * 10_000
+    report = _read_cheaply(_dsn(block).replace(b"--b--", tail.encode() + b"--b--"))
+    assert report.kind is ReportKind.DSN and report.recipients[0].address == "gone@example.com"
+
+
+def test_a_dsn_returning_a_large_message_is_still_read() -> None:
+    # A returned newsletter with its images is larger than what is parsed: the report comes first.
+    block = "Final-Recipient: rfc822; gone@example.com\nAction: failed\nStatus: 5.1.1\n"
+    returned = _returned("").replace("Hello.\n", "Hello.\n" + ("x" * 76 + "\n") * 50_000)
+    raw = _dsn(block).replace(b"--b--", returned.encode() + b"--b--")
+    assert len(raw) > 3 * reports.MAX_READ_BYTES
+    report = _read_cheaply(raw)
+    assert report.kind is ReportKind.DSN and report.recipients[0].outcome is Outcome.PERMANENT
+    assert report.original is not None and report.original.message_id == "<orig@news.example.org>"
+    assert report.original.list_id == "Members <members.news.example.org>"
