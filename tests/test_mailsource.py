@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from mailout import mailsource
+from mailout import mailsource, reports
 from mailout.config import load_settings
 from mailout.errors import ConfigError, WorkspaceError
 from mailout.mailsource import ImapAddress, imap_utf7, open_source
@@ -331,6 +331,22 @@ def test_a_password_in_the_address_is_refused_and_never_shown() -> None:
     assert "Sesame-4711" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "imaps://ana:S3CRET]@mail.example.org/INBOX",
+        "imaps://ana:[S3CRET]@mail.example.org/INBOX",
+        "imaps://ana:S3[CRET@mail.example.org/INBOX",
+        "imap://ana:S3CRET@[mail.example.org/INBOX",
+    ],
+)
+def test_an_address_that_cannot_be_read_never_shows_its_password(spec: str) -> None:
+    with pytest.raises(WorkspaceError, match="not an IMAP address") as caught:
+        open_source(spec, environ={"MAILOUT_IMAP_PASSWORD": "x"})
+    assert "S3" not in str(caught.value) and "CRET" not in str(caught.value)
+    assert "mail.example.org" in str(caught.value)  # the rest still says which address
+
+
 def test_move_to_the_folder_itself_is_refused() -> None:
     with pytest.raises(WorkspaceError, match="cannot move to the folder they are in"):
         open_source("imaps://ana@mail.example.org/Bounces", move_to="Bounces", environ={})
@@ -509,11 +525,15 @@ def test_a_port_where_nothing_listens() -> None:
 
 
 class PlainServer(threading.Thread):
-    """An IMAP server with no STARTTLS: it records every line it gets and refuses every login."""
+    """An IMAP server with no STARTTLS: it records every line it gets and refuses every login,
+    unless it is given ``after_login``, what it then says it supports."""
 
-    def __init__(self, capabilities: bytes = b"IMAP4rev1 AUTH=PLAIN") -> None:
+    def __init__(
+        self, capabilities: bytes = b"IMAP4rev1 AUTH=PLAIN", after_login: bytes | None = None
+    ) -> None:
         super().__init__(daemon=True)
         self.capabilities = capabilities
+        self.after_login = after_login
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.listener.getsockname()[1])
         self.received: list[bytes] = []
@@ -534,7 +554,11 @@ class PlainServer(threading.Thread):
                 elif command.upper().startswith(b"AUTHENTICATE"):
                     connection.sendall(b"+ \r\n")
                     self.received.append(lines.readline())
-                    connection.sendall(tag + b" NO [AUTHENTICATIONFAILED] refused\r\n")
+                    if self.after_login is not None:
+                        self.capabilities = self.after_login
+                        connection.sendall(tag + b" OK logged in\r\n")
+                    else:
+                        connection.sendall(tag + b" NO [AUTHENTICATIONFAILED] refused\r\n")
                 elif command.upper().startswith(b"LOGIN"):
                     connection.sendall(tag + b" NO [AUTHENTICATIONFAILED] refused\r\n")
                 elif command.upper().startswith(b"LOGOUT"):
@@ -604,6 +628,32 @@ def test_a_server_without_auth_plain_gets_login() -> None:
     assert "pässwörd" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("capabilities", "after_login", "doing"),
+    [
+        (b"IMAP4rev1 AUTH=PLAIN X-CAF\xc3\x89", None, "connecting"),
+        (b"IMAP4rev1 AUTH=PLAIN", b"IMAP4rev1 MOVE X-\xff\xfe", "asking what the server supports"),
+    ],
+    ids=["before-login", "after-login"],
+)
+def test_an_answer_that_is_not_ascii(capabilities: bytes, after_login: bytes | None, doing: str) -> None:
+    server = PlainServer(capabilities, after_login)
+    server.start()
+    try:
+        with pytest.raises(WorkspaceError) as caught:
+            open_source(
+                f"imap://ana@127.0.0.1:{server.port}/",
+                environ={"MAILOUT_IMAP_PASSWORD": "Sesame-4711"},
+                timeout=5,
+            )
+    finally:
+        server.close()
+    assert str(caught.value) == (
+        f"imap://ana@127.0.0.1:{server.port}/INBOX: {doing}: the server answered with bytes that are not"
+        " ASCII (is it an IMAP server?)"
+    )
+
+
 def test_what_counts_as_loopback() -> None:
     with (
         socket.create_server(("127.0.0.1", 0)) as listener,
@@ -642,6 +692,36 @@ def test_messages_are_fetched_in_batches_as_the_reading_goes(
     keys = [first.key, *(item.key for item in rest)]
     assert keys == [str(uid) for uid in [*uids[:5], uids[6], big]]
     assert rest[-1].raw.endswith(b"y" * 5000 + b"\r\n")
+
+
+def test_a_message_larger_than_any_report_is_not_fetched(
+    dovecot: DovecotServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box = imap_box(dovecot)
+    small = [b"Subject: %d\r\n\r\nsmall\r\n" % n for n in range(2)]
+    big = b"Subject: big\r\n\r\n" + b"y" * 5000 + b"\r\n"
+    first = dovecot.append("INBOX", small[0])
+    big_uid = dovecot.append("INBOX", big)
+    dovecot.append("INBOX", small[1])
+    monkeypatch.setattr(reports, "MAX_REPORT_BYTES", 1000)
+    fetched: list[int] = []
+    fetch = mailsource._Imap._fetch
+
+    def spy(self: Any, uids: list[int]) -> list[mailsource.Item]:
+        fetched.extend(uids)
+        return fetch(self, uids)
+
+    monkeypatch.setattr(mailsource._Imap, "_fetch", spy)
+    with box.open() as source:
+        items = list(source)
+        assert source.skipped == [(str(big_uid), len(big))]
+    assert [item.raw for item in items] == small and big_uid not in fetched and first in fetched
+    assert box.state()[big] == UNREAD  # left as it was, for a person
+    # A server whose listing understates a size sends no more than one byte over the limit.
+    monkeypatch.setattr(mailsource._Imap, "_listing", lambda self: [(big_uid, 10)])
+    with box.open() as source:
+        [item] = list(source)
+    assert item.raw == big[:1001]
 
 
 def test_a_message_another_program_expunged_is_skipped(dovecot: DovecotServer) -> None:

@@ -7,8 +7,10 @@ servers named in each file send; one real Postfix report is made in a test below
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import quopri
+import resource
 import smtplib
 import time
 from dataclasses import dataclass
@@ -513,3 +515,201 @@ def test_an_encoded_delivery_status_part_is_decoded(encoding: str) -> None:
     [recipient] = report.recipients
     assert (recipient.address, recipient.status) == ("a@example.com", "5.1.1")
     assert recipient.diagnostic == "550 5.1.1 Benutzer unbekannt: Müller"
+
+
+# --- what a report carries is safe to store ----------------------------------------------------
+
+# C0 control characters but tab, and DEL; a NUL makes PostgreSQL refuse the whole write.
+CONTROLS = "\x00\x01\x08\x0e\x1b\x7f"
+
+
+def _strings(value: object) -> list[str]:
+    """Every string a report carries, however deep in it."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [s for item in value for s in _strings(item)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [s for f in dataclasses.fields(value) for s in _strings(getattr(value, f.name))]
+    return []
+
+
+def _assert_clean(report: Report) -> None:
+    strings = _strings(report)
+    assert strings
+    for text in strings:
+        assert not any((ord(c) < 0x20 and c != "\t") or c == "\x7f" for c in text), repr(text)
+        assert not any("\ud800" <= c <= "\udfff" for c in text), repr(text)  # no lone surrogate
+
+
+def _returned(c: str) -> str:
+    return (
+        "--b\nContent-Type: message/rfc822\n\n"
+        f"Message-ID: <orig{c}@news.example.org>\nList-Id: Members{c} <members.news.example.org>\n"
+        f"From: news{c}@news.example.org\nTo: gone{c}@example.com\nSubject: News\n\nHello.\n\n"
+    )
+
+
+def test_control_characters_never_leave_a_report() -> None:
+    c = CONTROLS
+    block = (
+        f"Final-Recipient: rfc822; go{c}ne@example.com\nOriginal-Recipient: rfc822;{c}gone@example.com\n"
+        f"Action: fail{c}ed\nStatus: 5.1.1{c}\nDiagnostic-Code: smtp; 550 5.1.1 no{c} such user\n"
+    )
+    raw = (
+        _dsn(block, extra_headers=f"Delivered-To: bounces{c}@news.example.org\n")
+        .replace(b"<built@", f"<bu{c}ilt@".encode())
+        .replace(b"dns; mx.example.net", f"dns; mx{c}.example.net\nOriginal-Envelope-Id: 17{c}-1".encode())
+        .replace(b"--b--", (_returned(c) + "--b--").encode())
+    )
+    report = read_report(raw)
+    assert report.kind is ReportKind.DSN
+    _assert_clean(report)
+    [recipient] = report.recipients
+    assert (recipient.address, recipient.status, recipient.action) == ("gone@example.com", "5.1.1", "failed")
+    assert recipient.diagnostic == "550 5.1.1 no such user"
+    assert report.identity.message_id == "<built@mx.example.net>"
+    assert report.envelope_id == "17-1" and report.reporting_mta == "mx.example.net"
+    assert report.original == Original(
+        "<orig@news.example.org>",
+        "Members <members.news.example.org>",
+        "news@news.example.org",
+        ("gone@example.com",),
+    )
+
+
+def test_control_characters_never_leave_a_complaint_or_a_non_standard_bounce() -> None:
+    c = CONTROLS
+    complaint = (
+        "From: fbl@example.net\nTo: fbl@news.example.org\nMIME-Version: 1.0\n"
+        f'Content-Type: multipart/report; report-type=feedback-report; boundary="b"\n\n'
+        "--b\nContent-Type: text/plain\n\nA complaint.\n\n"
+        "--b\nContent-Type: message/feedback-report\n\n"
+        f"Feedback-Type: ab{c}use\nUser-Agent: fbl{c}/1\nOriginal-Rcpt-To: an{c}noyed@example.com\n\n"
+        f"{_returned(c)}--b--\n"
+    ).encode()
+    report = read_report(complaint)
+    assert report.kind is ReportKind.COMPLAINT
+    _assert_clean(report)
+    assert report.feedback_type == "abuse" and report.recipients[0].address == "annoyed@example.com"
+    nonstandard = (
+        (CORPUS / "exim-nonstandard.eml")
+        .read_bytes()
+        .replace(b"User unknown", f"User{c} unknown".encode())
+        .replace(b"left@example.co.uk", f"le{c}ft@example.co.uk".encode(), 1)
+    )
+    report = read_report(nonstandard)
+    assert report.kind is ReportKind.DSN and not report.standard
+    _assert_clean(report)
+    no_recipients = _dsn("").replace(b"report-type=delivery-status", f"report-type=x{c}y".encode())
+    report = read_report(no_recipients)
+    assert report.kind is ReportKind.UNKNOWN and "xy" in report.reason
+    _assert_clean(report)
+
+
+def test_raw_utf8_addresses_are_read_as_utf8() -> None:
+    # SMTPUTF8: a server returns the address as it is, in raw UTF-8, in the report's fields.
+    block = (
+        "Final-Recipient: rfc822; josé@exemplo.pt\nOriginal-Recipient: rfc822; josé@exemplo.pt\n"
+        "Action: failed\nStatus: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 <josé@exemplo.pt>: usuário desconhecido\n"
+    )
+    raw = _dsn(block, extra_headers="Subject: Não entregue\n").replace(
+        b"--b--", (_returned("") + "--b--").replace("gone@example.com", "zoë@exemplo.pt").encode()
+    )
+    report = read_report(raw)
+    _assert_clean(report)
+    [recipient] = report.recipients
+    assert recipient.address == "josé@exemplo.pt" and recipient.original_address == "josé@exemplo.pt"
+    assert recipient.diagnostic == "550 5.1.1 <josé@exemplo.pt>: usuário desconhecido"
+    assert report.original is not None and report.original.to == ("zoë@exemplo.pt",)
+    # Bytes that are no UTF-8 are replaced, never kept as surrogates.
+    report = read_report(raw.replace("josé".encode(), b"jos\xe9"))
+    _assert_clean(report)
+    assert report.recipients[0].address == "jos\ufffd@exemplo.pt"
+
+
+# --- hostile sizes cost little CPU -------------------------------------------------------------
+
+
+def _cpu() -> float:
+    """CPU seconds of this thread: what a test measures is not slowed by a busy machine."""
+    usage = resource.getrusage(resource.RUSAGE_THREAD)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _read_cheaply(raw: bytes) -> Report:
+    started = _cpu()
+    report = read_report(raw)
+    assert _cpu() - started < 3, f"{_cpu() - started:.1f} CPU seconds"
+    return report
+
+
+def _exim(addresses: int) -> bytes:
+    return (
+        "From: Mail Delivery System <Mailer-Daemon@mx.example.net>\n"
+        "Subject: Mail delivery failed: returning message to sender\n\n"
+        "A message that you sent could not be delivered to one or more of its\n"
+        "recipients. This is a permanent error. The following address(es) failed:\n\n"
+        + "".join(
+            f"  r{i}@example.com\n    SMTP error from remote mail server after RCPT TO:<r{i}@example.com>:\n"
+            f"    550 5.1.{i % 10} no such user\n"
+            for i in range(addresses)
+        )
+    ).encode()
+
+
+def test_a_message_of_200000_parts_costs_little() -> None:
+    # Parsing took seconds and flufl.bounce a minute (it walks every part): neither reads past part 200.
+    raw = (
+        b'From: MAILER-DAEMON@mx.example.net\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="B"\n\n'
+        + b"--B\nContent-Type: text/plain\n\nr1@example.com 550 5.1.1 no\n" * 200_000
+        + b"--B--\n"
+    )
+    report = _read_cheaply(raw)
+    assert report.kind is ReportKind.UNKNOWN
+    assert report.reason == "no report found; not searched for other formats (more than 200 MIME parts)"
+
+
+def test_a_plain_text_bounce_of_12_mb_costs_little() -> None:
+    report = _read_cheaply(_exim(200_000))
+    assert report.kind is ReportKind.UNKNOWN
+    assert report.reason.endswith(
+        f"not searched for other formats (larger than {reports.MAX_READ_BYTES} bytes)"
+    )
+
+
+def test_a_non_standard_bounce_of_almost_a_mib_is_read_cheaply() -> None:
+    raw = _exim(7_000)
+    assert len(raw) < reports.MAX_READ_BYTES
+    report = _read_cheaply(raw)
+    assert report.kind is ReportKind.DSN and not report.standard and report.truncated
+    assert len(report.recipients) == reports.MAX_RECIPIENTS
+    by_address = {r.address: r for r in report.recipients}
+    assert by_address["r1001@example.com"].status == "5.1.1"  # its own line, not r1000's
+    assert by_address["r1001@example.com"].diagnostic == "550 5.1.1 no such user"
+
+
+def test_a_dsn_of_200000_recipients_or_10000_parts_costs_little() -> None:
+    blocks = "\n".join(
+        f"Final-Recipient: rfc822; r{i}@example.com\nAction: failed\nStatus: 5.1.1\n" for i in range(200_000)
+    )
+    report = _read_cheaply(_dsn(blocks))
+    assert report.kind is ReportKind.DSN and report.truncated
+    assert len(report.recipients) == reports.MAX_RECIPIENTS
+    # The report's parts come first: a hostile tail of parts after them does not hide them.
+    block = "Final-Recipient: rfc822; gone@example.com\nAction: failed\nStatus: 5.1.1\n"
+    tail = "--b\nContent-Type: text/plain\n\nx\n" * 10_000
+    report = _read_cheaply(_dsn(block).replace(b"--b--", tail.encode() + b"--b--"))
+    assert report.kind is ReportKind.DSN and report.recipients[0].address == "gone@example.com"
+
+
+def test_a_dsn_returning_a_large_message_is_still_read() -> None:
+    # A returned newsletter with its images is larger than what is parsed: the report comes first.
+    block = "Final-Recipient: rfc822; gone@example.com\nAction: failed\nStatus: 5.1.1\n"
+    returned = _returned("").replace("Hello.\n", "Hello.\n" + ("x" * 76 + "\n") * 50_000)
+    raw = _dsn(block).replace(b"--b--", returned.encode() + b"--b--")
+    assert len(raw) > 3 * reports.MAX_READ_BYTES
+    report = _read_cheaply(raw)
+    assert report.kind is ReportKind.DSN and report.recipients[0].outcome is Outcome.PERMANENT
+    assert report.original is not None and report.original.message_id == "<orig@news.example.org>"
+    assert report.original.list_id == "Members <members.news.example.org>"

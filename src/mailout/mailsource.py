@@ -23,7 +23,9 @@ loopback, where nothing travels over a network). The password comes from the
 environment (``MAILOUT_IMAP_PASSWORD``), never from SOURCE; the server's
 certificate is always verified, against the system's authorities or those of
 ``MAILOUT_IMAP_CA_FILE``. Messages are read by UID with ``BODY.PEEK[]``, which
-never sets ``\\Seen``, in batches of a few MiB.
+never sets ``\\Seen``, in batches of a few MiB. A message larger than any report
+(`reports.MAX_REPORT_BYTES`, by its size in the folder's listing) is not fetched:
+it is left unread, in place, for a person, and listed in ``skipped``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from types import TracebackType
 from typing import Protocol, cast
 from urllib.parse import quote, unquote, urlsplit
 
+from . import reports
 from .config import IMAP_CA_FILE_ENV, SECRETS
 from .errors import WorkspaceError
 
@@ -72,6 +75,10 @@ class MailSource(Protocol):
 
     #: How the mailbox is named in messages to the user (never with a password).
     name: str
+    #: The messages not read because they are larger than any report (`reports.MAX_REPORT_BYTES`),
+    #: as (key, size): left unread, in place, for a person. Only IMAP skips them (a local
+    #: file is read, and `reports.read_report` calls it too large).
+    skipped: list[tuple[str, int]]
 
     def __iter__(self) -> Iterator[Item]: ...
 
@@ -106,6 +113,7 @@ class _Local:
     ) -> None:
         self._box = box
         self.name = name
+        self.skipped: list[tuple[str, int]] = []
         self._root = root
         self._delete = delete
         #: The file of each Maildir message read, by key (``new/KEY`` or ``cur/KEY:2,FLAGS``).
@@ -264,10 +272,13 @@ class ImapAddress:
     @classmethod
     def parse(cls, spec: str) -> ImapAddress:
         """Read an IMAP address; refuse one with a password, no user or no host, saying why."""
+        shown = _shown(spec)
         try:
             parts = urlsplit(spec)
         except ValueError as error:  # e.g. "[::1" with no closing bracket
-            raise WorkspaceError(f"{spec}: not an IMAP address ({error})") from None
+            # The error may quote what is in brackets, maybe a password's ("u:[S3CRET]@h").
+            detail = f" ({error})" if shown == spec else ""
+            raise WorkspaceError(f"{shown}: not an IMAP address{detail}") from None
         implicit_tls = parts.scheme.lower() == "imaps"
         scheme = "imaps" if implicit_tls else "imap"
         example = f"{scheme}://USER@HOST/FOLDER"
@@ -278,21 +289,29 @@ class ImapAddress:
                 f" shell's history and the process list); set {PASSWORD_ENV} instead"
             )
         if not parts.hostname:
-            raise WorkspaceError(f"{spec}: no server; write {example}")
+            raise WorkspaceError(f"{shown}: no server; write {example}")
         if not parts.username:
-            raise WorkspaceError(f"{spec}: no user; write {example} (an @ in the user as %40)")
+            raise WorkspaceError(f"{shown}: no user; write {example} (an @ in the user as %40)")
         if parts.query or parts.fragment or spec.rstrip().endswith(("?", "#")):
-            raise WorkspaceError(f"{spec}: unexpected ?... or #... after the folder; write {example}")
+            raise WorkspaceError(f"{shown}: unexpected ?... or #... after the folder; write {example}")
         try:
             port = parts.port or (993 if implicit_tls else 143)
         except ValueError:
-            raise WorkspaceError(f"{spec}: the port must be a number from 1 to 65535") from None
+            raise WorkspaceError(f"{shown}: the port must be a number from 1 to 65535") from None
         user = unquote(parts.username)
         folder = unquote(parts.path.removeprefix("/")) or "INBOX"
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in user):
-            raise WorkspaceError(f"{spec}: the user has a control character")
-        _check_folder_name(folder, spec)
+            raise WorkspaceError(f"{shown}: the user has a control character")
+        _check_folder_name(folder, shown)
         return cls(implicit_tls, user, parts.hostname, port, folder)
+
+
+def _shown(spec: str) -> str:
+    """``spec`` as it may be shown: without its user part when that may hold a password (a ":")."""
+    scheme, _, rest = spec.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, _, host = authority.rpartition("@")
+    return f"{scheme}://...@{host}{slash}{path}" if ":" in userinfo else spec
 
 
 def _check_folder_name(folder: str, where: str) -> None:
@@ -400,6 +419,8 @@ class _Imap:
         self.uidvalidity = 0
         self._exists = 0  # messages in the folder when it was opened
         self._capabilities: set[str] = set()  # what the server supports, once logged in
+        #: The messages left unread because they are larger than any report: (UID, size).
+        self.skipped: list[tuple[str, int]] = []
         try:
             self._client = self._connect(context)
             self._capabilities = self._log_in(self._client)
@@ -456,9 +477,11 @@ class _Imap:
                     f"{self.name}: the server only takes plain LOGIN, which cannot carry a user or"
                     " password that is not ASCII"
                 ) from None
+        with self._errors("asking what the server supports"):
             typ, data = client.capability()
             self._check(typ, data, "asking what the server supports")
-        return {word.upper() for word in b" ".join(d for d in data if isinstance(d, bytes)).decode().split()}
+            said = b" ".join(d for d in data if isinstance(d, bytes)).decode("ascii")
+        return {word.upper() for word in said.split()}
 
     def _make_folder(self, folder: str) -> None:
         client = self._connected()
@@ -499,6 +522,10 @@ class _Imap:
         batch: list[int] = []
         size = 0
         for uid, length in listing:
+            if length > reports.MAX_REPORT_BYTES:
+                # Not fetched (no report is near that size): left unread, in place, for a person.
+                self.skipped.append((str(uid), length))
+                continue
             if batch and (size + length > BATCH_BYTES or len(batch) >= BATCH_MESSAGES):
                 yield from self._fetch(batch)
                 batch, size = [], 0
@@ -528,7 +555,10 @@ class _Imap:
         client = self._connected()
         with self._errors("reading messages"):
             client.untagged_responses.pop("FETCH", None)
-            typ, data = client.uid("FETCH", ",".join(map(str, uids)), "(UID BODY.PEEK[])")
+            # At most one byte more than a report can be, should a size in the listing be wrong.
+            typ, data = client.uid(
+                "FETCH", ",".join(map(str, uids)), f"(UID BODY.PEEK[]<0.{reports.MAX_REPORT_BYTES + 1}>)"
+            )
             if typ == "NO":
                 # Some were expunged by another session meanwhile: take the others.
                 data = client.untagged_responses.pop("FETCH", [])
@@ -635,6 +665,10 @@ class _Imap:
             ) from None
         except imaplib.IMAP4.error as error:
             raise WorkspaceError(self._scrub(f"{self.name}: {doing}: {_text(error)}")) from None
+        except UnicodeDecodeError:  # imaplib reads some answers as ASCII, as IMAP says they are
+            raise WorkspaceError(
+                f"{self.name}: {doing}: the server answered with bytes that are not ASCII (is it an IMAP server?)"
+            ) from None
 
     def _scrub(self, text: str) -> str:
         """Never show the password, should a server repeat it."""

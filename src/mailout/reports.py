@@ -22,7 +22,11 @@ The kinds, in the order they are tried:
   automatic reply, and the rest is `ReportKind.UNKNOWN`.
 
 Everything kept is bounded (`MAX_RECIPIENTS`, `MAX_TEXT`), so a report listing
-10,000 recipients or a header of a megabyte costs little to keep.
+10,000 recipients or a header of a megabyte costs little to keep; every text kept
+is UTF-8 with no control character but tab. What is read is bounded too: only
+the first `MAX_READ_BYTES` and `MAX_PARTS` parts of a message are parsed, and
+flufl.bounce only searches a message within both (a hostile message of 200,000
+parts costs a fraction of a second, not a minute).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import base64
 import enum
 import hashlib
+import itertools
 import quopri
 import re
 from collections.abc import Iterator
@@ -53,6 +58,10 @@ MAX_TEXT = 1000
 
 MAX_PARTS = 200
 """MIME parts looked at when searching a report for its pieces."""
+
+MAX_READ_BYTES = 1024 * 1024
+"""Of a larger message only the first MiB is parsed (a report's pieces come first; a returned
+copy of the message may follow), and it is not searched for non-standard bounce formats."""
 
 
 class ReportKind(enum.StrEnum):
@@ -144,13 +153,38 @@ def read_report(raw: bytes, identity: ReportIdentity | None = None) -> Report:
     if len(raw) > MAX_REPORT_BYTES:
         return Report(ReportKind.UNKNOWN, identity, reason=f"larger than {MAX_REPORT_BYTES} bytes")
     try:
-        msg = BytesParser(policy=policy.compat32).parsebytes(raw)
-        return _read(msg, identity)
+        head, cut = _head(raw)
+        msg = BytesParser(policy=policy.compat32).parsebytes(head)
+        return _read(msg, identity, cut)
     except Exception as error:  # hostile input must not stop a run: say why and go on
         return Report(ReportKind.UNKNOWN, identity, reason=f"unreadable: {type(error).__name__}")
 
 
-def _read(msg: Message, identity: ReportIdentity) -> Report:
+def _head(raw: bytes) -> tuple[bytes, str]:
+    """What of ``raw`` is parsed, and why it was cut ("" if it was not).
+
+    Parsing costs by MIME part: a hostile message of 200,000 tiny parts would take
+    seconds to parse, and a minute for flufl.bounce to walk. So parsing stops at
+    `MAX_READ_BYTES` and before the line that would start part `MAX_PARTS` + 1.
+    """
+    cut, why = len(raw), ""
+    if len(raw) > MAX_READ_BYTES:
+        cut, why = MAX_READ_BYTES, f"larger than {MAX_READ_BYTES} bytes"
+    at = -1
+    for _ in range(MAX_PARTS + 1):  # a line that starts with "--" may start a part
+        at = raw.find(b"\n--", at + 1, cut)
+        if at < 0:
+            break
+    else:
+        cut, why = at + 1, f"more than {MAX_PARTS} MIME parts"
+    return raw[:cut], why
+
+
+def _too_many_parts(msg: Message) -> bool:
+    return sum(1 for _ in itertools.islice(msg.walk(), MAX_PARTS + 1)) > MAX_PARTS
+
+
+def _read(msg: Message, identity: ReportIdentity, cut: str = "") -> Report:
     envelope_to = _envelope_to(msg)
     report = _find_report(msg)
     if report is not None:
@@ -163,7 +197,10 @@ def _read(msg: Message, identity: ReportIdentity) -> Report:
             return _read_complaint(report, identity, envelope_to)
     if _looks_like_autoreply(msg):
         return Report(ReportKind.AUTOREPLY, identity, envelope_to, reason="automatic reply")
-    bounce = _read_nonstandard(msg, identity, envelope_to)
+    if not cut and _too_many_parts(msg):
+        cut = f"more than {MAX_PARTS} MIME parts"
+    # flufl.bounce tries each of its formats on every part and line: bounded input only.
+    bounce = _read_nonstandard(msg, identity, envelope_to) if not cut else None
     if bounce is not None:
         return bounce
     auto_submitted = _auto_submitted(msg)
@@ -173,24 +210,48 @@ def _read(msg: Message, identity: ReportIdentity) -> Report:
         reason = f"a report of type {_report_type(report) or '?'} without recipients"
     else:
         reason = "no report and no failed address found"
+    if cut:
+        reason = f"{'no report found' if report is None else reason}; not searched for other formats ({cut})"
     return Report(ReportKind.UNKNOWN, identity, envelope_to, reason=reason)
 
 
 # --- headers -------------------------------------------------------------------------------
 
 
+# C0 control characters but tab, and DEL: a NUL is refused by PostgreSQL in any text, and the others
+# have no place in an address or a one-line diagnostic.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _utf8(text: str) -> str:
+    """Text with the raw bytes the parser kept as surrogate escapes decoded as UTF-8 (SMTPUTF8)."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is no escape of a byte
+        raw = text.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
+
+
 def _clip(text: str) -> str:
-    return text[:MAX_TEXT]
+    """Text as a `Report` may carry it: UTF-8, no control characters but tab, at most `MAX_TEXT` long."""
+    return _CONTROL.sub("", _utf8(text[: MAX_TEXT * 4]))[:MAX_TEXT]
 
 
 def _text(value: object) -> str:
-    """A header value as text: encoded words decoded, unknown bytes replaced, whitespace unfolded."""
+    """A header value as text: encoded words decoded, raw bytes read as UTF-8, whitespace unfolded."""
     if isinstance(value, str):
-        value = value[: MAX_TEXT * 4]  # a megabyte-long header costs no more than a short one
+        value = _utf8(value[: MAX_TEXT * 4])  # a megabyte-long header costs no more than a short one
     try:
-        text = str(make_header(decode_header(value)))  # type: ignore[arg-type]
+        chunks = [
+            # Raw bytes in a header (compat32's "unknown-8bit"): SMTPUTF8 says they are UTF-8.
+            (chunk.decode("utf-8", "replace"), "utf-8")
+            if isinstance(chunk, bytes) and charset in (None, "unknown-8bit") and not chunk.isascii()
+            else (chunk, charset)
+            for chunk, charset in decode_header(value)  # type: ignore[arg-type]
+        ]
+        text = str(make_header(chunks))
     except Exception:  # a broken encoded word or charset: keep what the value says, readable
-        text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        text = _utf8(str(value))
     return _clip(" ".join(text[: MAX_TEXT * 4].split()))
 
 
@@ -288,7 +349,12 @@ def _field_blocks(part: Message) -> list[Message]:
         body = part.get_payload(decode=True)
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(payload)
     texts = re.split(r"\r?\n[ \t]*\r?\n", text.strip())
-    return [HeaderParser(policy=policy.compat32).parsestr(block) for block in texts if block.strip()]
+    # The per-message block, the recipients kept, and one more to know that some were dropped.
+    return [
+        HeaderParser(policy=policy.compat32).parsestr(block)
+        for block in texts[: MAX_RECIPIENTS + 2]
+        if block.strip()
+    ]
 
 
 def _returned_headers(parts: Iterator[Message] | list[Message]) -> Message | None:
@@ -322,7 +388,7 @@ def _typed(value: str | None) -> str | None:
     text = (rest if sep else value).strip()
     if "@" in text and " " not in text:  # an address, maybe in angle brackets
         text = text.strip("<>").strip()
-    return text or None
+    return _clip(text) or None
 
 
 def outcome_of(action: str | None, status: str | None) -> Outcome:
@@ -470,6 +536,9 @@ _COPY_MARKERS = re.compile(
 )
 
 
+_ADDRESS_CHAR = re.compile(r"[\w.+-]")
+
+
 def _body_text(msg: Message) -> str:
     chunks: list[str] = []
     size = 0
@@ -494,11 +563,15 @@ def _diagnostic_after(text: str, lowered: str, address: str) -> tuple[str | None
 
     ``text`` ends where the returned copy of the message starts; ``lowered`` is it in lower case.
     """
-    # The address itself, not the end of a longer one (bob@ in jimbob@).
-    mention = re.search(r"(?<![\w.+-])" + re.escape(address.lower()), lowered)
-    if mention is None:
+    # The address itself, not the end of a longer one (bob@ in jimbob@). str.find, not a regular
+    # expression: a report of a thousand addresses looks for each in up to 256 KiB of text.
+    needle, start = address.lower(), -1
+    while True:
+        start = lowered.find(needle, start + 1) if needle else -1
+        if start <= 0 or not _ADDRESS_CHAR.match(lowered[start - 1]):
+            break
+    if start < 0:
         return None, None
-    start = mention.start()
     for line in text[start : start + 4000].splitlines()[:30]:
         status = _STATUS.search(line)
         if status or _SMTP_CODE.search(line.replace(address, "")):
@@ -518,7 +591,7 @@ def _read_nonstandard(msg: Message, identity: ReportIdentity, envelope_to: tuple
     found = [(a, Outcome.PERMANENT) for a in sorted(permanent)]
     found += [(a, Outcome.TEMPORARY) for a in sorted(temporary - permanent)]
     for raw_address, outcome in found[:MAX_RECIPIENTS]:
-        address = _clip(raw_address.decode("ascii", "replace"))
+        address = _clip(raw_address.decode("utf-8", "replace"))
         status, diagnostic = _diagnostic_after(notice, lowered, address)
         # flufl.bounce tells permanent from temporary; a 5.7.x in the answer says it is about the sender.
         if outcome is Outcome.PERMANENT and status and status.startswith("5.7."):

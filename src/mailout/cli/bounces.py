@@ -39,13 +39,19 @@ def _line(result: Result) -> str:
 @bounces_group.command("process")
 @click.argument("source", metavar="SOURCE")
 @click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing, touch no mail.")
-@click.option("--move-to", metavar="FOLDER", help="Move handled reports to this folder (Maildir sub-folder).")
+@click.option(
+    "--move-to",
+    metavar="FOLDER",
+    help="Move handled reports to this folder (a Maildir sub-folder or an IMAP folder).",
+)
 @click.option("--delete", is_flag=True, help="Delete handled reports instead of marking them seen.")
 @pass_state
 def process_command(state: State, source: str, dry_run: bool, move_to: str | None, delete: bool) -> None:
     """Handle the bounce and complaint reports in a mailbox, each once, ever.
 
-    SOURCE is a Maildir folder or an mbox file. A permanent failure suppresses the
+    SOURCE is a Maildir folder, an mbox file or an IMAP folder
+    (imaps://USER@HOST/FOLDER, the password in MAILOUT_IMAP_PASSWORD). A
+    permanent failure suppresses the
     address; temporary ones count towards [bounces] soft_threshold (at most one a
     day); a complaint unsubscribes. Reports handled in full are marked seen (or
     moved, or deleted); automatic replies, unknown mail and reports that match
