@@ -564,6 +564,21 @@ def test_a_report_acts_only_on_the_address_its_delivery_went_to(
     assert set(subscriptions(engine, "p1@example.org").values()) == {"subscribed"}
 
 
+def test_a_report_with_nul_bytes_is_handled_on_every_database(
+    sent: Sent, engine: Engine, tmp_path: Path
+) -> None:
+    """PostgreSQL refuses a NUL in text: one such report used to stop every run there."""
+    poison = dsn(
+        sent.envelope("p0@example.org"), "p0@example.org", "5.1.1", sent.headers("p0@example.org"),
+        diagnostic="smtp; 550 5.1.1 no\x00such\x01user\x1b[2J",
+    )  # fmt: skip
+    after = dsn(sent.envelope("p1@example.org"), "p1@example.org", "5.1.1", sent.headers("p1@example.org"))
+    first, second = run(engine, sent, maildir(tmp_path / "b", poison, after))
+    assert (first.action, second.action) == (ReportAction.BOUNCED, ReportAction.BOUNCED)
+    [event] = events(engine, "p0@example.org", EventKind.BOUNCED)
+    assert "no" in event.detail and not any(ord(c) < 32 for c in event.detail)
+
+
 def test_a_late_report_about_a_message_sent_before_a_resubscription_changes_nothing(
     sent: Sent, engine: Engine, tmp_path: Path
 ) -> None:

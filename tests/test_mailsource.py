@@ -724,6 +724,23 @@ def test_a_message_larger_than_any_report_is_not_fetched(
     assert item.raw == big[:1001]
 
 
+def test_a_maildir_file_larger_than_any_report_is_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box = mailbox.Maildir(tmp_path / "box", create=True)
+    small = b"Subject: small\r\n\r\nsmall\r\n"
+    big = b"Subject: big\r\n\r\n" + b"y" * 5000 + b"\r\n"
+    box.add(small)
+    big_key = box.add(big)
+    box.close()
+    monkeypatch.setattr(reports, "MAX_REPORT_BYTES", 1000)
+    with mailsource.open_source(str(tmp_path / "box")) as source:
+        items = list(source)
+        assert source.skipped == [(big_key, len(big))]
+    assert [item.raw for item in items] == [small]
+    assert (tmp_path / "box" / "new" / big_key).read_bytes() == big, "left as it was, for a person"
+
+
 def test_a_message_another_program_expunged_is_skipped(dovecot: DovecotServer) -> None:
     box = imap_box(dovecot)
     messages = _fill(box)

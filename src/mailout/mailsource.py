@@ -148,11 +148,16 @@ class _Local:
             if not entry.name.startswith(".") and entry.is_file()
         ]
         for sub, name in listing:
+            key = name.partition(colon)[0]
             try:
-                raw = (self._root / sub / name).read_bytes()
+                with (self._root / sub / name).open("rb") as file:
+                    # One byte more than any report: a larger file is not read, as over IMAP.
+                    raw = file.read(reports.MAX_REPORT_BYTES + 1)
+                    if len(raw) > reports.MAX_REPORT_BYTES:
+                        self.skipped.append((key, os.fstat(file.fileno()).st_size))
+                        continue
             except FileNotFoundError:  # handled by another reader, or marked by a person, since
                 continue
-            key = name.partition(colon)[0]
             self._files[key] = f"{sub}/{name}"
             yield Item(key, raw)
 
