@@ -241,6 +241,8 @@ def _text(value: object) -> str:
     """A header value as text: encoded words decoded, raw bytes read as UTF-8, whitespace unfolded."""
     if isinstance(value, str):
         value = _utf8(value[: MAX_TEXT * 4])  # a megabyte-long header costs no more than a short one
+        if "=?" not in value:  # no encoded word: nothing to decode (most headers, at a tenth of the cost)
+            return _clip(" ".join(value.split()))
     try:
         chunks = [
             # Raw bytes in a header (compat32's "unknown-8bit"): SMTPUTF8 says they are UTF-8.
