@@ -400,6 +400,18 @@ _STANDING = select(
 ).where(Subscriber.id == bindparam("b_subscriber"))
 
 
+def _failed_at(report: Report, now: dt.datetime, match_days: int) -> dt.datetime:
+    """When a temporary failure happened, for the soft score's days: the report's ``Date``.
+
+    So that a mailbox read once a week still counts three days of failures as three
+    days. Never later than ``now`` (a clock ahead, or a forged date), never earlier than
+    ``match_days`` ago; without a readable ``Date``, ``now``.
+    """
+    if report.date is None:
+        return now
+    return min(now, max(report.date, now - dt.timedelta(days=match_days)))
+
+
 def _act(
     session: Session,
     settings: Settings,
@@ -440,7 +452,7 @@ def _act(
         soft = subscribers.soft_bounce(
             session,
             match.subscriber_id,
-            now,
+            _failed_at(report, now, rules.match_days),
             threshold=rules.soft_threshold,
             reset_days=rules.soft_reset_days,
             detail=detail,

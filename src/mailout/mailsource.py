@@ -147,6 +147,8 @@ class _Local:
             for entry in os.scandir(self._root / sub)
             if not entry.name.startswith(".") and entry.is_file()
         ]
+        # In the order they arrived: a Maildir file's name starts with the second it was delivered.
+        listing.sort(key=lambda found: found[1])
         for sub, name in listing:
             key = name.partition(colon)[0]
             try:

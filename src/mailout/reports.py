@@ -32,6 +32,8 @@ parts costs a fraction of a second, not a minute).
 from __future__ import annotations
 
 import base64
+import dataclasses
+import datetime as dt
 import enum
 import hashlib
 import itertools
@@ -43,7 +45,7 @@ from email import policy
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser, HeaderParser
-from email.utils import getaddresses
+from email.utils import getaddresses, parsedate_to_datetime
 
 import flufl.bounce
 
@@ -128,6 +130,8 @@ class Report:
     envelope_id: str | None = None
     truncated: bool = False
     reason: str = ""
+    #: When the report says it was written (its ``Date``), in UTC; None without a readable one.
+    date: dt.datetime | None = None
 
 
 def identity_of(raw: bytes) -> ReportIdentity:
@@ -155,9 +159,23 @@ def read_report(raw: bytes, identity: ReportIdentity | None = None) -> Report:
     try:
         head, cut = _head(raw)
         msg = BytesParser(policy=policy.compat32).parsebytes(head)
-        return _read(msg, identity, cut)
+        return dataclasses.replace(_read(msg, identity, cut), date=_date(msg))
     except Exception as error:  # hostile input must not stop a run: say why and go on
         return Report(ReportKind.UNKNOWN, identity, reason=f"unreadable: {type(error).__name__}")
+
+
+def _date(msg: Message) -> dt.datetime | None:
+    """The report's ``Date``, in UTC; None when it has none that reads as a date."""
+    value = msg.get("Date")
+    if not isinstance(value, str):
+        return None
+    try:
+        when = parsedate_to_datetime(value[:200])
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000": a time in UTC from a writer that does not know its zone
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC)
 
 
 def _head(raw: bytes) -> tuple[bytes, str]:

@@ -391,7 +391,10 @@ def soft_bounce(
     session.execute(
         update(Subscriber)
         .where(Subscriber.id == subscriber_id)
-        .values(soft_score=score, soft_day=day, soft_bounced_at=now)
+        # The newest failure's time: a late report about an older one does not move it back.
+        .values(
+            soft_score=score, soft_day=day, soft_bounced_at=max(now, outbox.as_utc(last)) if last else now
+        )
     )
     suppressed = score >= threshold and bounce(
         session, subscriber_id, f"soft bounces on {score} days; the last: {detail}"
