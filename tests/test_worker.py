@@ -82,6 +82,8 @@ def test_one_pass_sends_then_reads_the_mailbox_once(
     assert unread(box) == 0
     again = runner.invoke(cli, ["worker"])
     assert again.exit_code == 0 and again.output.splitlines()[-1].endswith("1 handled before"), again.output
+    misused = runner.invoke(cli, ["worker", "--interval", "1"])
+    assert misused.exit_code == 2 and "--interval goes with --watch" in misused.output
 
 
 def test_one_pass_moves_handled_reports_as_the_settings_say(
@@ -215,6 +217,33 @@ def test_watch_reads_new_reports_sends_new_dispatches_and_stops_at_once_on_sigte
     assert seconds < 2, f"{seconds:.1f} s to stop"
     assert watcher.output().splitlines()[-1] == "stopped"
     assert "Traceback" not in watcher.errors()
+
+
+def test_a_long_dispatch_delays_a_reading_which_comes_as_soon_as_it_ends(
+    sent: Sent, engine: Engine, tmp_path: Path, watchers: list[Watcher]
+) -> None:
+    box = maildir(tmp_path / "bounces")
+    watcher = Watcher(
+        sent.workspace,
+        tmp_path,
+        MAILOUT_BOUNCES_MAILBOX=str(box),
+        MAILOUT_BOUNCES_POLL_MINUTES="0.01",
+        MAILOUT_SENDING_RATE_LIMIT="2",  # the 6 messages take 2.5 s: four readings' time
+    )
+    watchers.append(watcher)
+    watcher.until(lambda: "0 new reports" in watcher.output(), "a reading at start")
+    issue = load_issue(sent.workspace / "issues" / "2019-01" / "issue.yaml")
+    plan = dispatching.plan(engine, sent.settings, issue, "members", again=True)
+    started = dispatching.start(engine, sent.settings, plan)
+    watcher.until(lambda: f"dispatch {started.dispatch_id}:" in watcher.output(), "the dispatch taken up")
+    maildir(tmp_path / "bounces", hard(sent, "p5@example.org"))
+    watcher.until(lambda: "1 new report" in watcher.output(), "the reading after the dispatch")
+    lines = watcher.output().splitlines()
+    begun = lines.index(f"dispatch {started.dispatch_id}: 2019-01 to 'members'")
+    ended = lines.index("finished", begun)
+    assert not any(line.startswith("bounce mailbox") for line in lines[begun:ended]), "none while sending"
+    assert lines[ended + 1].startswith("bounce mailbox"), "the delayed reading comes at once"
+    assert dispatching.report(engine, started.dispatch_id).counts["sent"] == 6
 
 
 def test_sigterm_during_a_pass_ends_it_between_two_reports_and_a_next_pass_ends_the_rest(

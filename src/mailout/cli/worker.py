@@ -227,6 +227,9 @@ def worker_command(state: State, dispatch_id: int | None, watch: bool, interval:
         mailout worker --dispatch 3
         mailout worker --watch
     """
+    source = click.get_current_context().get_parameter_source("interval")
+    if not watch and source is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--interval goes with --watch")
     stopper = Stopper()
     stopper.install()
     try:
