@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, func, select
 
-from mailout import dispatching
+from mailout import bounces, dispatching
 from mailout import subscribers as people
 from mailout.cli import cli
 from mailout.config import load_settings
@@ -246,18 +246,27 @@ def test_a_long_dispatch_delays_a_reading_which_comes_as_soon_as_it_ends(
     assert dispatching.report(engine, started.dispatch_id).counts["sent"] == 6
 
 
-def test_sigterm_during_a_pass_ends_it_between_two_reports_and_a_next_pass_ends_the_rest(
+def test_sigterm_during_a_pass_ends_it_after_a_committed_group_and_a_next_pass_ends_the_rest(
     sent: Sent, engine: Engine, tmp_path: Path, watchers: list[Watcher]
 ) -> None:
-    box = maildir(tmp_path / "bounces", *three_hundred(sent))
+    # 1,200 reports, 12 groups of a transaction each: the signal comes before the last.
+    # (A person's replies are the same bytes in each 300: told apart by their subject.)
+    reports = [
+        raw.replace(b"Subject: re ", f"Subject: re {k}.".encode())
+        for k in range(4)
+        for raw in three_hundred(sent)
+    ]
+    assert len(set(reports)) == 1200
+    box = maildir(tmp_path / "bounces", *reports)
     watcher = Watcher(sent.workspace, tmp_path, MAILOUT_BOUNCES_MAILBOX=str(box))
     watchers.append(watcher)
     watcher.until(lambda: handled(engine) >= 30, "a pass under way")
     status, _ = watcher.terminate()
     assert status == 3, watcher.errors()
-    assert "stopped between two reports" in watcher.output()
+    assert "stopped; the next pass reads the rest" in watcher.output()
     done = handled(engine)
-    assert 30 <= done < 300, "stopped in the middle"
+    assert 30 <= done < 1200, "stopped in the middle"
+    assert done % bounces.GROUP == 0, "after a whole group, each written in one transaction"
     # No report half handled: each one recorded as settled is marked seen, and no other.
     seen = sum(flag for _, flag in mailbox_state(box))
     assert seen == settled(engine)
@@ -265,7 +274,7 @@ def test_sigterm_during_a_pass_ends_it_between_two_reports_and_a_next_pass_ends_
     rerun = CliRunner().invoke(cli, ["worker"], env={"MAILOUT_BOUNCES_MAILBOX": str(box)})
     assert rerun.exit_code == 0, rerun.output
     assert rerun.output.splitlines()[-1].endswith(f"{done} handled before"), rerun.output
-    assert handled(engine) == 300
+    assert handled(engine) == 1200
     with transaction(engine) as session:
         actions = dict(
             session.execute(
@@ -273,7 +282,7 @@ def test_sigterm_during_a_pass_ends_it_between_two_reports_and_a_next_pass_ends_
             ).all()
         )
     assert actions[ReportAction.BOUNCED] == 1 and actions[ReportAction.UNSUBSCRIBED] == 1
-    assert actions[ReportAction.SOFT] == 50
+    assert actions[ReportAction.SOFT] == 200
     assert person(engine, "p0@example.org").soft_score == 1
 
 

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple, cast
 
-from sqlalchemy import func, insert, or_, select
+from sqlalchemy import Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -41,10 +43,12 @@ from . import subscribers
 from .config import Settings
 from .db import Engine, reader, transaction
 from .envelope import looks_like_verp, parse_verp, uses_verp
-from .mailsource import MailSource
+from .mailsource import Item, MailSource
 from .models import (
+    ConsentEvent,
     Delivery,
     Dispatch,
+    EventKind,
     HandledReport,
     MailingList,
     MatchedBy,
@@ -55,7 +59,7 @@ from .models import (
     Subscription,
     utcnow,
 )
-from .reports import Outcome, Recipient, Report, ReportKind, read_report
+from .reports import Outcome, Recipient, Report, ReportIdentity, ReportKind, identity_of, read_report
 from .tokens import Signer
 
 #: Characters kept of a diagnostic text and of a report's summary.
@@ -121,6 +125,10 @@ class _Match:
     delivery_id: int | None = None
     list_id: int | None = None
     address: str = ""
+    #: Why a recipient matched nothing, when there is more to say than that.
+    note: str = ""
+    #: The delivery's envelope sender (MAIL FROM), as it was kept; "" when not kept.
+    envelope: str = ""
 
 
 _NONE = _Match(MatchedBy.NONE)
@@ -135,27 +143,65 @@ def stored_message_id(message_id: str | None) -> str | None:
     return "sha256:" + hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def handled_before(session: Session, report: Report) -> HandledReport | None:
-    """Return the record of ``report`` when an earlier run handled it (same Message-ID or same bytes)."""
-    message_id = stored_message_id(report.identity.message_id)
-    seen = HandledReport.sha256 == report.identity.sha256
-    if message_id is not None:
-        seen = or_(seen, HandledReport.message_id == message_id)
-    return session.scalars(select(HandledReport).where(seen).limit(1)).first()
+class Seen(NamedTuple):
+    """What an earlier run recorded of a report."""
+
+    kind: str
+    matched_by: MatchedBy
+    settled: bool
+    summary: str
+
+
+_reports = cast(Table, HandledReport.__table__)
+_SEEN_COLUMNS = (_reports.c.kind, _reports.c.matched_by, _reports.c.settled, _reports.c.summary)
+# Built once: every message of the mailbox is looked up, ten thousand in a run.
+_SEEN_BY_DIGEST = select(*_SEEN_COLUMNS).where(_reports.c.sha256 == bindparam("b_sha")).limit(1)
+_SEEN = (
+    select(*_SEEN_COLUMNS)
+    .where(or_(_reports.c.sha256 == bindparam("b_sha"), _reports.c.message_id == bindparam("b_id")))
+    .limit(1)
+)
+
+
+def handled_before(session: Session, report: Report | ReportIdentity) -> Seen | None:
+    """Return the record of a report when an earlier run handled it (same Message-ID or same bytes)."""
+    identity = report.identity if isinstance(report, Report) else report
+    message_id = stored_message_id(identity.message_id)
+    conn = session.connection()
+    if message_id is None:
+        row = conn.execute(_SEEN_BY_DIGEST, {"b_sha": identity.sha256}).first()
+    else:
+        row = conn.execute(_SEEN, {"b_sha": identity.sha256, "b_id": message_id}).first()
+    return None if row is None else Seen(row[0], MatchedBy(row[1]), bool(row[2]), row[3])
 
 
 # --- matching ------------------------------------------------------------------------------
 
 
+_DELIVERY = (
+    select(Delivery.subscriber_id, Delivery.email, Dispatch.list_id, Delivery.envelope_sender)
+    .join(Dispatch, Dispatch.id == Delivery.dispatch_id)
+    .where(Delivery.id == bindparam("b_delivery"), Delivery.dispatch_id == bindparam("b_dispatch"))
+)
+
+
 def _delivery_match(session: Session, by: MatchedBy, dispatch_id: int, delivery_id: int) -> _Match | None:
-    row = session.execute(
-        select(Delivery.subscriber_id, Delivery.email, Dispatch.list_id)
-        .join(Dispatch, Dispatch.id == Delivery.dispatch_id)
-        .where(Delivery.id == delivery_id, Delivery.dispatch_id == dispatch_id)
-    ).first()
+    row = (
+        session.connection()
+        .execute(_DELIVERY, {"b_delivery": delivery_id, "b_dispatch": dispatch_id})
+        .first()
+    )
     if row is None:
         return None
-    return _Match(by, row.subscriber_id, dispatch_id, delivery_id, row.list_id, row.email)
+    return _Match(
+        by,
+        row.subscriber_id,
+        dispatch_id,
+        delivery_id,
+        row.list_id,
+        row.email,
+        envelope=row.envelope_sender or "",
+    )
 
 
 def _by_verp(
@@ -262,18 +308,60 @@ def _by_recipient(session: Session, address: str, since: dt.datetime) -> _Match 
     return _Match(MatchedBy.RECIPIENT, subscriber_id, *latest, address)
 
 
+def _key(address: str) -> str:
+    """An address as ``subscribers.email_key`` keeps it, to compare two spellings of one address."""
+    try:
+        return subscribers.normalise_email(address).lower()
+    except subscribers.InvalidSubscriber:
+        return address.strip().lower()
+
+
+def _for(recipient: Recipient, whole: _Match) -> _Match:
+    """``whole`` (the delivery a report is about) for ``recipient`` only if it names that delivery's address.
+
+    A report matched by its return address or its Message-ID may still name another
+    address: a forward of the message, or a report written by someone else. That
+    recipient is listed, and the report left for a person, never acted on.
+    """
+    wanted = _key(whole.address)
+    if any(_key(a) == wanted for a in (recipient.address, recipient.original_address) if a):
+        return whole
+    return _Match(MatchedBy.NONE, address=recipient.address, note="not the address the message went to")
+
+
 def _matches(
     session: Session, settings: Settings, signer: Signer, report: Report, now: dt.datetime
 ) -> tuple[list[tuple[Recipient | None, _Match]], str]:
-    """Return each recipient with its match, and why the report is forged ("" if it is not)."""
-    people: list[Recipient | None] = list(report.recipients) or [None]
+    """Return each recipient with its match, and why the report is forged ("" if it is not).
+
+    With VERP on, a bounce about a message sent with a signed return address is
+    believed only at that address: a stranger can write a report with a guessed
+    Message-ID or a List-Id to the plain return path. The returned Message-ID still
+    serves complaints (a feedback loop does not write to the return address) and
+    messages sent before VERP, each with the address the message went to. List-Id
+    and the recipient alone serve a fixed return path only.
+    """
     verp, forged = _by_verp(session, settings, signer, report)
     if forged:
         return [(r, _NONE) for r in report.recipients], forged
     original = report.original
+    verp_on = uses_verp(settings)
     whole = verp or _by_message_id(session, original.message_id if original else None)
+    if (
+        whole is not None
+        and whole.by is MatchedBy.MESSAGE_ID
+        and verp_on
+        and report.kind is not ReportKind.COMPLAINT
+        and looks_like_verp(settings, whole.envelope)
+    ):
+        # Its bounces go to its own signed return address: one that came here is not believed.
+        return [(r, _NONE) for r in report.recipients], ""
     if whole is not None:
-        return [(r, whole) for r in people], ""
+        if not report.recipients:
+            return [(None, whole)], ""
+        return [(r, _for(r, whole)) for r in report.recipients], ""
+    if verp_on:
+        return [(r, _NONE) for r in report.recipients], ""
     found: list[tuple[Recipient | None, _Match]] = []
     list_id = _list_named(session, settings, original.list_id if original else None)
     since = now - dt.timedelta(days=settings.bounces.match_days)
@@ -282,7 +370,7 @@ def _matches(
         for address in dict.fromkeys(a for a in (recipient.address, recipient.original_address) if a):
             if list_id is not None:
                 match = _by_list(session, list_id, address)
-            if match is None and not uses_verp(settings):
+            if match is None:
                 match = _by_recipient(session, address, since)
             if match is not None:
                 break
@@ -297,6 +385,21 @@ def _reference(report: Report) -> str:
     return f"report {report.identity.message_id or 'sha256:' + report.identity.sha256[:16]}"
 
 
+# The person's status, and whether the team subscribed them again after the delivery went out
+# (no delivery: never), in one statement: it runs for every report.
+_STANDING = select(
+    Subscriber.status,
+    select(ConsentEvent.id)
+    .where(
+        ConsentEvent.subscriber_id == Subscriber.id,
+        ConsentEvent.kind == EventKind.RESUBSCRIBED,
+        ConsentEvent.created_at
+        > select(Delivery.updated_at).where(Delivery.id == bindparam("b_delivery")).scalar_subquery(),
+    )
+    .exists(),
+).where(Subscriber.id == bindparam("b_subscriber"))
+
+
 def _act(
     session: Session,
     settings: Settings,
@@ -307,7 +410,7 @@ def _act(
 ) -> tuple[ReportAction, str]:
     """Do what one recipient's outcome calls for; return the action and a note."""
     if match.subscriber_id is None:
-        return ReportAction.NONE, "matches no delivery or subscriber"
+        return ReportAction.NONE, match.note or "matches no delivery or subscriber"
     if recipient is None or report.kind not in (ReportKind.DSN, ReportKind.COMPLAINT):
         return ReportAction.NONE, report.reason or f"{report.kind}: not a bounce or a complaint"
     outcome = recipient.outcome
@@ -315,9 +418,17 @@ def _act(
         return ReportAction.NONE, f"delivered ({recipient.action or 'delivered'})"
     if outcome is Outcome.POLICY:
         return ReportAction.NONE, "policy (5.7.x): refused for the sender's reasons, not the address's"
-    status = session.scalars(select(Subscriber.status).where(Subscriber.id == match.subscriber_id)).one()
+    standing, resubscribed = (
+        session.connection()
+        .execute(_STANDING, {"b_subscriber": match.subscriber_id, "b_delivery": match.delivery_id})
+        .one()
+    )
+    status = SubscriberStatus(standing)
     if status is not SubscriberStatus.SUBSCRIBED:
         return ReportAction.NONE, f"already {status}"
+    if resubscribed:
+        # Subscribed again by the team after this message went out: their word is newer.
+        return ReportAction.NONE, "about a message sent before they were subscribed again"
     what = " ".join(v for v in (recipient.status, recipient.diagnostic) if v)
     detail = f"{_reference(report)}: {what}" if what else _reference(report)
     if outcome is Outcome.PERMANENT:
@@ -346,6 +457,11 @@ def _act(
     return ReportAction.NONE, "already unsubscribed"
 
 
+_RECORD_REPORT = insert(_reports)
+_RECORD_RECIPIENT = insert(cast(Table, ReportRecipient.__table__))
+_SETTLE_REPORT = update(_reports).where(_reports.c.id == bindparam("b_report"))
+
+
 def handle(
     session: Session, settings: Settings, signer: Signer, report: Report, *, now: dt.datetime | None = None
 ) -> Result:
@@ -358,17 +474,22 @@ def handle(
     """
     now = now or utcnow()
     matched, forged = _matches(session, settings, signer, report, now)
-    record = HandledReport(
-        message_id=stored_message_id(report.identity.message_id),
-        sha256=report.identity.sha256,
-        kind=report.kind.value,
-        matched_by=MatchedBy.NONE,
-        settled=False,
-        summary="",
-        processed_at=now,
-    )
-    session.add(record)
-    session.flush()  # the unique keys are checked here, before any change
+    conn = session.connection()
+    # Written first: its unique keys are checked before anything is changed.
+    key = conn.execute(
+        _RECORD_REPORT,
+        {
+            "message_id": stored_message_id(report.identity.message_id),
+            "sha256": report.identity.sha256,
+            "kind": report.kind.value,
+            "matched_by": MatchedBy.NONE,
+            "settled": False,
+            "summary": "",
+            "processed_at": now,
+        },
+    ).inserted_primary_key
+    assert key is not None
+    report_id = key[0]
     lines: list[Line] = []
     for recipient, match in matched:
         if forged:
@@ -392,11 +513,11 @@ def handle(
         )
     lines = [line for line in lines if line.matched_by is not MatchedBy.NONE or line.outcome is not None]
     if lines:
-        session.execute(
-            insert(ReportRecipient),
+        conn.execute(
+            _RECORD_RECIPIENT,
             [
                 {
-                    "report_id": record.id,
+                    "report_id": report_id,
                     "subscriber_id": line.subscriber_id,
                     "dispatch_id": line.dispatch_id,
                     "delivery_id": line.delivery_id,
@@ -421,10 +542,13 @@ def handle(
         and bool(lines)
         and all(line.matched_by is not MatchedBy.NONE for line in lines)
     )
-    record.matched_by, record.settled = matched_by, settled
-    record.summary = _summary(report, lines, forged)[:MAX_DIAGNOSTIC]
+    summary = _summary(report, lines, forged)[:MAX_DIAGNOSTIC]
+    conn.execute(
+        _SETTLE_REPORT,
+        {"b_report": report_id, "matched_by": matched_by, "settled": settled, "summary": summary},
+    )
     return Result(
-        Verdict.HANDLED, report.kind.value, matched_by, settled, record.summary, tuple(lines),
+        Verdict.HANDLED, report.kind.value, matched_by, settled, summary, tuple(lines),
         report.identity.message_id, report.identity.sha256,
     )  # fmt: skip
 
@@ -442,10 +566,10 @@ def _summary(report: Report, lines: list[Line], forged: str) -> str:
     return f"{report.kind}: {done}" + (f" ({unmatched} matched nothing)" if unmatched else "")
 
 
-def _before(found: HandledReport, report: Report) -> Result:
+def _before(found: Seen, identity: ReportIdentity) -> Result:
     return Result(
         Verdict.BEFORE, found.kind, found.matched_by, found.settled, found.summary,
-        message_id=report.identity.message_id, sha256=report.identity.sha256,
+        message_id=identity.message_id, sha256=identity.sha256,
     )  # fmt: skip
 
 
@@ -480,8 +604,13 @@ def process(
     with transaction(reader(engine)) as session:
         found = handled_before(session, report)
         if found is not None:
-            return _before(found, report)
+            return _before(found, report.identity)
     return apply(engine, settings, signer, report, now=now)
+
+
+#: A run handles the mailbox in groups of this many messages: each group is read and
+#: parsed with no lock held, then written in one transaction, each report in a savepoint.
+GROUP = 100
 
 
 def run(
@@ -493,20 +622,65 @@ def run(
     dry_run: bool = False,
     clock: Callable[[], dt.datetime] = utcnow,
 ) -> Iterator[Result]:
-    """Handle every message of ``source``, one transaction each, yielding what each did.
+    """Handle every message of ``source``, each report atomically, yielding what each did.
 
-    A settled report is marked done in the mailbox after its commit (also when an
-    earlier run committed it but stopped before marking it). ``dry_run`` decides the
-    same way, in one transaction rolled back at the end, and touches no mail.
+    The messages are taken in groups (`GROUP`). For each group: what was handled
+    before is looked up and the new reports are read, holding no lock; then one
+    transaction handles them, each in a savepoint of its own (all a report does, or
+    nothing), and commits. A commit per report would wait for the disk more than the
+    report takes, and the database's write lock is held only while the group is
+    written, so a dispatch or the web app waits at most that long. What a report did
+    is yielded, and the report marked done in the mailbox, only after its group is
+    committed; a run killed before that leaves the group to the next run, which
+    handles it as if for the first time. A settled report is marked done also when
+    an earlier run committed it but stopped before marking it. ``dry_run`` decides
+    the same way, in one transaction rolled back at the end, and touches no mail.
     """
     if dry_run:
         yield from _dry_run(engine, settings, signer, source, clock)
         return
-    for item in source:
-        result = process(engine, settings, signer, item.raw, now=clock())
+    items = iter(source)
+    while group := list(itertools.islice(items, GROUP)):
+        yield from _group(engine, settings, signer, source, group, clock)
+
+
+def _group(
+    engine: Engine,
+    settings: Settings,
+    signer: Signer,
+    source: MailSource,
+    group: list[Item],
+    clock: Callable[[], dt.datetime],
+) -> Iterator[Result]:
+    identities = [identity_of(item.raw) for item in group]
+    with transaction(reader(engine)) as session:
+        seen = [handled_before(session, identity) for identity in identities]
+    pending: list[Result | Report] = [
+        _before(found, identity) if found is not None else read_report(item.raw, identity)
+        for item, identity, found in zip(group, identities, seen, strict=True)
+    ]
+    with transaction(engine) as session:
+        done = [
+            result if isinstance(result, Result) else _one(session, settings, signer, result, clock())
+            for result in pending
+        ]
+    for item, result in zip(group, done, strict=True):
         if result.settled and result.verdict is not Verdict.RACE:
             source.done(item.key)
-        yield result
+    yield from done
+
+
+def _one(session: Session, settings: Settings, signer: Signer, report: Report, now: dt.datetime) -> Result:
+    """Handle one new report in a savepoint of ``session``."""
+    try:
+        with session.begin_nested():
+            return handle(session, settings, signer, report, now=now)
+    except IntegrityError:
+        # Another process recorded the same report since it was looked up (PostgreSQL
+        # also while this one waited on the unique key): its record stands.
+        if handled_before(session, report) is None:
+            raise  # some other clash: a bug, not a race
+        return _race(report)
 
 
 def _dry_run(
@@ -520,7 +694,7 @@ def _dry_run(
                 report = read_report(item.raw)
                 found = handled_before(session, report)
                 if found is not None:
-                    yield _before(found, report)
+                    yield _before(found, report.identity)
                     continue
                 try:
                     with session.begin_nested():

@@ -49,6 +49,7 @@ VERP_ROOM = 1 + ID_DIGITS + 1 + ID_DIGITS + 1 + MAC_CHARS
 #: RFC 5321 4.5.3.1.1: the longest local part.
 LOCAL_PART_MAX = 64
 
+_SHAPE = re.compile(r"[0-9]+\.[0-9]+\.[0-9a-z]+")
 _CODE = re.compile(
     rf"([1-9][0-9]{{0,{ID_DIGITS - 1}}})\.([1-9][0-9]{{0,{ID_DIGITS - 1}}})\.([a-z2-7]{{{MAC_CHARS}}})"
 )
@@ -150,7 +151,13 @@ def looks_like_verp(settings: Settings, address: str) -> bool:
     local, _, domain = settings.sender.return_path.rpartition("@")
     given_local, at, given_domain = address.lower().rpartition("@")
     head = f"{local}{settings.bounces.verp_separator}".lower()
-    return bool(at) and given_domain == domain.lower() and given_local.startswith(head)
+    return (
+        bool(at)
+        and given_domain == domain.lower()
+        and given_local.startswith(head)
+        # DISPATCH.DELIVERY.CODE, however mangled the code: ``bounces+fbl@`` is another address.
+        and _SHAPE.fullmatch(given_local, len(head)) is not None
+    )
 
 
 def parse_verp(settings: Settings, signer: Signer, address: str) -> tuple[int, int] | None:

@@ -41,7 +41,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import quote, unquote, urlsplit
 
 from .config import IMAP_CA_FILE_ENV, SECRETS
@@ -108,6 +108,8 @@ class _Local:
         self.name = name
         self._root = root
         self._delete = delete
+        #: The file of each Maildir message read, by key (``new/KEY`` or ``cur/KEY:2,FLAGS``).
+        self._files: dict[str, str] = {}
         #: Where handled messages go: the Maildir itself, or its Maildir++ sub-folder
         #: (".Processed" on disk), made when missing.
         self._destination = root
@@ -117,6 +119,9 @@ class _Local:
             self._destination = root / f".{move_to}"
 
     def __iter__(self) -> Iterator[Item]:
+        if isinstance(self._box, mailbox.Maildir):
+            yield from self._maildir()
+            return
         for key in list(self._box.iterkeys()):  # a list: `done` may move messages meanwhile
             try:
                 raw = self._box.get_bytes(key)
@@ -124,22 +129,46 @@ class _Local:
                 continue
             yield Item(str(key), raw)
 
+    def _maildir(self) -> Iterator[Item]:
+        # The folder's file names, read once; each message's file is then read and remembered by
+        # its key, so that `done` renames it without reading the folder or the message again.
+        colon = cast(mailbox.Maildir, self._box).colon
+        listing = [
+            (sub, entry.name)
+            for sub in ("new", "cur")
+            for entry in os.scandir(self._root / sub)
+            if not entry.name.startswith(".") and entry.is_file()
+        ]
+        for sub, name in listing:
+            try:
+                raw = (self._root / sub / name).read_bytes()
+            except FileNotFoundError:  # handled by another reader, or marked by a person, since
+                continue
+            key = name.partition(colon)[0]
+            self._files[key] = f"{sub}/{name}"
+            yield Item(key, raw)
+
     def done(self, key: str) -> None:
         box = self._box
         if not isinstance(box, mailbox.Maildir):
             return  # an mbox is only read
-        try:
-            message = box.get_message(key)
-        except (KeyError, FileNotFoundError):
-            return  # handled by another reader meanwhile
-        info = message.get_info()
-        current = self._root / message.get_subdir() / (f"{key}{box.colon}{info}" if info else key)
-        flags = "".join(sorted({*message.get_flags(), "S"}))
+        file = self._files.pop(key, None)
+        if file is None:  # not read through this source: ask the folder where it is
+            try:
+                message = box.get_message(key)
+            except (KeyError, FileNotFoundError):
+                return  # handled by another reader meanwhile
+            info = message.get_info()
+            file = (
+                f"{message.get_subdir()}/{key}{box.colon}{info}" if info else f"{message.get_subdir()}/{key}"
+            )
+        info = file.partition("/")[2].partition(box.colon)[2]
+        flags = "".join(sorted({*(info[2:] if info.startswith("2,") else ""), "S"}))
         try:
             if self._delete:
-                current.unlink()
+                (self._root / file).unlink()
             else:
-                current.rename(self._destination / "cur" / f"{key}{box.colon}2,{flags}")
+                (self._root / file).rename(self._destination / "cur" / f"{key}{box.colon}2,{flags}")
         except FileNotFoundError:
             return  # another reader renamed or removed it first
 

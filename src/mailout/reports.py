@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from email import policy
 from email.header import decode_header, make_header
 from email.message import Message
-from email.parser import BytesParser, HeaderParser
+from email.parser import BytesHeaderParser, BytesParser, HeaderParser
 from email.utils import getaddresses
 
 import flufl.bounce
@@ -121,14 +121,30 @@ class Report:
     reason: str = ""
 
 
-def read_report(raw: bytes) -> Report:
-    """Read one message that came back; never raise."""
-    identity = ReportIdentity(None, hashlib.sha256(raw).hexdigest())
+def identity_of(raw: bytes) -> ReportIdentity:
+    """Return what makes ``raw`` the same report when read again, reading its header only.
+
+    The same identity `read_report` gives, at a fraction of its cost: a run checks it
+    before reading the whole report, and skips what was handled before.
+    """
+    digest = hashlib.sha256(raw).hexdigest()
+    if len(raw) > MAX_REPORT_BYTES:
+        return ReportIdentity(None, digest)
+    end = min((i for i in (raw.find(b"\n\n"), raw.find(b"\r\n\r\n")) if i >= 0), default=len(raw))
+    try:
+        header = BytesHeaderParser(policy=policy.compat32).parsebytes(raw[: end + 4])
+        return ReportIdentity(_message_id(header), digest)
+    except Exception:  # hostile input: the digest alone
+        return ReportIdentity(None, digest)
+
+
+def read_report(raw: bytes, identity: ReportIdentity | None = None) -> Report:
+    """Read one message that came back; never raise. ``identity``: `identity_of` ``raw``, if known."""
+    identity = identity or identity_of(raw)
     if len(raw) > MAX_REPORT_BYTES:
         return Report(ReportKind.UNKNOWN, identity, reason=f"larger than {MAX_REPORT_BYTES} bytes")
     try:
         msg = BytesParser(policy=policy.compat32).parsebytes(raw)
-        identity = ReportIdentity(_message_id(msg), identity.sha256)
         return _read(msg, identity)
     except Exception as error:  # hostile input must not stop a run: say why and go on
         return Report(ReportKind.UNKNOWN, identity, reason=f"unreadable: {type(error).__name__}")

@@ -42,8 +42,10 @@ def print_results(
 ) -> None:
     """Print a line per new report as it is handled, then what the pass did in all.
 
-    ``stop`` is asked after each report: true ends the pass there, between two
-    reports' transactions (Ctrl-C or SIGTERM in `mailout worker`).
+    ``stop`` is asked after each report: true ends the pass there (Ctrl-C or SIGTERM in
+    `mailout worker`). `bounces.run` yields a report only once its group is committed
+    and marked done, so what is left is either that group's rest, done but not printed,
+    or untouched.
     """
     counts: collections.Counter[str] = collections.Counter()
     new = before = left = 0
@@ -58,7 +60,7 @@ def print_results(
             counts.update(line.action.value for line in result.lines)
             left += not result.settled
         if stop is not None and stop():
-            click.echo("stopped between two reports; the next pass reads the rest")
+            click.echo("stopped; the next pass reads the rest")
             break
     done = ", ".join(f"{n} {action}" for action, n in sorted(counts.items()) if action != ReportAction.NONE)
     dry = " (dry run: nothing stored, no mail touched)" if dry_run else ""

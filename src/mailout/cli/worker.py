@@ -28,8 +28,9 @@ class Stopper:
     """Ctrl-C and SIGTERM, caught for the whole command: the step under way ends cleanly, then all stops.
 
     A dispatch gets its own event (`for_dispatch`), which a signal sets as well: the
-    send loop finishes what is on the wire. A bounce pass asks `requested` between
-    two reports. A sleep waits on `requested`, so a signal ends it at once.
+    send loop finishes what is on the wire. A bounce pass asks `requested` after each
+    report it is given, which comes once its group is committed. A sleep waits on
+    `requested`, so a signal ends it at once.
     """
 
     def __init__(self) -> None:
@@ -219,8 +220,8 @@ def worker_command(state: State, dispatch_id: int | None, watch: bool, interval:
     With --watch it keeps running: it sends each unfinished dispatch as it
     appears and reads the mailbox at start, then every bounces.poll_minutes.
     A mailbox error is one line, and the next reading tries again. Ctrl-C or
-    SIGTERM stops it at once when idle; what is on the wire, or the report
-    being handled, is finished first. It exits 3, as above.
+    SIGTERM stops it at once when idle; what is on the wire, or the group of
+    reports being written, is finished first. It exits 3, as above.
 
     \b
     Example:
