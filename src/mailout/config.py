@@ -109,6 +109,15 @@ class Bounces:
     #: What a complaint ends: ``"list"``, the subscription to the dispatch's list (every
     #: list when the list is not known); ``"all"``, every list.
     complaint: str = "list"
+    #: The bounce mailbox `mailout worker` reads at each pass (and every ``poll_minutes``
+    #: with ``--watch``): a SOURCE as ``mailout bounces process`` takes. "": not read.
+    mailbox: str = ""
+    #: With ``mailout worker --watch``: minutes between two readings of ``mailbox``.
+    poll_minutes: float = 10.0
+    #: The folder handled reports are moved to; "": they are marked seen (flagged in IMAP).
+    move_to: str = ""
+    #: Delete handled reports instead of marking or moving them.
+    delete: bool = False
 
 
 @dataclass(frozen=True)
@@ -385,6 +394,8 @@ NUMBER_RANGES: dict[str, Range] = {
     "bounces.match_days": Range(1, 3660, unit="days"),
     "bounces.soft_threshold": Range(1, 1000),
     "bounces.soft_reset_days": Range(1, 3660, unit="days"),
+    # Fractions are accepted (a test reads the mailbox every second); a day at most.
+    "bounces.poll_minutes": Range(0, 1440, above=True, unit="minutes"),
 }
 
 
@@ -711,6 +722,7 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
             "bounces.complaint",
             f"must be {' or '.join(map(repr, COMPLAINT_SCOPES))}, got {settings.bounces.complaint!r}",
         )
+    _validate_mailbox(settings.bounces, fail)
     if return_path and settings.bounces.verp:
         _validate_verp(return_path, settings.bounces.verp_separator, fail)
     if "://" not in settings.database.url:
@@ -746,6 +758,23 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
         raise fail(
             "newsletter.language",
             f"expected a language tag such as 'en' or 'fr', got {settings.newsletter.language!r}",
+        )
+
+
+def _validate_mailbox(bounces: Bounces, fail: typing.Callable[[str, str], ConfigError]) -> None:
+    """Refuse a bounce mailbox with its password written in, and two ways to end a report."""
+    scheme, sep, rest = bounces.mailbox.partition("://")
+    user, at, _ = rest.partition("@")  # an @ in the user is written %40
+    if sep and at and ":" in user:
+        # The value is not repeated: it holds a password, which belongs in the environment.
+        raise fail(
+            "bounces.mailbox",
+            f"{scheme}://...: the IMAP password is not written in the settings (they are read by"
+            f" everyone who can read the workspace); set {SECRETS['bounces.imap_password']} instead",
+        )
+    if bounces.move_to and bounces.delete:
+        raise fail(
+            "bounces.delete", "handled reports are either moved (bounces.move_to) or deleted, not both"
         )
 
 

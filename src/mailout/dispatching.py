@@ -18,6 +18,7 @@ this module decides, they write.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -389,10 +390,13 @@ def run(
     on_progress: Callable[[Tally], None] | None = None,
     on_notice: Callable[[str], None] | None = None,
     handle_signals: bool = False,
+    stop: threading.Event | None = None,
 ) -> Result:
     """Send the dispatch from this process until it is finished, paused or stopped.
 
-    ``handle_signals`` (the main thread only) makes Ctrl-C and SIGTERM stop it cleanly.
+    ``handle_signals`` (the main thread only) makes Ctrl-C and SIGTERM stop it cleanly;
+    a caller that handles them itself passes ``stop`` instead, an event it sets to stop
+    the run the same way (`mailout worker`, whose signals outlive one dispatch).
     ``on_notice`` hears what the run finds on its way, such as a gone process it takes
     over from. Other processes may send the same dispatch at the same time (``mailout
     worker``).
@@ -406,7 +410,7 @@ def run(
     dispatch, lst = found
     mailer = Mailer(
         engine, settings, dispatch, lst, make_transport(settings), signer,
-        on_progress=on_progress, on_notice=on_notice,
+        on_progress=on_progress, on_notice=on_notice, stop=stop,
     )  # fmt: skip
     if handle_signals:
         mailer.install_signal_handlers()

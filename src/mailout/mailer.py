@@ -202,6 +202,7 @@ class Mailer:
         *,
         on_progress: Callable[[Tally], None] | None = None,
         on_notice: Callable[[str], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -211,7 +212,8 @@ class Mailer:
         self.signer = signer
         self.on_progress = on_progress
         self.on_notice = on_notice
-        self.stop = threading.Event()
+        #: Set to stop claiming: by a pause, the end, a signal, or the caller (``stop``).
+        self.stop = stop if stop is not None else threading.Event()
         self.tally = Tally()
         self.worker = outbox.worker_name()
         self.policy_streak = 0

@@ -24,11 +24,12 @@ from .compose import issue, preview, templates
 from .database import db
 from .dkim import dkim_group
 from .doctor import doctor_command
-from .sending import send_command, status_command, test_command, worker_command
+from .sending import send_command, status_command, test_command
 from .state import State
 from .subscribers import subscribers
 from .terminal import safe
 from .web import archive_group, serve_command
+from .worker import worker_command
 
 #: The status a shell reports for a program stopped by a closed pipe (128 + SIGPIPE), as
 #: `yes | head` gives: the reader left, nothing went wrong, and scripts can tell it apart.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable, Iterable
 
 import click
 
@@ -36,6 +37,39 @@ def _line(result: Result) -> str:
     )
 
 
+def print_results(
+    results: Iterable[Result], *, dry_run: bool = False, stop: Callable[[], bool] | None = None
+) -> None:
+    """Print a line per new report as it is handled, then what the pass did in all.
+
+    ``stop`` is asked after each report: true ends the pass there (Ctrl-C or SIGTERM in
+    `mailout worker`). `bounces.run` yields a report only once its group is committed
+    and marked done, so what is left is either that group's rest, done but not printed,
+    or untouched.
+    """
+    counts: collections.Counter[str] = collections.Counter()
+    new = before = left = 0
+    for result in results:
+        if result.verdict is Verdict.BEFORE:
+            before += 1
+        elif result.verdict is Verdict.RACE:
+            click.echo(f"{result.kind:<9} {'-':<10} {'-':<12} -  handled by another process")
+        else:
+            click.echo(_line(result))
+            new += 1
+            counts.update(line.action.value for line in result.lines)
+            left += not result.settled
+        if stop is not None and stop():
+            click.echo("stopped; the next pass reads the rest")
+            break
+    done = ", ".join(f"{n} {action}" for action, n in sorted(counts.items()) if action != ReportAction.NONE)
+    dry = " (dry run: nothing stored, no mail touched)" if dry_run else ""
+    click.echo(
+        f"{new} new report{'s' if new != 1 else ''}{dry}: {done or 'nothing done'};"
+        f" {left} left for a person; {before} handled before"
+    )
+
+
 @bounces_group.command("process")
 @click.argument("source", metavar="SOURCE")
 @click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing, touch no mail.")
@@ -61,29 +95,10 @@ def process_command(state: State, source: str, dry_run: bool, move_to: str | Non
     Example:
         mailout bounces process ~/Maildir/.bounces --move-to Processed
     """
-    signer = state.signer()
+    signer = state.signer()  # a missing key is said before the mailbox is opened
     engine = state.engine()
-    settings = state.settings
-    counts: collections.Counter[str] = collections.Counter()
-    new = before = left = 0
     with open_source(source, move_to=move_to, delete=delete) as mailbox:
-        for result in bounces.run(engine, settings, signer, mailbox, dry_run=dry_run):
-            if result.verdict is Verdict.BEFORE:
-                before += 1
-                continue
-            if result.verdict is Verdict.RACE:
-                click.echo(f"{result.kind:<9} {'-':<10} {'-':<12} -  handled by another process")
-                continue
-            click.echo(_line(result))
-            new += 1
-            counts.update(line.action.value for line in result.lines)
-            left += not result.settled
-    done = ", ".join(f"{n} {action}" for action, n in sorted(counts.items()) if action != ReportAction.NONE)
-    dry = " (dry run: nothing stored, no mail touched)" if dry_run else ""
-    click.echo(
-        f"{new} new report{'s' if new != 1 else ''}{dry}: {done or 'nothing done'};"
-        f" {left} left for a person; {before} handled before"
-    )
+        print_results(bounces.run(engine, state.settings, signer, mailbox, dry_run=dry_run), dry_run=dry_run)
 
 
 @bounces_group.command("list")

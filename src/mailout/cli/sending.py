@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -157,11 +158,14 @@ def _progress_printer(total: int) -> Callable[[Tally], None]:
 DONE = (Ending.FINISHED, Ending.OTHERS)
 
 
-def _run(state: State, dispatch_id: int, total: int) -> Ending:
-    """Send the dispatch with a progress line, print how it ended, and return that."""
+def run_dispatch(state: State, dispatch_id: int, total: int, stop: threading.Event | None = None) -> Ending:
+    """Send the dispatch with a progress line, print how it ended, and return that.
+
+    Ctrl-C and SIGTERM stop it cleanly: caught here, or by the caller, which then sets ``stop``.
+    """
     result = dispatching.run(
         state.engine(), state.settings, dispatch_id, state.signer(),
-        on_progress=_progress_printer(total), on_notice=click.echo, handle_signals=True,
+        on_progress=_progress_printer(total), on_notice=click.echo, handle_signals=stop is None, stop=stop,
     )  # fmt: skip
     if sys.stderr.isatty():
         click.echo("", err=True)
@@ -367,49 +371,7 @@ def send_command(
         click.echo(f"{started.requeued:,} unknown deliveries queued again")
     if retry_policy:
         click.echo(f"{started.retried:,} deliveries refused by policy queued again")
-    if _run(state, started.dispatch_id, started.total) not in DONE:
-        raise click.exceptions.Exit(NOT_FINISHED)
-
-
-@click.command("worker")
-@click.option(
-    "--dispatch", "dispatch_id", type=int, help="Only this dispatch (default: every unfinished one)."
-)
-@pass_state
-def worker_command(state: State, dispatch_id: int | None) -> None:
-    """Add a sending process to unfinished dispatches (PostgreSQL: on any machine).
-
-    Exits 0 when the dispatches are finished, by this process or by others; 3
-    when one was left paused, or on Ctrl-C or SIGTERM (run it again to resume).
-
-    \b
-    Example:
-        mailout worker --dispatch 3
-    """
-    dispatches = dispatching.unfinished(state.engine(), dispatch_id)
-    if not dispatches:
-        click.echo("nothing to send")
-        return
-    make_transport(state.settings).check()  # a broken setting claims nothing
-    unfinished = False
-    for dispatch in dispatches:
-        if dispatch.paused_reason:
-            # A pause waits for someone to fix its cause; `send` lifts it, a worker does not.
-            click.secho(
-                f"dispatch {dispatch.id}: {dispatch.issue} to '{dispatch.list}' is paused:"
-                f" {safe(dispatch.paused_reason)}; once fixed, `mailout send {dispatch.issue}"
-                f" --list {dispatch.list}` resumes it",
-                fg="yellow",
-                err=True,
-            )
-            unfinished = True
-            continue
-        click.echo(f"dispatch {dispatch.id}: {dispatch.issue} to '{dispatch.list}'")
-        ending = _run(state, dispatch.id, dispatch.total)
-        if ending is Ending.STOPPED:
-            raise click.exceptions.Exit(NOT_FINISHED)  # Ctrl-C or SIGTERM: stop here, not the next one
-        unfinished |= ending not in DONE
-    if unfinished:
+    if run_dispatch(state, started.dispatch_id, started.total) not in DONE:
         raise click.exceptions.Exit(NOT_FINISHED)
 
 

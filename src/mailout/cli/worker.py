@@ -1,0 +1,242 @@
+"""``mailout worker``: send the unfinished dispatches and read the bounce mailbox, once or until stopped."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+
+import click
+
+from .. import bounces, dispatching
+from ..dispatching import Ending, Summary
+from ..errors import MailoutError
+from ..mailsource import open_source
+from ..transports import make_transport
+from .bounces import print_results
+from .sending import DONE, NOT_FINISHED, run_dispatch
+from .state import State, pass_state
+from .terminal import safe
+
+#: Seconds before the SMTP server is tried again when `--watch` found it unusable.
+RETRY_TRANSPORT = 60.0
+
+
+class Stopper:
+    """Ctrl-C and SIGTERM, caught for the whole command: the step under way ends cleanly, then all stops.
+
+    A dispatch gets its own event (`for_dispatch`), which a signal sets as well: the
+    send loop finishes what is on the wire. A bounce pass asks `requested` after each
+    report it is given, which comes once its group is committed. A sleep waits on
+    `requested`, so a signal ends it at once.
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self._current: threading.Event | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self._previous[number] = signal.signal(number, self._handle)
+
+    def restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)  # type: ignore[arg-type]  # what signal.signal returned
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested.set()
+        if self._current is not None:
+            self._current.set()
+
+    def for_dispatch(self) -> threading.Event:
+        """Return the event that stops the next dispatch run; set already if a signal came."""
+        event = threading.Event()
+        self._current = event
+        if self.requested.is_set():  # a signal between the last look and now
+            event.set()
+        return event
+
+
+@dataclass
+class _Watch:
+    """What `--watch` remembers from one round to the next."""
+
+    #: Dispatch id -> monotonic time before which it is not taken up again (left to others).
+    later: dict[int, float] = field(default_factory=dict)
+    #: Pauses already reported: (dispatch id, reason).
+    warned: set[tuple[int, str]] = field(default_factory=set)
+    #: Monotonic time before which the SMTP server is not tried again.
+    transport_after: float = 0.0
+    transport_checked: bool = False
+
+
+def _warn_paused(dispatch: Summary) -> None:
+    # A pause waits for someone to fix its cause; `send` lifts it, a worker does not.
+    click.secho(
+        f"dispatch {dispatch.id}: {dispatch.issue} to '{dispatch.list}' is paused:"
+        f" {safe(dispatch.paused_reason or '')}; once fixed, `mailout send {dispatch.issue}"
+        f" --list {dispatch.list}` resumes it",
+        fg="yellow",
+        err=True,
+    )
+
+
+def _error_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and not isinstance(error, MailoutError):
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{error.strerror or error}"
+    return str(error)
+
+
+def _read_mailbox(state: State, stopper: Stopper) -> bool:
+    """Read ``bounces.mailbox`` once, each report in its own transaction; False on a mailbox error."""
+    settings = state.settings
+    config = settings.bounces
+    engine, signer = state.engine(), state.signer()
+    try:
+        with open_source(config.mailbox, move_to=config.move_to or None, delete=config.delete) as mailbox:
+            click.echo(f"bounce mailbox {safe(mailbox.name)}:")
+            print_results(bounces.run(engine, settings, signer, mailbox), stop=stopper.requested.is_set)
+    except (MailoutError, OSError) as error:  # the server down, a wrong password, a folder gone
+        click.secho(f"error: bounce mailbox: {safe(_error_line(error))}", fg="red", err=True)
+        return False
+    return True
+
+
+def _once(state: State, stopper: Stopper, dispatch_id: int | None) -> None:
+    """Send every unfinished dispatch, then read the bounce mailbox once."""
+    dispatches = dispatching.unfinished(state.engine(), dispatch_id)
+    unfinished = False
+    if not dispatches:
+        click.echo("nothing to send")
+    else:
+        make_transport(state.settings).check()  # a broken setting claims nothing
+    for dispatch in dispatches:
+        if dispatch.paused_reason:
+            _warn_paused(dispatch)
+            unfinished = True
+            continue
+        click.echo(f"dispatch {dispatch.id}: {dispatch.issue} to '{dispatch.list}'")
+        ending = run_dispatch(state, dispatch.id, dispatch.total, stopper.for_dispatch())
+        if ending is Ending.STOPPED or stopper.requested.is_set():
+            raise click.exceptions.Exit(NOT_FINISHED)  # Ctrl-C or SIGTERM: stop here, not the next one
+        unfinished |= ending not in DONE
+    if state.settings.bounces.mailbox:
+        read = _read_mailbox(state, stopper)
+        if stopper.requested.is_set():
+            raise click.exceptions.Exit(NOT_FINISHED)
+        if not read:
+            raise click.exceptions.Exit(1)
+    if unfinished:
+        raise click.exceptions.Exit(NOT_FINISHED)
+
+
+def _send_round(state: State, stopper: Stopper, dispatch_id: int | None, watch: _Watch) -> None:
+    """Send the unfinished dispatches there are now; say nothing when there are none."""
+    settings = state.settings
+    for dispatch in dispatching.unfinished(state.engine(), dispatch_id):
+        now = time.monotonic()
+        if stopper.requested.is_set():
+            return
+        if dispatch.paused_reason:
+            if (dispatch.id, dispatch.paused_reason) not in watch.warned:
+                watch.warned.add((dispatch.id, dispatch.paused_reason))
+                _warn_paused(dispatch)
+            continue
+        if watch.later.get(dispatch.id, 0.0) > now or watch.transport_after > now:
+            continue
+        if not watch.transport_checked:
+            try:
+                make_transport(settings).check()
+            except MailoutError as error:  # the server down for a while: try again later
+                click.secho(
+                    f"error: {safe(error)}; trying again in {RETRY_TRANSPORT:g} s", fg="red", err=True
+                )
+                watch.transport_after = now + RETRY_TRANSPORT
+                return
+            watch.transport_checked = True
+        click.echo(f"dispatch {dispatch.id}: {dispatch.issue} to '{dispatch.list}'")
+        ending = run_dispatch(state, dispatch.id, dispatch.total, stopper.for_dispatch())
+        if ending is Ending.OTHERS:
+            # Its last messages are on other processes' wires: look again once one of them
+            # could be taken for dead, not at every round.
+            watch.later[dispatch.id] = time.monotonic() + settings.sending.worker_timeout
+
+
+def _watch(state: State, stopper: Stopper, dispatch_id: int | None, interval: float) -> None:
+    """Send dispatches as they appear and read the bounce mailbox on schedule, until a signal."""
+    settings = state.settings
+    mailbox = settings.bounces.mailbox
+    poll = settings.bounces.poll_minutes * 60
+    reading = f"the bounce mailbox every {settings.bounces.poll_minutes:g} min" if mailbox else "no mailbox"
+    click.echo(f"watching: dispatches every {interval:g} s, {reading}; Ctrl-C or SIGTERM stops")
+    watch = _Watch()
+    next_poll = time.monotonic()  # a pass at once, then on schedule
+    while not stopper.requested.is_set():
+        _send_round(state, stopper, dispatch_id, watch)
+        if mailbox and not stopper.requested.is_set() and time.monotonic() >= next_poll:
+            # Counted from the start of the pass; a long dispatch delays a pass, never skips it:
+            # the pass comes as soon as the round that held it up ends.
+            next_poll = time.monotonic() + poll
+            _read_mailbox(state, stopper)  # an error is one line; the next pass tries again
+        wait = min(interval, next_poll - time.monotonic()) if mailbox else interval
+        stopper.requested.wait(max(0.0, wait))
+    click.echo("stopped")
+    raise click.exceptions.Exit(NOT_FINISHED)
+
+
+@click.command("worker")
+@click.option(
+    "--dispatch", "dispatch_id", type=int, help="Only this dispatch (default: every unfinished one)."
+)
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Keep running until Ctrl-C or SIGTERM: send dispatches as they appear, read bounces.mailbox"
+    " every bounces.poll_minutes.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --watch: seconds between two looks for unfinished dispatches.",
+)
+@pass_state
+def worker_command(state: State, dispatch_id: int | None, watch: bool, interval: float) -> None:
+    """Send unfinished dispatches (PostgreSQL: a process more, on any machine); read the bounce mailbox.
+
+    With bounces.mailbox set, each run also reads the bounce mailbox once, after
+    the dispatches, as `mailout bounces process` does: a cron line
+    `*/10 * * * * mailout worker` does both. Exits 0 when the dispatches are
+    finished, by this process or by others; 3 when one was left paused, or on
+    Ctrl-C or SIGTERM (run it again to resume); 1 when the mailbox could not
+    be read (the dispatches were sent first).
+
+    With --watch it keeps running: it sends each unfinished dispatch as it
+    appears and reads the mailbox at start, then every bounces.poll_minutes.
+    A mailbox error is one line, and the next reading tries again. Ctrl-C or
+    SIGTERM stops it at once when idle; what is on the wire, or the group of
+    reports being written, is finished first. It exits 3, as above.
+
+    \b
+    Example:
+        mailout worker --dispatch 3
+        mailout worker --watch
+    """
+    source = click.get_current_context().get_parameter_source("interval")
+    if not watch and source is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--interval goes with --watch")
+    stopper = Stopper()
+    stopper.install()
+    try:
+        if watch:
+            _watch(state, stopper, dispatch_id, interval)
+        else:
+            _once(state, stopper, dispatch_id)
+    finally:
+        stopper.restore()
