@@ -803,6 +803,19 @@ def test_the_commands_process_list_and_show(sent: Sent, engine: Engine, tmp_path
 # --- kill -9 in the middle ----------------------------------------------------------------------------
 
 
+def test_process_says_which_messages_were_too_large_to_read(
+    sent: Sent, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    huge = b"Subject: big\r\n\r\n" + b"x" * 5000
+    box = maildir(tmp_path / "b", huge, autoreply(sent.envelope("p3@example.org")))
+    monkeypatch.setattr(reports, "MAX_REPORT_BYTES", 4096)
+    code, out = run_cli("bounces", "process", str(box))
+    assert code == 0, out
+    [line] = [line for line in out.splitlines() if line.startswith("not read:")]
+    assert "5,016 bytes, larger than any report; left for a person" in line
+    assert unread(box) == 2
+
+
 def three_hundred(sent: Sent) -> Iterator[bytes]:
     """300 reports about the 6 deliveries, one kind per person so that any order ends the same.
 

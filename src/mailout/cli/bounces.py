@@ -9,7 +9,7 @@ import click
 
 from .. import bounces
 from ..bounces import Result, Verdict
-from ..mailsource import open_source
+from ..mailsource import MailSource, open_source
 from ..models import ReportAction
 from .state import State, pass_state
 from .terminal import safe
@@ -35,6 +35,14 @@ def _line(result: Result) -> str:
         f"{result.kind:<9} {result.matched_by.value:<10} {result.action.value:<12} "
         f"{safe(address or '-')}  {safe(detail)}"
     )
+
+
+def print_skipped(source: MailSource) -> None:
+    """Say which messages were too large to be a report, and so were left unread."""
+    for key, size in source.skipped:
+        click.echo(
+            f"not read: message {safe(key)}, {size:,} bytes, larger than any report; left for a person"
+        )
 
 
 def print_results(
@@ -99,6 +107,7 @@ def process_command(state: State, source: str, dry_run: bool, move_to: str | Non
     engine = state.engine()
     with open_source(source, move_to=move_to, delete=delete) as mailbox:
         print_results(bounces.run(engine, state.settings, signer, mailbox, dry_run=dry_run), dry_run=dry_run)
+        print_skipped(mailbox)
 
 
 @bounces_group.command("list")

@@ -15,7 +15,7 @@ from ..dispatching import Ending, Summary
 from ..errors import MailoutError
 from ..mailsource import open_source
 from ..transports import make_transport
-from .bounces import print_results
+from .bounces import print_results, print_skipped
 from .sending import DONE, NOT_FINISHED, run_dispatch
 from .state import State, pass_state
 from .terminal import safe
@@ -100,6 +100,7 @@ def _read_mailbox(state: State, stopper: Stopper) -> bool:
         with open_source(config.mailbox, move_to=config.move_to or None, delete=config.delete) as mailbox:
             click.echo(f"bounce mailbox {safe(mailbox.name)}:")
             print_results(bounces.run(engine, settings, signer, mailbox), stop=stopper.requested.is_set)
+            print_skipped(mailbox)
     except (MailoutError, OSError) as error:  # the server down, a wrong password, a folder gone
         click.secho(f"error: bounce mailbox: {safe(_error_line(error))}", fg="red", err=True)
         return False
