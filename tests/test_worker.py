@@ -263,7 +263,7 @@ def test_sigterm_during_a_pass_ends_it_after_a_committed_group_and_a_next_pass_e
     watcher.until(lambda: handled(engine) >= 30, "a pass under way")
     status, _ = watcher.terminate()
     assert status == 3, watcher.errors()
-    assert "stopped; the next pass reads the rest" in watcher.output()
+    assert "stopped; the next reading takes the rest" in watcher.output()
     done = handled(engine)
     assert 30 <= done < 1200, "stopped in the middle"
     assert done % bounces.GROUP == 0, "after a whole group, each written in one transaction"

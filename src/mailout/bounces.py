@@ -31,12 +31,12 @@ import datetime as dt
 import hashlib
 import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import NamedTuple, cast
 
 from sqlalchemy import Table, bindparam, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from . import subscribers
@@ -633,6 +633,7 @@ def run(
     *,
     dry_run: bool = False,
     clock: Callable[[], dt.datetime] = utcnow,
+    stop: Callable[[], bool] | None = None,
 ) -> Iterator[Result]:
     """Handle every message of ``source``, each report atomically, yielding what each did.
 
@@ -645,14 +646,16 @@ def run(
     is yielded, and the report marked done in the mailbox, only after its group is
     committed; a run killed before that leaves the group to the next run, which
     handles it as if for the first time. A settled report is marked done also when
-    an earlier run committed it but stopped before marking it. ``dry_run`` decides
+    an earlier run committed it but stopped before marking it. ``stop`` is asked
+    before each group: true ends the run there (a group is never left half printed,
+    committed but unmarked, or marked but unprinted). ``dry_run`` decides
     the same way, in one transaction rolled back at the end, and touches no mail.
     """
     if dry_run:
         yield from _dry_run(engine, settings, signer, source, clock)
         return
     items = iter(source)
-    while group := list(itertools.islice(items, GROUP)):
+    while not (stop and stop()) and (group := list(itertools.islice(items, GROUP))):
         yield from _group(engine, settings, signer, source, group, clock)
 
 
@@ -671,11 +674,19 @@ def _group(
         _before(found, identity) if found is not None else read_report(item.raw, identity)
         for item, identity, found in zip(group, identities, seen, strict=True)
     ]
+    done: list[Result] = []
     with transaction(engine) as session:
-        done = [
-            result if isinstance(result, Result) else _one(session, settings, signer, result, clock())
-            for result in pending
-        ]
+        earlier: dict[str, Result] = {}  # a copy of a report earlier in this group is that report
+        for result in pending:
+            if isinstance(result, Report):
+                keys = [result.identity.sha256, stored_message_id(result.identity.message_id) or ""]
+                first = next((earlier[key] for key in keys if key in earlier), None)
+                if first is not None:
+                    result = replace(first, verdict=Verdict.BEFORE, lines=())
+                else:
+                    result = _one(session, settings, signer, result, clock())
+                    earlier.update((key, result) for key in keys if key)
+            done.append(result)
     for item, result in zip(group, done, strict=True):
         if result.settled and result.verdict is not Verdict.RACE:
             source.done(item.key)
@@ -693,6 +704,16 @@ def _one(session: Session, settings: Settings, signer: Signer, report: Report, n
         if handled_before(session, report) is None:
             raise  # some other clash: a bug, not a race
         return _race(report)
+    except DataError as error:
+        # The database refused a value of this report (what reports.py lets through should
+        # never be refused; this is the net under it): recorded as unknown, left for a
+        # person, and the run goes on. A lost connection or a lock is not this: it stops
+        # the run, and the next run handles the report.
+        reason = f"could not be recorded ({type(error.orig).__name__}); left for a person"
+        with session.begin_nested():
+            return handle(
+                session, settings, signer, Report(ReportKind.UNKNOWN, report.identity, reason=reason)
+            )
 
 
 def _dry_run(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import click
 
@@ -45,16 +45,8 @@ def print_skipped(source: MailSource) -> None:
         )
 
 
-def print_results(
-    results: Iterable[Result], *, dry_run: bool = False, stop: Callable[[], bool] | None = None
-) -> None:
-    """Print a line per new report as it is handled, then what the pass did in all.
-
-    ``stop`` is asked after each report: true ends the pass there (Ctrl-C or SIGTERM in
-    `mailout worker`). `bounces.run` yields a report only once its group is committed
-    and marked done, so what is left is either that group's rest, done but not printed,
-    or untouched.
-    """
+def print_results(results: Iterable[Result], *, dry_run: bool = False) -> None:
+    """Print a line per new report as it is handled, then what the pass did in all."""
     counts: collections.Counter[str] = collections.Counter()
     new = before = left = 0
     for result in results:
@@ -67,9 +59,6 @@ def print_results(
             new += 1
             counts.update(line.action.value for line in result.lines)
             left += not result.settled
-        if stop is not None and stop():
-            click.echo("stopped; the next pass reads the rest")
-            break
     done = ", ".join(f"{n} {action}" for action, n in sorted(counts.items()) if action != ReportAction.NONE)
     dry = " (dry run: nothing stored, no mail touched)" if dry_run else ""
     click.echo(

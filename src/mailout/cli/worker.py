@@ -11,6 +11,7 @@ from types import FrameType
 import click
 
 from .. import bounces, dispatching
+from ..db import DatabaseUnavailable
 from ..dispatching import Ending, Summary
 from ..errors import MailoutError
 from ..mailsource import open_source
@@ -92,16 +93,23 @@ def _error_line(error: BaseException) -> str:
 
 
 def _read_mailbox(state: State, stopper: Stopper) -> bool:
-    """Read ``bounces.mailbox`` once, each report in its own transaction; False on a mailbox error."""
+    """Read ``bounces.mailbox`` once; False on a mailbox or database error (said in one line).
+
+    A stop request ends the reading between two groups of reports (`bounces.run`).
+    """
     settings = state.settings
     config = settings.bounces
     engine, signer = state.engine(), state.signer()
     try:
         with open_source(config.mailbox, move_to=config.move_to or None, delete=config.delete) as mailbox:
             click.echo(f"bounce mailbox {safe(mailbox.name)}:")
-            print_results(bounces.run(engine, settings, signer, mailbox), stop=stopper.requested.is_set)
+            print_results(bounces.run(engine, settings, signer, mailbox, stop=stopper.requested.is_set))
             print_skipped(mailbox)
-    except (MailoutError, OSError) as error:  # the server down, a wrong password, a folder gone
+            if stopper.requested.is_set():
+                click.echo("stopped; the next reading takes the rest")
+    except (MailoutError, OSError, DatabaseUnavailable) as error:
+        # The server down, a wrong password, a folder gone, the database locked or away:
+        # nothing of the group under way was kept, and the next reading takes it again.
         click.secho(f"error: bounce mailbox: {safe(_error_line(error))}", fg="red", err=True)
         return False
     return True
