@@ -606,12 +606,7 @@ def test_a_late_report_about_a_message_sent_before_a_resubscription_changes_noth
 
 def test_a_resubscription_starts_the_soft_score_again(sent: Sent, engine: Engine, tmp_path: Path) -> None:
     for day in range(2):
-        run(
-            engine,
-            sent,
-            maildir(tmp_path / f"s{day}", soft(sent, "p0@example.org", DAY + dt.timedelta(days=day))),
-            now=DAY + dt.timedelta(days=day),
-        )
+        delayed_on(engine, sent, tmp_path / f"s{day}", "p0@example.org", DAY + dt.timedelta(days=day))
     assert person(engine, "p0@example.org").soft_score == 2
     code, out = run_cli(
         "subscribers", "unsubscribe", "p0@example.org", "--all", "--reason", "asked",
@@ -628,12 +623,7 @@ def test_a_resubscription_starts_the_soft_score_again(sent: Sent, engine: Engine
 
 def test_a_clock_put_back_does_not_count_a_day_twice(sent: Sent, engine: Engine, tmp_path: Path) -> None:
     for n, day in enumerate((0, 1, 0)):
-        run(
-            engine,
-            sent,
-            maildir(tmp_path / f"s{n}", soft(sent, "p0@example.org", DAY + dt.timedelta(days=day))),
-            now=DAY + dt.timedelta(days=day),
-        )
+        delayed_on(engine, sent, tmp_path / f"s{n}", "p0@example.org", DAY + dt.timedelta(days=day))
     assert person(engine, "p0@example.org").soft_score == 2
 
 
@@ -654,6 +644,11 @@ def soft(sent: Sent, address: str, at: dt.datetime | None = None) -> bytes:
         sent.envelope(address), address, "4.2.2", sent.headers(address), action="delayed",
         diagnostic="smtp; 452 4.2.2 Mailbox full", at=at,
     )  # fmt: skip
+
+
+def delayed_on(engine: Engine, sent: Sent, box: Path, address: str, at: dt.datetime) -> list[bounces.Result]:
+    """A mailbox full for ``address``, reported and read at ``at``."""
+    return run(engine, sent, maildir(box, soft(sent, address, at)), now=at)
 
 
 def test_three_soft_bounces_on_one_day_count_once(sent: Sent, engine: Engine, tmp_path: Path) -> None:
@@ -687,21 +682,11 @@ def test_soft_bounces_on_three_days_suppress_and_a_gap_starts_again(
     assert dispatching.report(engine, sent.dispatch_id).bounced == 1
     # p1: two days, then nothing for 8 days: the third starts the score again.
     for n, day in enumerate((0, 1, 9)):
-        run(
-            engine,
-            sent,
-            maildir(tmp_path / f"p1-{n}", soft(sent, "p1@example.org", DAY + dt.timedelta(days=day))),
-            now=DAY + dt.timedelta(days=day),
-        )
+        delayed_on(engine, sent, tmp_path / f"p1-{n}", "p1@example.org", DAY + dt.timedelta(days=day))
     found = person(engine, "p1@example.org")
     assert (found.soft_score, found.status) == (1, SubscriberStatus.SUBSCRIBED)
     # 7 days exactly is not "more than 7": the score goes on.
-    run(
-        engine,
-        sent,
-        maildir(tmp_path / "p1-3", soft(sent, "p1@example.org", DAY + dt.timedelta(days=16))),
-        now=DAY + dt.timedelta(days=16),
-    )
+    delayed_on(engine, sent, tmp_path / "p1-3", "p1@example.org", DAY + dt.timedelta(days=16))
     assert person(engine, "p1@example.org").soft_score == 2
 
 
