@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import dispatch
 from dispatch import SECRET_KEY, SENDER, fill, free_port, start_sink
 from machine import describe, flush_latency
 
@@ -42,20 +43,14 @@ RETURN_PATH = "bounces@efus.example"
 
 
 def workspace(folder: Path, url: str, port: int) -> Path:
-    import shutil
-
-    folder.mkdir(parents=True)
-    (folder / "mailout.toml").write_text(
-        f'[newsletter]\nname = "Efus Newsletter"\npublic_base_url = "https://news.example"\n'
-        f'postal_address = "10 rue de l\'Exemple, Paris"\n'
-        f'[sender]\nname = "Efus Newsletter"\naddress = "{SENDER}"\nreturn_path = "{RETURN_PATH}"\n'
-        f'[smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "plain"\n'
-        "[doctor]\nbefore_send = false\n"
-        f'[database]\nurl = "{url}"\n[lists.members]\nsegment = "member"\n',
-        encoding="utf-8",
-    )
-    shutil.copytree(ROOT / "issues" / "2019-01", folder / "issues" / "2019-01")
-    return folder
+    """bench/dispatch.py's workspace, with a return path: each message gets its own (VERP)."""
+    made = dispatch.workspace(folder, url, port)
+    config = made / "mailout.toml"
+    text = config.read_text(encoding="utf-8")
+    sender = f'address = "{SENDER}"\n'
+    assert sender in text
+    config.write_text(text.replace(sender, f'{sender}return_path = "{RETURN_PATH}"\n', 1), encoding="utf-8")
+    return made
 
 
 def mailout(folder: Path, *args: str) -> tuple[str, float, float, float]:
@@ -347,8 +342,9 @@ def main() -> None:
                         f" read_report {reader:.2f} s CPU ({reader / args.reports * 1000:.2f} ms a report);"
                         f" the rest of the first run: {cpu - reader:.2f} s CPU"
                     )
-                    verdict = "met" if seconds < 10 else "MISSED"
-                    print(f"  target (10,000 in under 10 s on SQLite): {verdict} for {args.reports:,}")
+                    if label == "SQLite" and args.reports >= 10_000:
+                        verdict = "met" if seconds < 10 else "MISSED"
+                        print(f"  target (10,000 in under 10 s on SQLite): {verdict}")
             finally:
                 if server is not None:
                     server.stop()
