@@ -8,9 +8,12 @@ the ``postfix`` user, so it needs root and the Debian package.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
+import smtplib
 import socket
 import subprocess
 import tempfile
@@ -19,6 +22,8 @@ from pathlib import Path
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 DAEMONS = Path("/usr/lib/postfix/sbin")
+#: Seconds the first greeting may take after Postfix starts.
+GREETING_TIMEOUT = 60
 # Debian's list of Postfix services; the package's copy if the machine's was removed.
 MASTER_CF = next(
     (p for p in (Path("/etc/postfix/master.cf"), Path("/usr/share/postfix/master.cf.dist")) if p.exists()),
@@ -122,14 +127,28 @@ maillog_file_prefixes = {self.root}
         while True:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
+                break
             except OSError:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"postfix did not listen on port {self.port}") from None
                 time.sleep(0.1)
+        # Listening is the master's socket; the greeting needs its first smtpd, which on a
+        # loaded machine has taken over 5 s here (a client with a short timeout then fails).
+        try:
+            with smtplib.SMTP("127.0.0.1", self.port, timeout=GREETING_TIMEOUT) as client:
+                client.noop()
+        except (OSError, smtplib.SMTPException) as error:
+            log = self.root / "maillog"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"postfix did not greet on port {self.port}: {error}\n{tail}") from error
 
     def stop(self) -> None:
         try:
             self._run("stop")
+        except subprocess.TimeoutExpired:
+            # A master that does not stop within a minute is killed: its daemons notice and exit.
+            pid = self.root / "queue" / "pid" / "master.pid"
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pid.read_text().split()[0]), signal.SIGKILL)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)

@@ -72,6 +72,7 @@ def test_a_relayed_dispatch_its_late_bounce_and_the_next_dispatch(
     edit_config(
         sending_workspace,
         (f"port = {smtp_server.port}", f"port = {postfix_local.port}"),
+        ("timeout = 5", "timeout = 30"),  # a relay on a loaded machine: as the other Postfix tests
         ('reply_to = "team@efus.example"', f'reply_to = "team@efus.example"\nreturn_path = "{RETURN_PATH}"'),
     )
     add_subscribers(sending_workspace, [*people(4), (DEAD, "Nobody")])
