@@ -74,6 +74,9 @@ class Item:
     image: str = ""
     image_alt: str = ""
     members_only: bool = False
+    #: In an issue from ``Issue.localized``: the text fields that had no translation in its
+    #: language and show the default language's text instead.
+    untranslated: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Section:
     items: tuple[Item, ...] = ()
     intro: str = ""
     members_only: bool = False
+    untranslated: frozenset[str] = frozenset()
 
     def visible_items(self, segment: Segment) -> tuple[Item, ...]:
         """Return the items ``segment`` may see (all of them for members)."""
@@ -108,7 +112,23 @@ class Issue:
     logo: str = ""
     logo_alt: str = ""
     intro: str = ""
+    #: The languages the issue is written in, the default first (canonical BCP 47 tags);
+    #: empty for an issue in one language (``language``, else ``newsletter.language``).
+    languages: tuple[str, ...] = ()
+    untranslated: frozenset[str] = frozenset()
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
+
+    def variant_languages(self, default: str) -> tuple[str, ...]:
+        """Return the languages to render, the default first; ``default`` is ``newsletter.language``."""
+        return self.languages or (self.language or default,)
+
+    def localized(self, language: str) -> Issue:
+        """Return the issue in one of its languages: a single-language issue, ready to render.
+
+        Text without a translation in ``language`` is the default language's, and is
+        named in the ``untranslated`` fields of the issue, its sections and items.
+        """
+        return replace(self, language=language, languages=())
 
     def images(self) -> list[str]:
         """Return every local image file the issue references, relative to its folder."""
