@@ -145,8 +145,13 @@ class Links:
 
     # -- the send loop ---------------------------------------------------------------
 
-    def for_messages(self, slug: str, list_id: int, *, member: bool, sender: str) -> MessageLinks:
-        """Return the link maker of one dispatch's messages, sent from ``sender``."""
+    def for_messages(
+        self, slug: str, list_id: int, *, member: bool, sender: str, language: str = ""
+    ) -> MessageLinks:
+        """Return the link maker of one dispatch's messages in ``language``, sent from ``sender``.
+
+        (Issue 14: the links are to carry ``language``, so the pages answer in it.)
+        """
         return MessageLinks(self, slug, list_id, member=member, domain=sender.rpartition("@")[2].lower())
 
 
