@@ -13,15 +13,18 @@ from babel import Locale
 
 from .config import Settings
 
+#: The catalogs: the words of the email templates, and those of the web pages.
+DOMAINS = ("email", "web")
 
-def translations(settings: Settings, language: str) -> _gettext.NullTranslations:
+
+def translations(settings: Settings, language: str, domain: str = "email") -> _gettext.NullTranslations:
     """Return the catalog of ``language``: the workspace's strings, the built-in ones, then English."""
     return _gettext.NullTranslations()
 
 
-def gettext(settings: Settings, language: str, message: str) -> str:
+def gettext(settings: Settings, language: str, message: str, domain: str = "email") -> str:
     """Return ``message`` (an English msgid) in ``language``."""
-    return translations(settings, language).gettext(message)
+    return translations(settings, language, domain).gettext(message)
 
 
 def direction(language: str) -> str:
