@@ -15,7 +15,7 @@ import yaml
 from mailout import markup
 from mailout.config import Settings, load_settings
 from mailout.errors import IssueError, TemplateError
-from mailout.issues import Issue, Item, load_issue
+from mailout.issues import DEFAULT_LINK_LABELS, Issue, Item, load_issue
 from mailout.render import Recipient, Variant, format_when, render_issue, render_variant
 from mailout.segments import Segment
 
@@ -315,14 +315,15 @@ def test_reference_collector_sees_hidden_trackers() -> None:
 def test_plain_text_part_is_readable(example_issue: Issue, repo_settings: Settings) -> None:
     text = render_issue(example_issue, repo_settings)[Segment.MEMBER].text
     flat = " ".join(text.split())
-    for item in (i for s in example_issue.sections for i in s.items):
-        assert f"* {item.title}" in flat
-        if item.link:
-            assert f"{item.link_label}: {item.link}" in text
-        if item.date:
-            assert format_when(item) in text
-        if item.city and item.country:
-            assert f"{item.city} ({item.country})" in text
+    for section in example_issue.sections:
+        for item in section.items:
+            assert f"* {item.title}" in flat
+            if item.link:
+                assert f"{item.link_label or DEFAULT_LINK_LABELS[section.kind]}: {item.link}" in text
+            if item.date:
+                assert format_when(item) in text
+            if item.city and item.country:
+                assert f"{item.city} ({item.country})" in text
     assert "<" not in re.sub(r"<https?://[^>]+>", "", text), "no HTML in the text part"
     for line in text.splitlines():
         assert len(line) <= 78 or re.search(r"https?://\S+$", line), line

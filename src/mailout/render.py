@@ -32,7 +32,7 @@ from . import markup
 from .config import Settings
 from .errors import Problem, Severity, TemplateError
 from .headers import one_line
-from .issues import Issue, Item, Section, is_url
+from .issues import DEFAULT_LINK_LABELS, DEFAULT_TITLES, Issue, Item, Section, is_url
 from .links import Links, private_picture_path
 from .paths import display_path
 from .pictures import pixel_size, scaled_height
@@ -157,6 +157,7 @@ def template_environment(settings: Settings) -> jinja2.Environment:
     env.filters["wrap"] = markup.wrap
     env.filters["when"] = format_when
     env.filters["place"] = format_place
+    env.globals.update(DEFAULT_TITLES=DEFAULT_TITLES, DEFAULT_LINK_LABELS=DEFAULT_LINK_LABELS)
     return env
 
 
@@ -304,12 +305,7 @@ def _variant_warnings(
 
 def private_images(issue: Issue) -> set[str]:
     """Return the local pictures only members-only items show (none the public variant shows)."""
-    public = {i.image for s in issue.sections for i in s.visible_items(Segment.PUBLIC) if i.image}
-    public.add(issue.logo)
-    hidden = {
-        i.image for s in issue.sections for i in s.items if i.image and (s.members_only or i.members_only)
-    }
-    return {name for name in hidden - public if not is_url(name)}
+    return issue.members_only_images()
 
 
 #: How many hex digits of a picture's SHA-256 its private address carries (80 bits).
