@@ -8,10 +8,11 @@ from pathlib import Path
 import click
 
 from ..errors import MailoutError, Severity
+from ..issues import find_issue
 from ..paths import display_path
 from ..preview import all_warnings, write_preview
 from ..render import BUILTIN_TEMPLATES, render_issue
-from ..workspace import new_issue
+from ..workspace import new_issue, start_translation
 from .state import State, pass_state
 from .terminal import safe
 
@@ -23,16 +24,32 @@ def issue() -> None:
 
 @issue.command("new")
 @click.argument("slug")
+@click.option(
+    "--translate",
+    metavar="LANG",
+    help="Start a translation of the existing issue SLUG: add LANG to its languages and copy"
+    " the default language's text into LANG, each copy marked '# untranslated'.",
+)
 @pass_state
-def issue_new(state: State, slug: str) -> None:
-    """Write the skeleton of a new issue.
+def issue_new(state: State, slug: str, translate: str | None) -> None:
+    """Write the skeleton of a new issue, or start a translation of one.
 
     \b
     Example:
         mailout issue new 2019-02
+        mailout issue new 2019-02 --translate fr
     """
-    path = new_issue(state.settings.path("issues"), slug)
-    click.echo(f"created {display_path(path)}; edit it, then run: mailout issue check {slug}")
+    if translate is None:
+        path = new_issue(state.settings.path("issues"), slug)
+        click.echo(f"created {display_path(path)}; edit it, then run: mailout issue check {slug}")
+        return
+    path = find_issue(slug, state.settings.path("issues"))
+    started = start_translation(path, translate, default_language=state.settings.newsletter.language)
+    click.echo(
+        f"{display_path(path)}: languages {', '.join(started.languages)}; copied {started.copied}"
+        f" field{'s' if started.copied != 1 else ''} into '.{started.language}' keys marked"
+        f" '# untranslated': translate each and delete its marker, then run: mailout issue check {slug}"
+    )
 
 
 @issue.command("check")
