@@ -116,9 +116,11 @@ NO_TRANSLATIONS = Translations()
 
 
 def _localize(
-    obj: Any, texts: tuple[str, ...], overrides: tuple[str, ...], language: str
+    obj: Any, texts: tuple[str, ...], overrides: tuple[str, ...], language: str, default: str
 ) -> tuple[dict[str, Any], frozenset[str]]:
     """Return ``obj``'s fields in ``language`` and the names of those that fell back."""
+    if language == default:
+        return {}, frozenset()  # the fields' own text
     values: dict[str, Any] = {}
     missing = set()
     for name in (*texts, *overrides):
@@ -150,9 +152,9 @@ class Item:
     #: The fields' text in the issue's other languages (empty once localized).
     translations: Translations = NO_TRANSLATIONS
 
-    def localized(self, language: str) -> Item:
-        """Return the item in ``language``, the default's text where it has none."""
-        values, missing = _localize(self, ITEM_TEXTS, ITEM_OVERRIDES, language)
+    def localized(self, language: str, default: str) -> Item:
+        """Return the item in ``language``, the ``default`` language's text where it has none."""
+        values, missing = _localize(self, ITEM_TEXTS, ITEM_OVERRIDES, language, default)
         return replace(self, **values, untranslated=missing, translations=NO_TRANSLATIONS)
 
 
@@ -167,13 +169,13 @@ class Section:
     untranslated: frozenset[str] = frozenset()
     translations: Translations = NO_TRANSLATIONS
 
-    def localized(self, language: str) -> Section:
-        """Return the section and its items in ``language``, the default's text where it has none."""
-        values, missing = _localize(self, SECTION_TEXTS, (), language)
+    def localized(self, language: str, default: str) -> Section:
+        """Return the section and its items in ``language``, the ``default``'s text where it has none."""
+        values, missing = _localize(self, SECTION_TEXTS, (), language, default)
         return replace(
             self,
             **values,
-            items=tuple(item.localized(language) for item in self.items),
+            items=tuple(item.localized(language, default) for item in self.items),
             untranslated=missing,
             translations=NO_TRANSLATIONS,
         )
@@ -228,13 +230,14 @@ class Issue:
             raise ValueError(
                 f"issue {self.slug} is not written in {language!r} ({', '.join(self.languages)})"
             )
-        values, missing = _localize(self, ISSUE_TEXTS, ISSUE_OVERRIDES, tag)
+        default = self.languages[0]
+        values, missing = _localize(self, ISSUE_TEXTS, ISSUE_OVERRIDES, tag, default)
         return replace(
             self,
             **values,
             language=tag,
             languages=(),
-            sections=tuple(section.localized(tag) for section in self.sections),
+            sections=tuple(section.localized(tag, default) for section in self.sections),
             untranslated=missing,
             translations=NO_TRANSLATIONS,
         )
@@ -592,12 +595,16 @@ class _Reader:
             return None
         if tag in declared:
             return tag
-        match = difflib.get_close_matches(tag or suffix, declared[1:], n=1, cutoff=0.5)
-        hint = (
-            f"did you mean '{name}.{match[0]}'?"
-            if match
-            else f"add {tag} to 'languages' to translate into it"
-        )
+        if tag:  # fr-FR may mean fr; de does not mean es
+            match = [d for d in declared[1:] if tags.base(d) == tags.base(tag)]
+        else:
+            match = difflib.get_close_matches(suffix, declared[1:], n=1, cutoff=0.5)
+        if match:
+            hint = f"did you mean '{name}.{match[0]}'?"
+        elif tag:
+            hint = f"add {tag} to 'languages' to translate into it"
+        else:
+            hint = f"write '{name}.' and one of them"
         what = f"{tag} is not one of the issue's languages" if tag else f"'{suffix}' is not a language tag"
         self.report(line, f"{where}'{key}': {what} ({', '.join(declared)}); {hint}")
         return None

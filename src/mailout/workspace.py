@@ -237,26 +237,33 @@ class _Insertions:
 
     def result(self) -> str:
         out = self.text
-        # From the end, so that each offset still points where it did; at one offset, the
-        # insertion made last goes in first, so insertions keep the order they were made in.
+        # From the end, so that each offset still points where it did. At one offset, a
+        # replacement (of 'language:') goes first, for the lines inserted there to go
+        # before it; then the insertion made last, so that insertions keep their order.
         for _, (start, end, replacement) in sorted(
-            enumerate(self.edits), key=lambda e: (e[1][0], e[0]), reverse=True
+            enumerate(self.edits), key=lambda e: (e[1][0], e[1][1] > e[1][0], e[0]), reverse=True
         ):
             out = out[:start] + replacement + out[end:]
         return out
 
 
 def _replace_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` in one step: a reader sees the old file or the new one."""
-    with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", newline="", dir=path.parent, prefix=f".{path.name}.", delete=False
-    ) as handle:
-        try:
+    """Write ``text`` to ``path`` in one step: a reader sees the old file or the new one, whole."""
+    try:
+        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, kept on success
+            "w", encoding="utf-8", newline="", dir=path.parent, prefix=f".{path.name}.", delete=False
+        )
+    except OSError as exc:
+        raise WorkspaceError(f"cannot write beside {display_path(path)}: {exc.strerror}") from None
+    try:
+        with handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-            os.chmod(handle.name, path.stat().st_mode & 0o7777)
-        except BaseException:
-            os.unlink(handle.name)
-            raise
-    os.replace(handle.name, path)
+        os.chmod(handle.name, path.stat().st_mode & 0o7777)
+        os.replace(handle.name, path)
+    except BaseException as exc:
+        Path(handle.name).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise WorkspaceError(f"cannot write {display_path(path)}: {exc.strerror}") from None
+        raise

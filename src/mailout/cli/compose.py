@@ -74,6 +74,17 @@ def issue_check(state: State, name: str, strict: bool) -> None:
         f"{display_path(loaded.source)}: {items} items in {len(loaded.sections)} sections; {sizes};"
         f" {len(warnings)} warning{'s' if len(warnings) != 1 else ''}"
     )
+    if loaded.languages:
+        default, *others = loaded.languages
+        described = [f"{default} (default)"]
+        for language in others:
+            missing = loaded.localized(language).untranslated_fields()
+            described.append(
+                f"{language} ({missing} field{'s' if missing != 1 else ''} in {default})"
+                if missing
+                else f"{language} (complete)"
+            )
+        click.echo(f"languages: {', '.join(described)}")
     if strict and warnings:
         raise click.exceptions.Exit(1)
 
