@@ -7,9 +7,13 @@ text translated (so it loads with no warning), and changes one thing.
 from __future__ import annotations
 
 import difflib
+import fcntl
 import os
 import re
 import stat
+import subprocess
+import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -942,6 +946,51 @@ def test_a_failed_write_leaves_the_issue_as_it_was(tmp_path: Path, monkeypatch: 
     with pytest.raises(WorkspaceError, match=r"cannot write .*: No space left on device"):
         start_translation(path, "de", default_language="en")
     assert path.read_text(encoding="utf-8") == BASE
+    assert sorted(p.name for p in path.parent.iterdir()) == ["issue.yaml", "report-fr.png", "report.png"]
+
+
+def test_a_translation_waits_for_one_under_way_and_builds_on_it(tmp_path: Path) -> None:
+    source = (DATA / "broken" / "broken_template" / "issue.yaml").read_text(encoding="utf-8")
+    path = write(tmp_path / "busy", source)
+    other = write(tmp_path / "other", source)
+    start_translation(other, "es", default_language="en")  # what the other translation will write
+    failures: list[BaseException] = []
+
+    def french() -> None:
+        try:
+            start_translation(path, "fr", default_language="en")
+        except BaseException as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+
+    with path.open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a translation under way
+        thread = threading.Thread(target=french)
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive(), "the second translation waits for the first"
+        assert path.read_text(encoding="utf-8") == source
+        os.replace(other, path)  # the first one's result lands, then it lets go
+    thread.join(10)
+    assert not failures and not thread.is_alive()
+    after = path.read_text(encoding="utf-8")
+    assert "languages: [en, es, fr]\n" in after
+    issue = load_issue(path)
+    assert issue.languages == ("en", "es", "fr") and len(issue.warnings) == 12
+
+
+def test_translations_started_at_once_all_land(tmp_path: Path) -> None:
+    source = (DATA / "broken" / "broken_template" / "issue.yaml").read_text(encoding="utf-8")
+    path = write(tmp_path / "race", source)
+    script = "import sys, pathlib; from mailout.workspace import start_translation as t; t(pathlib.Path(sys.argv[1]), sys.argv[2], default_language='en')"  # fmt: skip
+    started = [
+        subprocess.Popen([sys.executable, "-c", script, str(path), language])
+        for language in ("de", "es", "fr", "it")
+    ]
+    assert [p.wait(60) for p in started] == [0, 0, 0, 0]
+    issue = load_issue(path)
+    assert sorted(issue.languages) == ["de", "en", "es", "fr", "it"] and issue.languages[0] == "en"
+    assert len(issue.warnings) == 4 * 6
+    assert inserted_only(source, path.read_text(encoding="utf-8"))
     assert sorted(p.name for p in path.parent.iterdir()) == ["issue.yaml", "report-fr.png", "report.png"]
 
 

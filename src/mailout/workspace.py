@@ -7,11 +7,14 @@ the issue file in place, inserting lines and changing no other byte.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,12 +112,18 @@ def start_translation(path: Path, language: str, *, default_language: str) -> Tr
     (and its translations) comes ``KEY.LANG:``, a copy of the default language's
     text marked ``# untranslated``, which the loader counts as missing until a
     translator deletes the marker. Every other byte of the file stays as it was,
-    and the file is replaced in one step. Refuse an issue that does not load, a
-    language that is not one, and one the issue already has.
+    and the file is replaced in one step; two translations started at once both
+    land, one after the other. Refuse an issue that does not load, a language
+    that is not one, and one the issue already has.
     """
     tag = languages.canonical(language)
     if tag is None:
         raise WorkspaceError(f"'{language}' is not a language tag such as fr, es or pt-BR")
+    with _locked(path):
+        return _start_translation(path, tag, default_language)
+
+
+def _start_translation(path: Path, tag: str, default_language: str) -> TranslationStarted:
     issue = load_issue(path, check_files=False)
     current = issue.languages
     if not current:
@@ -138,6 +147,36 @@ def start_translation(path: Path, language: str, *, default_language: str) -> Tr
             editor.copy_texts(item, ITEM_TEXTS)
     _replace_file(path, editor.result())
     return TranslationStarted(tag, (*current, tag), editor.copied)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file at ``path``, against another ``--translate`` of it.
+
+    The lock is on the file, and a translation replaces the file: so once the lock
+    is ours, it must still be on the file at ``path``, else we take the new one's.
+    """
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise WorkspaceError(f"cannot read {display_path(path)}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held, current = os.fstat(fd), os.stat(path)
+        except OSError as exc:
+            os.close(fd)
+            raise WorkspaceError(f"cannot lock {display_path(path)}: {exc.strerror}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
+            break
+        os.close(fd)  # replaced while we waited: lock the file that is there now
+    try:
+        yield
+    finally:
+        os.close(fd)  # and with it the lock
 
 
 def _entries(mapping: yaml.MappingNode, key: str) -> list[yaml.MappingNode]:
