@@ -570,9 +570,18 @@ def test_members_only_pictures_are_known_in_every_language(tmp_path: Path) -> No
     )
     issue = load_issue(write(tmp_path / "pictures", text))
     assert issue.members_only_images() == {"report.png", "report-fr.png"}
-    # The same picture on a public item: the public gets it anyway, so it is not private.
-    public = changed("        country: NO\n", "        country: NO\n        image: report-fr.png\n", text)
-    assert load_issue(write(tmp_path / "shared", public)).members_only_images() == {"report.png"}
+    assert [issue.localized(lang).members_only_images() for lang in issue.languages] == [
+        {"report.png", "report-fr.png"}
+    ] * 3, "each language's variants give a picture the address the others give it"
+    # The same picture on a public item (in one language): the public gets it anyway.
+    public = changed(
+        "        country: NO\n",
+        "        country: NO\n        image: https://example.org/oslo.png\n        image.es: report-fr.png\n",
+        text,
+    )
+    shared = load_issue(write(tmp_path / "shared", public))
+    assert shared.members_only_images() == {"report.png"}
+    assert shared.localized("fr").members_only_images() == {"report.png"}
 
 
 # --- members-only text in every language ----------------------------------------------

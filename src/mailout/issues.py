@@ -208,6 +208,9 @@ class Issue:
     languages: tuple[str, ...] = ()
     untranslated: frozenset[str] = frozenset()
     translations: Translations = NO_TRANSLATIONS
+    #: In a localized issue: ``members_only_images`` of the issue in all its languages, so
+    #: that every language's variants give a picture the same address.
+    members_only_pictures: frozenset[str] | None = field(default=None, compare=False, repr=False)
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
 
     def variant_languages(self, default: str) -> tuple[str, ...]:
@@ -230,6 +233,9 @@ class Issue:
             raise ValueError(
                 f"issue {self.slug} is not written in {language!r} ({', '.join(self.languages)})"
             )
+        return replace(self._localized(tag), members_only_pictures=frozenset(self.members_only_images()))
+
+    def _localized(self, tag: str) -> Issue:
         default = self.languages[0]
         values, missing = _localize(self, ISSUE_TEXTS, ISSUE_OVERRIDES, tag, default)
         return replace(
@@ -266,9 +272,11 @@ class Issue:
         A picture that a public item shows in some language, or the logo, is not one:
         the public gets it anyway.
         """
+        if self.members_only_pictures is not None:
+            return set(self.members_only_pictures)
         public: set[str] = set()
         hidden: set[str] = set()
-        for issue in self.in_every_language():
+        for issue in [self._localized(tag) for tag in self.languages] or [self]:
             public.add(issue.logo)
             for s in issue.sections:
                 for i in s.items:
