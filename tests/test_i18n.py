@@ -539,3 +539,26 @@ def test_no_break_spaces_and_combining_accents_survive_in_attributes(tmp_path: P
     labels = [htmlmod.unescape(v) for v in re.findall(r'aria-label="([^"]*)"', out)]
     assert f"Lire la suite\u00a0: {title}" in labels
     assert title in [htmlmod.unescape(v) for v in re.findall(r'alt="([^"]*)"', out)]
+
+
+def test_issue_check_warns_of_a_string_without_translation(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mailout.cli import cli
+    from mailout.workspace import init_workspace
+
+    init_workspace(tmp_path)
+    issue = tmp_path / "issues" / "first-issue" / "issue.yaml"
+    issue.write_text("language: fr\n" + issue.read_text(encoding="utf-8"), encoding="utf-8")
+    footer = tmp_path / "templates" / "email" / "footer.mjml.j2"
+    footer.write_text(
+        '<mj-section><mj-column><mj-text><p>{{ _("Manage your subscription") }} {{ reason }}</p>'
+        '<a href="{{ placeholder.unsubscribe_url }}">x</a></mj-text></mj-column></mj-section>\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(cli, ["--workspace", str(tmp_path), "issue", "check", "first-issue"])
+    assert result.exit_code == 0, result.output
+    assert "1 template string with no 'fr' translation, shown in English: 'Manage your subscription'" in (
+        result.stderr
+    )
+    assert "no catalog" not in result.stderr, "French has a catalog"
