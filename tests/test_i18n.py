@@ -405,6 +405,10 @@ def test_right_to_left_language_without_a_catalog(tmp_path: Path) -> None:
     variant = render_variant(in_language(sample_issue(tmp_path / "x"), "ar"), settings, Segment.PUBLIC)
     assert '<html lang="ar" dir="rtl"' in variant.html
     assert 'class="mo-body" role="article" lang="ar" dir="rtl"' in variant.html
+    # The text aligned right and the columns ordered right to left, as MJML does not by itself.
+    subject = re.search(r'(<div[^>]*>)\s*<h1 class="mo-subject"', variant.html)
+    assert subject and "text-align:right" in subject.group(1)
+    assert "direction:rtl" in variant.html and "direction:ltr" not in variant.html
     seen, _ = readable(variant)
     assert "View this email in your browser" in seen, "no Arabic catalog: English words"
     assert "\u0623\u0644\u0645\u0627\u0646\u064a\u0627" in seen, "the country named in Arabic"
