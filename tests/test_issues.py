@@ -389,7 +389,7 @@ def test_default_link_labels_follow_the_section_kind(tmp_path: Path, repo_settin
     assert [i.link_label for i in news.items] == ["", "Download the PDF", ""]
     assert [i.link_label for i in calls.items] == [""]
     assert [s.title for s in issue.sections] == ["", "", ""]
-    text = render_issue(issue, repo_settings)[Segment.MEMBER].text
+    text = render_issue(issue, repo_settings)[Segment.MEMBER, "en"].text
     for line in (
         "Information: https://example.org/oslo",
         "Read more: https://example.org/report",

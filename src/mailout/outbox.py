@@ -214,6 +214,7 @@ def frozen_variant(dispatch: Dispatch) -> Variant:
     return Variant(
         slug=dispatch.issue,
         segment=Segment(dispatch.segment),
+        language="",  # not recorded yet (issue 14: SEND records each dispatch's language)
         subject=dispatch.subject,
         preheader=dispatch.preheader,
         html=dispatch.html,

@@ -16,7 +16,6 @@ from .errors import Problem
 from .issues import Issue
 from .links import Links
 from .render import Recipient, Variant, private_image_path, private_images, render_issue
-from .segments import Segment
 
 
 @dataclass(frozen=True)
@@ -50,11 +49,13 @@ def write_preview(issue: Issue, settings: Settings, out_dir: Path | None = None)
     recipient = sample_recipient(settings, issue)
     base = Links(settings).pictures(issue.slug)
     written = []
-    for segment in Segment:
-        variant = variants[segment]
+    default = issue.variant_languages(settings.newsletter.language)[0]
+    for (segment, language), variant in variants.items():
         html, text = variant.personalize(recipient)
-        html_path = out / f"{segment}.html"
-        text_path = out / f"{segment}.txt"
+        # The default language's files keep their names; another language's carry its tag.
+        name = str(segment) if language == default else f"{segment}-{language}"
+        html_path = out / f"{name}.html"
+        text_path = out / f"{name}.txt"
         html_path.write_text(html.replace(base, ""), encoding="utf-8")
         text_path.write_text(text, encoding="utf-8")
         written.append(

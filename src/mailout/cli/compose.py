@@ -69,7 +69,11 @@ def issue_check(state: State, name: str, strict: bool) -> None:
     for text in warnings:
         click.secho(safe(text), fg="yellow", err=True)
     items = sum(len(s.items) for s in loaded.sections)
-    sizes = ", ".join(f"{seg} {len(v.html.encode()) / 1000:.0f} KB" for seg, v in variants.items())
+    several = len({lang for _, lang in variants}) > 1
+    sizes = ", ".join(
+        f"{seg}{f' {lang}' if several else ''} {len(v.html.encode()) / 1000:.0f} KB"
+        for (seg, lang), v in variants.items()
+    )
     click.echo(
         f"{display_path(loaded.source)}: {items} items in {len(loaded.sections)} sections; {sizes};"
         f" {len(warnings)} warning{'s' if len(warnings) != 1 else ''}"
@@ -108,11 +112,12 @@ def preview(state: State, name: str, out: Path | None, open_browser: bool) -> No
     loaded = state.issue(name)
     files = write_preview(loaded, state.settings, out)
     limit = state.settings.preview.html_warn_bytes
-    click.echo(f"{'variant':<8} {'HTML':>9} {'text':>9} {'items':>6} {'hidden':>6} {'warnings':>8}  file")
+    click.echo(f"{'variant':<9} {'HTML':>9} {'text':>9} {'items':>6} {'hidden':>6} {'warnings':>8}  file")
     for f in files:
         size = f"{f.html_bytes / 1000:.1f} KB"
         click.echo(
-            f"{f.variant.segment:<8} {size:>9} {f.text_bytes / 1000:>6.1f} KB {f.variant.items_shown:>6}"
+            # "member", or "member-fr" for a language other than the issue's default
+            f"{f.html_path.stem:<9} {size:>9} {f.text_bytes / 1000:>6.1f} KB {f.variant.items_shown:>6}"
             f" {f.variant.items_hidden:>6} {len(f.variant.warnings):>8}  {display_path(f.html_path)}"
             + (click.style("  over the clipping warning size", fg="yellow") if f.html_bytes > limit else "")
         )

@@ -425,13 +425,14 @@ def preview_page(slug: str) -> Response:
     base = mailout().links.pictures(issue.slug)
     files = url_for("mailout.preview_page", slug=slug) + "/files/"
     shown = []
-    for segment in Segment:
-        variant = variants[segment]
+    default = issue.variant_languages(settings.newsletter.language)[0]
+    for (segment, language), variant in variants.items():
         html, text = variant.personalize(recipient)
         shown.append(
             {
-                "segment": segment,
-                "label": "Members" if segment is Segment.MEMBER else "Public",
+                "segment": segment if language == default else f"{segment}-{language}",
+                "label": ("Members" if segment is Segment.MEMBER else "Public")
+                + ("" if language == default else f" ({language})"),
                 "subject": variant.subject,
                 "html": html.replace(base, files),
                 "text": text,
