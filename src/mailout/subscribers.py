@@ -104,12 +104,12 @@ def clean_fields(name: str, organisation: str, language: str) -> tuple[str, str,
             raise InvalidSubscriber(f"{key} is {len(value)} characters long; at most {MAX_LENGTHS[key]}")
     # Stored in its canonical form (FR and fr give fr, fr_be gives fr-BE), so that choosing
     # a reader's variant is comparing strings, in SQL too (outbox.language_choice).
-    language = canonical(values["language"]) if values["language"] else ""
-    if language is None:
+    tag = canonical(values["language"]) if values["language"] else ""
+    if tag is None:
         raise InvalidSubscriber(
             f"language '{values['language']}' is not a language tag such as en, fr or pt-BR"
         )
-    return values["name"], values["organisation"], language
+    return values["name"], values["organisation"], tag
 
 
 def ensure_list(session: Session, settings: ListSettings) -> MailingList:
