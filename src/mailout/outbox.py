@@ -158,9 +158,13 @@ def count_by_language(
     session: Session, lst: MailingList, available: Sequence[str], default: str
 ) -> dict[str, int]:
     """Return how many of a dispatch to ``lst`` would now get each of ``available``, in that order."""
+    if not available or list(available) == [default]:
+        return {default: count_recipients(session, lst)}
     recipients = recipients_query(lst).subquery()
-    chosen = language_choice(recipients.c.language, available, default).label("chosen")
-    rows = session.execute(select(chosen, func.count()).group_by(chosen)).all()
+    # Grouped by a column of a subquery: a CASE of bound values in GROUP BY would be another
+    # expression than the one selected (PostgreSQL refuses it, SQLite groups each row apart).
+    chosen = select(language_choice(recipients.c.language, available, default).label("chosen")).subquery()
+    rows = session.execute(select(chosen.c.chosen, func.count()).group_by(chosen.c.chosen)).all()
     found = {str(lang): int(n) for lang, n in rows}
     return {lang: found.get(lang, 0) for lang in available}
 
@@ -277,7 +281,8 @@ def frozen_variant(dispatch: Dispatch) -> Variant:
     return _variant(dispatch, dispatch.language or "", dispatch)
 
 
-def _variant(dispatch: Dispatch, language: str, row: Dispatch | DispatchVariant) -> Variant:
+def _variant(dispatch: Dispatch, language: str, row: Any) -> Variant:
+    """Return a frozen variant of ``dispatch`` from ``row``: its own row, or one of ``dispatch_variants``."""
     from .segments import Segment
 
     return Variant(
@@ -303,11 +308,20 @@ def frozen_variants(conn: Connection | Session, dispatch: Dispatch) -> dict[str,
     other languages follow in alphabetical order.
     """
     variants = {dispatch.language or "": frozen_variant(dispatch)}
+    # Columns, not the ORM class: read the same way through a Connection as a Session.
     rows = conn.execute(
-        select(DispatchVariant)
+        select(
+            DispatchVariant.language,
+            DispatchVariant.subject,
+            DispatchVariant.preheader,
+            DispatchVariant.html,
+            DispatchVariant.text,
+            DispatchVariant.tokens,
+            DispatchVariant.greeting_fallback,
+        )
         .where(DispatchVariant.dispatch_id == dispatch.id)
         .order_by(DispatchVariant.language)
-    ).scalars()
+    )
     for row in rows:
         variants[row.language] = _variant(dispatch, row.language, row)
     return variants
