@@ -7,12 +7,15 @@ went over the wire, not what mailout meant to build.
 from __future__ import annotations
 
 import collections
+import contextlib
+import csv
 import dataclasses
 import email
 import email.policy
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,9 +34,11 @@ from mailout.cli.state import State
 from mailout.config import load_settings
 from mailout.db import make_engine, transaction
 from mailout.issues import Issue, load_issue
+from mailout.languages import canonical, choose
 from mailout.models import Delivery, Dispatch, Subscriber, SubscriberStatus, Subscription, Worker, utcnow
+from mailout.subscribers import InvalidSubscriber, normalise_email
 from mailout.tokens import PUBLIC_KEYS, Purpose, Signer
-from tests.conftest import SECRET_KEY, edit_config
+from tests.conftest import REPO, SECRET_KEY, edit_config
 from tests.smtpserver import Received, SMTPServer, tls_available
 
 pytestmark = pytest.mark.slow
@@ -1226,6 +1231,7 @@ from mailout import dispatching
 from mailout.config import load_settings
 from mailout.db import make_engine
 from mailout.issues import Issue, load_issue
+from mailout.languages import canonical, choose
 from mailout.tokens import Signer
 
 settings = load_settings(Path.cwd())
@@ -1277,3 +1283,70 @@ def test_kill_9_in_a_dispatch_in_two_languages_resumes_each_reader_in_their_lang
     assert all(len(got) == 1 for e, got in received.items() if e not in unknown), "nobody got it twice"
     assert {e: got[0] for e, got in received.items()} == {e: wanted[e] for e in received}
     assert report["languages"] == {"en": 60, "fr": 40}
+
+
+def demo_commands() -> list[list[str]]:
+    """Return the mailout commands of the Makefile's ``demo`` target, in order."""
+    recipe = (REPO / "Makefile").read_text(encoding="utf-8").split("\ndemo: $(STAMP)\n", 1)[1]
+    lines = []
+    for line in recipe.splitlines():
+        if not line.startswith("\t"):
+            break
+        if line.startswith("\t$(BIN)/mailout "):
+            lines.append(line.removeprefix("\t$(BIN)/mailout ").split())
+    return lines
+
+
+def test_the_demo_sends_each_reader_the_issue_in_their_language(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make demo`'s commands on a copy of the repository's workspace: every .eml in its reader's language."""
+    root = tmp_path / "demo"
+    root.mkdir()
+    shutil.copy(REPO / "mailout.toml", root)
+    for folder in ("issues", "subscribers", "templates"):
+        shutil.copytree(REPO / folder, root / folder)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MAILOUT_SECRET_KEY", SECRET_KEY)
+    commands = demo_commands()
+    assert ["send", "2019-01", "--list", "members", "--yes", "--again"] in commands
+    assert ["send", "2019-01", "--list", "public", "--yes", "--again"] in commands
+    for command in commands:
+        code, out = run(*command)
+        assert code == 0, (command, out)
+        if command[:2] == ["subscribers", "sync"]:
+            assert re.search(r"public\.csv:\d+: language 'norsk' is not a language tag", out), out
+    settings = load_settings(root)
+    issue = load_issue(root / "issues" / "2019-01" / "issue.yaml")
+    written_in = dispatching.issue_languages(issue, settings)
+    language_of = {}
+    for name in ("members", "public"):
+        with (root / "subscribers" / f"{name}.csv").open(encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                address = (row.get("email") or row.get("E-mail") or "").strip()
+                language = (row.get("language") or row.get("Language") or "").strip()
+                with contextlib.suppress(InvalidSubscriber):  # rows the import refuses
+                    if canonical(language) is not None or not language:
+                        key = normalise_email(address).lower()
+                        language_of[key] = choose(language, written_in, written_in[0])
+    found: dict[str, int] = collections.Counter()
+    dispatched = 0
+    for path in sorted((root / "outbox").glob("*.eml")):
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        html = next(p for p in message.iter_parts() if p.get_content_type() == "text/html").get_content()
+        [lang] = re.findall(r'<html[^>]* lang="([^"]+)"', html)
+        assert message["Content-Language"] == lang, path.name
+        found[lang] += 1
+        subject = message["Subject"]
+        if subject.startswith("[TEST"):
+            continue
+        dispatched += 1
+        wanted = language_of[message["To"].addresses[0].addr_spec.lower()]
+        assert lang == wanted, (message["To"], lang, wanted)
+        assert subject == issue.localized(wanted).subject
+    assert dispatched >= 40
+    assert language_of["sophie.lambert@example.be"] == choose("fr-BE", written_in, written_in[0])
+    assert language_of["aoife.byrne@example.ie"] == written_in[0], "a language the issue lacks: the default"
+    assert language_of["oskar.lind@example.org"] == written_in[0], "no language: the default"
+    if "fr" in written_in:  # the example issue in French (FORMAT's part of issue 14)
+        assert set(found) >= {"en", "fr"}
