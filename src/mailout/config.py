@@ -66,6 +66,9 @@ class Newsletter:
     #: Empty: show nothing.
     members_teaser: str = "{count} more item{s} in this issue for members of the network"
     members_teaser_url: str = ""
+    #: The texts above in other languages, by language tag: ``[newsletter.translations.fr]``
+    #: with any of ``name``, ``reason``, ``greeting_fallback``, ``members_teaser``.
+    translations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,9 @@ class Bounces:
 class Paths:
     issues: Path = Path("issues")
     templates: Path = Path("templates/email")
+    #: The workspace's own catalogs, which win over the built-in ones string by string:
+    #: ``<locale>/<lang>/LC_MESSAGES/email.po`` (and ``web.po``).
+    locale: Path = Path("locale")
     subscribers: Path = Path("subscribers")
     build: Path = Path("build")
     outbox: Path = Path("outbox")
@@ -594,6 +600,9 @@ def _build(cls: type, section: str, values: dict[str, tuple[Any, str]]) -> Any:
         if key not in known:
             hint = _closest(key, known)
             raise ConfigError(f"{source}: unknown setting{hint}")
+        if cls is Newsletter and key == "translations":
+            kwargs[key] = _coerce_translations(value, source)
+            continue
         kwargs[key] = _coerce(value, hints[key], source)
     return cls(**kwargs)
 
@@ -653,6 +662,48 @@ def _coerce_number(value: Any, hint: type[float], source: str) -> float:
             raise ConfigError(f"{source}: expected a whole number, got {value!r}")
         return int(number)
     return number
+
+
+#: The ``[newsletter]`` texts a team may write per language, in ``[newsletter.translations.<tag>]``.
+TRANSLATABLE_TEXTS = ("name", "reason", "greeting_fallback", "members_teaser")
+
+
+def _coerce_translations(value: Any, source: str) -> dict[str, dict[str, str]]:
+    """Read ``[newsletter.translations.<tag>]`` tables: per language, some of the texts above."""
+    from .languages import canonical
+
+    if isinstance(value, str):
+        raise ConfigError(
+            f"{source}: write the translations in {CONFIG_FILE}, one [newsletter.translations.<tag>] table each"
+        )
+    if not isinstance(value, dict) or not all(isinstance(t, dict) for t in value.values()):
+        raise ConfigError(f"{source}: write each language as a table, e.g. [newsletter.translations.fr]")
+    found: dict[str, dict[str, str]] = {}
+    for tag, table in value.items():
+        language = canonical(tag)
+        if language is None or language != tag:
+            hint = f" (write '{language}')" if language else ""
+            raise ConfigError(f"{source}.{tag}: not a language tag such as 'fr' or 'pt-BR'{hint}")
+        for key, text in table.items():
+            if key not in TRANSLATABLE_TEXTS:
+                raise ConfigError(
+                    f"{source}.{tag}.{key}: unknown text{_closest(key, set(TRANSLATABLE_TEXTS))}"
+                )
+            if not isinstance(text, str):
+                raise ConfigError(f"{source}.{tag}.{key}: expected a string, got {text!r}")
+            if key == "members_teaser":
+                _check_teaser(text, f"{source}.{tag}.{key}")
+        found[tag] = dict(table)
+    return found
+
+
+def _check_teaser(teaser: str, where: str) -> None:
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(teaser) if name is not None}
+    except ValueError:
+        names = {"?"}
+    if not names <= {"count", "s"}:
+        raise ConfigError(f"{where}: only {{count}} and {{s}} may appear in braces, got {teaser!r}")
 
 
 #: Characters refused in ``newsletter.public_base_url`` besides non-ASCII and control characters.
