@@ -393,7 +393,10 @@ def test_language_links_write_the_canonical_tag_and_refuse_anything_else() -> No
     assert links.archive("es") == "https://news.example/issues/?lang=es"
     assert Links.exported_issue("2019-01", "de") == "2019-01/de/index.html"
     assert Links.exported_issue("2019-01") == "2019-01/index.html"
-    assert links.preview_sample("2019-01", "it").unsubscribe == "https://news.example/unsubscribe/preview?lang=it"
+    assert (
+        links.preview_sample("2019-01", "it").unsubscribe
+        == "https://news.example/unsubscribe/preview?lang=it"
+    )
     for bad in ("x/../y", "fr?t=1", "english", "fr&lang=de"):
         with pytest.raises(ValueError, match="not a language tag"):
             links.issue("2019-01", bad)

@@ -353,10 +353,10 @@ def test_the_public_page_is_made_once_per_dispatch_and_revalidated_by_its_etag(
     first = client.get("/issues/2019-01")
     assert first.status_code == 200 and "January 2019" in first.get_data(as_text=True)
     [(dispatch_id, key)] = public_dispatches(sent)
-    assert pages.held() == [(dispatch_id, key, "")]
+    assert pages.held() == [(dispatch_id, key, "", "")]
     second = client.get("/issues/2019-01?utm_source=x")  # other parameters: the same page
     assert second.get_data() == first.get_data() and second.headers["ETag"] == first.headers["ETag"]
-    assert pages.held() == [(dispatch_id, key, "")]
+    assert pages.held() == [(dispatch_id, key, "", "")]
     assert second.headers["Cache-Control"] == "public, max-age=300"
     assert "default-src 'none'" in second.headers["Content-Security-Policy"]
 
@@ -369,7 +369,7 @@ def test_the_public_page_is_made_once_per_dispatch_and_revalidated_by_its_etag(
     mounted = client.get("/issues/2019-01", environ_overrides={"SCRIPT_NAME": "/news"})
     assert b'src="/news/issues/2019-01/images/' in mounted.get_data()
     assert b'src="/issues/2019-01/images/' in first.get_data()
-    assert set(pages.held()) == {(dispatch_id, key, ""), (dispatch_id, key, "/news")}
+    assert set(pages.held()) == {(dispatch_id, key, "", ""), (dispatch_id, key, "/news", "")}
 
 
 def test_a_members_page_never_comes_from_nor_goes_into_the_public_cache(
