@@ -188,11 +188,9 @@ def smtp_server() -> Iterator[SMTPServer]:
 SECRET_KEY = secrets.token_urlsafe(32)
 
 
-@pytest.fixture
-def sending_workspace(db_workspace: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A workspace with the example issue, a database, and the test SMTP server as its transport."""
-    (db_workspace / "mailout.toml").write_text(
-        f"""
+def sending_config(port: int) -> str:
+    """Return the mailout.toml of ``sending_workspace``, sending to the test SMTP server on ``port``."""
+    return f"""
 [newsletter]
 name = "Efus Newsletter"
 public_base_url = "https://news.example"
@@ -205,7 +203,7 @@ reply_to = "team@efus.example"
 
 [smtp]
 host = "127.0.0.1"
-port = {smtp_server.port}
+port = {port}
 security = "plain"
 timeout = 5
 
@@ -229,9 +227,13 @@ description = "Members"
 [lists.public]
 segment = "public"
 description = "Public"
-""",
-        encoding="utf-8",
-    )
+"""
+
+
+@pytest.fixture
+def sending_workspace(db_workspace: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A workspace with the example issue, a database, and the test SMTP server as its transport."""
+    (db_workspace / "mailout.toml").write_text(sending_config(smtp_server.port), encoding="utf-8")
     shutil.copytree(EXAMPLE_ISSUE.parent, db_workspace / "issues" / "2019-01")
     monkeypatch.setenv("MAILOUT_SECRET_KEY", SECRET_KEY)
     return db_workspace

@@ -86,6 +86,40 @@ def test_a_bad_row_in_the_middle_of_a_chunk_is_reported_and_the_others_import(
     assert how_many(engine, ConsentEvent) == 7, "a re-import records no consent event"
 
 
+def test_languages_are_stored_canonical_and_garbage_is_reported_with_its_line(
+    engine: Engine, tmp_path: Path
+) -> None:
+    lines = [
+        "a@example.org,fr",
+        "b@example.org,FR",
+        "c@example.org,fr_be",
+        "d@example.org,fr-BE",
+        "e@example.org,français",  # line 6
+        "f@example.org,",
+        "g@example.org,xx",  # line 8: no language CLDR knows
+        "h@example.org, PT-br ",
+    ]
+    report = import_file(engine, write_csv(tmp_path / "m.csv", "email,language", lines), MEMBERS)
+    assert [line for line, _ in report.problems] == [6, 8]
+    assert "language 'français' is not a language tag" in report.problems[0][1]
+    assert "language 'xx' is not a language tag" in report.problems[1][1]
+    assert (report.added, report.invalid) == (6, 2), "the good rows import"
+    with transaction(engine) as session:
+        stored = dict(session.execute(select(Subscriber.email, Subscriber.language)).all())
+    assert stored == {
+        "a@example.org": "fr",
+        "b@example.org": "fr",
+        "c@example.org": "fr-BE",
+        "d@example.org": "fr-BE",
+        "f@example.org": "",
+        "h@example.org": "pt-BR",
+    }
+    # Written again in another case: the same value, nothing to update.
+    lines = ["a@example.org,Fr", "c@example.org,FR-be", "d@example.org,fr_BE"]
+    again = import_file(engine, write_csv(tmp_path / "m.csv", "email,language", lines), MEMBERS)
+    assert (again.unchanged, again.updated, again.invalid) == (3, 0, 0)
+
+
 def test_an_error_in_a_later_chunk_leaves_the_database_as_it_was(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import email
 import email.policy
@@ -144,7 +145,8 @@ def test_every_header_is_written_and_reads_back() -> None:
     message = _parse(raw)
     assert [name for name, _ in _raw_headers(raw)] == [
         "Date", "From", "Reply-To", "Subject", "MIME-Version", "List-Id", "List-Unsubscribe-Post",
-        "Content-Type", "To", "Message-ID", "List-Unsubscribe",
+        "Content-Type", *(["Content-Language"] if _variant().language else []), "To", "Message-ID",
+        "List-Unsubscribe",
     ]  # fmt: skip
     assert message["Date"].datetime == DATE
     assert _mailbox(raw, "From") == ("Efus – Zoë's newsletter", "newsletter@efus.example")
@@ -161,6 +163,59 @@ def test_every_header_is_written_and_reads_back() -> None:
     head, _, body = raw.partition(b"\r\n\r\n")
     assert all(len(line) <= 78 for line in head.split(b"\r\n"))
     assert all(len(line) <= MAX_LINE for line in body.split(b"\r\n"))
+
+
+@pytest.mark.parametrize("language", ["fr", "fr-BE", "zh-Hant-TW", "ar"])
+def test_content_language_says_the_language_of_the_variant(language: str) -> None:
+    variant = dataclasses.replace(_variant(), language=language)
+    raw = MessageTemplate(variant, ADDRESSING).build(
+        to_name="Ana", to_address="ana@example.org", message_id="m.1@efus.example",
+        recipient=RECIPIENT, unsubscribe_mailto=MAILTO,
+    )  # fmt: skip
+    headers = _raw_headers(raw)
+    assert [v for n, v in headers if n == "Content-Language"] == [f" {language}"], (
+        "once, for the whole message"
+    )
+    assert _parse(raw)["Content-Language"] == language
+    # Not in the parts: one language for both, said once at the top (RFC 3282).
+    assert raw.count(b"Content-Language") == 1
+    unknown = dataclasses.replace(_variant(), language="")
+    raw = MessageTemplate(unknown, ADDRESSING).build(
+        to_name="Ana", to_address="ana@example.org", message_id="m.1@efus.example",
+        recipient=RECIPIENT, unsubscribe_mailto=MAILTO,
+    )  # fmt: skip
+    assert b"Content-Language" not in raw, "no language said when it is not known"
+
+
+SUBJECTS = {
+    "de": "Größere Städte, sicherere Straßen: Übersicht für Januar 2019 — ÄÖÜ äöü ß",
+    "fr": "Lettre d'information de l'Efus – janvier 2019 : « sécurité », ça évolue à Genève",
+    "es": "Boletín de Efus — enero de 2019: ¿ciudades más seguras? ¡Sí! (Núñez, Añón)",
+    "ar": "النشرة الإخبارية لمنتدى الأمن الحضري — يناير ٢٠١٩",
+    "he": "ניוזלטר Efus לינואר 2019: ערים בטוחות יותר",
+    "fa": "خبرنامه Efus — ژانویه 2019 (شهرهای امن‌تر)",
+}
+
+
+@pytest.mark.parametrize("language", sorted(SUBJECTS))
+def test_a_subject_in_any_language_and_script_reads_back_exactly(language: str) -> None:
+    subject = SUBJECTS[language]
+    variant = dataclasses.replace(_variant(), language=language, subject=subject)
+    raw = MessageTemplate(variant, ADDRESSING, subject=f"[TEST member {language}] {subject}").build(
+        to_name="Jürgen Müller", to_address="ana@example.org", message_id="m.1@efus.example",
+        recipient=RECIPIENT, unsubscribe_mailto=MAILTO,
+    )  # fmt: skip
+    head = raw.partition(b"\r\n\r\n")[0]
+    assert head.isascii(), "only encoded words in the headers"
+    assert all(len(line) <= 78 for line in head.split(b"\r\n"))
+    message = _parse(raw)
+    assert message["Subject"] == f"[TEST member {language}] {subject}"
+    assert message["Content-Language"] == language
+    [value] = [v for n, v in _raw_headers(raw) if n == "Subject"]
+    # Each encoded word holds whole UTF-8 characters: each decodes on its own.
+    for word in ENCODED_WORD.findall(value):
+        str(make_header(decode_header(word)))
+    assert str(make_header(decode_header(value))) == f"[TEST member {language}] {subject}"
 
 
 def test_the_parts_are_the_variant_filled_in_for_the_recipient() -> None:

@@ -39,6 +39,7 @@ TABLES = (
     "subscriptions",
     "consent_events",
     "dispatches",
+    "dispatch_variants",
     "deliveries",
     "workers",
     "mail_requests",
@@ -74,7 +75,8 @@ def rows() -> dict[str, list[dict[str, Any]]]:
     (``email_key``: the address lower-cased; ``generation``: the dispatches of an issue to
     a list numbered in id order; ``process``: ""; ``signing`` and ``envelope_sender``, of dispatches
     and of deliveries: NULL, not known; ``soft_score``: 0, ``soft_day`` and ``soft_bounced_at``:
-    NULL); the test refuses rows that lack a column.
+    NULL; ``language`` of dispatches and deliveries: NULL, the dispatch's one variant;
+    ``subscribers.language``: canonical already, so kept); the test refuses rows that lack a column.
     """
     data: dict[str, list[dict[str, Any]]] = {table: [] for table in TABLES}
     data["lists"] = [
@@ -161,6 +163,8 @@ def rows() -> dict[str, list[dict[str, Any]]]:
         # Sent before mailout recorded the signing identity and the envelope sender (0007).
         "signing": None,
         "envelope_sender": None,
+        # Written before mailout froze a variant per language (0010): its one variant.
+        "language": None,
     }
     data["dispatches"] = [
         {
@@ -223,8 +227,22 @@ def rows() -> dict[str, list[dict[str, Any]]]:
                 "reply": f"250 2.0.0 Ok: queued as {n:08X}" if state is DeliveryStatus.SENT else "",
                 "updated_at": at(9000 + n),
                 "envelope_sender": None,
+                "language": None,
             }
         )
+    # Only at the newest schema (the table is new in 0010): dispatch 2's French variant.
+    data["dispatch_variants"] = [
+        {
+            "dispatch_id": 2,
+            "language": "fr",
+            "subject": "Lettre d'information de l'Efus — février 2019",
+            "preheader": "Agenda, actualités — et plus",
+            "html": '<!doctype html><html lang="fr"><p>Bonjour {{name}}, ça va ?</p>' + "<td>x</td>" * 500,
+            "text": "Bonjour {{name}},\n\n— Efus\n",
+            "tokens": '{"{{name}}": "name", "{{unsubscribe}}": "unsubscribe_url"}',
+            "greeting_fallback": "Chère lectrice, cher lecteur",
+        }
+    ]
     data["workers"] = [
         {
             "id": "host-b:5120:ab12",
@@ -581,3 +599,43 @@ def test_upgrade_names_addresses_that_differ_only_in_case(
         (3, EventKind.UNSUBSCRIBED),
     ], "the whole history is kept"
     assert [(d["subscriber_id"], d["email"]) for d in after["deliveries"]] == [(3, "ann@x.org")]
+
+
+def test_upgrade_to_0010_makes_every_stored_language_canonical(empty_database_url: str) -> None:
+    url = empty_database_url
+    upgrade(url, "0009")
+    data = rows()
+    # As mailout stored them before 0010 (lower case, "_" made "-"), and as another tool might.
+    stored = ["fr", "fr-be", "pt-br", "FR", "en_GB", "zh-hant-tw", "xx", "fr-a1", "", "de"]
+    people = [{**p, "language": stored[n % len(stored)]} for n, p in enumerate(data["subscribers"])]
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            insert(connection, "lists", data["lists"])
+            insert(connection, "subscribers", people)
+        upgrade(url)
+        after = {row["id"]: row for row in contents(engine)["subscribers"]}
+    finally:
+        engine.dispose()
+    wanted = {
+        "fr": "fr",
+        "fr-be": "fr-BE",
+        "pt-br": "pt-BR",
+        "FR": "fr",
+        "en_GB": "en-GB",
+        "zh-hant-tw": "zh-Hant-TW",
+        # No language mailout knows (xx), or not well formed (a region of one letter and a digit):
+        # emptied, read in the issue's default language as before.
+        "xx": "",
+        "fr-a1": "",
+        "": "",
+        "de": "de",
+    }
+    assert {after[p["id"]]["language"] for p in people} == set(wanted.values())
+    for person in people:
+        row = after[person["id"]]
+        assert row["language"] == wanted[person["language"]], person
+        # Nothing else of the row changed, not even its time of update.
+        assert {k: v for k, v in row.items() if k != "language"} == {
+            k: normalise(v) for k, v in person.items() if k != "language"
+        }

@@ -84,7 +84,7 @@ def test_invalid_addresses_are_refused_with_a_reason(raw: str) -> None:
         ("Eve\nBcc: x", "", "", "name contains a line break"),
         ("ok", "Org\rX", "", "organisation contains a line break"),
         ("x" * 201, "", "", "name is 201 characters long"),
-        ("ok", "", "english please", "not a language code"),
+        ("ok", "", "english please", "not a language tag"),
     ],
 )
 def test_fields_are_checked(name: str, organisation: str, language: str, message: str) -> None:
@@ -95,7 +95,7 @@ def test_fields_are_checked(name: str, organisation: str, language: str, message
 def test_the_longest_fields_accepted_are_those_the_database_stores(engine: Engine, tmp_path: Path) -> None:
     migrated = {c["name"]: c["type"] for c in inspect(engine).get_columns("subscribers")}
     assert {key: migrated[key].length for key in people.MAX_LENGTHS} == people.MAX_LENGTHS
-    longest = ("山田太郎" * 50, "Câmara " * 28 + "Lisb", "sr-latn-rs-12345")
+    longest = ("山田太郎" * 50, "Câmara " * 28 + "Lisb", "sr-Latn-RS-12345")
     assert [len(value) for value in longest] == list(people.MAX_LENGTHS.values())
     path = write_csv(
         tmp_path / "m.csv", "email,name,organisation,language\nz@example.org,{},{},{}\n".format(*longest)
@@ -541,7 +541,7 @@ def test_every_kind_of_bad_row_is_reported_with_its_line(engine: Engine, tmp_pat
     report = import_file(engine, path, MEMBERS)
     reasons = dict(report.problems)
     assert set(reasons) == {3, 4, 5, 6, 8}
-    assert "not a language code" in reasons[3]
+    assert "not a language tag" in reasons[3]
     assert "name is 201 characters long" in reasons[4]
     assert "NUL" in reasons[5]
     assert "organisation contains a line break" in reasons[6]

@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import bounces, outbox
+from . import bounces, languages, outbox
 from . import subscribers as people
 from .config import Settings
 from .db import reader, transaction
@@ -115,9 +115,14 @@ class Plan:
     previous: int | None
     #: Set when the send takes up an unfinished dispatch.
     resume: Resume | None = None
-    #: Set when the send writes a new dispatch: the variant frozen with it, and how many get it.
+    #: Set when the send writes a new dispatch: the variant frozen with it in the issue's
+    #: default language, and how many get the dispatch.
     variant: Variant | None = None
     recipients: int = 0
+    #: Every variant frozen with a new dispatch by language, the default first (``variant``
+    #: is the first), and how many recipients get each (``languages.choose``).
+    variants: dict[str, Variant] = field(default_factory=dict)
+    by_language: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,9 @@ class Summary:
     state: DispatchState
     total: int
     counts: dict[str, int]
+    #: Deliveries by the language of the variant they get, the dispatch's default first;
+    #: "" for deliveries written before mailout chose one (the dispatch's one variant).
+    languages: dict[str, int]
     #: Deliveries with nothing more to come: sent + failed + skipped + unknown (= total once finished).
     done: int
     seconds: float
@@ -225,12 +233,14 @@ def plan(
             f"newsletter.public_base_url is {base}: the unsubscribe"
             " and view-in-browser links should be https for real readers"
         )
+    wanted = issue_languages(issue, settings)
     with transaction(engine) as session:
         lst = people.ensure_list(session, list_settings)
         newest = outbox.find_dispatch(session, issue.slug, lst)
         unknown = _unknown(session, settings, transport, newest) if newest else 0
         refused = len(_policy_refusals(session, newest.id)) if newest else 0
         recipients = outbox.count_recipients(session, lst)
+        by_language = outbox.count_by_language(session, lst, wanted, wanted[0])
     found = Plan(
         issue=issue.slug,
         list_name=lst.name,
@@ -256,8 +266,28 @@ def plan(
     if recipients == 0:
         raise _nobody(lst)
     # Rendered once the plan is sure to need it, outside the transaction: it takes a while.
-    variant = render_variant(issue, settings, Segment(list_settings.segment))
-    return replace(found, variant=variant, recipients=recipients)
+    # Each language once, for every reader of it: the default first.
+    segment = Segment(list_settings.segment)
+    variants = {lang: render_in(issue, settings, segment, lang) for lang in wanted}
+    return replace(
+        found,
+        variant=variants[wanted[0]],
+        recipients=recipients,
+        variants=variants,
+        by_language=by_language,
+    )
+
+
+def issue_languages(issue: Issue, settings: Settings) -> tuple[str, ...]:
+    """Return the languages ``issue`` is sent in, its default first (``newsletter.language`` if it says none)."""
+    default = languages.canonical(settings.newsletter.language) or settings.newsletter.language
+    return issue.variant_languages(default)
+
+
+def render_in(issue: Issue, settings: Settings, segment: Segment, language: str) -> Variant:
+    """Render ``issue``'s variant for ``segment`` in ``language``, its language said in it."""
+    variant = render_variant(issue.localized(language), settings, segment)
+    return variant if variant.language == language else replace(variant, language=language)
 
 
 def _unknown(session: Session, settings: Settings, transport: Transport, dispatch: Dispatch) -> int:
@@ -347,10 +377,11 @@ def _start(engine: Engine, settings: Settings, plan: Plan) -> Started:
             # Another send wrote it a moment ago: sending it is what this one was about to do.
             return Started(newest.id, newest.total, created=False, joined=True)
         assert plan.variant is not None, "a plan that resumes nothing carries the variant to send"
+        others = [v for lang, v in plan.variants.items() if lang != plan.variant.language]
         dispatch = outbox.create_dispatch(
             session, plan.issue, lst, plan.variant,
             from_name=settings.sender.name, from_address=settings.sender.address, reply_to=settings.sender.reply_to,
-            generation=newest.generation + 1 if newest is not None else 1,
+            generation=newest.generation + 1 if newest is not None else 1, others=others,
         )  # fmt: skip
         if dispatch.total == 0:
             raise _nobody(lst)  # everybody left since the plan: the transaction writes nothing
@@ -453,11 +484,18 @@ def _summary(session: Session, dispatch: Dispatch, lst: MailingList) -> Summary:
         state=state,
         total=dispatch.total,
         counts=counts,
+        languages=_languages_first(dispatch, outbox.language_counts(session, dispatch.id)),
         done=done,
         seconds=round(seconds, 1),
         rate=round(counts[DeliveryStatus.SENT] / seconds, 2) if seconds > 0 else 0.0,
         paused_reason=dispatch.paused_reason,
     )
+
+
+def _languages_first(dispatch: Dispatch, counts: dict[str, int]) -> dict[str, int]:
+    """Return ``counts`` with the dispatch's default language first, then the others in order."""
+    default = dispatch.language or ""
+    return {lang: counts[lang] for lang in sorted(counts, key=lambda lang: (lang != default, lang))}
 
 
 def overview(engine: Engine, limit: int = RECENT) -> list[Summary]:

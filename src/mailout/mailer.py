@@ -42,10 +42,10 @@ from .config import Settings
 from .dkim import load_signer
 from .envelope import envelope_sender, for_dispatch
 from .errors import MailoutError
-from .links import Links
+from .links import Links, MessageLinks
 from .message import Addressing, MessageTemplate, feedback_id, message_id
 from .models import DeliveryStatus, Dispatch, MailingList, utcnow
-from .render import Recipient, first_name
+from .render import Recipient, Variant, first_name
 from .segments import Segment
 from .tokens import Signer
 from .transports import Connection, PermanentFailure, TemporaryFailure, Transport, UnclearOutcome
@@ -203,7 +203,9 @@ class Mailer:
         on_progress: Callable[[Tally], None] | None = None,
         on_notice: Callable[[str], None] | None = None,
         stop: threading.Event | None = None,
+        variants: dict[str, Variant] | None = None,
     ) -> None:
+        """Get ready to send ``dispatch``: its variants (read from the outbox unless given) built once."""
         self.engine = engine
         self.settings = settings
         self.dispatch = dispatch
@@ -218,19 +220,38 @@ class Mailer:
         self.worker = outbox.worker_name()
         self.policy_streak = 0
         self.errors: list[BaseException] = []
-        variant = outbox.frozen_variant(dispatch)
+        if variants is None:
+            with engine.connect() as conn:
+                variants = outbox.frozen_variants(conn, dispatch)
         addressing = Addressing(
             dispatch.from_name, dispatch.from_address, dispatch.reply_to, lst.name, lst.description
         )
-        self.template = MessageTemplate(
-            variant,
-            addressing,
-            dkim=load_signer(settings),
-            feedback_id=feedback_id(str(dispatch.id), lst.name, dispatch.issue, addressing.domain),
-        )
-        self.links = Links(settings, signer).for_messages(
-            dispatch.issue, lst.id, member=dispatch.segment == Segment.MEMBER, sender=dispatch.from_address
-        )
+        dkim = load_signer(settings)
+        links = Links(settings, signer)
+        #: Per language of the dispatch, built once: the message template and the link maker
+        #: of its variant. A delivery's language picks them (a dict look-up per message).
+        self.by_language: dict[str, tuple[MessageTemplate, MessageLinks]] = {
+            language: (
+                MessageTemplate(
+                    variant,
+                    addressing,
+                    dkim=dkim,
+                    feedback_id=feedback_id(str(dispatch.id), lst.name, dispatch.issue, addressing.domain),
+                ),
+                links.for_messages(
+                    dispatch.issue,
+                    lst.id,
+                    member=dispatch.segment == Segment.MEMBER,
+                    sender=dispatch.from_address,
+                    language=language,
+                ),
+            )
+            for language, variant in variants.items()
+        }
+        # The default language's (the first): what a delivery written before mailout chose a
+        # language gets, as it would have before.
+        self._default = next(iter(self.by_language.values()))
+        self.template, self.links = self._default
         self.rate = RateLimit(settings.sending.rate_limit)
         self._domain = self.template.addressing.domain
         # What every message needs, read once: attributes of an ORM object cost a lookup each time.
@@ -490,8 +511,9 @@ class Mailer:
         return outbox.Sent(claimed.id, str(reply))
 
     def _build(self, claimed: outbox.Claimed) -> bytes:
-        urls = self.links(claimed.subscriber_id)
-        return self.template.build(
+        template, links = self.by_language.get(claimed.language, self._default)
+        urls = links(claimed.subscriber_id)
+        return template.build(
             to_name=claimed.name,
             to_address=claimed.email,
             message_id=message_id(self._key, claimed.id, self._domain),

@@ -9,7 +9,8 @@ removes, so the decoded parts are exactly ``Variant.personalize``'s.
 
 What comes out meets RFC 5322 and RFC 2045: CRLF line ends, no line over 76
 characters in the body or 998 anywhere, ``multipart/alternative`` with the
-text part first. No line of the body starts with a dot (it is encoded as
+text part first, and a ``Content-Language`` header (RFC 3282) when the
+variant's language is known. No line of the body starts with a dot (it is encoded as
 ``=2E``), so SMTP needs no dot stuffing. The header lines made of names and
 subjects come from ``headers``: without control characters (no header can be
 injected through them), in RFC 2047 encoded words where not plain ASCII, and
@@ -27,6 +28,7 @@ from email.utils import format_datetime
 
 from .dkim import BodyTemplate, DkimSigner
 from .headers import address_header, one_line, unstructured_header
+from .languages import canonical
 from .render import Recipient, Slots, Variant
 
 CRLF = b"\r\n"
@@ -123,6 +125,11 @@ class MessageTemplate:
             b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" + CRLF,
             f'Content-Type: multipart/alternative;\r\n boundary="{self.boundary}"'.encode("ascii") + CRLF,
         ]
+        language = canonical(variant.language) if variant.language else None
+        if language:
+            # RFC 3282: the language the reader is addressed in, for the whole message (both
+            # parts). Only a canonical tag is written: letters, digits and hyphens.
+            shared.append(b"Content-Language: " + language.encode("ascii") + CRLF)
         if feedback_id:
             # Per dispatch, not per recipient: written (and DKIM-hashed) once per variant.
             shared.append(b"Feedback-ID: " + feedback_id.encode("ascii") + CRLF)

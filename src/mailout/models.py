@@ -205,6 +205,10 @@ class Dispatch(Base):
     #: The placeholder tokens of ``html`` and ``text``, as JSON: token -> field.
     tokens: Mapped[str] = mapped_column(Text)
     greeting_fallback: Mapped[str] = mapped_column(String(200), default="")
+    #: The language of the variant in this row (canonical BCP 47), the issue's default; its
+    #: other languages are in ``dispatch_variants``. NULL: written before mailout sent an
+    #: issue in several languages, in the newsletter's one language.
+    language: Mapped[str | None] = mapped_column(String(16))
     from_name: Mapped[str] = mapped_column(String(200))
     from_address: Mapped[str] = mapped_column(String(320))
     reply_to: Mapped[str] = mapped_column(String(320), default="")
@@ -220,6 +224,28 @@ class Dispatch(Base):
     #: The envelope sender (MAIL FROM) of its messages, as ``signing``: one line per run
     #: that changed it, oldest first; NULL: sent before mailout recorded it.
     envelope_sender: Mapped[str | None] = mapped_column(Text)
+
+
+class DispatchVariant(Base):
+    """One more language of a dispatch: its variant, frozen with it as the dispatch's own row is.
+
+    The dispatch's row holds the variant in the issue's default language; each other
+    language of the issue has a row here, written in the dispatch's transaction.
+    """
+
+    __tablename__ = "dispatch_variants"
+
+    dispatch_id: Mapped[int] = mapped_column(
+        ForeignKey("dispatches.id", ondelete="CASCADE"), primary_key=True
+    )
+    language: Mapped[str] = mapped_column(String(16), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(500))
+    preheader: Mapped[str] = mapped_column(String(500), default="")
+    html: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    #: The placeholder tokens of ``html`` and ``text``, as JSON: token -> field.
+    tokens: Mapped[str] = mapped_column(Text)
+    greeting_fallback: Mapped[str] = mapped_column(String(200), default="")
 
 
 class Delivery(Base):
@@ -248,6 +274,11 @@ class Delivery(Base):
     #: The envelope sender (MAIL FROM) of its last attempt, written with its ``sending`` mark:
     #: with VERP its own return address. NULL: not sent yet, or sent before mailout kept it.
     envelope_sender: Mapped[str | None] = mapped_column(Text)
+    #: Which of the dispatch's variants this recipient gets (one of its languages), chosen
+    #: from their language when the dispatch was written (``languages.choose``) and frozen:
+    #: a later change of their language changes nothing. NULL: written before mailout chose
+    #: one (the dispatch's own variant).
+    language: Mapped[str | None] = mapped_column(String(16))
 
 
 class Worker(Base):

@@ -63,6 +63,7 @@ from .models import (
     Delivery,
     DeliveryStatus,
     Dispatch,
+    DispatchVariant,
     MailingList,
     Subscriber,
     SubscriberStatus,
@@ -91,6 +92,9 @@ class Claimed:
     email: str
     name: str
     attempts: int
+    #: The language of the variant they get ("": the dispatch's own, for a delivery written
+    #: before mailout chose one).
+    language: str = ""
 
 
 def find_dispatch(session: Session, issue: str, lst: MailingList, *, lock: bool = False) -> Dispatch | None:
@@ -110,10 +114,10 @@ def find_dispatch(session: Session, issue: str, lst: MailingList, *, lock: bool 
     ).first()
 
 
-def recipients_query(lst: MailingList) -> Select[int, str, str]:
+def recipients_query(lst: MailingList) -> Select[int, str, str, str]:
     """Select who a dispatch to ``lst`` goes to: subscribed people with a subscribed subscription."""
     return (
-        select(Subscriber.id, Subscriber.email, Subscriber.name)
+        select(Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.language)
         .join(Subscription, Subscription.subscriber_id == Subscriber.id)
         .where(
             Subscription.list_id == lst.id,
@@ -128,6 +132,43 @@ def count_recipients(session: Session, lst: MailingList) -> int:
     return int(session.scalar(select(func.count()).select_from(recipients_query(lst).subquery())) or 0)
 
 
+def language_choice(column: ColumnElement[str], available: Sequence[str], default: str) -> ColumnElement[str]:
+    """Return, in SQL, which of ``available`` a reader whose language is ``column`` gets.
+
+    The rule of ``languages.choose`` (the exact language, else its primary language,
+    else ``default``) as one CASE, the same on SQLite and PostgreSQL, compared without
+    regard to case. ``available`` are canonical tags; the stored languages are canonical
+    or empty (migration 0010, and every writer checks them), for which this and
+    ``languages.choose`` agree.
+    """
+    if not available or list(available) == [default]:
+        return literal(default, String)
+    tag = func.lower(column)
+    # Every exact match first: a reader of fr-BE gets fr-BE when there is one, before fr.
+    whens = [(tag == literal(lang.lower(), String), literal(lang, String)) for lang in available]
+    whens += [
+        (tag.like(literal(lang.lower() + "-%", String)), literal(lang, String))
+        for lang in available
+        if "-" not in lang  # a primary language: fr for fr-BE, fr-CA, fr-Latn-BE...
+    ]
+    return case(*whens, else_=literal(default, String))
+
+
+def count_by_language(
+    session: Session, lst: MailingList, available: Sequence[str], default: str
+) -> dict[str, int]:
+    """Return how many of a dispatch to ``lst`` would now get each of ``available``, in that order."""
+    if not available or list(available) == [default]:
+        return {default: count_recipients(session, lst)}
+    recipients = recipients_query(lst).subquery()
+    # Grouped by a column of a subquery: a CASE of bound values in GROUP BY would be another
+    # expression than the one selected (PostgreSQL refuses it, SQLite groups each row apart).
+    chosen = select(language_choice(recipients.c.language, available, default).label("chosen")).subquery()
+    rows = session.execute(select(chosen.c.chosen, func.count()).group_by(chosen.c.chosen)).all()
+    found = {str(lang): int(n) for lang, n in rows}
+    return {lang: found.get(lang, 0) for lang in available}
+
+
 def create_dispatch(
     session: Session,
     issue: str,
@@ -138,12 +179,20 @@ def create_dispatch(
     from_address: str,
     reply_to: str,
     generation: int,
+    others: Sequence[Variant] = (),
 ) -> Dispatch:
-    """Freeze the variant and the recipients: one dispatch, one queued delivery per recipient.
+    """Freeze the variants and the recipients: one dispatch, one queued delivery per recipient.
 
-    ``generation`` numbers the dispatches of the issue to the list: the database refuses a
-    second one with the same number (``IntegrityError``, see ``is_duplicate_dispatch``).
+    ``variant`` is in the issue's default language, ``others`` in its other languages
+    (one each, with ``Variant.language`` set). Each recipient's variant is chosen from
+    their language in the same statement that writes the deliveries (``language_choice``)
+    and frozen with them. ``generation`` numbers the dispatches of the issue to the list:
+    the database refuses a second one with the same number (``IntegrityError``, see
+    ``is_duplicate_dispatch``).
     """
+    languages = [variant.language, *(other.language for other in others)]
+    if len(set(languages)) != len(languages) or (others and not all(languages)):
+        raise ValueError(f"one variant per language, each with its language: got {languages}")
     dispatch = Dispatch(
         key=f"mo{secrets.token_hex(8)}",
         issue=issue,
@@ -156,6 +205,7 @@ def create_dispatch(
         text=variant.text,
         tokens=json.dumps(dict(variant.tokens)),
         greeting_fallback=variant.greeting_fallback,
+        language=variant.language,
         from_name=from_name,
         from_address=from_address,
         reply_to=reply_to,
@@ -164,6 +214,23 @@ def create_dispatch(
     )
     session.add(dispatch)
     session.flush()
+    if others:
+        session.execute(
+            insert(DispatchVariant),
+            [
+                {
+                    "dispatch_id": dispatch.id,
+                    "language": other.language,
+                    "subject": other.subject,
+                    "preheader": other.preheader,
+                    "html": other.html,
+                    "text": other.text,
+                    "tokens": json.dumps(dict(other.tokens)),
+                    "greeting_fallback": other.greeting_fallback,
+                }
+                for other in others
+            ],
+        )
     now = utcnow()
     recipients = recipients_query(lst).subquery()
     # One INSERT ... SELECT: the recipient list never passes through Python.
@@ -179,6 +246,7 @@ def create_dispatch(
                 "attempts",
                 "reply",
                 "updated_at",
+                "language",
             ],
             select(
                 literal(dispatch.id, Integer),
@@ -190,6 +258,7 @@ def create_dispatch(
                 literal(0, Integer),
                 literal("", String),
                 literal(now, DateTime(timezone=True)),
+                language_choice(recipients.c.language, languages, variant.language),
             ).order_by(recipients.c.id),
         )
     )
@@ -208,21 +277,65 @@ def is_duplicate_dispatch(error: IntegrityError) -> bool:
 
 
 def frozen_variant(dispatch: Dispatch) -> Variant:
-    """Return the variant exactly as frozen with the dispatch."""
+    """Return the variant of the dispatch's own row (its default language) exactly as frozen."""
+    return _variant(dispatch, dispatch.language or "", dispatch)
+
+
+def _variant(dispatch: Dispatch, language: str, row: Any) -> Variant:
+    """Return a frozen variant of ``dispatch`` from ``row``: its own row, or one of ``dispatch_variants``."""
     from .segments import Segment
 
     return Variant(
         slug=dispatch.issue,
         segment=Segment(dispatch.segment),
-        subject=dispatch.subject,
-        preheader=dispatch.preheader,
-        html=dispatch.html,
-        text=dispatch.text,
-        tokens=json.loads(dispatch.tokens),
-        greeting_fallback=dispatch.greeting_fallback,
+        language=language,
+        subject=row.subject,
+        preheader=row.preheader,
+        html=row.html,
+        text=row.text,
+        tokens=json.loads(row.tokens),
+        greeting_fallback=row.greeting_fallback,
         items_shown=None,
         items_hidden=None,
     )
+
+
+def frozen_variants(conn: Connection | Session, dispatch: Dispatch) -> dict[str, Variant]:
+    """Return every variant frozen with the dispatch by language, its default language first.
+
+    The key of the default is ``dispatch.language``; "" for a dispatch written before
+    mailout froze several (its one variant, in the newsletter's language then). The
+    other languages follow in alphabetical order.
+    """
+    variants = {dispatch.language or "": frozen_variant(dispatch)}
+    # Columns, not the ORM class: read the same way through a Connection as a Session.
+    rows = conn.execute(
+        select(
+            DispatchVariant.language,
+            DispatchVariant.subject,
+            DispatchVariant.preheader,
+            DispatchVariant.html,
+            DispatchVariant.text,
+            DispatchVariant.tokens,
+            DispatchVariant.greeting_fallback,
+        )
+        .where(DispatchVariant.dispatch_id == dispatch.id)
+        .order_by(DispatchVariant.language)
+    )
+    for row in rows:
+        variants[row.language] = _variant(dispatch, row.language, row)
+    return variants
+
+
+def language_counts(conn: Connection | Session, dispatch_id: int) -> dict[str, int]:
+    """Return how many deliveries get each language's variant ("": written before mailout chose)."""
+    rows = conn.execute(
+        select(Delivery.language, func.count())
+        .where(Delivery.dispatch_id == dispatch_id)
+        .group_by(Delivery.language)
+        .order_by(Delivery.language)
+    ).all()
+    return {str(lang or ""): int(n) for lang, n in rows}
 
 
 def counts(conn: Connection | Session, dispatch_id: int) -> dict[DeliveryStatus, int]:
@@ -617,6 +730,7 @@ def _claim_statement(status: DeliveryStatus) -> Update:
             Delivery.name,
             Delivery.attempts,
             Delivery.status,
+            Delivery.language,
         )
     )
 
@@ -642,7 +756,7 @@ def claim(conn: Connection, dispatch_id: int, worker: str, limit: int) -> list[C
         rows += conn.execute(_CLAIM_DEFERRED, {**params, "limit": limit - len(rows)})
     rows.sort(key=lambda row: row.id)
     return [
-        Claimed(r.id, r.subscriber_id, r.email, r.name, r.attempts)
+        Claimed(r.id, r.subscriber_id, r.email, r.name, r.attempts, r.language or "")
         for r in rows
         if r.status is DeliveryStatus.CLAIMED
     ]

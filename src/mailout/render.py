@@ -113,6 +113,8 @@ class Variant:
     items_shown: int | None
     items_hidden: int | None
     warnings: tuple[Problem, ...] = ()
+    #: The language it is written in (canonical BCP 47); "" where not known.
+    language: str = ""
     html_slots: Slots[str] = field(init=False, repr=False, compare=False)
     text_slots: Slots[str] = field(init=False, repr=False, compare=False)
 

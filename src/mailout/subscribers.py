@@ -19,9 +19,10 @@ from sqlalchemy import Connection, String, Table, bindparam, func, insert, selec
 from sqlalchemy.orm import Session
 
 from . import outbox
-from .config import LANGUAGE_TAG, ListSettings
+from .config import ListSettings
 from .db import copy_rows, stored_time
 from .errors import MailoutError
+from .languages import canonical
 from .models import (
     ConsentEvent,
     EventKind,
@@ -91,19 +92,24 @@ def _checked_domain(domain: str) -> str:
 
 
 def clean_fields(name: str, organisation: str, language: str) -> tuple[str, str, str]:
-    """Return the fields trimmed and checked; raise ``InvalidSubscriber`` saying which one is wrong."""
+    """Return the fields trimmed and checked; raise ``InvalidSubscriber`` saying which one is wrong.
+
+    The language is a BCP 47 tag, returned in its canonical form (``languages.canonical``).
+    """
     values = {"name": name.strip(), "organisation": organisation.strip(), "language": language.strip()}
     for key, value in values.items():
         if _BREAK_OR_NUL.search(value):
             raise InvalidSubscriber(f"{key} contains a line break or NUL character")
         if len(value) > MAX_LENGTHS[key]:
             raise InvalidSubscriber(f"{key} is {len(value)} characters long; at most {MAX_LENGTHS[key]}")
-    language = values["language"].replace("_", "-").lower()
-    if language and not LANGUAGE_TAG.fullmatch(language):
+    # Stored in its canonical form (FR and fr give fr, fr_be gives fr-BE), so that choosing
+    # a reader's variant is comparing strings, in SQL too (outbox.language_choice).
+    tag = canonical(values["language"]) if values["language"] else ""
+    if tag is None:
         raise InvalidSubscriber(
-            f"language '{values['language']}' is not a language code such as en, fr or pt-BR"
+            f"language '{values['language']}' is not a language tag such as en, fr or pt-BR"
         )
-    return values["name"], values["organisation"], language
+    return values["name"], values["organisation"], tag
 
 
 def ensure_list(session: Session, settings: ListSettings) -> MailingList:
