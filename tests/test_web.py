@@ -12,6 +12,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,7 +28,7 @@ from mailout.cli import cli
 from mailout.config import load_settings
 from mailout.db import make_engine, transaction
 from mailout.errors import ConfigError
-from mailout.issues import load_issue
+from mailout.issues import Issue, Item, load_issue
 from mailout.models import (
     ConsentEvent,
     Delivery,
@@ -836,3 +837,371 @@ def test_the_page_cache_keeps_the_most_recently_used_pages_within_its_limit() ->
     again = cache.put("a", b"A" * 50)
     assert cache.get("a") == again and cache.size == 150
     assert again.etag != cache.put("e", b"a" * 50).etag  # the tag is the content's
+
+
+# --- languages: one issue in English and French -----------------------------------------
+
+#: Readers and their languages: Dee reads Belgian French, which gets the French variant;
+#: Eve has none, and gets the issue's default (English).
+LANGUAGE_MEMBERS = [("ana@example.org", "Ana Conceição", "fr"), ("bo@example.org", "Bo Berg", "en"),
+                    ("dee@example.org", "Dee Claes", "fr-BE")]  # fmt: skip
+LANGUAGE_PUBLIC = [("cy@example.org", "Cy Dupont", "fr"), ("eve@example.org", "Eve Adams", "")]
+FRENCH_SUBJECT = "Lettre d’information Efus – janvier 2019"
+
+
+def french(issue: Issue) -> Issue:
+    """Return the example issue with text of its own in French, members-only items included.
+
+    Every text field differs from the English one, so that a leak of either language's
+    members-only text shows (``secret_strings`` of each).
+    """
+    counter = iter(range(1, 1000))
+
+    def item(i: Item, hidden: bool) -> Item:
+        n = next(counter)
+        words = "confidentiel réservé aux membres" if hidden else "public ouvert à tous"
+        return replace(
+            i,
+            title=f"Titre français numéro {n}" + (" (réservé aux membres)" if hidden else ""),
+            summary=f"Texte {words}, paragraphe numéro {n} de la lettre.",
+            image_alt=f"Illustration française numéro {n}" if i.image_alt else "",
+        )
+
+    sections = tuple(
+        replace(
+            s,
+            title=f"Rubrique française numéro {n}" if s.title else "",
+            intro=f"Introduction française de la rubrique {n}." if s.intro else "",
+            items=tuple(item(i, s.members_only or i.members_only) for i in s.items),
+        )
+        for n, s in enumerate(issue.sections, start=1)
+    )
+    return replace(
+        issue,
+        language="fr",
+        languages=(),
+        subject=FRENCH_SUBJECT,
+        preheader="Rencontres, appels à partenaires et publications du réseau",
+        intro="Bonjour à toutes et à tous : voici les nouvelles du réseau.",
+        sections=sections,
+    )
+
+
+def languages_csv(workspace: Path, rows: list[tuple[str, str, str]], list_name: str) -> None:
+    path = workspace / f"{list_name}.csv"
+    path.write_text("email,name,language\n" + "".join(f"{e},{n},{lang}\n" for e, n, lang in rows), "utf-8")
+    code, out = run("subscribers", "import", str(path), "--list", list_name)
+    assert code == 0, out
+
+
+def dispatch_in_two_languages(workspace: Path) -> None:
+    """Dispatch the example issue in English and French to both lists, and send it.
+
+    The dispatch is written as `send` writes one (one variant per language, each reader's
+    chosen in the statement), then `send` takes it up and sends it.
+    """
+    settings = load_settings(workspace)
+    issue = load_issue(workspace / "issues" / "2019-01" / "issue.yaml")
+    engine = make_engine(settings.database_url())
+    with transaction(engine) as session:
+        for list_name, segment in (("members", Segment.MEMBER), ("public", Segment.PUBLIC)):
+            lst = session.scalars(select(MailingList).where(MailingList.name == list_name)).one()
+            english = replace(render_variant(replace(issue, language="en"), settings, segment), language="en")
+            other = replace(render_variant(french(issue), settings, segment), language="fr")
+            create_dispatch(
+                session, "2019-01", lst, english, others=[other], from_name="Efus",
+                from_address=settings.sender.address, reply_to="", generation=1,
+            )  # fmt: skip
+    engine.dispose()
+    for list_name in ("members", "public"):
+        code, out = run("send", "2019-01", "--list", list_name, "--yes")
+        assert code == 0, out
+
+
+@pytest.fixture
+def bilingual(sending_workspace: Path, smtp_server: SMTPServer) -> Path:
+    """The example issue in English and French, sent to readers of both (and of none)."""
+    languages_csv(sending_workspace, LANGUAGE_MEMBERS, "members")
+    languages_csv(sending_workspace, LANGUAGE_PUBLIC, "public")
+    dispatch_in_two_languages(sending_workspace)
+    return sending_workspace
+
+
+@pytest.fixture
+def bilingual_client(bilingual: Path) -> Iterator[FlaskClient]:
+    app = create_app(load_settings(bilingual), local=True)
+    yield app.test_client()
+    app.extensions["mailout"].engine.dispose()
+
+
+def every_secret(workspace: Path) -> set[str]:
+    """Return the members-only text of the issue in both its languages."""
+    issue = load_issue(workspace / "issues" / "2019-01" / "issue.yaml")
+    english, other = secret_strings(issue), secret_strings(french(issue))
+    assert {s for s in other if "réservé aux membres" in s} and english - other
+    return english | other
+
+
+def html_lang(page: str) -> str:
+    found = re.search(r"<html[^>]*\blang=\"([^\"]*)\"", page)
+    assert found, page[:300]
+    return found.group(1)
+
+
+def test_each_reader_gets_links_in_the_language_of_their_variant(
+    bilingual: Path, smtp_server: SMTPServer
+) -> None:
+    messages = received(smtp_server)
+    for (list_name, address), message in messages.items():
+        wanted = {"ana": "fr", "dee": "fr", "cy": "fr"}.get(address.split("@")[0], "en")
+        assert str(message["Content-Language"]) == wanted, address
+        assert unsubscribe_url(message).endswith(f"?lang={wanted}"), address
+        view = view_url(message)
+        assert urlsplit(view).path == f"/issues/2019-01/{wanted}", (address, view)
+        assert ("?t=" in view) == (list_name == "members")
+        # The mailto is the language's no more: the subject carries the token only.
+        header = " ".join(str(message["List-Unsubscribe"]).split())
+        assert re.search(r"<mailto:[^>]+subject=unsubscribe%20[A-Za-z0-9_.-]+>", header), header
+        text = message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+        assert ("Titre français numéro" in text) == (wanted == "fr"), address
+
+
+def test_the_unsubscribe_page_and_its_result_answer_in_french_from_a_french_message(
+    bilingual: Path, bilingual_client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    client = bilingual_client
+    url = path_of(unsubscribe_url(received(smtp_server)[("members", "ana@example.org")]))
+    form = client.get(url)
+    page = form.get_data(as_text=True)
+    assert form.status_code == 200 and html_lang(page) == "fr" and 'dir="ltr"' in page
+    assert "Ne plus envoyer <strong>Members</strong> à <strong>a•••@example.org</strong>\u00a0?" in page
+    assert "Se désinscrire de toutes les listes de Efus Newsletter" in page
+    assert "Unsubscribe" not in page.replace("Se désabonner", "")  # no English left on the page
+    token = url.split("/")[-1].split("?")[0]
+    assert f'action="/unsubscribe/{token}?lang=fr"' in page  # the result answers in French too
+    done = client.post(f"/unsubscribe/{token}?lang=fr", data={"scope": "list"})
+    result = done.get_data(as_text=True)
+    assert done.status_code == 200 and html_lang(result) == "fr"
+    assert "Votre désinscription est enregistrée" in result
+    assert "Vous ne recevrez plus les messages de <strong>Members</strong>." in result
+    assert subscription_status(bilingual, "ana@example.org", "members") == "unsubscribed"
+    # Bo's message is English: so are his pages.
+    bo = client.get(path_of(unsubscribe_url(received(smtp_server)[("members", "bo@example.org")])))
+    assert html_lang(bo.get_data(as_text=True)) == "en" and "Stop sending" in bo.get_data(as_text=True)
+
+
+def test_one_click_works_on_the_address_with_its_language(
+    bilingual: Path, bilingual_client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    url = unsubscribe_url(received(smtp_server)[("members", "dee@example.org")])
+    assert url.endswith("?lang=fr")
+    # RFC 8058: the mail program POSTs to the List-Unsubscribe address exactly as it is.
+    response = bilingual_client.post(
+        path_of(url), data="List-Unsubscribe=One-Click", content_type="application/x-www-form-urlencoded"
+    )
+    assert response.status_code == 200 and "Location" not in response.headers
+    assert html_lang(response.get_data(as_text=True)) == "fr"
+    assert subscription_status(bilingual, "dee@example.org", "members") == "unsubscribed"
+    assert events(bilingual, "dee@example.org")[-1] == ("unsubscribed", "one-click")
+
+
+def test_a_forged_token_gets_the_same_404_in_every_language(
+    bilingual: Path, bilingual_client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    token = (
+        unsubscribe_url(received(smtp_server)[("members", "ana@example.org")]).split("/")[-1].split("?")[0]
+    )
+    body, mac = token.split(".")
+    signer = tokens.Signer.from_secret(SECRET_KEY)
+    bad = [f"{body}.{'A' * len(mac)}", token[:-3], body, signer.sign(tokens.Purpose.VIEW, 1, 1),
+           signer.sign(tokens.Purpose.UNSUBSCRIBE, 999_999, 1), "%00<script>"]  # fmt: skip
+    words = {"en": "not valid", "fr": "n’est pas valide", "es": "no es válido", "de": "ungültig",
+             "it": "non è valido"}  # fmt: skip
+    pages = {}
+    for language, phrase in words.items():
+        answers = set()
+        for value in bad:
+            for method in (bilingual_client.get, bilingual_client.post):
+                response = method(
+                    f"/unsubscribe/{value}?lang={language}", data={"List-Unsubscribe": "One-Click"}
+                )
+                answers.add((response.status_code, response.get_data(as_text=True)))
+        assert len(answers) == 1, (language, answers)
+        status, page = answers.pop()
+        assert status == 404 and html_lang(page) == language and phrase in page, (language, page)
+        pages[language] = page
+    assert len(set(pages.values())) == len(words)  # each in its own words
+    assert subscription_status(bilingual, "ana@example.org", "members") == "subscribed"
+
+
+@pytest.mark.parametrize(
+    ("value", "language"),
+    [
+        ("xx", "en"),
+        ("english", "en"),
+        ('fr"><script>alert(1)</script>', "en"),
+        ("fr&lang=de", "en"),
+        ("a" * 300, "en"),
+        ("zz-ZZ", "en"),
+        ("ar", "en"),  # a real language, but no words for it: the default
+        ("FR", "fr"),
+        ("fr_CA", "fr"),
+        ("de-AT", "de"),
+    ],
+)
+def test_a_language_parameter_is_checked_and_never_echoed(
+    bilingual: Path, bilingual_client: FlaskClient, smtp_server: SMTPServer, value: str, language: str
+) -> None:
+    url = path_of(unsubscribe_url(received(smtp_server)[("members", "bo@example.org")])).split("?")[0]
+    response = bilingual_client.get(url, query_string={"lang": value})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200 and html_lang(page) == language
+    assert f'?lang={language}"' in page  # the form posts the checked language
+    for raw in (value, htmlmod.escape(value)):
+        if len(raw) > 7:  # (a short one may be any word of the page)
+            assert raw not in page, raw
+    assert "<script>" not in page
+
+
+def test_the_members_view_answers_in_the_language_of_the_link(
+    bilingual: Path, bilingual_client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    issue = load_issue(bilingual / "issues" / "2019-01" / "issue.yaml")
+    english_titles = {i.title for i in members_only_items(issue)}
+    french_titles = {i.title for i in members_only_items(french(issue))}
+    messages = received(smtp_server)
+    ana = bilingual_client.get(path_of(view_url(messages[("members", "ana@example.org")])))
+    page = ana.get_data(as_text=True)
+    assert ana.status_code == 200 and ana.headers["Cache-Control"] == "private, no-store"
+    assert html_lang(page) == "fr" and FRENCH_SUBJECT in page and "Ana" in page
+    assert leaked(page, french_titles) == french_titles and not leaked(page, english_titles)
+    # The switcher keeps the member's token: the English version of their own page.
+    token = view_url(messages[("members", "ana@example.org")]).rsplit("t=", 1)[1]
+    assert f'href="/issues/2019-01/en?t={token}"' in page
+    english = bilingual_client.get(f"/issues/2019-01/en?t={token}").get_data(as_text=True)
+    assert leaked(english, english_titles) == english_titles and not leaked(english, french_titles)
+    assert "Ana" in english
+    # A language the dispatch has not: the member's page in its default language, never a 404 for a member.
+    other = bilingual_client.get(f"/issues/2019-01/de?t={token}")
+    assert other.status_code == 200 and leaked(other.get_data(as_text=True), english_titles) == english_titles
+    # A forged token in French: the refusal in French, nothing of either language's members' text.
+    refused = bilingual_client.get("/issues/2019-01/fr?t=x.y")
+    text = refused.get_data(as_text=True)
+    assert refused.status_code == 403 and html_lang(text) == "fr" and "Lire la version publique" in text
+    assert not leaked(text, every_secret(bilingual))
+
+
+def hreflangs(page: str) -> dict[str, str]:
+    return dict(re.findall(r'<link rel="alternate" hreflang="([^"]+)" href="([^"]+)">', page))
+
+
+def test_each_language_has_its_page_and_they_name_each_other(bilingual_client: FlaskClient) -> None:
+    client = bilingual_client
+    expected = {
+        "en": "https://news.example/issues/2019-01/en",
+        "fr": "https://news.example/issues/2019-01/fr",
+        "x-default": "https://news.example/issues/2019-01",
+    }
+    pages = {
+        path: client.get(path) for path in ("/issues/2019-01", "/issues/2019-01/en", "/issues/2019-01/fr")
+    }
+    for path, response in pages.items():
+        page = response.get_data(as_text=True)
+        assert response.status_code == 200, path
+        assert hreflangs(page) == expected, path  # both ways: each page names every other, and itself
+        language = "fr" if path.endswith("/fr") else "en"
+        assert html_lang(page) == language
+        assert (FRENCH_SUBJECT in page) == (language == "fr")
+        # The switcher: this language as the current one, the other as a link.
+        other = "en" if language == "fr" else "fr"
+        assert f'<strong aria-current="page" lang="{language}">' in page
+        assert f'href="/issues/2019-01/{other}" hreflang="{other}" lang="{other}"' in page
+    assert pages["/issues/2019-01"].get_data() == pages["/issues/2019-01/en"].get_data()
+    assert "English" in pages["/issues/2019-01/fr"].get_data(as_text=True)
+    assert "français" in pages["/issues/2019-01/en"].get_data(as_text=True)
+    for path in ("/issues/2019-01/de", "/issues/2019-01/xx", "/issues/2020-01/fr"):
+        assert client.get(path).status_code == 404, path
+    with client.get("/issues/2019-01/images/logo.png") as picture:
+        assert picture.status_code == 200  # pictures: unaffected
+
+
+def index_entries(page: str) -> list[str]:
+    return re.findall(r"<li lang=\"[^\"]+\">.*?</li>", page, re.DOTALL)
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "language", "words"),
+    [
+        ({}, {}, "en", "en"),
+        ({}, {"Accept-Language": "fr-BE,fr;q=0.9,en;q=0.5"}, "fr", "fr"),
+        # No German version: the issue in its default language, the page's own words in German.
+        ({}, {"Accept-Language": "de-DE,de;q=0.9"}, "en", "de"),
+        ({"lang": "fr"}, {"Accept-Language": "en"}, "fr", "fr"),  # the visitor's choice first
+        ({"lang": "en"}, {"Accept-Language": "fr"}, "en", "en"),
+        ({"lang": "<b>x"}, {"Accept-Language": "fr"}, "en", "en"),  # a bogus choice: the default
+    ],
+)
+def test_the_index_lists_each_issue_once_in_the_visitors_choice(
+    bilingual_client: FlaskClient, query: dict[str, str], headers: dict[str, str], language: str, words: str
+) -> None:
+    response = bilingual_client.get("/issues/", query_string=query, headers=headers)
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200 and "Accept-Language" in response.headers["Vary"]
+    [entry] = index_entries(page)
+    assert f'<li lang="{language}">' in entry
+    if language == "fr":
+        assert FRENCH_SUBJECT in entry and 'href="/issues/2019-01/fr"' in entry
+        assert 'href="/issues/2019-01" hreflang="en" lang="en">English</a>' in entry
+        assert html_lang(page) == "fr" and "Aussi en" in page and "numéros précédents" in page
+    else:
+        assert "January 2019" in entry and FRENCH_SUBJECT not in entry and 'href="/issues/2019-01"' in entry
+        assert 'href="/issues/2019-01/fr" hreflang="fr" lang="fr">français</a>' in entry
+        assert html_lang(page) == words and "<b>x" not in page
+    # The index itself in each language the issues are written in.
+    assert 'href="/issues/?lang=fr"' in page or 'lang="fr">français</strong>' in page
+
+
+def test_no_public_page_in_any_language_shows_members_only_text(
+    bilingual: Path, bilingual_client: FlaskClient
+) -> None:
+    secrets = every_secret(bilingual)
+    paths = ["/issues/", "/issues/?lang=fr", "/issues/?lang=en", "/issues/2019-01", "/issues/2019-01/en",
+             "/issues/2019-01/fr", "/issues/2019-01/fr?t=x.y", "/issues/2019-01?t="]  # fmt: skip
+    pages = 0
+    for path in paths:
+        for accept in ("fr", "en", "de"):
+            page = bilingual_client.get(path, headers={"Accept-Language": accept}).get_data(as_text=True)
+            assert not leaked(page, secrets), (path, accept, leaked(page, secrets))
+            pages += 1
+    assert pages == 24
+    # And the French public page has French public text: the test looks where it should.
+    page = bilingual_client.get("/issues/2019-01/fr").get_data(as_text=True)
+    assert "public ouvert à tous" in page
+
+
+def test_the_export_writes_every_language_with_relative_hreflang_and_no_members_text(
+    bilingual: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "site"
+    code, output = run("archive", "export", str(out))
+    assert code == 0, output
+    top, english, other = (out / "2019-01" / "index.html", out / "2019-01" / "en" / "index.html",
+                           out / "2019-01" / "fr" / "index.html")  # fmt: skip
+    secrets = every_secret(bilingual)
+    for path, base, language in ((top, "", "en"), (english, "../", "en"), (other, "../", "fr")):
+        page = path.read_text(encoding="utf-8")
+        assert hreflangs(page) == {
+            "en": f"{base}en/index.html", "fr": f"{base}fr/index.html", "x-default": f"{base}index.html",
+        }, path  # fmt: skip
+        assert html_lang(page) == language and (FRENCH_SUBJECT in page) == (language == "fr")
+        assert f'src="{base}images/logo.png"' in page  # the pictures, from the issue's folder
+        assert not leaked(page, secrets), (path, leaked(page, secrets))
+    for page in out.rglob("*.html"):
+        assert not leaked(page.read_text(encoding="utf-8"), secrets), page
+    assert {p.relative_to(out).as_posix() for p in out.rglob("index.html")} == {
+        "index.html", "2019-01/index.html", "2019-01/en/index.html", "2019-01/fr/index.html",
+    }  # fmt: skip
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert len(index_entries(index)) == 1
+    assert 'href="2019-01/index.html"' in index and 'href="2019-01/fr/index.html"' in index
+    assert (out / "2019-01" / "images" / "logo.png").read_bytes().startswith(b"\x89PNG")

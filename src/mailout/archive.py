@@ -107,12 +107,10 @@ def variants(session: Session | Connection, dispatch: Dispatch, default_language
     ``default_language`` names the one variant of a dispatch frozen before mailout kept
     languages (``newsletter.language``).
     """
-    frozen = getattr(outbox, "frozen_variants", None)
-    if frozen is not None:
-        found: dict[str, Variant] = frozen(session, dispatch)
-        return found
-    # Until the per-language storage lands: the dispatch's one variant.
-    return {getattr(dispatch, "language", "") or default_language: outbox.frozen_variant(dispatch)}
+    return {
+        language or default_language: variant
+        for language, variant in outbox.frozen_variants(session, dispatch).items()
+    }
 
 
 def versions(session: Session, dispatch: Dispatch, default_language: str) -> tuple[Version, ...]:
