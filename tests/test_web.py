@@ -23,9 +23,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import delete, select
 
-from mailout import archive, tokens
+from mailout import archive, i18n, tokens
 from mailout.cli import cli
-from mailout.config import load_settings
+from mailout.config import Settings, load_settings
 from mailout.db import make_engine, transaction
 from mailout.errors import ConfigError
 from mailout.issues import Issue, Item, load_issue
@@ -636,6 +636,7 @@ def test_the_preview_shows_both_variants_rerendered_on_reload(sent: Path, client
     page = client.get("/preview/2019-01").get_data(as_text=True)
     assert page.count("<iframe") == 4  # each variant at two widths
     assert "Members" in page and "Public" in page and "members-only left out" in page
+    assert 'href="/preview/"' in page  # back to the preview's index
     issue_file = sent / "issues" / "2019-01" / "issue.yaml"
     issue_file.write_text(
         issue_file.read_text(encoding="utf-8").replace("SOLIDIFY, study visit", "SOLIDIFY, edited visit"),
@@ -1205,3 +1206,82 @@ def test_the_export_writes_every_language_with_relative_hreflang_and_no_members_
     assert len(index_entries(index)) == 1
     assert 'href="2019-01/index.html"' in index and 'href="2019-01/fr/index.html"' in index
     assert (out / "2019-01" / "images" / "logo.png").read_bytes().startswith(b"\x89PNG")
+
+
+# --- the pages' own words ------------------------------------------------------------------
+
+
+def web_msgids() -> set[str]:
+    """Every msgid the web pages use: their templates', and those written in Python."""
+    from babel.messages.extract import extract_from_file
+
+    found = {m if isinstance(m, str) else m[0] for m in i18n.messages(None, "web")}
+    keywords = {"_": None, "N_": None, "gettext": (3,)}
+    for module in ("web/views.py", "archive.py", "cli/web.py"):
+        path = Path(i18n.__file__).parent / module
+        found |= {str(message) for _, message, _, _ in extract_from_file("python", path, keywords=keywords)}
+    return found
+
+
+@pytest.mark.parametrize("language", ["fr", "es", "de", "it"])
+def test_every_word_of_the_web_pages_is_translated(repo_settings: Settings, language: str) -> None:
+    msgids = web_msgids()
+    assert len(msgids) >= 25 and "Stop sending %(list)s to %(address)s?" in msgids
+    catalog = i18n.translations(repo_settings, language, "web")
+    untranslated = {m for m in msgids if catalog.gettext(m) == m and m != "unsubscribe"}
+    assert not untranslated, untranslated
+    assert i18n.missing_strings(repo_settings, language, "web") == []
+    # Placeholders survive translation: a missing %(list)s would drop the list's name.
+    for message in msgids:
+        assert sorted(re.findall(r"%\(\w+\)s", catalog.gettext(message))) == sorted(
+            re.findall(r"%\(\w+\)s", message)
+        ), (language, message)
+
+
+def test_the_word_a_reply_must_hold_is_one_the_mailbox_understands(repo_settings: Settings) -> None:
+    from mailout.unsubmail import _WORD
+
+    for language in ("en", "fr", "es", "de", "it"):
+        word = i18n.gettext(repo_settings, language, "unsubscribe", "web")
+        assert _WORD.search(f"Re: {word}"), (language, word)
+
+
+def grid_variants(page: str) -> list[tuple[str, str]]:
+    """Return the (segment, language) of each variant a preview grid shows, in order."""
+    return re.findall(
+        r'<section class="variant" id="[^"]+" data-segment="(\w+)" data-language="([\w-]+)">', page
+    )
+
+
+def test_the_preview_grid_shows_every_segment_and_language(sent: Path, client: FlaskClient) -> None:
+    settings = load_settings(sent)
+    issue = load_issue(sent / "issues" / "2019-01" / "issue.yaml")
+    expected = [
+        (str(s), lang) for lang in issue.variant_languages(settings.newsletter.language) for s in Segment
+    ]
+    assert client.get("/preview/").get_data(as_text=True).count('href="/preview/2019-01"') == 1  # reachable
+    page = client.get("/preview/2019-01").get_data(as_text=True)
+    assert grid_variants(page) == expected
+    # Each variant at both widths, labelled with its segment and its language's own name.
+    assert page.count('class="desktop"') == page.count('class="mobile"') == len(expected)
+    for segment, language in expected:
+        label = (
+            f"{'Members' if segment == 'member' else 'Public'} · {i18n.language_name(language)} ({language})"
+        )
+        assert f"<h2>{label}</h2>" in page
+        assert f'title="{label}, desktop"' in page and f'title="{label}, mobile"' in page
+
+
+def test_mailout_preview_writes_every_variant_and_the_grid(sent: Path) -> None:
+    code, out = run("preview", "2019-01")
+    assert code == 0, out
+    folder = sent / "build" / "2019-01"
+    grid = (folder / "index.html").read_text(encoding="utf-8")
+    issue = load_issue(sent / "issues" / "2019-01" / "issue.yaml")
+    languages = issue.variant_languages(load_settings(sent).newsletter.language)
+    assert grid_variants(grid) == [(str(s), lang) for lang in languages for s in Segment]
+    sources = re.findall(r'<iframe class="(?:desktop|mobile)"[^>]* src="([^"]+)"', grid)
+    assert len(sources) == 2 * len(Segment) * len(languages)
+    for name in sources:  # every frame's file is there, and is a variant's HTML
+        assert (folder / name).read_text(encoding="utf-8").startswith("<!doctype html>"), name
+    assert (folder / "mailout.css").is_file() and 'href="mailout.css"' in grid

@@ -84,7 +84,7 @@ def preview(state: State, name: str, out: Path | None, open_browser: bool) -> No
     for f in files:
         size = f"{f.html_bytes / 1000:.1f} KB"
         click.echo(
-            f"{f.variant.segment + ' ' + f.language:<8} {size:>9} {f.text_bytes / 1000:>6.1f} KB {f.variant.items_shown:>6}"
+            f"{f.variant.segment:<8} {size:>9} {f.text_bytes / 1000:>6.1f} KB {f.variant.items_shown:>6}"
             f" {f.variant.items_hidden:>6} {len(f.variant.warnings):>8}  {display_path(f.html_path)}"
             + (click.style("  over the clipping warning size", fg="yellow") if f.html_bytes > limit else "")
         )
