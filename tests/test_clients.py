@@ -35,7 +35,7 @@ def themed(request: pytest.FixtureRequest, repo_settings: Settings, tmp_path: Pa
 
 def variants(issue: Issue, settings: Settings) -> list[Variant]:
     rendered = render_issue(issue, settings)
-    return [rendered[Segment.MEMBER], rendered[Segment.PUBLIC]]
+    return [rendered[Segment.MEMBER, "en"], rendered[Segment.PUBLIC, "en"]]
 
 
 def tree(variant: Variant) -> lxml.html.HtmlElement:
@@ -202,7 +202,7 @@ def test_each_item_has_one_link_named_for_it(example_issue: Issue, repo_settings
 def test_public_variant_teaser_is_a_self_describing_link(
     example_issue: Issue, repo_settings: Settings
 ) -> None:
-    public = render_issue(example_issue, repo_settings)[Segment.PUBLIC]
+    public = render_issue(example_issue, repo_settings)[Segment.PUBLIC, "en"]
     (teaser,) = [
         a for a in tree(public).iter("a") if a.get("href") == repo_settings.newsletter.members_teaser_url
     ]
@@ -235,7 +235,7 @@ def test_preheader_is_hidden_without_a_faint_or_tiny_font(
 
 def test_long_preheader_gets_no_filler(tmp_path: Path, repo_settings: Settings) -> None:
     path = write_issue(tmp_path, preheader="p" * (PREVIEW_LENGTH + 5), items=[{"title": "T", "summary": "S"}])
-    variant = render_issue(load_issue(path), repo_settings)[Segment.MEMBER]
+    variant = render_issue(load_issue(path), repo_settings)[Segment.MEMBER, "en"]
     (pre,) = tree(variant).find_class("mo-preheader")
     assert pre.text_content() == "p" * (PREVIEW_LENGTH + 5)
 
@@ -269,7 +269,9 @@ def test_hostile_title_and_alt_stay_escaped_and_items_without_image_or_link(
         {"title": "No picture", "summary": "Two.", "link": "https://example.org/b"},
         {"title": "No link", "summary": "Three.", "image": "images/pic.png", "image_alt": "A picture"},
     ]  # fmt: skip
-    variant = render_issue(load_issue(write_issue(tmp_path, items=items)), repo_settings)[Segment.MEMBER]
+    variant = render_issue(load_issue(write_issue(tmp_path, items=items)), repo_settings)[
+        Segment.MEMBER, "en"
+    ]
     assert "<b>left</b>" not in variant.html and "<alt>" not in variant.html
     page = tree(variant)
     (first,) = [a for a in page.iter("a") if a.get("href") == "https://example.org/a?x=1&y=2"]

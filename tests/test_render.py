@@ -15,8 +15,8 @@ import yaml
 from mailout import markup
 from mailout.config import Settings, load_settings
 from mailout.errors import IssueError, TemplateError
-from mailout.issues import Issue, Item, load_issue
-from mailout.render import Recipient, Variant, format_when, render_issue, render_variant
+from mailout.issues import DEFAULT_LINK_LABELS, Issue, Item, load_issue
+from mailout.render import Recipient, Variant, format_place, format_when, render_issue, render_variant
 from mailout.segments import Segment
 
 ALICE = Recipient(
@@ -78,25 +78,27 @@ def searchable(variant: Variant) -> list[str]:
 def assert_no_leak(issue: Issue, settings: Settings) -> None:
     secrets = secret_strings(issue)
     assert secrets, "the issue must have members-only content for this test to mean anything"
-    public = render_issue(issue, settings)[Segment.PUBLIC]
+    public = render_issue(issue, settings)[Segment.PUBLIC, "en"]
     for haystack in searchable(public):
         for secret in secrets:
             assert secret not in haystack, f"members-only text leaked into the public variant: {secret!r}"
-    member = render_issue(issue, settings)[Segment.MEMBER]
+    member = render_issue(issue, settings)[Segment.MEMBER, "en"]
     member_text = " ".join(member.personalize(ALICE)[1].split())
     assert any(s in member_text for s in secrets), "members must see the members-only content"
 
 
 def test_example_issue_renders_both_variants(example_issue: Issue, repo_settings: Settings) -> None:
     variants = render_issue(example_issue, repo_settings)
-    assert set(variants) == {Segment.MEMBER, Segment.PUBLIC}
-    member, public = variants[Segment.MEMBER], variants[Segment.PUBLIC]
+    languages = example_issue.variant_languages(repo_settings.newsletter.language)
+    assert list(variants) == [(segment, lang) for lang in languages for segment in Segment]
+    assert all(v.language == lang for (_, lang), v in variants.items())
+    member, public = variants[Segment.MEMBER, "en"], variants[Segment.PUBLIC, "en"]
     total = sum(len(s.items) for s in example_issue.sections)
     assert member.items_shown == total and member.items_hidden == 0
     assert public.items_shown + public.items_hidden == total and public.items_hidden >= 3
-    for variant in variants.values():
+    for variant in (member, public):
         assert variant.html.startswith("<!doctype html>")
-        assert f'lang="{repo_settings.newsletter.language}"' in variant.html
+        assert '<html lang="en" dir="ltr"' in variant.html
         assert len(variant.html.encode()) < 90_000
         assert f"<title>{htmlmod.escape(example_issue.subject, quote=False)}</title>" in variant.html
     teaser = repo_settings.newsletter.members_teaser.format(count=public.items_hidden, s="s")
@@ -169,7 +171,7 @@ def test_member_item_inside_a_public_section_is_left_out(tmp_path: Path, repo_se
         "      - {title: Closed news, link: 'https://example.org/closed', members_only: true}\n",
         encoding="utf-8",
     )
-    public = render_issue(load_issue(folder / "issue.yaml"), repo_settings)[Segment.PUBLIC]
+    public = render_issue(load_issue(folder / "issue.yaml"), repo_settings)[Segment.PUBLIC, "en"]
     assert "Open news" in public.text and "https://example.org/open" in public.html
     assert "Closed news" not in public.html + public.text
     assert "example.org/closed" not in public.html + public.text
@@ -204,7 +206,7 @@ def test_author_text_is_escaped_and_never_evaluated(tmp_path: Path, repo_setting
         ],
     }
     (folder / "issue.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
-    variant = render_issue(load_issue(folder / "issue.yaml"), repo_settings)[Segment.MEMBER]
+    variant = render_issue(load_issue(folder / "issue.yaml"), repo_settings)[Segment.MEMBER, "en"]
     html_out, text_out = variant.personalize(ALICE)
     assert "<script" not in html_out.lower()
     assert "<b>bold</b>" not in html_out
@@ -216,7 +218,7 @@ def test_author_text_is_escaped_and_never_evaluated(tmp_path: Path, repo_setting
 
 
 def test_placeholders_survive_mjml_and_inlining(example_issue: Issue, repo_settings: Settings) -> None:
-    variant = render_issue(example_issue, repo_settings)[Segment.PUBLIC]
+    variant = render_issue(example_issue, repo_settings)[Segment.PUBLIC, "en"]
     counts = {key: variant.html.count(token) for token, key in variant.tokens.items()}
     assert counts == {"first_name": 1, "unsubscribe_url": 1, "view_url": 2}
     text_counts = {key: variant.text.count(token) for token, key in variant.tokens.items()}
@@ -228,7 +230,7 @@ def test_placeholders_survive_mjml_and_inlining(example_issue: Issue, repo_setti
 
 
 def test_each_recipient_gets_only_their_own_values(example_issue: Issue, repo_settings: Settings) -> None:
-    variant = render_issue(example_issue, repo_settings)[Segment.MEMBER]
+    variant = render_issue(example_issue, repo_settings)[Segment.MEMBER, "en"]
     alice_html, alice_text = variant.personalize(ALICE)
     bob_html, bob_text = variant.personalize(BOB)
     assert "Dear Alice," in alice_text and f'href="{ALICE.unsubscribe_url}"' in alice_html
@@ -247,7 +249,7 @@ def test_each_recipient_gets_only_their_own_values(example_issue: Issue, repo_se
 def test_empty_name_gets_the_fallback_and_names_stay_on_one_line(
     example_issue: Issue, repo_settings: Settings
 ) -> None:
-    variant = render_issue(example_issue, repo_settings)[Segment.MEMBER]
+    variant = render_issue(example_issue, repo_settings)[Segment.MEMBER, "en"]
     _, text = variant.personalize(Recipient("  ", "https://u.example/1", "https://v.example/1"))
     assert f"Dear {repo_settings.newsletter.greeting_fallback}," in text
     _, text = variant.personalize(
@@ -313,16 +315,18 @@ def test_reference_collector_sees_hidden_trackers() -> None:
 
 
 def test_plain_text_part_is_readable(example_issue: Issue, repo_settings: Settings) -> None:
-    text = render_issue(example_issue, repo_settings)[Segment.MEMBER].text
+    text = render_issue(example_issue, repo_settings)[Segment.MEMBER, "en"].text
     flat = " ".join(text.split())
-    for item in (i for s in example_issue.sections for i in s.items):
-        assert f"* {item.title}" in flat
-        if item.link:
-            assert f"{item.link_label}: {item.link}" in text
-        if item.date:
-            assert format_when(item) in text
-        if item.city and item.country:
-            assert f"{item.city} ({item.country})" in text
+    for section in example_issue.sections:
+        for item in section.items:
+            assert f"* {item.title}" in flat
+            if item.link:
+                assert f"{item.link_label or DEFAULT_LINK_LABELS[section.kind]}: {item.link}" in text
+            if item.date:
+                assert format_when(item) in text
+            if item.city and item.country:
+                assert f"{item.city} ({format_place(item)})" not in text
+                assert format_place(item) in text and "(France)" in text
     assert "<" not in re.sub(r"<https?://[^>]+>", "", text), "no HTML in the text part"
     for line in text.splitlines():
         assert len(line) <= 78 or re.search(r"https?://\S+$", line), line

@@ -77,11 +77,14 @@ def _folders(language: str) -> list[str]:
     return names
 
 
-def catalog_files(settings: Settings, language: str, domain: str = "email") -> list[Path]:
-    """Return the ``.po`` files that may hold ``language``'s strings, the first one winning."""
+def catalog_files(settings: Settings | None, language: str, domain: str = "email") -> list[Path]:
+    """Return the ``.po`` files that may hold ``language``'s strings, the first one winning.
+
+    ``settings`` None: the package's own catalogs only.
+    """
     if domain not in DOMAINS:
         raise ValueError(f"unknown catalog domain {domain!r} (known: {', '.join(DOMAINS)})")
-    roots = [settings.path("locale"), LOCALE_DIR]
+    roots = [LOCALE_DIR] if settings is None else [settings.path("locale"), LOCALE_DIR]
     return [root / name / "LC_MESSAGES" / f"{domain}.po" for root in roots for name in _folders(language)]
 
 
@@ -133,7 +136,7 @@ def has_catalog(settings: Settings, language: str, domain: str = "email") -> boo
     )
 
 
-def _translated(settings: Settings, language: str, domain: str) -> set[str | tuple[str, int]]:
+def _translated(settings: Settings | None, language: str, domain: str) -> set[str | tuple[str, int]]:
     keys: set[str | tuple[str, int]] = set()
     for path in catalog_files(settings, language, domain):
         stamp = _stamp(path)
@@ -186,7 +189,7 @@ def messages(settings: Settings | None, domain: str = "email") -> list[str | tup
     return list(found)
 
 
-def missing_strings(settings: Settings, language: str, domain: str = "email") -> list[str]:
+def missing_strings(settings: Settings | None, language: str, domain: str = "email") -> list[str]:
     """Return the msgids the templates in use ask for that no catalog of ``language`` translates.
 
     English needs none; a language with no catalog at all is missing every string.

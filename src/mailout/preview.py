@@ -4,7 +4,7 @@ The files are exactly what is sent, filled for a sample recipient; only image
 URLs under the public base URL are made relative so that the preview shows the
 issue's images before they are published. ``mailout preview`` writes each
 variant (``member.html``, ``public.html`` in the default language,
-``member.fr.html`` and so on for the others) and ``index.html``, the grid that
+``member-fr.html`` and so on for the others) and ``index.html``, the grid that
 shows them all side by side at desktop and mobile width, as the web app's
 ``/preview/<slug>`` does.
 """
@@ -12,10 +12,8 @@ shows them all side by side at desktop and mobile width, as the web app's
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from . import i18n
 from .config import Settings
@@ -77,20 +75,14 @@ def sample_recipient(settings: Settings, issue: Issue, language: str = "") -> Re
 
 
 def every_variant(issue: Issue, settings: Settings) -> dict[tuple[Segment, str], Variant]:
-    """Return every variant of ``issue`` by (segment, language), languages in the issue's order."""
-    rendered: Mapping[Any, Variant] = render_issue(issue, settings)
-    found: dict[tuple[Segment, str], Variant] = {}
-    for key, variant in rendered.items():
-        if isinstance(key, tuple):
-            found[(Segment(key[0]), str(key[1]))] = variant
-        else:  # one language: the shape before issue 14 (keyed by segment alone)
-            language = getattr(variant, "language", "") or issue.language or settings.newsletter.language
-            found[(Segment(key), language)] = variant
+    """Return every variant of ``issue`` by (segment, language): each language in the issue's order,
+    members then public."""
+    rendered = render_issue(issue, settings)
     order = {tag: n for n, tag in enumerate(issue.variant_languages(settings.newsletter.language))}
     segments = list(Segment)
     return dict(
         sorted(
-            found.items(), key=lambda pair: (order.get(pair[0][1], len(order)), segments.index(pair[0][0]))
+            rendered.items(), key=lambda pair: (order.get(pair[0][1], len(order)), segments.index(pair[0][0]))
         )
     )
 
@@ -122,7 +114,7 @@ def write_preview(issue: Issue, settings: Settings, out_dir: Path | None = None)
     written = []
     for each in shown:
         # The default language keeps the names the files had before languages: member.html.
-        stem = str(each.segment) if each.language == default else f"{each.segment}.{each.language}"
+        stem = str(each.segment) if each.language == default else f"{each.segment}-{each.language}"
         html_path = out / f"{stem}.html"
         text_path = out / f"{stem}.txt"
         html_path.write_text(each.html, encoding="utf-8")

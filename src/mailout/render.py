@@ -1,12 +1,17 @@
 """Render an issue into its variants: Jinja -> MJML -> HTML -> inlined CSS, plus plain text.
 
-A variant is rendered once per segment and reused for every recipient. The
+A variant is rendered once per segment and language and reused for every recipient. The
 per-recipient fields (first name, unsubscribe URL, view-in-browser URL) are left
 in the finished HTML and text as placeholder tokens and filled at send time by
 ``Variant.personalize``, a plain substitution that costs microseconds.
 
 Each render picks a fresh random token prefix, so text that an author writes
 can never be mistaken for a placeholder.
+
+The words the templates write themselves ("Unsubscribe", "Read more") come from
+the catalogs of ``i18n`` through Jinja's i18n extension: each render installs
+its language's translations on the environment, so an environment serves one
+render at a time (``render_issue`` makes its own).
 """
 
 from __future__ import annotations
@@ -27,12 +32,13 @@ import jinja2
 import mjml
 import premailer
 from lxml import etree
+from markupsafe import Markup
 
-from . import markup
+from . import i18n, markup
 from .config import Settings
 from .errors import Problem, Severity, TemplateError
 from .headers import one_line
-from .issues import Issue, Item, Section, is_url
+from .issues import DEFAULT_LINK_LABELS, DEFAULT_TITLES, Issue, Item, Section, is_url
 from .links import Links, private_picture_path
 from .paths import display_path
 from .pictures import pixel_size, scaled_height
@@ -102,6 +108,9 @@ class Variant:
 
     slug: str
     segment: Segment
+    #: The language of the variant's text and words (a canonical tag); "" when not known
+    #: (a variant read back from a dispatch made before languages were recorded).
+    language: str
     subject: str
     preheader: str
     html: str
@@ -113,8 +122,6 @@ class Variant:
     items_shown: int | None
     items_hidden: int | None
     warnings: tuple[Problem, ...] = ()
-    #: The language it is written in (canonical BCP 47); "" where not known.
-    language: str = ""
     html_slots: Slots[str] = field(init=False, repr=False, compare=False)
     text_slots: Slots[str] = field(init=False, repr=False, compare=False)
 
@@ -150,6 +157,7 @@ def template_environment(settings: Settings) -> jinja2.Environment:
             enabled_extensions=("mjml", "mjml.j2", "html", "html.j2"), default=False
         ),
         undefined=jinja2.StrictUndefined,
+        extensions=["jinja2.ext.i18n"],
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
@@ -157,47 +165,70 @@ def template_environment(settings: Settings) -> jinja2.Environment:
     env.filters["markdown"] = markup.to_html
     env.filters["markdown_text"] = markup.to_text
     env.filters["wrap"] = markup.wrap
-    env.filters["when"] = format_when
-    env.filters["place"] = format_place
+    env.filters["when"] = _when
+    env.filters["place"] = _place
+    env.filters["date"] = _date
+    env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
     return env
 
 
-def format_when(item: Item) -> str:
-    """Return an item's date or date range, e.g. ``27-28 February 2019``."""
-    start, end = item.date, item.end_date
-    if start is None:
-        return ""
-    if end is None or end == start:
-        return _day(start)
-    if (start.year, start.month) == (end.year, end.month):
-        return f"{start.day}\u2013{_day(end)}"
-    if start.year == end.year:
-        return f"{start.day} {start:%B} \u2013 {_day(end)}"
-    return f"{_day(start)} \u2013 {_day(end)}"
+def format_when(item: Item, language: str = i18n.SOURCE_LANGUAGE) -> str:
+    """Return an item's date or date range in ``language``, e.g. ``27–28 February 2019``."""
+    return i18n.format_date_range(item.date, item.end_date, language) if item.date else ""
 
 
-def _day(value: dt.date) -> str:
-    return f"{value.day} {value:%B %Y}"
+def format_place(item: Item, language: str = i18n.SOURCE_LANGUAGE) -> str:
+    """Return ``City (Country)`` with the country named in ``language``, or whichever is set."""
+    country = i18n.country_name(item.country, language)
+    if item.city and country:
+        return f"{item.city} ({country})"
+    return item.city or country
 
 
-def format_place(item: Item) -> str:
-    """Return ``City (CC)``, or whichever of the two is set."""
-    if item.city and item.country:
-        return f"{item.city} ({item.country})"
-    return item.city or item.country
+@jinja2.pass_context
+def _when(context: Any, item: Item) -> str:
+    return format_when(item, context["language"])
 
 
-def render_issue(issue: Issue, settings: Settings) -> dict[Segment, Variant]:
-    """Render every variant of ``issue``, members' and the public's."""
+@jinja2.pass_context
+def _place(context: Any, item: Item) -> str:
+    return format_place(item, context["language"])
+
+
+@jinja2.pass_context
+def _date(context: Any, value: dt.date) -> str:
+    return i18n.format_date(value, context["language"])
+
+
+def render_issue(issue: Issue, settings: Settings) -> dict[tuple[Segment, str], Variant]:
+    """Render every variant of ``issue``: each segment in each of its languages, the default first."""
     env = template_environment(settings)
-    return {segment: render_variant(issue, settings, segment, env=env) for segment in Segment}
+    languages = issue.variant_languages(settings.newsletter.language)
+    return {
+        (segment, language): render_variant(
+            issue.localized(language), settings, segment, env=env, source_language=languages[0]
+        )
+        for language in languages
+        for segment in Segment
+    }
 
 
 def render_variant(
-    issue: Issue, settings: Settings, segment: Segment, *, env: jinja2.Environment | None = None
+    issue: Issue,
+    settings: Settings,
+    segment: Segment,
+    *,
+    env: jinja2.Environment | None = None,
+    source_language: str = "",
 ) -> Variant:
-    """Render one variant of ``issue`` for ``segment``."""
+    """Render one variant of ``issue`` for ``segment``, in ``issue.language or newsletter.language``.
+
+    ``source_language`` is the language of the text an untranslated field shows
+    (the issue's default language; default ``newsletter.language``).
+    """
     env = env or template_environment(settings)
+    language = issue.language or settings.newsletter.language
+    env.install_gettext_translations(i18n.translations(settings, language), newstyle=True)  # type: ignore[attr-defined]
     # Placeholders no author can type: a fresh random prefix per variant.
     prefix = f"mo{secrets.token_hex(6)}"
     tokens = {f"{prefix}{key.replace('_', '')}": key for key in FIELDS}
@@ -206,22 +237,99 @@ def render_variant(
     hidden = sum(len(s.items) for s in issue.sections) - shown
     sizes: dict[str, tuple[int, int]] = {}
     context = _template_context(issue, settings, segment, visible, hidden, tokens, sizes)
+    context.update(_language_context(settings, language, source_language or settings.newsletter.language))
     mjml_source = _render_template(env, "layout.mjml.j2", context)
     text = _render_template(env, "layout.txt.j2", context)
     html_out = _to_html(mjml_source, settings, sizes)
     return Variant(
         slug=issue.slug,
         segment=segment,
+        language=language,
         subject=issue.subject,
         preheader=issue.preheader,
         html=html_out,
         text=_tidy_text(text),
         tokens=tokens,
-        greeting_fallback=settings.newsletter.greeting_fallback,
+        greeting_fallback=i18n.newsletter_text(settings, language, "greeting_fallback")[0],
         items_shown=shown,
         items_hidden=hidden,
-        warnings=_variant_warnings(issue, settings, segment, html_out),
+        warnings=(
+            *_variant_warnings(issue, settings, segment, html_out),
+            *language_warnings(settings, language, hidden),
+        ),
     )
+
+
+def _language_context(settings: Settings, language: str, source: str) -> dict[str, Any]:
+    """Return what the templates see of the variant's language: its direction, texts, defaults."""
+    marks = Markup(' lang="{}"').format(source)
+    if i18n.direction(source) != i18n.direction(language):
+        marks += Markup(' dir="{}"').format(i18n.direction(source))
+
+    def lang_of(obj: Any, name: str) -> Markup:
+        """Return `` lang="en"`` for a field that shows the default language's text, else ""."""
+        return marks if name in getattr(obj, "untranslated", ()) else Markup("")
+
+    return {
+        "language": language,
+        "direction": i18n.direction(language),
+        "source_language": source,
+        "lang_of": lang_of,
+        "newsletter_name": i18n.newsletter_text(settings, language, "name")[0],
+        "reason": i18n.newsletter_text(settings, language, "reason")[0],
+        "DEFAULT_TITLES": DEFAULT_TITLES,
+        "DEFAULT_LINK_LABELS": DEFAULT_LINK_LABELS,
+    }
+
+
+def language_warnings(settings: Settings, language: str, hidden: int = 1) -> list[Problem]:
+    """Return what a variant in ``language`` shows in another language: catalog strings, texts.
+
+    ``hidden`` is how many members-only items the variant leaves out: the teaser is
+    shown, and so checked, only when some are.
+    """
+    where = settings.config_file.name if settings.config_file else "settings"
+    warnings = []
+    if not i18n.has_catalog(settings, language):
+        warnings.append(
+            Problem(
+                where,
+                None,
+                f"no catalog for language '{language}': the {language} variant shows the template's"
+                f" words in English (add {settings.paths.locale.as_posix()}/{language.replace('-', '_')}"
+                "/LC_MESSAGES/email.po to the workspace, see templates/email/README.md)",
+                Severity.WARNING,
+            )
+        )
+    else:
+        missing = i18n.missing_strings(settings, language)
+        if missing:
+            shown = ", ".join(repr(m) for m in missing[:5]) + (", ..." if len(missing) > 5 else "")
+            warnings.append(
+                Problem(
+                    where,
+                    None,
+                    f"{len(missing)} template string{'s' if len(missing) != 1 else ''} with no"
+                    f" '{language}' translation, shown in English: {shown} (add them to"
+                    f" {settings.paths.locale.as_posix()}/{language.replace('-', '_')}/LC_MESSAGES/email.po)",
+                    Severity.WARNING,
+                )
+            )
+    names = [
+        n for n in i18n.TEXTS if n != "members_teaser" or (hidden and settings.newsletter.members_teaser)
+    ]
+    for name in names:
+        if not i18n.newsletter_text(settings, language, name)[1]:
+            warnings.append(
+                Problem(
+                    where,
+                    None,
+                    f"newsletter.{name} is shown in '{settings.newsletter.language}' in the '{language}'"
+                    f' variant: add {name} = "..." to a [newsletter.translations.{language}] table',
+                    Severity.WARNING,
+                )
+            )
+    return warnings
 
 
 def _template_context(
@@ -237,11 +345,8 @@ def _template_context(
 
     ``sizes`` collects the pixel size of every local picture the template asks a URL for.
     """
-    teaser = (
-        settings.newsletter.members_teaser.format(count=hidden, s="" if hidden == 1 else "s")
-        if hidden
-        else ""
-    )
+    language = issue.language or settings.newsletter.language
+    teaser = i18n.members_teaser(settings, language, hidden)
     links = Links(settings)
     private = private_images(issue)
 
@@ -263,7 +368,6 @@ def _template_context(
         "members_teaser_url": settings.newsletter.members_teaser_url,
         "newsletter": settings.newsletter,
         "sender": settings.sender,
-        "language": issue.language or settings.newsletter.language,
         "placeholder": {key: token for token, key in tokens.items()},
         "asset_url": asset_url,
         "preheader_filler": preview_filler(issue.preheader),

@@ -52,7 +52,11 @@ def issue_check(state: State, name: str, strict: bool) -> None:
     for text in warnings:
         click.secho(safe(text), fg="yellow", err=True)
     items = sum(len(s.items) for s in loaded.sections)
-    sizes = ", ".join(f"{seg} {len(v.html.encode()) / 1000:.0f} KB" for seg, v in variants.items())
+    several = len({lang for _, lang in variants}) > 1
+    sizes = ", ".join(
+        f"{seg}{f' {lang}' if several else ''} {len(v.html.encode()) / 1000:.0f} KB"
+        for (seg, lang), v in variants.items()
+    )
     click.echo(
         f"{display_path(loaded.source)}: {items} items in {len(loaded.sections)} sections; {sizes};"
         f" {len(warnings)} warning{'s' if len(warnings) != 1 else ''}"

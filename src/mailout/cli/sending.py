@@ -106,14 +106,16 @@ def test_command(state: State, name: str, addresses: tuple[str, ...], skip_check
     sender = envelope_sender(settings)
     connection = transport.connect()
     try:
-        for segment, variant in render_issue(issue, settings).items():
+        default = issue.variant_languages(settings.newsletter.language)[0]
+        for (segment, language), variant in render_issue(issue, settings).items():
+            tag = "" if language == default else f" {language}"
             addressing = Addressing(
                 settings.sender.name, settings.sender.address, settings.sender.reply_to, f"test-{segment}"
             )
             template = MessageTemplate(
                 variant,
                 addressing,
-                subject=f"[TEST {segment}] {variant.subject}",
+                subject=f"[TEST {segment}{tag}] {variant.subject}",
                 dkim=dkim,
                 feedback_id=feedback_id("test", f"test-{segment}", issue.slug, addressing.domain),
             )
