@@ -285,17 +285,20 @@ def test_the_links_of_sent_messages_are_those_links_makes_and_all_answer(
         message = received.message()
         list_name = "members" if "<members." in str(message["List-Id"]) else "public"
         person, lst = people[received.rcpt_tos[0]], lists[list_name]
-        assert unsubscribe_url(message) == links.unsubscribe(person, lst)
+        # Each link carries the message's language (the issue's one here): see for_messages.
+        assert unsubscribe_url(message) == links.unsubscribe(person, lst, "en")
         assert mailto_of(message) == links.unsubscribe_mailto(person, lst)
-        view = links.member_view(SLUG, person, lst) if list_name == "members" else links.issue(SLUG)
+        view = (
+            links.member_view(SLUG, person, lst, "en") if list_name == "members" else links.issue(SLUG, "en")
+        )
         assert view_url(message) == view
         html = html_of(message)
-        assert set(absolute(html, links, "href")) == {view, links.unsubscribe(person, lst)}
+        assert set(absolute(html, links, "href")) == {view, links.unsubscribe(person, lst, "en")}
         pictures = absolute(html, links, "src")
         assert links.picture(SLUG, LOGO) in pictures
         assert any(p.endswith("/images/Amiens%2C%202019.png") for p in pictures) == (list_name == "members")
         assert all(p.startswith(links.pictures(SLUG)) for p in pictures)
-        for url in [view, links.unsubscribe(person, lst), *pictures]:
+        for url in [view, links.unsubscribe(person, lst, "en"), *pictures]:
             assert get(client, url, links) == 200, url
 
     # The archive: the index links to the public page, whose links are the public ones.
