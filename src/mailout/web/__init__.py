@@ -10,9 +10,11 @@ database and ``MAILOUT_SECRET_KEY`` as the sender::
 Routes (blueprint ``mailout``):
 
 - ``/unsubscribe/<token>``: GET confirms (a GET never unsubscribes: mail scanners
-  fetch every link), POST unsubscribes, also RFC 8058 one-click from the mail client.
-- ``/issues/`` and ``/issues/<slug>``: the public archive; ``?t=<token>`` shows a
-  member their own members' version.
+  fetch every link), POST unsubscribes, also RFC 8058 one-click from the mail client;
+  ``?lang=`` says the language of the pages (``words.py``).
+- ``/issues/``, ``/issues/<slug>`` and ``/issues/<slug>/<language>``: the public
+  archive, a page per issue and language; ``?t=<token>`` shows a member their own
+  members' version.
 - ``/preview/<slug>``: every variant, re-rendered on each reload; open on loopback,
   behind a password elsewhere.
 """

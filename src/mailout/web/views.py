@@ -371,6 +371,9 @@ def _public_issue_page(slug: str, language: str | None) -> Response:
     found = state.newest.get(slug, lambda: _newest_public(slug))
     if found is None or tag is None:
         return _no_issue(language)
+    if tag and tag not in {v.language for v in _dispatch_versions(*found)}:
+        # Not a language of this issue: no page, and no reading of the dispatch's pages for it.
+        return _no_issue(language)
     # The page's own address is part of it (the pictures' links): behind two mount points,
     # two entries.
     cached = state.pages.get((*found, request.script_root, tag))
@@ -407,6 +410,19 @@ def _public_issue_page(slug: str, language: str | None) -> Response:
     response.headers["Content-Security-Policy"] = _ISSUE_PAGE
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
+
+
+def _dispatch_versions(dispatch_id: int, key: str) -> tuple[archive.Version, ...]:
+    """Return the languages (with subjects) of a dispatch, read once per dispatch."""
+
+    def read() -> tuple[archive.Version, ...]:
+        with session() as s:
+            dispatch = s.get(Dispatch, dispatch_id)
+            default = mailout().settings.newsletter.language
+            return archive.versions(s, dispatch, default) if dispatch is not None else ()
+
+    versions: tuple[archive.Version, ...] = mailout().versions.get(f"{dispatch_id}:{key}", read)
+    return versions
 
 
 def _no_issue(language: str | None) -> Response:
