@@ -1083,6 +1083,9 @@ def test_the_members_view_answers_in_the_language_of_the_link(
     english = bilingual_client.get(f"/issues/2019-01/en?t={token}").get_data(as_text=True)
     assert leaked(english, english_titles) == english_titles and not leaked(english, french_titles)
     assert "Ana" in english
+    # A link without a language (as before languages): the language Ana was sent.
+    plain = bilingual_client.get(f"/issues/2019-01?t={token}").get_data(as_text=True)
+    assert html_lang(plain) == "fr" and leaked(plain, french_titles) == french_titles
     # A language the dispatch has not: the member's page in its default language, never a 404 for a member.
     other = bilingual_client.get(f"/issues/2019-01/de?t={token}")
     assert other.status_code == 200 and leaked(other.get_data(as_text=True), english_titles) == english_titles

@@ -36,7 +36,7 @@ from . import i18n, outbox
 from .config import Settings
 from .errors import WorkspaceError
 from .issues import is_slug
-from .languages import choose
+from .languages import canonical, choose
 from .links import PRIVATE_PICTURES, Links
 from .models import Delivery, DeliveryStatus, Dispatch
 from .outbox import as_utc
@@ -107,8 +107,9 @@ def variants(session: Session | Connection, dispatch: Dispatch, default_language
     ``default_language`` names the one variant of a dispatch frozen before mailout kept
     languages (``newsletter.language``).
     """
+    default = canonical(default_language) or default_language
     return {
-        language or default_language: variant
+        language or default: variant
         for language, variant in outbox.frozen_variants(session, dispatch).items()
     }
 

@@ -342,8 +342,9 @@ def _issue(slug: str, language: str | None) -> Response:
             )
         dispatch, delivery = found
         variants = archive.variants(s, dispatch, state.settings.newsletter.language)
-        # A language the dispatch has not: its default language (the token is what matters here).
-        chosen = choose(language or "", list(variants), next(iter(variants)))
+        # The link's language; without one (a link from before languages), the one the member
+        # was sent; a language the dispatch has not: its default (the token is what matters here).
+        chosen = choose(language or delivery.language or "", list(variants), next(iter(variants)))
         html = archive.member_page(variants[chosen], dispatch, delivery, links, chosen)
     html = html.replace(links.pictures(slug), url_for("mailout.issue_page", slug=slug) + "/")
     alternates = [
