@@ -307,14 +307,19 @@ def test_the_preview_and_archive_pages_render_in_chromium(
     page.goto(served.url + "/preview/2019-01")
     assert page.title() == "Preview: 2019-01"
     sections = page.locator("section.variant")
-    assert sections.count() == 2  # one language here: members and public
+    languages = sections.evaluate_all("s => [...new Set(s.map(e => e.dataset.language))]")
+    assert languages[0] == "en" and sections.count() == 2 * len(
+        languages
+    )  # members and public, each language
     assert sections.nth(0).locator("h2").inner_text() == "Members · English (en)"
     assert sections.nth(1).locator("h2").inner_text() == "Public · English (en)"
     frames = page.locator("iframe")
-    assert frames.count() == 4  # desktop and mobile of each
-    for index in range(4):
+    assert frames.count() == 4 * len(languages)  # desktop and mobile of each
+    for index in range(frames.count()):
         body = frames.nth(index).content_frame.locator("body")
-        assert "January 2019" in body.inner_text()
+        assert body.inner_text().strip(), index
+    for index in range(4):
+        assert "January 2019" in frames.nth(index).content_frame.locator("body").inner_text()
     for index in (0, 2):  # every picture loaded (from this site, under the page's policy)
         sizes = (
             frames.nth(index)
