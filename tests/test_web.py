@@ -908,8 +908,8 @@ def dispatch_in_two_languages(workspace: Path) -> None:
     with transaction(engine) as session:
         for list_name, segment in (("members", Segment.MEMBER), ("public", Segment.PUBLIC)):
             lst = session.scalars(select(MailingList).where(MailingList.name == list_name)).one()
-            english = replace(render_variant(replace(issue, language="en"), settings, segment), language="en")
-            other = replace(render_variant(french(issue), settings, segment), language="fr")
+            english = replace(render_variant(issue.localized("en"), settings, segment), language="en")
+            other = replace(render_variant(french(issue.localized("en")), settings, segment), language="fr")
             create_dispatch(
                 session, "2019-01", lst, english, others=[other], from_name="Efus",
                 from_address=settings.sender.address, reply_to="", generation=1,
