@@ -159,3 +159,35 @@ def test_dark_mode_keeps_text_readable(
         low = [(text, round(ratio, 2)) for text, ratio in ratios if ratio < 4.5]
         assert not low, f"text below WCAG AA contrast (4.5:1) in {scheme} mode: {low}"
         page.close()
+
+
+def test_the_preview_grid_shows_every_variant_at_both_widths(
+    browser: Any, tmp_path: Path, example_issue: Issue, repo_settings: Settings
+) -> None:
+    files = write_preview(example_issue, repo_settings, tmp_path / "build")
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto((tmp_path / "build" / "index.html").as_uri())
+    page.wait_for_load_state("load")
+    sections = page.locator("section.variant")
+    assert sections.count() == len(files) >= 2  # every variant written, one section each
+    for index, written in enumerate(files):
+        section = sections.nth(index)
+        assert section.get_attribute("data-language") == written.language
+        assert section.get_attribute("data-segment") == written.variant.segment
+        desktop, mobile = section.locator("iframe.desktop"), section.locator("iframe.mobile")
+        assert desktop.get_attribute("src") == written.html_path.name
+        for frame, width in ((desktop, 640), (mobile, 375)):
+            box = frame.bounding_box()
+            assert box is not None and abs(box["width"] - width) <= 2, box
+            inside = frame.content_frame
+            assert inside.locator("title").inner_text() == written.variant.subject
+            scroll = inside.locator("html").evaluate("e => e.scrollWidth")
+            assert scroll <= width, f"{written.html_path.name} scrolls sideways at {width} px: {scroll}"
+            sizes = inside.locator("img").evaluate_all("i => i.map(x => x.complete ? x.naturalWidth : -1)")
+            assert sizes and all(w > 0 for w in sizes), sizes
+    shot = tmp_path / "grid.png"
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000 and not errors, errors
+    page.close()

@@ -285,17 +285,20 @@ def test_the_links_of_sent_messages_are_those_links_makes_and_all_answer(
         message = received.message()
         list_name = "members" if "<members." in str(message["List-Id"]) else "public"
         person, lst = people[received.rcpt_tos[0]], lists[list_name]
-        assert unsubscribe_url(message) == links.unsubscribe(person, lst)
+        # Each link carries the message's language (the issue's one here): see for_messages.
+        assert unsubscribe_url(message) == links.unsubscribe(person, lst, "en")
         assert mailto_of(message) == links.unsubscribe_mailto(person, lst)
-        view = links.member_view(SLUG, person, lst) if list_name == "members" else links.issue(SLUG)
+        view = (
+            links.member_view(SLUG, person, lst, "en") if list_name == "members" else links.issue(SLUG, "en")
+        )
         assert view_url(message) == view
         html = html_of(message)
-        assert set(absolute(html, links, "href")) == {view, links.unsubscribe(person, lst)}
+        assert set(absolute(html, links, "href")) == {view, links.unsubscribe(person, lst, "en")}
         pictures = absolute(html, links, "src")
         assert links.picture(SLUG, LOGO) in pictures
         assert any(p.endswith("/images/Amiens%2C%202019.png") for p in pictures) == (list_name == "members")
         assert all(p.startswith(links.pictures(SLUG)) for p in pictures)
-        for url in [view, links.unsubscribe(person, lst), *pictures]:
+        for url in [view, links.unsubscribe(person, lst, "en"), *pictures]:
             assert get(client, url, links) == 200, url
 
     # The archive: the index links to the public page, whose links are the public ones.
@@ -363,3 +366,44 @@ def test_the_web_app_refuses_a_name_that_cannot_be_an_issues(special: Path, web:
     assert client.get(f"/preview/{SLUG}").status_code == 200
     with client.get(f"/preview/{SLUG}/files/{quote(LOGO)}") as response:
         assert response.status_code == 200
+
+
+# --- languages -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("member", [True, False])
+def test_a_dispatchs_links_carry_its_language(member: bool) -> None:
+    links = Links(settings_for("https://example.org/news/"), SIGNER)
+    urls = links.for_messages("2019-01", 7, member=member, sender="News@Efus.Example", language="fr")(42)
+    # The unsubscribe page answers in French; the token and the address it is POSTed to are one.
+    assert urls.unsubscribe == links.unsubscribe(42, 7, "fr") == links.unsubscribe(42, 7) + "?lang=fr"
+    token = token_of(urls.unsubscribe, "https://example.org/news/unsubscribe/").removesuffix("?lang=fr")
+    claim = SIGNER.verify(Purpose.UNSUBSCRIBE, token)
+    assert claim is not None and (claim.subscriber_id, claim.list_id) == (42, 7)
+    # The mailto is the same whatever the language.
+    assert urls.unsubscribe_mailto == links.unsubscribe_mailto(42, 7)
+    if member:
+        assert urls.view == links.member_view("2019-01", 42, 7, "fr")
+        assert urls.view.startswith("https://example.org/news/issues/2019-01/fr?t=")
+        assert SIGNER.verify(Purpose.VIEW, urls.view.rsplit("?t=", 1)[1]) is not None
+    else:
+        assert urls.view == links.issue("2019-01", "fr") == "https://example.org/news/issues/2019-01/fr"
+
+
+def test_language_links_write_the_canonical_tag_and_refuse_anything_else() -> None:
+    links = Links(settings_for("https://news.example"), SIGNER)
+    assert links.issue("2019-01", "FR_be") == "https://news.example/issues/2019-01/fr-BE"
+    assert links.archive("es") == "https://news.example/issues/?lang=es"
+    assert Links.exported_issue("2019-01", "de") == "2019-01/de/index.html"
+    assert Links.exported_issue("2019-01") == "2019-01/index.html"
+    assert (
+        links.preview_sample("2019-01", "it").unsubscribe
+        == "https://news.example/unsubscribe/preview?lang=it"
+    )
+    for bad in ("x/../y", "fr?t=1", "english", "fr&lang=de"):
+        with pytest.raises(ValueError, match="not a language tag"):
+            links.issue("2019-01", bad)
+        with pytest.raises(ValueError, match="not a language tag"):
+            links.for_messages("2019-01", 1, member=True, sender="a@b.example", language=bad)
+    # Pictures are shared by every language: one prefix.
+    assert links.pictures("2019-01") == "https://news.example/issues/2019-01/"

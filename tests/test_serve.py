@@ -34,7 +34,20 @@ from mailout.models import (
 from mailout.tokens import Purpose, Signer
 from tests.conftest import SECRET_KEY
 from tests.smtpserver import SMTPServer
-from tests.test_web import MEMBERS, PUBLIC, import_list, received, run, unsubscribe_url, view_url
+from tests.test_web import (
+    FRENCH_SUBJECT,
+    LANGUAGE_MEMBERS,
+    LANGUAGE_PUBLIC,
+    MEMBERS,
+    PUBLIC,
+    dispatch_in_two_languages,
+    import_list,
+    languages_csv,
+    received,
+    run,
+    unsubscribe_url,
+    view_url,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -293,14 +306,21 @@ def test_the_preview_and_archive_pages_render_in_chromium(
 
     page.goto(served.url + "/preview/2019-01")
     assert page.title() == "Preview: 2019-01"
-    assert page.locator("th#member").inner_text() == "Members"
-    assert page.locator("th#public").inner_text() == "Public"
+    sections = page.locator("section.variant")
+    languages = sections.evaluate_all("s => [...new Set(s.map(e => e.dataset.language))]")
+    assert languages[0] == "en" and sections.count() == 2 * len(
+        languages
+    )  # members and public, each language
+    assert sections.nth(0).locator("h2").inner_text() == "Members · English (en)"
+    assert sections.nth(1).locator("h2").inner_text() == "Public · English (en)"
     frames = page.locator("iframe")
-    assert frames.count() == 4
-    for index in range(4):
+    assert frames.count() == 4 * len(languages)  # desktop and mobile of each
+    for index in range(frames.count()):
         body = frames.nth(index).content_frame.locator("body")
-        assert "January 2019" in body.inner_text()
-    for index in (0, 1):  # every picture loaded (from this site, under the page's policy)
+        assert body.inner_text().strip(), index
+    for index in range(4):
+        assert "January 2019" in frames.nth(index).content_frame.locator("body").inner_text()
+    for index in (0, 2):  # every picture loaded (from this site, under the page's policy)
         sizes = (
             frames.nth(index)
             .content_frame.locator("img")
@@ -308,10 +328,12 @@ def test_the_preview_and_archive_pages_render_in_chromium(
         )
         assert sizes and all(width > 0 for width in sizes), sizes
     widths = [frames.nth(i).bounding_box()["width"] for i in range(4)]  # type: ignore[index]
-    assert widths[:2] == [widths[0]] * 2 and widths[2:] == [widths[2]] * 2 and widths[2] < widths[0]
+    assert widths[0] == widths[2] and widths[1] == widths[3] and widths[1] < widths[0]
     # The members-only teaser appears in the public frames only.
-    public_text = frames.nth(1).content_frame.locator("body").inner_text()
+    public_text = frames.nth(2).content_frame.locator("body").inner_text()
     assert re.search(r"\d+ more items? in this issue for members", public_text)
+    member_text = frames.nth(0).content_frame.locator("body").inner_text()
+    assert not re.search(r"\d+ more items? in this issue for members", member_text)
     page.screenshot(path=str(tmp_path / "preview.png"), full_page=False)
 
     page.goto(served.url + "/issues/")
@@ -327,4 +349,76 @@ def test_the_preview_and_archive_pages_render_in_chromium(
     assert problems == []
     for name in ("preview.png", "issue.png", "archive.png"):
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+        assert (tmp_path / name).stat().st_size > 5_000
+
+
+@pytest.fixture
+def served_bilingual(sending_workspace: Path, smtp_server: SMTPServer, port: int) -> Iterator[Served]:
+    """The example issue in English and French sent to readers of both, behind a running `mailout serve`."""
+    config = sending_workspace / "mailout.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("https://news.example", f"http://127.0.0.1:{port}"),
+        encoding="utf-8",
+    )
+    languages_csv(sending_workspace, LANGUAGE_MEMBERS, "members")
+    languages_csv(sending_workspace, LANGUAGE_PUBLIC, "public")
+    dispatch_in_two_languages(sending_workspace)
+    server = Served(sending_workspace, port)
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_french_archive_page_and_unsubscribe_page_in_chromium(
+    served_bilingual: Served, smtp_server: SMTPServer, browser: Any, tmp_path: Path
+) -> None:
+    problems: list[str] = []
+    page = browser.new_page(viewport={"width": 375, "height": 800}, locale="fr-FR")
+    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    # A French browser opens the index: the issue in French, once.
+    page.goto(served_bilingual.url + "/issues/")
+    assert page.locator("html").get_attribute("lang") == "fr"
+    entries = page.locator("ol.issues > li")
+    assert entries.count() == 1
+    assert FRENCH_SUBJECT in entries.first.inner_text() and "Aussi en" in entries.first.inner_text()
+    entries.first.get_by_role("link", name=FRENCH_SUBJECT).click()
+    page.wait_for_load_state()
+    assert page.url == served_bilingual.url + "/issues/2019-01/fr"
+    assert page.locator("html").get_attribute("lang") == "fr"
+    assert page.title() == FRENCH_SUBJECT
+    body = page.locator("body").inner_text()
+    assert "Titre français numéro" in body and "public ouvert à tous" in body
+    assert "réservé aux membres" not in body  # the public French variant
+    switcher = page.locator("nav.mo-languages")
+    assert switcher.is_visible() and switcher.locator("[aria-current=page]").inner_text() == "français"
+    box = switcher.get_by_role("link", name="English").bounding_box()
+    assert box is not None and box["width"] > 0 and box["x"] + box["width"] <= 375
+    scroll = page.evaluate("document.documentElement.scrollWidth")
+    assert scroll <= 375, f"horizontal scrolling at 375 px: {scroll} px wide"
+    sizes = page.locator("img").evaluate_all("images => images.map(i => i.complete ? i.naturalWidth : -1)")
+    assert sizes and all(width > 0 for width in sizes), sizes
+    page.screenshot(path=str(tmp_path / "issue-fr.png"), full_page=True)
+    # The switcher leads to the English page, which names the French one.
+    switcher.get_by_role("link", name="English").click()
+    page.wait_for_load_state()
+    assert page.url.endswith("/issues/2019-01/en") and page.locator("html").get_attribute("lang") == "en"
+    assert page.locator('link[rel=alternate][hreflang="fr"]').get_attribute("href") == (
+        served_bilingual.url + "/issues/2019-01/fr"
+    )
+    # A French reader's unsubscribe link: the page and its result in French.
+    url = unsubscribe_url(received(smtp_server)[("members", "ana@example.org")])
+    page.goto(url)
+    assert page.locator("html").get_attribute("lang") == "fr"
+    assert page.locator("h1").inner_text() == "Se désinscrire"
+    page.get_by_role("button", name="Se désinscrire", exact=True).click()
+    page.wait_for_load_state()
+    assert page.locator("h1").inner_text() == "Votre désinscription est enregistrée"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    page.screenshot(path=str(tmp_path / "unsubscribed-fr.png"))
+    page.close()
+    assert problems == []
+    for name in ("issue-fr.png", "unsubscribed-fr.png"):
         assert (tmp_path / name).stat().st_size > 5_000

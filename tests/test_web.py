@@ -12,6 +12,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,12 +23,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import delete, select
 
-from mailout import archive, tokens
+from mailout import archive, i18n, tokens
 from mailout.cli import cli
-from mailout.config import load_settings
+from mailout.config import Settings, load_settings
 from mailout.db import make_engine, transaction
 from mailout.errors import ConfigError
-from mailout.issues import load_issue
+from mailout.issues import Issue, Item, load_issue
 from mailout.models import (
     ConsentEvent,
     Delivery,
@@ -81,7 +82,8 @@ def unsubscribe_url(message: EmailMessage) -> str:
 
 def view_url(message: EmailMessage) -> str:
     text = message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
-    return re.search(r"View in your browser: (\S+)", text).group(1)  # type: ignore[union-attr]
+    # "View in your browser: <url>", in the message's language: the one address of an issue page.
+    return re.search(r"\s(https?://\S+/issues/\S+)", text).group(1)  # type: ignore[union-attr]
 
 
 def path_of(url: str) -> str:
@@ -248,7 +250,7 @@ def test_bad_tokens_all_get_the_answer_of_an_unknown_one(
     sent: Path, client: FlaskClient, smtp_server: SMTPServer
 ) -> None:
     url = unsubscribe_url(received(smtp_server)[("members", "ana@example.org")])
-    token = url.rsplit("/", 1)[1]
+    token = urlsplit(url).path.rsplit("/", 1)[1]  # without its ?lang=
     body, mac = token.split(".")
     signer = tokens.Signer.from_secret(SECRET_KEY)
     other = tokens.Signer.from_secret("another-key-of-another-site-000")
@@ -353,10 +355,10 @@ def test_the_public_page_is_made_once_per_dispatch_and_revalidated_by_its_etag(
     first = client.get("/issues/2019-01")
     assert first.status_code == 200 and "January 2019" in first.get_data(as_text=True)
     [(dispatch_id, key)] = public_dispatches(sent)
-    assert pages.held() == [(dispatch_id, key, "")]
+    assert pages.held() == [(dispatch_id, key, "", "")]
     second = client.get("/issues/2019-01?utm_source=x")  # other parameters: the same page
     assert second.get_data() == first.get_data() and second.headers["ETag"] == first.headers["ETag"]
-    assert pages.held() == [(dispatch_id, key, "")]
+    assert pages.held() == [(dispatch_id, key, "", "")]
     assert second.headers["Cache-Control"] == "public, max-age=300"
     assert "default-src 'none'" in second.headers["Content-Security-Policy"]
 
@@ -369,7 +371,7 @@ def test_the_public_page_is_made_once_per_dispatch_and_revalidated_by_its_etag(
     mounted = client.get("/issues/2019-01", environ_overrides={"SCRIPT_NAME": "/news"})
     assert b'src="/news/issues/2019-01/images/' in mounted.get_data()
     assert b'src="/issues/2019-01/images/' in first.get_data()
-    assert set(pages.held()) == {(dispatch_id, key, ""), (dispatch_id, key, "/news")}
+    assert set(pages.held()) == {(dispatch_id, key, "", ""), (dispatch_id, key, "/news", "")}
 
 
 def test_a_members_page_never_comes_from_nor_goes_into_the_public_cache(
@@ -633,8 +635,9 @@ def test_the_export_refuses_a_linked_folder_before_writing(sent: Path, tmp_path:
 
 def test_the_preview_shows_both_variants_rerendered_on_reload(sent: Path, client: FlaskClient) -> None:
     page = client.get("/preview/2019-01").get_data(as_text=True)
-    assert page.count("<iframe") == 4  # each variant at two widths
+    assert page.count("<iframe") == 2 * len(grid_variants(page)) >= 4  # each variant at two widths
     assert "Members" in page and "Public" in page and "members-only left out" in page
+    assert 'href="/preview/"' in page  # back to the preview's index
     issue_file = sent / "issues" / "2019-01" / "issue.yaml"
     issue_file.write_text(
         issue_file.read_text(encoding="utf-8").replace("SOLIDIFY, study visit", "SOLIDIFY, edited visit"),
@@ -836,3 +839,453 @@ def test_the_page_cache_keeps_the_most_recently_used_pages_within_its_limit() ->
     again = cache.put("a", b"A" * 50)
     assert cache.get("a") == again and cache.size == 150
     assert again.etag != cache.put("e", b"a" * 50).etag  # the tag is the content's
+
+
+# --- languages: one issue in English and French -----------------------------------------
+
+#: Readers and their languages: Dee reads Belgian French, which gets the French variant;
+#: Eve has none, and gets the issue's default (English).
+LANGUAGE_MEMBERS = [("ana@example.org", "Ana Conceição", "fr"), ("bo@example.org", "Bo Berg", "en"),
+                    ("dee@example.org", "Dee Claes", "fr-BE")]  # fmt: skip
+LANGUAGE_PUBLIC = [("cy@example.org", "Cy Dupont", "fr"), ("eve@example.org", "Eve Adams", "")]
+FRENCH_SUBJECT = "Lettre d’information Efus – janvier 2019"
+
+
+def french(issue: Issue) -> Issue:
+    """Return the example issue with text of its own in French, members-only items included.
+
+    Every text field differs from the English one, so that a leak of either language's
+    members-only text shows (``secret_strings`` of each).
+    """
+    counter = iter(range(1, 1000))
+
+    def item(i: Item, hidden: bool) -> Item:
+        n = next(counter)
+        words = "confidentiel réservé aux membres" if hidden else "public ouvert à tous"
+        return replace(
+            i,
+            title=f"Titre français numéro {n}" + (" (réservé aux membres)" if hidden else ""),
+            summary=f"Texte {words}, paragraphe numéro {n} de la lettre.",
+            image_alt=f"Illustration française numéro {n}" if i.image_alt else "",
+        )
+
+    sections = tuple(
+        replace(
+            s,
+            title=f"Rubrique française numéro {n}" if s.title else "",
+            intro=f"Introduction française de la rubrique {n}." if s.intro else "",
+            items=tuple(item(i, s.members_only or i.members_only) for i in s.items),
+        )
+        for n, s in enumerate(issue.sections, start=1)
+    )
+    return replace(
+        issue,
+        language="fr",
+        languages=(),
+        subject=FRENCH_SUBJECT,
+        preheader="Rencontres, appels à partenaires et publications du réseau",
+        intro="Bonjour à toutes et à tous : voici les nouvelles du réseau.",
+        sections=sections,
+    )
+
+
+def languages_csv(workspace: Path, rows: list[tuple[str, str, str]], list_name: str) -> None:
+    path = workspace / f"{list_name}.csv"
+    path.write_text("email,name,language\n" + "".join(f"{e},{n},{lang}\n" for e, n, lang in rows), "utf-8")
+    code, out = run("subscribers", "import", str(path), "--list", list_name)
+    assert code == 0, out
+
+
+def dispatch_in_two_languages(workspace: Path) -> None:
+    """Dispatch the example issue in English and French to both lists, and send it.
+
+    The dispatch is written as `send` writes one (one variant per language, each reader's
+    chosen in the statement), then `send` takes it up and sends it.
+    """
+    settings = load_settings(workspace)
+    issue = load_issue(workspace / "issues" / "2019-01" / "issue.yaml")
+    engine = make_engine(settings.database_url())
+    with transaction(engine) as session:
+        for list_name, segment in (("members", Segment.MEMBER), ("public", Segment.PUBLIC)):
+            lst = session.scalars(select(MailingList).where(MailingList.name == list_name)).one()
+            english = replace(render_variant(issue.localized("en"), settings, segment), language="en")
+            other = replace(render_variant(french(issue.localized("en")), settings, segment), language="fr")
+            create_dispatch(
+                session, "2019-01", lst, english, others=[other], from_name="Efus",
+                from_address=settings.sender.address, reply_to="", generation=1,
+            )  # fmt: skip
+    engine.dispose()
+    for list_name in ("members", "public"):
+        code, out = run("send", "2019-01", "--list", list_name, "--yes")
+        assert code == 0, out
+
+
+@pytest.fixture
+def bilingual(sending_workspace: Path, smtp_server: SMTPServer) -> Path:
+    """The example issue in English and French, sent to readers of both (and of none)."""
+    languages_csv(sending_workspace, LANGUAGE_MEMBERS, "members")
+    languages_csv(sending_workspace, LANGUAGE_PUBLIC, "public")
+    dispatch_in_two_languages(sending_workspace)
+    return sending_workspace
+
+
+@pytest.fixture
+def bilingual_client(bilingual: Path) -> Iterator[FlaskClient]:
+    app = create_app(load_settings(bilingual), local=True)
+    yield app.test_client()
+    app.extensions["mailout"].engine.dispose()
+
+
+def every_secret(workspace: Path) -> set[str]:
+    """Return the members-only text of the issue in both its languages."""
+    issue = load_issue(workspace / "issues" / "2019-01" / "issue.yaml")
+    english, other = secret_strings(issue), secret_strings(french(issue))
+    assert {s for s in other if "réservé aux membres" in s} and english - other
+    return english | other
+
+
+def html_lang(page: str) -> str:
+    found = re.search(r"<html[^>]*\blang=\"([^\"]*)\"", page)
+    assert found, page[:300]
+    return found.group(1)
+
+
+def test_each_reader_gets_links_in_the_language_of_their_variant(
+    bilingual: Path, smtp_server: SMTPServer
+) -> None:
+    messages = received(smtp_server)
+    for (list_name, address), message in messages.items():
+        wanted = {"ana": "fr", "dee": "fr", "cy": "fr"}.get(address.split("@")[0], "en")
+        assert str(message["Content-Language"]) == wanted, address
+        assert unsubscribe_url(message).endswith(f"?lang={wanted}"), address
+        view = view_url(message)
+        assert urlsplit(view).path == f"/issues/2019-01/{wanted}", (address, view)
+        assert ("?t=" in view) == (list_name == "members")
+        # The mailto is the language's no more: the subject carries the token only.
+        header = " ".join(str(message["List-Unsubscribe"]).split())
+        assert re.search(r"<mailto:[^>]+subject=unsubscribe%20[A-Za-z0-9_.-]+>", header), header
+        text = message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+        assert ("Titre français numéro" in text) == (wanted == "fr"), address
+
+
+def test_the_unsubscribe_page_and_its_result_answer_in_french_from_a_french_message(
+    bilingual: Path, bilingual_client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    client = bilingual_client
+    url = path_of(unsubscribe_url(received(smtp_server)[("members", "ana@example.org")]))
+    form = client.get(url)
+    page = form.get_data(as_text=True)
+    assert form.status_code == 200 and html_lang(page) == "fr" and 'dir="ltr"' in page
+    assert "Ne plus envoyer <strong>Members</strong> à <strong>a•••@example.org</strong>\u00a0?" in page
+    assert "Se désinscrire de toutes les listes de Efus Newsletter" in page
+    assert "Unsubscribe" not in page.replace("Se désabonner", "")  # no English left on the page
+    token = url.split("/")[-1].split("?")[0]
+    assert f'action="/unsubscribe/{token}?lang=fr"' in page  # the result answers in French too
+    done = client.post(f"/unsubscribe/{token}?lang=fr", data={"scope": "list"})
+    result = done.get_data(as_text=True)
+    assert done.status_code == 200 and html_lang(result) == "fr"
+    assert "Votre désinscription est enregistrée" in result
+    assert "Vous ne recevrez plus les messages de <strong>Members</strong>." in result
+    assert subscription_status(bilingual, "ana@example.org", "members") == "unsubscribed"
+    # Bo's message is English: so are his pages.
+    bo = client.get(path_of(unsubscribe_url(received(smtp_server)[("members", "bo@example.org")])))
+    assert html_lang(bo.get_data(as_text=True)) == "en" and "Stop sending" in bo.get_data(as_text=True)
+
+
+def test_one_click_works_on_the_address_with_its_language(
+    bilingual: Path, bilingual_client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    url = unsubscribe_url(received(smtp_server)[("members", "dee@example.org")])
+    assert url.endswith("?lang=fr")
+    # RFC 8058: the mail program POSTs to the List-Unsubscribe address exactly as it is.
+    response = bilingual_client.post(
+        path_of(url), data="List-Unsubscribe=One-Click", content_type="application/x-www-form-urlencoded"
+    )
+    assert response.status_code == 200 and "Location" not in response.headers
+    assert html_lang(response.get_data(as_text=True)) == "fr"
+    assert subscription_status(bilingual, "dee@example.org", "members") == "unsubscribed"
+    assert events(bilingual, "dee@example.org")[-1] == ("unsubscribed", "one-click")
+
+
+def test_a_forged_token_gets_the_same_404_in_every_language(
+    bilingual: Path, bilingual_client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    token = (
+        unsubscribe_url(received(smtp_server)[("members", "ana@example.org")]).split("/")[-1].split("?")[0]
+    )
+    body, mac = token.split(".")
+    signer = tokens.Signer.from_secret(SECRET_KEY)
+    bad = [f"{body}.{'A' * len(mac)}", token[:-3], body, signer.sign(tokens.Purpose.VIEW, 1, 1),
+           signer.sign(tokens.Purpose.UNSUBSCRIBE, 999_999, 1), "%00<script>"]  # fmt: skip
+    words = {"en": "not valid", "fr": "n’est pas valide", "es": "no es válido", "de": "ungültig",
+             "it": "non è valido"}  # fmt: skip
+    pages = {}
+    for language, phrase in words.items():
+        answers = set()
+        for value in bad:
+            for method in (bilingual_client.get, bilingual_client.post):
+                response = method(
+                    f"/unsubscribe/{value}?lang={language}", data={"List-Unsubscribe": "One-Click"}
+                )
+                answers.add((response.status_code, response.get_data(as_text=True)))
+        assert len(answers) == 1, (language, answers)
+        status, page = answers.pop()
+        assert status == 404 and html_lang(page) == language and phrase in page, (language, page)
+        pages[language] = page
+    assert len(set(pages.values())) == len(words)  # each in its own words
+    assert subscription_status(bilingual, "ana@example.org", "members") == "subscribed"
+
+
+@pytest.mark.parametrize(
+    ("value", "language"),
+    [
+        ("xx", "en"),
+        ("english", "en"),
+        ('fr"><script>alert(1)</script>', "en"),
+        ("fr&lang=de", "en"),
+        ("a" * 300, "en"),
+        ("zz-ZZ", "en"),
+        ("ar", "en"),  # a real language, but no words for it: the default
+        ("FR", "fr"),
+        ("fr_CA", "fr"),
+        ("de-AT", "de"),
+    ],
+)
+def test_a_language_parameter_is_checked_and_never_echoed(
+    bilingual: Path, bilingual_client: FlaskClient, smtp_server: SMTPServer, value: str, language: str
+) -> None:
+    url = path_of(unsubscribe_url(received(smtp_server)[("members", "bo@example.org")])).split("?")[0]
+    response = bilingual_client.get(url, query_string={"lang": value})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200 and html_lang(page) == language
+    assert f'?lang={language}"' in page  # the form posts the checked language
+    for raw in (value, htmlmod.escape(value)):
+        if len(raw) > 7:  # (a short one may be any word of the page)
+            assert raw not in page, raw
+    assert "<script>" not in page
+
+
+def test_the_members_view_answers_in_the_language_of_the_link(
+    bilingual: Path, bilingual_client: FlaskClient, smtp_server: SMTPServer
+) -> None:
+    issue = load_issue(bilingual / "issues" / "2019-01" / "issue.yaml")
+    english_titles = {i.title for i in members_only_items(issue)}
+    french_titles = {i.title for i in members_only_items(french(issue))}
+    messages = received(smtp_server)
+    ana = bilingual_client.get(path_of(view_url(messages[("members", "ana@example.org")])))
+    page = ana.get_data(as_text=True)
+    assert ana.status_code == 200 and ana.headers["Cache-Control"] == "private, no-store"
+    assert html_lang(page) == "fr" and FRENCH_SUBJECT in page and "Ana" in page
+    assert leaked(page, french_titles) == french_titles and not leaked(page, english_titles)
+    # The switcher keeps the member's token: the English version of their own page.
+    token = view_url(messages[("members", "ana@example.org")]).rsplit("t=", 1)[1]
+    assert f'href="/issues/2019-01/en?t={token}"' in page
+    english = bilingual_client.get(f"/issues/2019-01/en?t={token}").get_data(as_text=True)
+    assert leaked(english, english_titles) == english_titles and not leaked(english, french_titles)
+    assert "Ana" in english
+    # A link without a language (as before languages): the language Ana was sent.
+    plain = bilingual_client.get(f"/issues/2019-01?t={token}").get_data(as_text=True)
+    assert html_lang(plain) == "fr" and leaked(plain, french_titles) == french_titles
+    # A language the dispatch has not: the member's page in its default language, never a 404 for a member.
+    other = bilingual_client.get(f"/issues/2019-01/de?t={token}")
+    assert other.status_code == 200 and leaked(other.get_data(as_text=True), english_titles) == english_titles
+    # A forged token in French: the refusal in French, nothing of either language's members' text.
+    refused = bilingual_client.get("/issues/2019-01/fr?t=x.y")
+    text = refused.get_data(as_text=True)
+    assert refused.status_code == 403 and html_lang(text) == "fr" and "Lire la version publique" in text
+    assert not leaked(text, every_secret(bilingual))
+
+
+def hreflangs(page: str) -> dict[str, str]:
+    return dict(re.findall(r'<link rel="alternate" hreflang="([^"]+)" href="([^"]+)">', page))
+
+
+def test_each_language_has_its_page_and_they_name_each_other(bilingual_client: FlaskClient) -> None:
+    client = bilingual_client
+    expected = {
+        "en": "https://news.example/issues/2019-01/en",
+        "fr": "https://news.example/issues/2019-01/fr",
+        "x-default": "https://news.example/issues/2019-01",
+    }
+    pages = {
+        path: client.get(path) for path in ("/issues/2019-01", "/issues/2019-01/en", "/issues/2019-01/fr")
+    }
+    for path, response in pages.items():
+        page = response.get_data(as_text=True)
+        assert response.status_code == 200, path
+        assert hreflangs(page) == expected, path  # both ways: each page names every other, and itself
+        language = "fr" if path.endswith("/fr") else "en"
+        assert html_lang(page) == language
+        assert (FRENCH_SUBJECT in page) == (language == "fr")
+        # The switcher: this language as the current one, the other as a link.
+        other = "en" if language == "fr" else "fr"
+        assert f'<strong aria-current="page" lang="{language}">' in page
+        assert f'href="/issues/2019-01/{other}" hreflang="{other}" lang="{other}"' in page
+    assert pages["/issues/2019-01"].get_data() == pages["/issues/2019-01/en"].get_data()
+    assert "English" in pages["/issues/2019-01/fr"].get_data(as_text=True)
+    assert "français" in pages["/issues/2019-01/en"].get_data(as_text=True)
+    for path in ("/issues/2019-01/de", "/issues/2019-01/xx", "/issues/2020-01/fr"):
+        assert client.get(path).status_code == 404, path
+    with client.get("/issues/2019-01/images/logo.png") as picture:
+        assert picture.status_code == 200  # pictures: unaffected
+
+
+def index_entries(page: str) -> list[str]:
+    return re.findall(r"<li lang=\"[^\"]+\">.*?</li>", page, re.DOTALL)
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "language", "words"),
+    [
+        ({}, {}, "en", "en"),
+        ({}, {"Accept-Language": "fr-BE,fr;q=0.9,en;q=0.5"}, "fr", "fr"),
+        # No German version: the issue in its default language, the page's own words in German.
+        ({}, {"Accept-Language": "de-DE,de;q=0.9"}, "en", "de"),
+        ({"lang": "fr"}, {"Accept-Language": "en"}, "fr", "fr"),  # the visitor's choice first
+        ({"lang": "en"}, {"Accept-Language": "fr"}, "en", "en"),
+        ({"lang": "<b>x"}, {"Accept-Language": "fr"}, "en", "en"),  # a bogus choice: the default
+    ],
+)
+def test_the_index_lists_each_issue_once_in_the_visitors_choice(
+    bilingual_client: FlaskClient, query: dict[str, str], headers: dict[str, str], language: str, words: str
+) -> None:
+    response = bilingual_client.get("/issues/", query_string=query, headers=headers)
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200 and "Accept-Language" in response.headers["Vary"]
+    [entry] = index_entries(page)
+    assert f'<li lang="{language}">' in entry
+    if language == "fr":
+        assert FRENCH_SUBJECT in entry and 'href="/issues/2019-01/fr"' in entry
+        assert 'href="/issues/2019-01" hreflang="en" lang="en">English</a>' in entry
+        assert html_lang(page) == "fr" and "Aussi en" in page and "numéros précédents" in page
+    else:
+        assert "January 2019" in entry and FRENCH_SUBJECT not in entry and 'href="/issues/2019-01"' in entry
+        assert 'href="/issues/2019-01/fr" hreflang="fr" lang="fr">français</a>' in entry
+        assert html_lang(page) == words and "<b>x" not in page
+    # The index itself in each language the issues are written in.
+    assert 'href="/issues/?lang=fr"' in page or 'lang="fr">français</strong>' in page
+
+
+def test_no_public_page_in_any_language_shows_members_only_text(
+    bilingual: Path, bilingual_client: FlaskClient
+) -> None:
+    secrets = every_secret(bilingual)
+    paths = ["/issues/", "/issues/?lang=fr", "/issues/?lang=en", "/issues/2019-01", "/issues/2019-01/en",
+             "/issues/2019-01/fr", "/issues/2019-01/fr?t=x.y", "/issues/2019-01?t="]  # fmt: skip
+    pages = 0
+    for path in paths:
+        for accept in ("fr", "en", "de"):
+            page = bilingual_client.get(path, headers={"Accept-Language": accept}).get_data(as_text=True)
+            assert not leaked(page, secrets), (path, accept, leaked(page, secrets))
+            pages += 1
+    assert pages == 24
+    # And the French public page has French public text: the test looks where it should.
+    page = bilingual_client.get("/issues/2019-01/fr").get_data(as_text=True)
+    assert "public ouvert à tous" in page
+
+
+def test_the_export_writes_every_language_with_relative_hreflang_and_no_members_text(
+    bilingual: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "site"
+    code, output = run("archive", "export", str(out))
+    assert code == 0, output
+    top, english, other = (out / "2019-01" / "index.html", out / "2019-01" / "en" / "index.html",
+                           out / "2019-01" / "fr" / "index.html")  # fmt: skip
+    secrets = every_secret(bilingual)
+    for path, base, language in ((top, "", "en"), (english, "../", "en"), (other, "../", "fr")):
+        page = path.read_text(encoding="utf-8")
+        assert hreflangs(page) == {
+            "en": f"{base}en/index.html", "fr": f"{base}fr/index.html", "x-default": f"{base}index.html",
+        }, path  # fmt: skip
+        assert html_lang(page) == language and (FRENCH_SUBJECT in page) == (language == "fr")
+        assert f'src="{base}images/logo.png"' in page  # the pictures, from the issue's folder
+        assert not leaked(page, secrets), (path, leaked(page, secrets))
+    for page in out.rglob("*.html"):
+        assert not leaked(page.read_text(encoding="utf-8"), secrets), page
+    assert {p.relative_to(out).as_posix() for p in out.rglob("index.html")} == {
+        "index.html", "2019-01/index.html", "2019-01/en/index.html", "2019-01/fr/index.html",
+    }  # fmt: skip
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert len(index_entries(index)) == 1
+    assert 'href="2019-01/index.html"' in index and 'href="2019-01/fr/index.html"' in index
+    assert (out / "2019-01" / "images" / "logo.png").read_bytes().startswith(b"\x89PNG")
+
+
+# --- the pages' own words ------------------------------------------------------------------
+
+
+def web_msgids() -> set[str]:
+    """Every msgid the web pages use: their templates', and those written in Python."""
+    from babel.messages.extract import extract_from_file
+
+    found = {m if isinstance(m, str) else m[0] for m in i18n.messages(None, "web")}
+    keywords = {"_": None, "N_": None, "gettext": (3,)}
+    for module in ("web/views.py", "archive.py", "cli/web.py"):
+        path = Path(i18n.__file__).parent / module
+        found |= {str(message) for _, message, _, _ in extract_from_file("python", path, keywords=keywords)}
+    return found
+
+
+@pytest.mark.parametrize("language", ["fr", "es", "de", "it"])
+def test_every_word_of_the_web_pages_is_translated(repo_settings: Settings, language: str) -> None:
+    msgids = web_msgids()
+    assert len(msgids) >= 25 and "Stop sending %(list)s to %(address)s?" in msgids
+    catalog = i18n.translations(repo_settings, language, "web")
+    untranslated = {m for m in msgids if catalog.gettext(m) == m and m != "unsubscribe"}
+    assert not untranslated, untranslated
+    assert i18n.missing_strings(repo_settings, language, "web") == []
+    # Placeholders survive translation: a missing %(list)s would drop the list's name.
+    for message in msgids:
+        assert sorted(re.findall(r"%\(\w+\)s", catalog.gettext(message))) == sorted(
+            re.findall(r"%\(\w+\)s", message)
+        ), (language, message)
+
+
+def test_the_word_a_reply_must_hold_is_one_the_mailbox_understands(repo_settings: Settings) -> None:
+    from mailout.unsubmail import _WORD
+
+    for language in ("en", "fr", "es", "de", "it"):
+        word = i18n.gettext(repo_settings, language, "unsubscribe", "web")
+        assert _WORD.search(f"Re: {word}"), (language, word)
+
+
+def grid_variants(page: str) -> list[tuple[str, str]]:
+    """Return the (segment, language) of each variant a preview grid shows, in order."""
+    return re.findall(
+        r'<section class="variant" id="[^"]+" data-segment="(\w+)" data-language="([\w-]+)">', page
+    )
+
+
+def test_the_preview_grid_shows_every_segment_and_language(sent: Path, client: FlaskClient) -> None:
+    settings = load_settings(sent)
+    issue = load_issue(sent / "issues" / "2019-01" / "issue.yaml")
+    expected = [
+        (str(s), lang) for lang in issue.variant_languages(settings.newsletter.language) for s in Segment
+    ]
+    assert client.get("/preview/").get_data(as_text=True).count('href="/preview/2019-01"') == 1  # reachable
+    page = client.get("/preview/2019-01").get_data(as_text=True)
+    assert grid_variants(page) == expected
+    # Each variant at both widths, labelled with its segment and its language's own name.
+    assert page.count('class="desktop"') == page.count('class="mobile"') == len(expected)
+    for segment, language in expected:
+        label = (
+            f"{'Members' if segment == 'member' else 'Public'} · {i18n.language_name(language)} ({language})"
+        )
+        assert f"<h2>{label}</h2>" in page
+        assert f'title="{label}, desktop"' in page and f'title="{label}, mobile"' in page
+
+
+def test_mailout_preview_writes_every_variant_and_the_grid(sent: Path) -> None:
+    code, out = run("preview", "2019-01")
+    assert code == 0, out
+    folder = sent / "build" / "2019-01"
+    grid = (folder / "index.html").read_text(encoding="utf-8")
+    issue = load_issue(sent / "issues" / "2019-01" / "issue.yaml")
+    languages = issue.variant_languages(load_settings(sent).newsletter.language)
+    assert grid_variants(grid) == [(str(s), lang) for lang in languages for s in Segment]
+    sources = re.findall(r'<iframe class="(?:desktop|mobile)"[^>]* src="([^"]+)"', grid)
+    assert len(sources) == 2 * len(Segment) * len(languages)
+    for name in sources:  # every frame's file is there, and is a variant's HTML
+        assert (folder / name).read_text(encoding="utf-8").startswith("<!doctype html>"), name
+    assert (folder / "mailout.css").is_file() and 'href="mailout.css"' in grid

@@ -8,6 +8,12 @@ issue file since.
 
 Only issues dispatched to a public list are in the public archive; an issue sent
 to members only has no public page.
+
+An issue written in several languages has a page per language, each the frozen
+public variant of that language (``outbox.frozen_variants``): the pages name each
+other with ``<link rel="alternate" hreflang>`` and show a switcher
+(``with_languages``). Only public variants are read for public pages, in every
+language.
 """
 
 from __future__ import annotations
@@ -17,21 +23,24 @@ import hmac
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
+from markupsafe import Markup, escape
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
+from . import i18n, outbox
 from .config import Settings
 from .errors import WorkspaceError
 from .issues import is_slug
+from .languages import canonical, choose
 from .links import PRIVATE_PICTURES, Links
 from .models import Delivery, DeliveryStatus, Dispatch
-from .outbox import as_utc, frozen_variant
-from .render import DIGEST_LENGTH, Recipient, first_name, image_digest
+from .outbox import as_utc
+from .render import DIGEST_LENGTH, Recipient, Variant, first_name, image_digest
 from .segments import Segment
 from .tokens import Claim, Signer
 
@@ -49,6 +58,18 @@ class ArchivedIssue:
     subject: str
     preheader: str
     sent_at: dt.datetime
+    #: The newest public dispatch's number and random key: what its versions are kept under.
+    dispatch_id: int = 0
+    dispatch_key: str = ""
+
+
+@dataclass(frozen=True)
+class Version:
+    """An archived issue in one of its languages: what the index shows of it."""
+
+    language: str
+    subject: str
+    preheader: str
 
 
 def archived_issues(session: Session) -> list[ArchivedIssue]:
@@ -57,17 +78,48 @@ def archived_issues(session: Session) -> list[ArchivedIssue]:
     The subject is the newest public dispatch's; the date is the first one's.
     """
     rows = session.execute(
-        select(Dispatch.issue, Dispatch.subject, Dispatch.preheader, Dispatch.created_at)
+        select(
+            Dispatch.issue,
+            Dispatch.subject,
+            Dispatch.preheader,
+            Dispatch.created_at,
+            Dispatch.id,
+            Dispatch.key,
+        )
         .where(Dispatch.segment == Segment.PUBLIC.value)
         .order_by(Dispatch.id)
     ).all()
     first: dict[str, dt.datetime] = {}
-    latest: dict[str, tuple[str, str]] = {}
-    for slug, subject, preheader, created_at in rows:
+    latest: dict[str, tuple[str, str, int, str]] = {}
+    for slug, subject, preheader, created_at, id_, key in rows:
         first.setdefault(slug, as_utc(created_at))
-        latest[slug] = (subject, preheader)
-    found = [ArchivedIssue(slug, *latest[slug], first[slug]) for slug in first]
+        latest[slug] = (subject, preheader, int(id_), str(key))
+    found = [
+        ArchivedIssue(slug, subject, preheader, first[slug], id_, key)
+        for slug, (subject, preheader, id_, key) in latest.items()
+    ]
     return sorted(found, key=lambda entry: entry.sent_at, reverse=True)
+
+
+def variants(session: Session | Connection, dispatch: Dispatch, default_language: str) -> dict[str, Variant]:
+    """Return every language variant frozen with a dispatch, its default language first.
+
+    ``default_language`` names the one variant of a dispatch frozen before mailout kept
+    languages (``newsletter.language``).
+    """
+    default = canonical(default_language) or default_language
+    return {
+        language or default: variant
+        for language, variant in outbox.frozen_variants(session, dispatch).items()
+    }
+
+
+def versions(session: Session, dispatch: Dispatch, default_language: str) -> tuple[Version, ...]:
+    """Return a dispatch's subject and preheader in each of its languages, the default first."""
+    return tuple(
+        Version(language, variant.subject, variant.preheader)
+        for language, variant in variants(session, dispatch, default_language).items()
+    )
 
 
 def public_dispatch(session: Session, slug: str) -> Dispatch | None:
@@ -122,26 +174,88 @@ def member_dispatch(session: Session, slug: str, claim: Claim) -> tuple[Dispatch
     return (row[0], row[1]) if row is not None else None
 
 
-def public_page(dispatch: Dispatch, links: Links) -> str:
-    """Return the public page of a dispatch: its HTML filled in for no one in particular."""
-    html, _ = frozen_variant(dispatch).personalize(
+def public_page(variant: Variant, slug: str, language: str, links: Links) -> str:
+    """Return the public page of a dispatch in one language: its HTML filled in for no one.
+
+    ``language`` is the one its "view in browser" link names ("": the issue's plain address).
+    """
+    html, _ = variant.personalize(
         Recipient(
-            first_name="", unsubscribe_url=links.unsubscribe_by_mail(), view_url=links.issue(dispatch.issue)
+            first_name="", unsubscribe_url=links.unsubscribe_by_mail(), view_url=links.issue(slug, language)
         )
     )
     return html
 
 
-def member_page(dispatch: Dispatch, delivery: Delivery, links: Links) -> str:
-    """Return a member's own page: their message's HTML, with their name and links."""
-    html, _ = frozen_variant(dispatch).personalize(
+def member_page(variant: Variant, dispatch: Dispatch, delivery: Delivery, links: Links, language: str) -> str:
+    """Return a member's own page in one language: their message's HTML, with their name and links."""
+    html, _ = variant.personalize(
         Recipient(
             first_name=first_name(delivery.name),
-            unsubscribe_url=links.unsubscribe(delivery.subscriber_id, dispatch.list_id),
-            view_url=links.member_view(dispatch.issue, delivery.subscriber_id, dispatch.list_id),
+            unsubscribe_url=links.unsubscribe(delivery.subscriber_id, dispatch.list_id, language),
+            view_url=links.member_view(dispatch.issue, delivery.subscriber_id, dispatch.list_id, language),
         )
     )
     return html
+
+
+@dataclass(frozen=True)
+class Alternate:
+    """Another language's page of the same issue: for ``hreflang`` (absolute) and the switcher."""
+
+    language: str
+    href: str
+    nav_href: str
+
+
+_HEAD_END = re.compile(r"</head\s*>", re.IGNORECASE)
+_BODY_START = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
+
+
+def with_languages(
+    html: str,
+    settings: Settings,
+    language: str,
+    alternates: list[Alternate],
+    x_default: str | None,
+) -> str:
+    """Return an issue page that names its other languages: ``hreflang`` links and a switcher.
+
+    ``alternates`` holds every language's page, this one's included (a set of hreflang
+    links names itself too); ``x_default`` is the page for a reader of no listed
+    language (None: no ``hreflang`` links, as on a member's page, which no search
+    engine reads). A page in one language is returned as it is.
+    """
+    if len(alternates) < 2:
+        return html
+    head = Markup("")
+    if x_default is not None:
+        for alt in alternates:
+            head += Markup('<link rel="alternate" hreflang="%s" href="%s">\n') % (alt.language, alt.href)
+        head += Markup('<link rel="alternate" hreflang="x-default" href="%s">\n') % (x_default,)
+    entries = []
+    for alt in alternates:
+        name = i18n.language_name(alt.language)
+        if alt.language == language:
+            entries.append(Markup('<strong aria-current="page" lang="%s">%s</strong>') % (alt.language, name))
+        else:
+            entries.append(
+                Markup('<a href="%s" hreflang="%s" lang="%s" style="color:#0b57a4">%s</a>')
+                % (alt.nav_href, alt.language, alt.language, name)
+            )
+    label = escape(i18n.gettext(settings, language, "This issue in other languages", "web"))
+    nav = (
+        Markup(
+            '<nav class="mo-languages" aria-label="%s" style="margin:0;padding:8px 16px;background:#ffffff;'
+            "color:#1d2330;font:14px/1.6 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;"
+            'text-align:center">'
+        )
+        % (label,)
+        + Markup(" · ").join(entries)
+        + Markup("</nav>\n")
+    )
+    html = _HEAD_END.sub(lambda m: str(head) + m.group(0), html, count=1) if head else html
+    return _BODY_START.sub(lambda m: m.group(0) + "\n" + str(nav), html, count=1)
 
 
 def images_in(html: str, prefix: str) -> list[str]:
@@ -184,6 +298,44 @@ def strip_private(path: str) -> str:
 
 
 @dataclass(frozen=True)
+class IndexEntry:
+    """An issue on the archive's index: in the language chosen, with the others offered."""
+
+    slug: str
+    sent_at: dt.datetime
+    shown: Version
+    others: tuple[Version, ...]
+    #: The issue's default language: its page is also at the issue's plain address.
+    default: str
+
+    def language_of(self, version: Version) -> str:
+        """Return the language to put in a link to ``version``: "" for the default language's page."""
+        return "" if version.language == self.default else version.language
+
+
+def issue_versions(session: Session, entry: ArchivedIssue, default_language: str) -> tuple[Version, ...]:
+    """Return the versions of an archived issue's newest public dispatch, the default language first."""
+    dispatch = session.get(Dispatch, entry.dispatch_id)
+    if dispatch is None:  # removed since it was listed
+        return (Version(default_language, entry.subject, entry.preheader),)
+    return versions(session, dispatch, default_language)
+
+
+def index_entries(
+    issues: list[ArchivedIssue], versions_of: Callable[[ArchivedIssue], tuple[Version, ...]], choice: str
+) -> list[IndexEntry]:
+    """Return the index's entries: each issue once, in ``choice`` (exact, base) or its default language."""
+    entries = []
+    for entry in issues:
+        found = versions_of(entry)
+        by_language = {v.language: v for v in found}
+        shown = by_language[choose(choice, list(by_language), found[0].language)]
+        others = tuple(v for v in found if v != shown)
+        entries.append(IndexEntry(entry.slug, entry.sent_at, shown, others, found[0].language))
+    return entries
+
+
+@dataclass(frozen=True)
 class ExportResult:
     issues: list[ArchivedIssue]
     files: int
@@ -202,7 +354,9 @@ def export_archive(
 
     ``index_html`` is the rendered index page (the web app's template, with relative links);
     ``assets`` maps more file names (the stylesheet) to the files to copy there.
-    Only public variants are written: no member's page, no members-only picture.
+    Only public variants are written: no member's page, no members-only picture. An
+    issue in several languages gets ``<slug>/<language>/index.html`` for each, and
+    ``<slug>/index.html`` in its default language, all naming each other (``hreflang``).
     Nothing is written through a symbolic link found inside ``out_dir``: a link where a
     file goes is replaced by the file, and a link where a folder goes stops the export
     before anything is written.
@@ -218,15 +372,28 @@ def export_archive(
         dispatch = public_dispatch(session, entry.slug)
         assert dispatch is not None  # listed because it has one
         prefix = links.pictures(entry.slug)
-        html = public_page(dispatch, links)
         folder = out_dir / entry.slug
-        for name in images_in(html, prefix):
-            source = image_file(settings, entry.slug, name)
-            if source is None:
-                missing.append(f"{entry.slug}/{name}")
-                continue
-            copies[folder / name] = source
-        pages[folder / "index.html"] = html.replace(prefix, "")
+        found = variants(session, dispatch, settings.newsletter.language)
+        default = next(iter(found))
+        for language, variant in found.items():
+            html = public_page(variant, entry.slug, "" if language == default else language, links)
+            for name in images_in(html, prefix):
+                source = image_file(settings, entry.slug, name)
+                if source is None:
+                    missing.append(f"{entry.slug}/{name}")
+                    continue
+                copies[folder / name] = source
+            if len(found) > 1:
+                # <slug>/<language>/index.html, as the web app's /issues/<slug>/<language>.
+                nested = [Alternate(tag, f"../{tag}/index.html", f"../{tag}/index.html") for tag in found]
+                pages[folder / language / "index.html"] = with_languages(
+                    html.replace(prefix, "../"), settings, language, nested, "../index.html"
+                )
+            if language == default:
+                top = [Alternate(tag, f"{tag}/index.html", f"{tag}/index.html") for tag in found]
+                pages[folder / "index.html"] = with_languages(
+                    html.replace(prefix, ""), settings, language, top, "index.html"
+                )
     pages[out_dir / "index.html"] = index_html
     _refuse_linked_folders(out_dir, [*copies, *pages])
     out_dir.mkdir(parents=True, exist_ok=True)

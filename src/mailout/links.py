@@ -5,14 +5,19 @@
 everything else asks it, one method per kind of link::
 
     links.archive()                               https://news.example/issues/
-    links.issue("2019-01")                        .../issues/2019-01            (view in browser)
+    links.archive("fr")                           .../issues/?lang=fr           (the index in French)
+    links.issue("2019-01")                        .../issues/2019-01            (the default language)
+    links.issue("2019-01", "fr")                  .../issues/2019-01/fr         (view in browser, French)
     links.member_view("2019-01", person, lst)     .../issues/2019-01?t=<VIEW token>
+    links.member_view("2019-01", p, l, "fr")      .../issues/2019-01/fr?t=<VIEW token>
     links.unsubscribe(person, lst)                .../unsubscribe/<UNSUBSCRIBE token>
+    links.unsubscribe(person, lst, "fr")          .../unsubscribe/<UNSUBSCRIBE token>?lang=fr
     links.unsubscribe_mailto(person, lst)         mailto:unsubscribe@<domain>?subject=unsubscribe%20<token>
     links.unsubscribe_by_mail()                   mailto:unsubscribe@<domain>?subject=unsubscribe
     links.pictures("2019-01")                     .../issues/2019-01/           (prefix of every picture)
     links.picture("2019-01", "images/a.png")      .../issues/2019-01/images/a.png
     links.exported_issue("2019-01")               2019-01/index.html            (in a static export)
+    links.exported_issue("2019-01", "fr")         2019-01/fr/index.html
     links.preview("2019-01")                      .../preview/2019-01
     links.test_message("2019-01")                 the pseudo links of a test message
     links.preview_sample("2019-01")               the pseudo links of a preview
@@ -21,6 +26,15 @@ The send loop asks ``for_messages`` once per dispatch for a ``MessageLinks``
 whose prefixes are all computed up front: per message it only signs and joins
 strings. Issue names and picture paths are percent-encoded the same way in
 every link (a valid issue name, see ``issues.is_slug``, needs no encoding).
+
+Languages: an issue's page in one language is a document of its own, at its own
+address (``/issues/<slug>/<language>``, for ``hreflang``); a language tag has no
+dot, so it never names one of the issue's pictures (``/issues/<slug>/<path>``,
+always with a file suffix). The unsubscribe pages are the same action whatever
+the language, so the language is a parameter there (``?lang=``), after the
+token: the token, the RFC 8058 POST to the same address and the ``mailto:``
+stay what they were. The web app checks the language against those it has and
+falls back to the default, so a changed parameter changes only the page's words.
 
 A new kind of link is a new method here, never an f-string elsewhere: the
 confirmation link of a sign-up, the preference page, and the bounce
@@ -35,6 +49,7 @@ from urllib.parse import quote
 
 from .config import Settings
 from .errors import ConfigError
+from .languages import canonical
 from .tokens import Purpose, Signer
 
 #: The folder of an issue's pictures under which members-only ones are published.
@@ -87,21 +102,25 @@ class Links:
 
     # -- the archive --------------------------------------------------------------
 
-    def archive(self) -> str:
-        """Return the index of past issues."""
-        return self._issues
+    def archive(self, language: str = "") -> str:
+        """Return the index of past issues (in ``language``, the visitor's choice, if given)."""
+        return self._issues + _lang_query(language)
 
-    def issue(self, slug: str) -> str:
-        """Return an issue's public page: the "view in browser" link of the public variant."""
-        return self._issues + quote(slug, safe="")
+    def issue(self, slug: str, language: str = "") -> str:
+        """Return an issue's public page: the "view in browser" link of the public variant.
 
-    def member_view(self, slug: str, subscriber_id: int, list_id: int) -> str:
+        Without ``language``, the page in the issue's default language.
+        """
+        return self._issues + quote(slug, safe="") + _lang_path(language)
+
+    def member_view(self, slug: str, subscriber_id: int, list_id: int, language: str = "") -> str:
         """Return a member's own page of an issue, signed for them and their list."""
-        return f"{self.issue(slug)}?t={self._signer().sign(Purpose.VIEW, subscriber_id, list_id)}"
+        token = self._signer().sign(Purpose.VIEW, subscriber_id, list_id)
+        return f"{self.issue(slug, language)}?t={token}"
 
     def pictures(self, slug: str) -> str:
-        """Return the prefix of every picture an issue's messages and pages load."""
-        return self.issue(slug) + "/"
+        """Return the prefix of every picture an issue's messages and pages load (every language's)."""
+        return self._issues + quote(slug, safe="") + "/"
 
     def picture(self, slug: str, path: str) -> str:
         """Return a picture's URL from its path in the issue folder (or ``private_picture_path``)."""
@@ -109,9 +128,10 @@ class Links:
 
     # -- unsubscribe ----------------------------------------------------------------
 
-    def unsubscribe(self, subscriber_id: int, list_id: int) -> str:
-        """Return the https unsubscribe link of a subscriber on a list."""
-        return self._unsubscribe + self._signer().sign(Purpose.UNSUBSCRIBE, subscriber_id, list_id)
+    def unsubscribe(self, subscriber_id: int, list_id: int, language: str = "") -> str:
+        """Return the https unsubscribe link of a subscriber on a list; its pages in ``language``."""
+        token = self._signer().sign(Purpose.UNSUBSCRIBE, subscriber_id, list_id)
+        return self._unsubscribe + token + _lang_query(language)
 
     def unsubscribe_mailto(self, subscriber_id: int, list_id: int) -> str:
         """Return the ``mailto:`` unsubscribe link of a subscriber on a list (``List-Unsubscribe``)."""
@@ -122,9 +142,9 @@ class Links:
         return f"mailto:unsubscribe@{self.mail_domain}?subject=unsubscribe"
 
     @staticmethod
-    def exported_issue(slug: str) -> str:
+    def exported_issue(slug: str, language: str = "") -> str:
         """Return the link from a static export's index to an issue's page, relative to the index."""
-        return f"{quote(slug)}/index.html"
+        return f"{quote(slug)}{_lang_path(language)}/index.html"
 
     # -- the team's preview and test messages ----------------------------------------
 
@@ -132,16 +152,18 @@ class Links:
         """Return the team's preview of an issue, or the list of issues to preview."""
         return self._preview if slug is None else self._preview + quote(slug, safe="")
 
-    def test_message(self, slug: str) -> MessageUrls:
+    def test_message(self, slug: str, language: str = "") -> MessageUrls:
         """Return the links of a test message: a sample unsubscribe, and the preview to view it."""
-        return self._sample(SampleToken.TEST, self.preview(slug))
+        return self._sample(SampleToken.TEST, self.preview(slug), language)
 
-    def preview_sample(self, slug: str) -> MessageUrls:
+    def preview_sample(self, slug: str, language: str = "") -> MessageUrls:
         """Return the links a preview is filled with: a sample unsubscribe, and the issue's page."""
-        return self._sample(SampleToken.PREVIEW, self.issue(slug))
+        return self._sample(SampleToken.PREVIEW, self.issue(slug, language), language)
 
-    def _sample(self, token: SampleToken, view: str) -> MessageUrls:
-        return MessageUrls(self._unsubscribe + token, _mailto(self.mail_domain, token), view)
+    def _sample(self, token: SampleToken, view: str, language: str) -> MessageUrls:
+        return MessageUrls(
+            self._unsubscribe + token + _lang_query(language), _mailto(self.mail_domain, token), view
+        )
 
     # -- the send loop ---------------------------------------------------------------
 
@@ -150,9 +172,12 @@ class Links:
     ) -> MessageLinks:
         """Return the link maker of one dispatch's messages in ``language``, sent from ``sender``.
 
-        (Issue 14: the links are to carry ``language``, so the pages answer in it.)
+        The unsubscribe link and the view-in-browser link carry ``language``, so that the
+        pages they open answer in it; the ``mailto:`` does not change.
         """
-        return MessageLinks(self, slug, list_id, member=member, domain=sender.rpartition("@")[2].lower())
+        return MessageLinks(
+            self, slug, list_id, member=member, domain=sender.rpartition("@")[2].lower(), language=language
+        )
 
 
 class MessageLinks:
@@ -161,15 +186,18 @@ class MessageLinks:
     Called for each recipient: it signs their tokens and joins strings, nothing else.
     """
 
-    __slots__ = ("_list_id", "_mailto", "_member", "_sign", "_unsubscribe", "_view")
+    __slots__ = ("_language", "_list_id", "_mailto", "_member", "_sign", "_unsubscribe", "_view")
 
-    def __init__(self, links: Links, slug: str, list_id: int, *, member: bool, domain: str) -> None:
+    def __init__(
+        self, links: Links, slug: str, list_id: int, *, member: bool, domain: str, language: str = ""
+    ) -> None:
         self._sign = links._signer().sign
         self._list_id = list_id
         self._member = member
         self._unsubscribe = links._unsubscribe
+        self._language = _lang_query(language)
         self._mailto = _mailto(domain, "")
-        self._view = links.issue(slug) + ("?t=" if member else "")
+        self._view = links.issue(slug, language) + ("?t=" if member else "")
 
     def __call__(self, subscriber_id: int) -> MessageUrls:
         """Return the links of the message to one subscriber."""
@@ -179,7 +207,23 @@ class MessageLinks:
             if self._member
             else self._view
         )
-        return MessageUrls(self._unsubscribe + token, self._mailto + token, view)
+        return MessageUrls(self._unsubscribe + token + self._language, self._mailto + token, view)
+
+
+def _checked(language: str) -> str:
+    """Return ``language`` as links write it: its canonical tag (nothing in it needs encoding)."""
+    tag = canonical(language)
+    if tag is None:
+        raise ValueError(f"not a language tag: {language!r}")
+    return tag
+
+
+def _lang_path(language: str) -> str:
+    return f"/{_checked(language)}" if language else ""
+
+
+def _lang_query(language: str) -> str:
+    return f"?lang={_checked(language)}" if language else ""
 
 
 def _mailto(domain: str, token: str) -> str:

@@ -1,8 +1,12 @@
-"""Write every variant of an issue into the build folder, for eyes and browsers.
+"""Every variant of an issue, segment × language, for eyes and browsers: the build folder and the grid.
 
 The files are exactly what is sent, filled for a sample recipient; only image
 URLs under the public base URL are made relative so that the preview shows the
-issue's images before they are published.
+issue's images before they are published. ``mailout preview`` writes each
+variant (``member.html``, ``public.html`` in the default language,
+``member-fr.html`` and so on for the others) and ``index.html``, the grid that
+shows them all side by side at desktop and mobile width, as the web app's
+``/preview/<slug>`` does.
 """
 
 from __future__ import annotations
@@ -11,11 +15,16 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import i18n
 from .config import Settings
 from .errors import Problem
 from .issues import Issue
 from .links import Links
 from .render import Recipient, Variant, private_image_path, private_images, render_issue
+from .segments import Segment
+
+#: How the grid names each segment (the preview is the team's: its own words are English).
+SEGMENT_LABELS = {Segment.MEMBER: "Members", Segment.PUBLIC: "Public"}
 
 
 @dataclass(frozen=True)
@@ -23,22 +32,77 @@ class PreviewFile:
     """One written variant and its measurements."""
 
     variant: Variant
+    language: str
     html_path: Path
     text_path: Path
     html_bytes: int
     text_bytes: int
 
 
-def sample_recipient(settings: Settings, issue: Issue) -> Recipient:
+@dataclass(frozen=True)
+class Shown:
+    """One variant as the preview grid shows it: filled for the sample recipient, labelled."""
+
+    segment: Segment
+    language: str
+    variant: Variant
+    html: str
+    text: str
+
+    @property
+    def label(self) -> str:
+        """Return "Members · français (fr)": the segment, and the language in its own name."""
+        return f"{SEGMENT_LABELS[self.segment]} · {i18n.language_name(self.language)} ({self.language})"
+
+    @property
+    def key(self) -> str:
+        """Return a name for the variant in ids and file names: ``member-fr``."""
+        return f"{self.segment}-{self.language}"
+
+    @property
+    def html_bytes(self) -> int:
+        return len(self.html.encode("utf-8"))
+
+    @property
+    def text_bytes(self) -> int:
+        return len(self.text.encode("utf-8"))
+
+
+def sample_recipient(settings: Settings, issue: Issue, language: str = "") -> Recipient:
     """Return the recipient a preview is filled for: no name, so the fallback shows."""
-    urls = Links(settings).preview_sample(issue.slug)
+    urls = Links(settings).preview_sample(issue.slug, language)
     return Recipient(first_name="", unsubscribe_url=urls.unsubscribe, view_url=urls.view)
 
 
+def every_variant(issue: Issue, settings: Settings) -> dict[tuple[Segment, str], Variant]:
+    """Return every variant of ``issue`` by (segment, language): each language in the issue's order,
+    members then public."""
+    rendered = render_issue(issue, settings)
+    order = {tag: n for n, tag in enumerate(issue.variant_languages(settings.newsletter.language))}
+    segments = list(Segment)
+    return dict(
+        sorted(
+            rendered.items(), key=lambda pair: (order.get(pair[0][1], len(order)), segments.index(pair[0][0]))
+        )
+    )
+
+
+def preview_variants(issue: Issue, settings: Settings, pictures: str) -> list[Shown]:
+    """Return every variant filled in for the sample recipient, the pictures' prefix replaced by ``pictures``."""
+    base = Links(settings).pictures(issue.slug)
+    shown = []
+    for (segment, language), variant in every_variant(issue, settings).items():
+        html, text = variant.personalize(sample_recipient(settings, issue, language))
+        shown.append(Shown(segment, language, variant, html.replace(base, pictures), text))
+    return shown
+
+
 def write_preview(issue: Issue, settings: Settings, out_dir: Path | None = None) -> list[PreviewFile]:
-    """Render every variant of ``issue`` into ``out_dir`` (default: build/<slug>/)."""
-    variants = render_issue(issue, settings)
+    """Render every variant of ``issue`` into ``out_dir`` (default: build/<slug>/), and the grid page."""
+    from .web import PACKAGE, standalone_page
+
     out = out_dir or settings.path("build") / issue.slug
+    shown = preview_variants(issue, settings, "")
     out.mkdir(parents=True, exist_ok=True)
     private = private_images(issue)
     for name in issue.images():
@@ -46,27 +110,37 @@ def write_preview(issue: Issue, settings: Settings, out_dir: Path | None = None)
         target = out / (private_image_path(issue, name) if name in private else name)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(issue.folder / name, target)
-    recipient = sample_recipient(settings, issue)
-    base = Links(settings).pictures(issue.slug)
+    default = shown[0].language
     written = []
-    default = issue.variant_languages(settings.newsletter.language)[0]
-    for (segment, language), variant in variants.items():
-        html, text = variant.personalize(recipient)
-        # The default language's files keep their names; another language's carry its tag.
-        name = str(segment) if language == default else f"{segment}-{language}"
-        html_path = out / f"{name}.html"
-        text_path = out / f"{name}.txt"
-        html_path.write_text(html.replace(base, ""), encoding="utf-8")
-        text_path.write_text(text, encoding="utf-8")
+    for each in shown:
+        # The default language keeps the names the files had before languages: member.html.
+        stem = str(each.segment) if each.language == default else f"{each.segment}-{each.language}"
+        html_path = out / f"{stem}.html"
+        text_path = out / f"{stem}.txt"
+        html_path.write_text(each.html, encoding="utf-8")
+        text_path.write_text(each.text, encoding="utf-8")
         written.append(
             PreviewFile(
-                variant=variant,
+                variant=each.variant,
+                language=each.language,
                 html_path=html_path,
                 text_path=text_path,
-                html_bytes=len(html.encode("utf-8")),
-                text_bytes=len(text.encode("utf-8")),
+                html_bytes=each.html_bytes,
+                text_bytes=each.text_bytes,
             )
         )
+    grid = standalone_page(
+        "mailout/preview.html",
+        settings,
+        title=f"Preview: {issue.slug}",
+        variants=shown,
+        sources={each.key: f.html_path.name for each, f in zip(shown, written, strict=True)},
+        clip_bytes=settings.preview.html_warn_bytes,
+        index_url=None,
+        css_url="mailout.css",
+    )
+    (out / "index.html").write_text(grid, encoding="utf-8")
+    shutil.copyfile(PACKAGE / "static" / "mailout.css", out / "mailout.css")
     return written
 
 

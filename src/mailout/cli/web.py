@@ -9,7 +9,8 @@ from urllib.parse import urlsplit
 
 import click
 
-from ..archive import archived_issues, export_archive
+from .. import i18n
+from ..archive import archived_issues, export_archive, index_entries, issue_versions
 from ..db import transaction
 from ..errors import MailoutError
 from ..links import Links
@@ -114,6 +115,8 @@ def export_command(state: State, directory: Path) -> None:
 
     Writes DIRECTORY/index.html and DIRECTORY/<issue>/index.html with the issue's
     pictures: the public version of every issue sent to a public list, as sent.
+    An issue in several languages also gets DIRECTORY/<issue>/<language>/index.html
+    for each of them.
 
     \b
     Example:
@@ -123,15 +126,24 @@ def export_command(state: State, directory: Path) -> None:
     engine = state.engine()
     # Public pages carry no one's token: no key is needed to write them.
     signer = state.signer() if settings.secret_key else None
+    language = settings.newsletter.language
     with transaction(engine) as session:
         issues = archived_issues(session)
+        # The index in the newsletter's language; each issue offers its other languages' pages.
+        entries = index_entries(issues, lambda entry: issue_versions(session, entry, language), language)
+        title = i18n.gettext(settings, language, "%(name)s: past issues", "web")
         index = standalone_page(
             "mailout/archive.html",
             settings,
-            title=f"{settings.newsletter.name}: past issues",
-            issues=issues,
+            language=language,
+            title=title % {"name": settings.newsletter.name},
+            entries=entries,
             css_url="mailout.css",
             issue_url=Links.exported_issue,
+            switcher=[],
+            choice=language,
+            date=i18n.format_date,
+            language_name=i18n.language_name,
         )
         result = export_archive(
             session, settings, signer, directory, index, {"mailout.css": PACKAGE / "static" / "mailout.css"}

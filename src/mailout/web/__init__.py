@@ -10,9 +10,11 @@ database and ``MAILOUT_SECRET_KEY`` as the sender::
 Routes (blueprint ``mailout``):
 
 - ``/unsubscribe/<token>``: GET confirms (a GET never unsubscribes: mail scanners
-  fetch every link), POST unsubscribes, also RFC 8058 one-click from the mail client.
-- ``/issues/`` and ``/issues/<slug>``: the public archive; ``?t=<token>`` shows a
-  member their own members' version.
+  fetch every link), POST unsubscribes, also RFC 8058 one-click from the mail client;
+  ``?lang=`` says the language of the pages (``words.py``).
+- ``/issues/``, ``/issues/<slug>`` and ``/issues/<slug>/<language>``: the public
+  archive, a page per issue and language; ``?t=<token>`` shows a member their own
+  members' version.
 - ``/preview/<slug>``: every variant, re-rendered on each reload; open on loopback,
   behind a password elsewhere.
 """
@@ -36,6 +38,7 @@ from ..config import Settings, load_settings
 from ..db import WriteQueue, open_engine
 from ..links import Links
 from ..tokens import Signer
+from .words import Words, strong
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -141,6 +144,10 @@ class Mailout:
         self.pages = PageCache(PAGE_CACHE_BYTES)
         #: The unsubscribe POSTs' transactions, one at a time on SQLite.
         self.writes = WriteQueue(engine)
+        #: The pages' own words, in each language mailout has them in.
+        self.words = Words(settings)
+        #: "<dispatch id>:<key>" -> its subject and preheader in each language, for the index.
+        self.versions = TimedCache(ttl=3600, size=1024)
 
 
 def create_app(settings: Settings | None = None, *, local: bool = False) -> Flask:
@@ -151,7 +158,7 @@ def create_app(settings: Settings | None = None, *, local: bool = False) -> Flas
     ``MAILOUT_PREVIEW_PASSWORD``, and without one it is switched off.
     Raises ``ConfigError`` without ``MAILOUT_SECRET_KEY``: the links could not be verified.
     """
-    from .views import blueprint
+    from .views import LanguageConverter, blueprint
 
     settings = settings or load_settings()
     signer = Signer.from_secret(settings.secret_key)
@@ -164,15 +171,18 @@ def create_app(settings: Settings | None = None, *, local: bool = False) -> Flas
 
     # No sessions and no cookies: the links carry their own signed tokens.
     app.extensions["mailout"] = Mailout(settings, engine, signer, preview_open=local)
+    app.url_map.converters["language"] = LanguageConverter
     app.register_blueprint(blueprint)
     return app
 
 
-def standalone_page(template: str, settings: Settings, **context: Any) -> str:
-    """Render one of the app's page templates outside a request (for the static archive)."""
+def standalone_page(template: str, settings: Settings, *, language: str = "en", **context: Any) -> str:
+    """Render one of the app's page templates outside a request (the static archive, the preview grid)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(PACKAGE / "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
+    words = Words(settings)
+    context = {"strong": strong, **words.context(words.language(language)), **context}
     return env.get_template(template).render(newsletter=settings.newsletter, **context)

@@ -1,4 +1,9 @@
-"""The routes: unsubscribe, the archive, the team's preview; and the headers every page gets."""
+"""The routes: unsubscribe, the archive, the team's preview; and the headers every page gets.
+
+Every page answers in a language: the unsubscribe pages in the one their link
+carries (``?lang=``), an issue's page in the one its address names
+(``/issues/<slug>/<language>``), the index in the visitor's choice. See ``words``.
+"""
 
 from __future__ import annotations
 
@@ -22,20 +27,23 @@ from flask import (
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
+from werkzeug.routing import BaseConverter
 
-from .. import archive
+from .. import archive, i18n
 from ..db import reader
 from ..errors import IssueError, MailoutError
 from ..issues import ISSUE_FILE, Issue, find_issue, is_slug, load_issue
+from ..languages import canonical, choose
 from ..links import PRIVATE_PICTURES, SampleToken
 from ..models import Dispatch, MailingList, Source, Subscriber
 from ..net import is_loopback
-from ..preview import sample_recipient
-from ..render import private_images, render_issue
+from ..preview import preview_variants
+from ..render import private_images
 from ..segments import Segment
 from ..subscribers import unsubscribe_by_link
 from ..tokens import Purpose
 from . import Mailout
+from .words import N_, strong
 
 blueprint = Blueprint("mailout", __name__)
 
@@ -74,9 +82,26 @@ def session() -> Iterator[Session]:
         yield s
 
 
-def page(template: str, status: int = 200, *, policy: str = _OWN_PAGE, **context: Any) -> Response:
+class LanguageConverter(BaseConverter):
+    """A language tag in an address (``fr``, ``pt-BR``): no dot, so never one of an issue's pictures."""
+
+    regex = r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*"
+
+
+def requested_language() -> str:
+    """Return the language of the pages for this request's ``?lang=`` (checked; else the default)."""
+    return mailout().words.language(request.args.get("lang"))
+
+
+def page(
+    template: str, status: int = 200, *, policy: str = _OWN_PAGE, language: str | None = None, **context: Any
+) -> Response:
+    """Return one of the app's own pages in ``language`` (default: the request's ``?lang=``)."""
+    state = mailout()
     context.setdefault("css_url", url_for("static", filename="mailout.css"))
-    html = render_template(template, newsletter=mailout().settings.newsletter, **context)
+    context.update(state.words.context(language or requested_language()))
+    context.setdefault("strong", strong)
+    html = render_template(template, newsletter=state.settings.newsletter, **context)
     response = Response(html, status)
     response.headers["Content-Security-Policy"] = policy
     return response
@@ -98,7 +123,8 @@ def security_headers(response: Response) -> Response:
 def database_unavailable(exc: OperationalError) -> Response:
     # A locked or unreachable database: the mail client's one-click POST is retried on a 503.
     current_app.logger.warning("database unavailable: %s", exc.orig)
-    response = page("mailout/message.html", 503, title="Please try again", text="The service is busy.")
+    _ = mailout().words.translator(requested_language())
+    response = page("mailout/message.html", 503, title=_("Please try again"), text=_("The service is busy."))
     response.headers["Retry-After"] = "30"
     return response
 
@@ -131,8 +157,10 @@ def _recipient(token: str) -> tuple[Subscriber, MailingList] | None:
 
 
 def _invalid_link() -> Response:
-    # The same answer for a forged, truncated, foreign or unknown token: nothing tells them apart.
-    return page("mailout/unsubscribe_invalid.html", 404, title="This link is not valid")
+    # The same answer for a forged, truncated, foreign or unknown token: nothing tells them apart
+    # (in each language, the same page).
+    _ = mailout().words.translator(requested_language())
+    return page("mailout/unsubscribe_invalid.html", 404, title=_("This link is not valid"))
 
 
 def mask(address: str) -> str:
@@ -143,31 +171,40 @@ def mask(address: str) -> str:
 
 @blueprint.get("/unsubscribe/")
 def unsubscribe_help() -> Response:
-    return page("mailout/unsubscribe_help.html", title="Unsubscribe")
+    _ = mailout().words.translator(requested_language())
+    return page("mailout/unsubscribe_help.html", title=_("Unsubscribe"))
+
+
+def _sample_page() -> Response:
+    _ = mailout().words.translator(requested_language())
+    return page("mailout/message.html", title=_("A sample link"), text=_(_SAMPLE_TEXT))
 
 
 @blueprint.get("/unsubscribe/<token>")
 def unsubscribe_form(token: str) -> Response:
     """Ask for confirmation. A GET never unsubscribes: mail scanners open every link."""
     if token in _SAMPLE_TOKENS:
-        return page("mailout/message.html", title="A sample link", text=_SAMPLE_TEXT)
+        return _sample_page()
     found = _recipient(token)
     if found is None:
         return _invalid_link()
     person, lst = found
+    language = requested_language()
+    _ = mailout().words.translator(language)
     # The same page whether or not they are still subscribed: the link reveals nothing.
     response = page(
         "mailout/unsubscribe_form.html",
-        title="Unsubscribe",
+        title=_("Unsubscribe"),
         address=mask(person.email),
         list=lst,
-        action=url_for("mailout.unsubscribe_post", token=token),
+        # The checked language, never the parameter as given: the result page answers in it.
+        action=url_for("mailout.unsubscribe_post", token=token, lang=language),
     )
     response.headers["X-Robots-Tag"] = "noindex"
     return response
 
 
-_SAMPLE_TEXT = (
+_SAMPLE_TEXT = N_(
     "This is the unsubscribe link of a test message or a preview. In a real message,"
     " it leads to a page where the reader confirms with one click."
 )
@@ -193,7 +230,7 @@ def unsubscribe_post(token: str) -> Response:
     Answers 200 with no redirect, and is harmless to repeat.
     """
     if token in _SAMPLE_TOKENS:
-        return page("mailout/message.html", title="A sample link", text=_SAMPLE_TEXT)
+        return _sample_page()
     state = mailout()
     claim = state.signer.verify(Purpose.UNSUBSCRIBE, token)
     if claim is None:
@@ -211,9 +248,10 @@ def unsubscribe_post(token: str) -> Response:
         )
     if done is None:
         return _invalid_link()
+    _ = state.words.translator(requested_language())
     return page(
         "mailout/unsubscribed.html",
-        title="You are unsubscribed",
+        title=_("You are unsubscribed"),
         list_name=done.list_description or done.list_name,
         every_list=every_list,
     )
@@ -224,24 +262,68 @@ def unsubscribe_post(token: str) -> Response:
 
 @blueprint.get("/issues/")
 def archive_index() -> Response:
+    """Every public issue once, in the visitor's choice: ``?lang=``, else Accept-Language, else the default."""
+    state = mailout()
+    default = state.settings.newsletter.language
     with session() as s:
         issues = archive.archived_issues(s)
+        found = {entry.slug: _versions(s, entry, default) for entry in issues}
+    offered = list(dict.fromkeys(v.language for versions in found.values() for v in versions))
+    pool = list(dict.fromkeys([*offered, *state.words.languages]))
+    asked = request.args.get("lang")
+    choice = (
+        choose(asked, pool, default) if asked else state.words.best(request.accept_languages, pool, default)
+    )
+    language = state.words.language(choice)
+    _ = state.words.translator(language)
+    entries = archive.index_entries(issues, lambda entry: found[entry.slug], choice)
     response = page(
         "mailout/archive.html",
-        title=f"{mailout().settings.newsletter.name}: past issues",
-        issues=issues,
-        issue_url=lambda slug: url_for("mailout.issue_page", slug=slug),
+        language=language,
+        title=_("%(name)s: past issues", name=state.settings.newsletter.name),
+        entries=entries,
+        issue_url=lambda slug, tag: (
+            url_for("mailout.issue_language_page", slug=slug, language=tag)
+            if tag
+            else url_for("mailout.issue_page", slug=slug)
+        ),
+        # The index in each language the issues are written in (a choice, so no hreflang).
+        switcher=[(tag, url_for("mailout.archive_index", lang=tag)) for tag in offered]
+        if len(offered) > 1
+        else [],
+        choice=choose(choice, offered, default) if offered else default,
+        date=lambda value, tag: i18n.format_date(value, tag),
+        language_name=i18n.language_name,
     )
     response.headers["Cache-Control"] = "public, max-age=300"
+    response.vary.add("Accept-Language")
     return response
+
+
+def _versions(s: Session, entry: archive.ArchivedIssue, default: str) -> tuple[archive.Version, ...]:
+    """Return an archived issue's versions, read once per dispatch (a dispatch never changes)."""
+    versions: tuple[archive.Version, ...] = mailout().versions.get(
+        f"{entry.dispatch_id}:{entry.dispatch_key}", lambda: archive.issue_versions(s, entry, default)
+    )
+    return versions
 
 
 @blueprint.get("/issues/<slug>")
 def issue_page(slug: str) -> Response:
-    """The public variant; with ``?t=``, the member variant for the member the token names."""
+    """The public variant in the issue's default language; with ``?t=``, the member's variant."""
+    return _issue(slug, None)
+
+
+@blueprint.get("/issues/<slug>/<language:language>")
+def issue_language_page(slug: str, language: str) -> Response:
+    """The public variant in ``language``; with ``?t=``, the member's variant in it."""
+    return _issue(slug, language)
+
+
+def _issue(slug: str, language: str | None) -> Response:
     token = request.args.get("t")
     if token is None:
-        return _public_issue_page(slug)
+        return _public_issue_page(slug, language)
     state = mailout()
     links = state.links
     with session() as s:
@@ -250,14 +332,26 @@ def issue_page(slug: str) -> Response:
         if found is None:
             # Forged, foreign, or not this person's issue: one answer, and never the members' text.
             public = archive.public_dispatch_key(s, slug) is not None
+            _ = state.words.translator(state.words.language(language))
             return page(
                 "mailout/view_invalid.html",
                 403,
-                title="This link is not valid",
+                language=state.words.language(language),
+                title=_("This link is not valid"),
                 public_url=url_for("mailout.issue_page", slug=slug) if public else None,
             )
-        html = archive.member_page(*found, links)
+        dispatch, delivery = found
+        variants = archive.variants(s, dispatch, state.settings.newsletter.language)
+        # The link's language; without one (a link from before languages), the one the member
+        # was sent; a language the dispatch has not: its default (the token is what matters here).
+        chosen = choose(language or delivery.language or "", list(variants), next(iter(variants)))
+        html = archive.member_page(variants[chosen], dispatch, delivery, links, chosen)
     html = html.replace(links.pictures(slug), url_for("mailout.issue_page", slug=slug) + "/")
+    alternates = [
+        archive.Alternate(tag, "", url_for("mailout.issue_language_page", slug=slug, language=tag, t=token))
+        for tag in variants
+    ]
+    html = archive.with_languages(html, state.settings, chosen, alternates, None)
     response = Response(html, 200, mimetype="text/html")
     response.headers["Content-Security-Policy"] = _ISSUE_PAGE
     # A member's own page: never kept by a cache, never by this app's.
@@ -266,28 +360,48 @@ def issue_page(slug: str) -> Response:
     return response
 
 
-def _public_issue_page(slug: str) -> Response:
+def _public_issue_page(slug: str, language: str | None) -> Response:
     """The public page of the issue's newest public dispatch, from the app's cache when it has it.
 
     A dispatch's page never changes: it is made once and kept under the dispatch's
-    number and random key. Which dispatch is the issue's newest public one is looked
-    up at most once every ``NEWEST_SECONDS``.
+    number and random key, and the language. Which dispatch is the issue's newest
+    public one is looked up at most once every ``NEWEST_SECONDS``.
     """
     state = mailout()
+    tag = canonical(language) if language is not None else ""
     found = state.newest.get(slug, lambda: _newest_public(slug))
-    if found is None:
-        return page("mailout/message.html", 404, title="No such issue", text=_NO_ISSUE)
+    if found is None or tag is None:
+        return _no_issue(language)
+    if tag and tag not in {v.language for v in _dispatch_versions(*found)}:
+        # Not a language of this issue: no page, and no reading of the dispatch's pages for it.
+        return _no_issue(language)
     # The page's own address is part of it (the pictures' links): behind two mount points,
     # two entries.
-    cached = state.pages.get((*found, request.script_root))
+    cached = state.pages.get((*found, request.script_root, tag))
     if cached is None:
         with session() as s:
             dispatch = archive.public_dispatch(s, slug)  # the newest now, whatever was known
             if dispatch is None:
-                return page("mailout/message.html", 404, title="No such issue", text=_NO_ISSUE)
-            html = archive.public_page(dispatch, state.links)
-            key = (dispatch.id, dispatch.key, request.script_root)
+                return _no_issue(language)
+            variants = archive.variants(s, dispatch, state.settings.newsletter.language)
+            shown = tag or next(iter(variants))
+            if shown not in variants:
+                # Not a language of this issue: no such page (and nothing kept for it).
+                return _no_issue(language)
+            default = next(iter(variants))
+            # The default language's page links to the issue's plain address, as before languages.
+            html = archive.public_page(variants[shown], slug, "" if shown == default else shown, state.links)
+            key = (dispatch.id, dispatch.key, request.script_root, tag)
         html = html.replace(state.links.pictures(slug), url_for("mailout.issue_page", slug=slug) + "/")
+        alternates = [
+            archive.Alternate(
+                other,
+                state.links.issue(slug, other),
+                url_for("mailout.issue_language_page", slug=slug, language=other),
+            )
+            for other in variants
+        ]
+        html = archive.with_languages(html, state.settings, shown, alternates, state.links.issue(slug))
         cached = state.pages.put(key, html.encode("utf-8"))
     if request.if_none_match.contains_weak(cached.etag):
         response = Response(status=304)
@@ -299,12 +413,31 @@ def _public_issue_page(slug: str) -> Response:
     return response
 
 
+def _dispatch_versions(dispatch_id: int, key: str) -> tuple[archive.Version, ...]:
+    """Return the languages (with subjects) of a dispatch, read once per dispatch."""
+
+    def read() -> tuple[archive.Version, ...]:
+        with session() as s:
+            dispatch = s.get(Dispatch, dispatch_id)
+            default = mailout().settings.newsletter.language
+            return archive.versions(s, dispatch, default) if dispatch is not None else ()
+
+    versions: tuple[archive.Version, ...] = mailout().versions.get(f"{dispatch_id}:{key}", read)
+    return versions
+
+
+def _no_issue(language: str | None) -> Response:
+    shown = mailout().words.language(language)
+    _ = mailout().words.translator(shown)
+    return page("mailout/message.html", 404, language=shown, title=_("No such issue"), text=_(_NO_ISSUE))
+
+
 def _newest_public(slug: str) -> tuple[int, str] | None:
     with reader(mailout().engine).connect() as conn:
         return archive.public_dispatch_key(conn, slug)
 
 
-_NO_ISSUE = "There is no issue at this address in the archive."
+_NO_ISSUE = N_("There is no issue at this address in the archive.")
 
 
 def public_images(slug: str) -> frozenset[str]:
@@ -316,9 +449,15 @@ def public_images(slug: str) -> frozenset[str]:
     state = mailout()
     prefix = state.links.pictures(slug)
     with session() as s:
-        pages = s.scalars(
-            select(Dispatch.html).where(Dispatch.issue == slug, Dispatch.segment == Segment.PUBLIC)
+        dispatches = s.scalars(
+            select(Dispatch).where(Dispatch.issue == slug, Dispatch.segment == Segment.PUBLIC)
         ).all()
+        # Every language's public variant: a picture may differ by language.
+        pages = [
+            variant.html
+            for dispatch in dispatches
+            for variant in archive.variants(s, dispatch, state.settings.newsletter.language).values()
+        ]
     names = {name for html in pages for name in archive.images_in(html, prefix)}
     try:
         issue = load_issue(find_issue(slug, state.settings.path("issues")))
@@ -378,7 +517,11 @@ def guard_preview() -> Response | None:
     if given is not None and hmac.compare_digest(given.encode(), password.encode()):
         return None
     response = page(
-        "mailout/message.html", 401, title="Password needed", text="The preview needs the team's password."
+        "mailout/message.html",
+        401,
+        language="en",
+        title="Password needed",
+        text="The preview needs the team's password.",
     )
     response.headers["WWW-Authenticate"] = 'Basic realm="mailout preview", charset="UTF-8"'
     return response
@@ -392,6 +535,7 @@ def preview_index() -> Response:
     )
     return page(
         "mailout/preview_index.html",
+        language="en",
         title="Preview",
         slugs=slugs,
     )
@@ -407,48 +551,33 @@ def _load(slug: str) -> Issue:
 
 @blueprint.get("/preview/<slug>")
 def preview_page(slug: str) -> Response:
-    """Every variant side by side at desktop and mobile width, rendered from the file as it is now."""
+    """Every variant (segment × language) side by side at desktop and mobile width, from the file as it is now."""
     settings = mailout().settings
+    files = url_for("mailout.preview_page", slug=slug) + "/files/"
     try:
         issue = _load(slug)
-        variants = render_issue(issue, settings)
+        shown = preview_variants(issue, settings, files)
     except IssueError as exc:
         return page(
             "mailout/preview_error.html",
             422,
+            language="en",
             title=f"Preview: {slug}",
             problems=[str(p) for p in exc.problems],
         )
     except MailoutError as exc:
-        return page("mailout/preview_error.html", 422, title=f"Preview: {slug}", problems=[str(exc)])
-    recipient = sample_recipient(settings, issue)
-    base = mailout().links.pictures(issue.slug)
-    files = url_for("mailout.preview_page", slug=slug) + "/files/"
-    shown = []
-    default = issue.variant_languages(settings.newsletter.language)[0]
-    for (segment, language), variant in variants.items():
-        html, text = variant.personalize(recipient)
-        shown.append(
-            {
-                "segment": segment if language == default else f"{segment}-{language}",
-                "label": ("Members" if segment is Segment.MEMBER else "Public")
-                + ("" if language == default else f" ({language})"),
-                "subject": variant.subject,
-                "html": html.replace(base, files),
-                "text": text,
-                "html_bytes": len(html.encode()),
-                "text_bytes": len(text.encode()),
-                "items_shown": variant.items_shown,
-                "items_hidden": variant.items_hidden,
-                "warnings": [str(w) for w in variant.warnings],
-            }
+        return page(
+            "mailout/preview_error.html", 422, language="en", title=f"Preview: {slug}", problems=[str(exc)]
         )
     return page(
         "mailout/preview.html",
+        language="en",
         title=f"Preview: {slug}",
         slug=slug,
         variants=shown,
+        sources={},
         clip_bytes=settings.preview.html_warn_bytes,
+        index_url=url_for("mailout.preview_index"),
         policy=_PREVIEW_PAGE,
     )
 
