@@ -62,12 +62,13 @@ def test_preview_writes_every_variant_and_reports_sizes(tmp_path: Path) -> None:
     out_dir = tmp_path / "preview"
     code, out = run("-C", str(REPO), "preview", "2019-01", "--out", str(out_dir))
     assert code == 0, out
-    for name in ("member.html", "member.txt", "public.html", "public.txt"):
-        assert (out_dir / name).stat().st_size > 1000, name
-    lines = {
-        line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("member ", "public "))
-    }
-    assert set(lines) == {"member", "public"}
+    # The example issue is written in English (the default) and French.
+    variants = ("member", "public", "member-fr", "public-fr")
+    for variant in variants:
+        for suffix in (".html", ".txt"):
+            assert (out_dir / f"{variant}{suffix}").stat().st_size > 1000, variant
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(variants)}
+    assert set(lines) == set(variants)
     for variant, cols in lines.items():
         size_kb = float(cols[1])
         assert (
@@ -75,13 +76,17 @@ def test_preview_writes_every_variant_and_reports_sizes(tmp_path: Path) -> None:
             < 0.05 * size_kb * 1000 + 2000
         )
         assert size_kb < 90
-    assert int(lines["member"][6]) == 0 and int(lines["public"][6]) == 3, "the public variant hides 3 items"
-    assert int(lines["member"][5]) == int(lines["public"][5]) + 3
-    assert lines["member"][7] == "0", "the example issue has no warnings"
+    for suffix in ("", "-fr"):
+        member, public = lines[f"member{suffix}"], lines[f"public{suffix}"]
+        assert int(member[6]) == 0 and int(public[6]) == 3, "the public variant hides 3 items"
+        assert int(member[5]) == int(public[5]) + 3
+        assert member[7] == "0", "the example issue has no warnings"
+    assert 'lang="fr"' in (out_dir / "public-fr.html").read_text(encoding="utf-8")
     member_html = (out_dir / "member.html").read_text(encoding="utf-8")
     # images are copied beside the preview and referenced relatively, so they show before publication
     assert 'src="images/logo.png"' in member_html and (out_dir / "images" / "logo.png").is_file()
-    assert f"Wrote member.html, member.txt, public.html, public.txt to {out_dir}/" in out
+    written = ", ".join(f"{v}.html, {v}.txt" for v in variants)
+    assert f"Wrote {written} to {out_dir}/" in out
 
 
 def test_set_overrides_a_setting_for_one_run(tmp_path: Path) -> None:

@@ -308,7 +308,12 @@ def test_the_links_of_sent_messages_are_those_links_makes_and_all_answer(
     with client.get(f"/issues/{SLUG}", base_url=BASE) as response:
         assert response.status_code == 200
         page = response.get_data(as_text=True)
-    assert set(absolute(page, links, "href")) == {links.issue(SLUG)}
+    # Itself (x-default) and its page in each of the issue's languages (hreflang, the switcher).
+    assert set(absolute(page, links, "href")) == {
+        links.issue(SLUG),
+        links.issue(SLUG, "en"),
+        links.issue(SLUG, "fr"),
+    }
     assert f'href="{links.unsubscribe_by_mail()}"' in page
     relative = re.findall(r'src="(/news/issues/[^"]+)"', page)
     assert f"/news/issues/{SLUG}/images/logo%20%26%20mark%20%231.png" in relative
@@ -330,7 +335,7 @@ def test_the_links_of_a_test_message_are_those_links_makes_and_all_answer(
     monkeypatch.setenv("MAILOUT_PREVIEW_PASSWORD", "correct horse")
     app = create_app(load_settings(special))
     client = app.test_client()
-    assert len(smtp_server.messages) == 2  # one per variant
+    assert len(smtp_server.messages) == 4  # one per variant: 2 segments x 2 languages
     for received in smtp_server.messages:
         message = received.message()
         assert unsubscribe_url(message) == urls.unsubscribe
