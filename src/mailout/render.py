@@ -17,6 +17,7 @@ render at a time (``render_issue`` makes its own).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import html
 import logging
@@ -163,14 +164,20 @@ def template_environment(settings: Settings) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters["markdown"] = markup.to_html
-    env.filters["markdown_text"] = markup.to_text
+    env.filters["markdown"] = _markdown_html
+    env.filters["markdown_text"] = _markdown_text
     env.filters["wrap"] = markup.wrap
     env.filters["when"] = _when
     env.filters["place"] = _place
     env.filters["date"] = _date
     env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
     return env
+
+
+# Every variant of an issue (segment × language) writes the same summaries: each is
+# parsed once per process, not once per variant (a fifth of a variant's cost).
+_markdown_html = functools.lru_cache(maxsize=4096)(markup.to_html)
+_markdown_text = functools.lru_cache(maxsize=4096)(markup.to_text)
 
 
 def format_when(item: Item, language: str = i18n.SOURCE_LANGUAGE) -> str:
