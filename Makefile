@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## The main job on the embedded defaults: build every variant of the example issue, import
-## the sample subscribers into SQLite, send a test of each variant and dispatch the issue to
-## both lists, all into the local outbox (outbox/*.eml), write the public archive
+## the sample subscribers into SQLite, send a test of each variant (segment × language) and
+## dispatch the issue to both lists, each reader in their language (English for a language
+## the issue lacks), all into the local outbox (outbox/*.eml), write the public archive
 ## (build/archive/), then print the status and the archive's address (`mailout serve`).
 ## The key below signs the links of these local messages only; set your own for real use.
 demo: export MAILOUT_SECRET_KEY ?= demo-key-for-the-local-outbox-only

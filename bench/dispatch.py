@@ -21,6 +21,9 @@ same sink (its CPU per message: smtp-source and the sink). PostgreSQL is a
 throw-away server on loopback, with fsync and synchronous commit on, as in
 production.
 
+Every other subscriber reads French: an issue in English and French sends both
+variants, one template per language built once, picked per message.
+
 ``--sqlite-synchronous`` writes ``database.sqlite_synchronous`` into the SQLite
 workspaces (default: mailout's own default); ``both`` sends with each, back to
 back for each number of recipients, and prints both rows.
@@ -175,7 +178,10 @@ def fill(url: str, recipients: int) -> None:
         ).inserted_primary_key[0]  # type: ignore[index]
         for start in range(0, recipients, 10_000):
             rows = [
-                {"email": f"reader{n}@city{n % 997}.example", "name": f"Reader {n}", "organisation": "", "language": "en",
+                # Every other reader French: an issue in English and French sends both variants
+                # (an issue in one language sends it to everyone, as before).
+                {"email": f"reader{n}@city{n % 997}.example", "name": f"Reader {n}", "organisation": "",
+                 "language": "fr" if n % 2 else "en",
                  "status": "subscribed", "created_at": now, "updated_at": now}
                 for n in range(start, min(start + 10_000, recipients))
             ]  # fmt: skip

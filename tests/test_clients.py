@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import lxml.html
@@ -11,7 +12,7 @@ import yaml
 
 import mailout
 from mailout.config import Settings, load_settings
-from mailout.issues import Issue, Item, load_issue
+from mailout.issues import DEFAULT_LINK_LABELS, Issue, Item, load_issue
 from mailout.pictures import pixel_size
 from mailout.render import PREVIEW_FILLER, PREVIEW_LENGTH, Variant, render_issue
 from mailout.segments import Segment
@@ -160,7 +161,13 @@ def test_no_text_under_13px(example_issue: Issue, themed: tuple[Settings, str]) 
 
 
 def links_by_item(variant: Variant, issue: Issue) -> dict[str, Item]:
-    return {i.link: i for s in issue.sections for i in s.visible_items(variant.segment) if i.link}
+    """Return each item's link -> the item, with the label it shows (its kind's default if none)."""
+    return {
+        i.link: replace(i, link_label=i.link_label or DEFAULT_LINK_LABELS[s.kind])
+        for s in issue.sections
+        for i in s.visible_items(variant.segment)
+        if i.link
+    }
 
 
 def accessible_name(link: lxml.html.HtmlElement) -> str:

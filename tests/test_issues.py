@@ -16,8 +16,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from mailout.cli import cli
+from mailout.config import Settings
 from mailout.errors import IssueError, Severity
 from mailout.issues import Issue, SectionKind, display_path, load_issue
+from mailout.render import render_issue
 from mailout.segments import Segment
 from tests.conftest import DATA
 
@@ -379,11 +381,24 @@ def test_dates_become_dates(tmp_path: Path) -> None:
     assert type(oslo.date) is dt.date
 
 
-def test_default_link_labels_follow_the_section_kind(tmp_path: Path) -> None:
-    agenda, news, calls = load_parsed(tmp_path).sections
-    assert [i.link_label for i in agenda.items] == ["Information", "Information"]
-    assert [i.link_label for i in news.items] == ["Read more", "Download the PDF", ""]
-    assert [i.link_label for i in calls.items] == ["More information"]
+def test_default_link_labels_follow_the_section_kind(tmp_path: Path, repo_settings: Settings) -> None:
+    issue = load_parsed(tmp_path)
+    agenda, news, calls = issue.sections
+    # Only what the author wrote: the templates show (and translate) the kind's default.
+    assert [i.link_label for i in agenda.items] == ["", ""]
+    assert [i.link_label for i in news.items] == ["", "Download the PDF", ""]
+    assert [i.link_label for i in calls.items] == [""]
+    assert [s.title for s in issue.sections] == ["", "", ""]
+    text = render_issue(issue, repo_settings)[Segment.MEMBER, "en"].text
+    for line in (
+        "Information: https://example.org/oslo",
+        "Read more: https://example.org/report",
+        "Download the PDF: https://example.org/other",
+        "More information: https://example.org/members/call",
+        "AGENDA\n------",
+        "CALLS FOR PARTNERS (for members only)",
+    ):
+        assert line in text
 
 
 def test_members_only_on_sections_and_items(tmp_path: Path) -> None:

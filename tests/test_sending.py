@@ -7,11 +7,15 @@ went over the wire, not what mailout meant to build.
 from __future__ import annotations
 
 import collections
+import contextlib
+import csv
+import dataclasses
 import email
 import email.policy
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,12 +30,15 @@ from sqlalchemy import func, insert, select, update
 
 from mailout import dispatching, outbox, processes
 from mailout.cli import cli
+from mailout.cli.state import State
 from mailout.config import load_settings
 from mailout.db import make_engine, transaction
-from mailout.issues import load_issue
+from mailout.issues import Issue, load_issue
+from mailout.languages import canonical, choose
 from mailout.models import Delivery, Dispatch, Subscriber, SubscriberStatus, Subscription, Worker, utcnow
+from mailout.subscribers import InvalidSubscriber, normalise_email
 from mailout.tokens import PUBLIC_KEYS, Purpose, Signer
-from tests.conftest import SECRET_KEY, edit_config
+from tests.conftest import REPO, SECRET_KEY, edit_config
 from tests.smtpserver import Received, SMTPServer, tls_available
 
 pytestmark = pytest.mark.slow
@@ -1140,3 +1147,206 @@ def test_again_on_an_unfinished_dispatch_says_it_takes_that_one_up(
     finally:
         engine.dispose()
     assert sorted(r.rcpt_tos[0] for r in smtp_server.messages) == sorted(e for e, _ in people(3))
+
+
+# --- every reader's language -------------------------------------------------------
+
+
+def in_languages(monkeypatch: pytest.MonkeyPatch, *languages: str) -> None:
+    """Make the commands of this process read the example issue as written in ``languages``."""
+    real = State.issue
+
+    def issue(self: State, name: str) -> Issue:
+        return dataclasses.replace(real(self, name), languages=languages)
+
+    monkeypatch.setattr(State, "issue", issue)
+
+
+def add_readers(workspace: Path, rows: list[tuple[str, str]], list_name: str = "members") -> None:
+    """Import (address, language) rows into ``list_name``."""
+    path = workspace / f"{list_name}-languages.csv"
+    path.write_text("email,language\n" + "".join(f"{e},{lang}\n" for e, lang in rows), encoding="utf-8")
+    code, out = run("subscribers", "import", str(path), "--list", list_name)
+    assert code == 0, out
+
+
+def test_test_sends_each_variant_in_each_language_or_the_one_asked_for(
+    sending_workspace: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_languages(monkeypatch, "en", "fr")
+    code, out = run("test", "2019-01", "--to", "me@example.org")
+    assert code == 0, out
+    sent = sorted((r.message()["Subject"], r.message()["Content-Language"]) for r in smtp_server.messages)
+    assert sent == [
+        ("[TEST member en] Efus Newsletter – January 2019", "en"),
+        ("[TEST member fr] Efus Newsletter – January 2019", "fr"),
+        ("[TEST public en] Efus Newsletter – January 2019", "en"),
+        ("[TEST public fr] Efus Newsletter – January 2019", "fr"),
+    ]
+    assert "[TEST member fr] to me@example.org: 250" in out
+    code, out = run("test", "2019-01", "--to", "me@example.org", "--language", "fr_BE")
+    assert code == 0, out
+    assert "2019-01 is not written in fr-BE: a reader of fr-BE gets fr" in out
+    assert sorted(r.message()["Subject"][:16] for r in smtp_server.messages[4:]) == [
+        "[TEST member fr]",
+        "[TEST public fr]",
+    ]
+    code, out = run("test", "2019-01", "--to", "me@example.org", "--language", "français")
+    assert code == 1 and "--language 'français' is not a language tag" in out
+    assert len(smtp_server.messages) == 6
+
+
+def test_send_and_status_say_how_many_get_each_language(
+    sending_workspace: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_languages(monkeypatch, "en", "fr")
+    add_readers(
+        sending_workspace,
+        [("a@example.org", "fr"), ("b@example.org", "fr-BE"), ("c@example.org", ""), ("d@example.org", "de")],
+    )
+    code, out = run("send", "2019-01", "--list", "members", "--dry-run")
+    assert code == 0, out
+    assert "languages:  en 2, fr 2" in out.splitlines()
+    assert "subject fr: Efus Newsletter – January 2019" in out
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0 and "finished" in out, out
+    code, out = run("status", "1")
+    assert "languages: en 2, fr 2" in out.splitlines()
+    assert report_of()["languages"] == {"en": 2, "fr": 2}
+    received = {r.rcpt_tos[0]: r.message()["Content-Language"] for r in smtp_server.messages}
+    assert received == {
+        "a@example.org": "fr",
+        "b@example.org": "fr",
+        "c@example.org": "en",
+        "d@example.org": "en",
+    }
+
+
+#: A send of the example issue written in English and French (issue files in several
+#: languages are FORMAT's part of issue 14: here the issue is changed as it is loaded).
+SEND_IN_TWO_LANGUAGES = """
+import dataclasses
+from pathlib import Path
+from mailout import dispatching
+from mailout.config import load_settings
+from mailout.db import make_engine
+from mailout.issues import Issue, load_issue
+from mailout.languages import canonical, choose
+from mailout.tokens import Signer
+
+settings = load_settings(Path.cwd())
+engine = make_engine(settings.database_url())
+issue = load_issue(Path("issues/2019-01/issue.yaml"))
+issue = dataclasses.replace(issue, languages=("en", "fr"))
+started = dispatching.start(engine, settings, dispatching.plan(engine, settings, issue, "members"))
+dispatching.run(engine, settings, started.dispatch_id, Signer.from_secret(settings.secret_key))
+"""
+
+
+def test_kill_9_in_a_dispatch_in_two_languages_resumes_each_reader_in_their_language_once(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    slow_sending(sending_workspace, 100)
+    edit_config(sending_workspace, ("worker_timeout = 2", "worker_timeout = 60"))
+    languages = ["fr", "en", "fr-BE", "", "de"]
+    readers = [(f"p{i}@example.org", languages[i % len(languages)]) for i in range(100)]
+    add_readers(sending_workspace, readers)
+    wanted = {e: "fr" if lang.startswith("fr") else "en" for e, lang in readers}
+    process = subprocess.Popen(
+        [sys.executable, "-c", SEND_IN_TWO_LANGUAGES],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        smtp_server.wait_for(30, timeout=30)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.stdout.close()  # type: ignore[union-attr]
+    assert len(smtp_server.messages) < 100, "killed half-way"
+    # Taken up by `mailout send` of the issue file as it is (one language): the dispatch's
+    # frozen variants go out, each reader's language as chosen when it was written.
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 0, out
+    assert f"process {process.pid} on this machine is gone; resuming" in out
+    report = report_of()
+    unknown = set(report["unknown"])  # type: ignore[arg-type]
+    assert len(unknown) <= 2 * 3
+    received = collections.defaultdict(list)
+    for r in smtp_server.messages:
+        message = r.message()
+        html = next(p for p in message.iter_parts() if p.get_content_type() == "text/html").get_content()
+        assert f'lang="{message["Content-Language"]}"' in html
+        received[r.rcpt_tos[0]].append(message["Content-Language"])
+    assert set(received) | unknown == set(wanted), "nobody is left out"
+    assert all(len(got) == 1 for e, got in received.items() if e not in unknown), "nobody got it twice"
+    assert {e: got[0] for e, got in received.items()} == {e: wanted[e] for e in received}
+    assert report["languages"] == {"en": 60, "fr": 40}
+
+
+def demo_commands() -> list[list[str]]:
+    """Return the mailout commands of the Makefile's ``demo`` target, in order."""
+    recipe = (REPO / "Makefile").read_text(encoding="utf-8").split("\ndemo: $(STAMP)\n", 1)[1]
+    lines = []
+    for line in recipe.splitlines():
+        if not line.startswith("\t"):
+            break
+        if line.startswith("\t$(BIN)/mailout "):
+            lines.append(line.removeprefix("\t$(BIN)/mailout ").split())
+    return lines
+
+
+def test_the_demo_sends_each_reader_the_issue_in_their_language(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make demo`'s commands on a copy of the repository's workspace: every .eml in its reader's language."""
+    root = tmp_path / "demo"
+    root.mkdir()
+    shutil.copy(REPO / "mailout.toml", root)
+    for folder in ("issues", "subscribers", "templates"):
+        shutil.copytree(REPO / folder, root / folder)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MAILOUT_SECRET_KEY", SECRET_KEY)
+    commands = demo_commands()
+    assert ["send", "2019-01", "--list", "members", "--yes", "--again"] in commands
+    assert ["send", "2019-01", "--list", "public", "--yes", "--again"] in commands
+    for command in commands:
+        code, out = run(*command)
+        assert code == 0, (command, out)
+        if command[:2] == ["subscribers", "sync"]:
+            assert re.search(r"public\.csv:\d+: language 'norsk' is not a language tag", out), out
+    settings = load_settings(root)
+    issue = load_issue(root / "issues" / "2019-01" / "issue.yaml")
+    written_in = dispatching.issue_languages(issue, settings)
+    language_of = {}
+    for name in ("members", "public"):
+        with (root / "subscribers" / f"{name}.csv").open(encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                address = (row.get("email") or row.get("E-mail") or "").strip()
+                language = (row.get("language") or row.get("Language") or "").strip()
+                with contextlib.suppress(InvalidSubscriber):  # rows the import refuses
+                    if canonical(language) is not None or not language:
+                        key = normalise_email(address).lower()
+                        language_of[key] = choose(language, written_in, written_in[0])
+    found: dict[str, int] = collections.Counter()
+    dispatched = 0
+    for path in sorted((root / "outbox").glob("*.eml")):
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        html = next(p for p in message.iter_parts() if p.get_content_type() == "text/html").get_content()
+        [lang] = re.findall(r'<html[^>]* lang="([^"]+)"', html)
+        assert message["Content-Language"] == lang, path.name
+        found[lang] += 1
+        subject = message["Subject"]
+        if subject.startswith("[TEST"):
+            continue
+        dispatched += 1
+        wanted = language_of[message["To"].addresses[0].addr_spec.lower()]
+        assert lang == wanted, (message["To"], lang, wanted)
+        assert subject == issue.localized(wanted).subject
+    assert dispatched >= 40
+    assert language_of["sophie.lambert@example.be"] == choose("fr-BE", written_in, written_in[0])
+    assert language_of["aoife.byrne@example.ie"] == written_in[0], "a language the issue lacks: the default"
+    assert language_of["oskar.lind@example.org"] == written_in[0], "no language: the default"
+    if "fr" in written_in:  # the example issue in French (FORMAT's part of issue 14)
+        assert set(found) >= {"en", "fr"}

@@ -66,6 +66,9 @@ class Newsletter:
     #: Empty: show nothing.
     members_teaser: str = "{count} more item{s} in this issue for members of the network"
     members_teaser_url: str = ""
+    #: Whether every language of a multilingual issue must be complete: a missing (or
+    #: still marked untranslated) translation is then an error, not a warning.
+    require_translations: bool = False
     #: The texts above in other languages, by language tag: ``[newsletter.translations.fr]``
     #: with any of ``name``, ``reason``, ``greeting_fallback``, ``members_teaser``.
     translations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)

@@ -240,7 +240,9 @@ def plan(
         unknown = _unknown(session, settings, transport, newest) if newest else 0
         refused = len(_policy_refusals(session, newest.id)) if newest else 0
         recipients = outbox.count_recipients(session, lst)
-        by_language = outbox.count_by_language(session, lst, wanted, wanted[0])
+        # For a new dispatch only: a resumed one sends what was chosen when it was written.
+        writes = newest is None or newest.finished_at is not None
+        by_language = outbox.count_by_language(session, lst, wanted, wanted[0]) if writes else {}
     found = Plan(
         issue=issue.slug,
         list_name=lst.name,

@@ -273,6 +273,7 @@ def _british(value: dt.date) -> str:
     return f"{value.day} {value:%B %Y}"
 
 
+@functools.lru_cache(maxsize=4096)
 def format_date(value: dt.date, language: str) -> str:
     """Return a date the way ``language`` writes it in full ("16 janvier 2019")."""
     if language == SOURCE_LANGUAGE:
@@ -286,6 +287,7 @@ def _full(pattern: str) -> str:
     return re.sub(r"(?<!d)dd(?!d)", "d", pattern)
 
 
+@functools.lru_cache(maxsize=4096)  # an issue writes the same few dates in every variant
 def format_date_range(start: dt.date, end: dt.date | None, language: str) -> str:
     """Return a date range the way ``language`` writes it: "16–17 janvier 2019", "27–28 February 2019".
 

@@ -3,7 +3,13 @@
 Loading collects every problem at once, each naming the file, the line and the
 field, so that the comms team can fix a file in one pass. Errors stop the
 issue from rendering; warnings (a link that is not http(s), an image without
-alt text, a long subject, an empty section) are shown but do not.
+alt text, a long subject, an empty section, a missing translation) are shown
+but do not.
+
+An issue may be written in several languages (``languages: [en, fr]``, the
+default first). A field's text in another language sits beside it as
+``KEY.LANG`` (``title.fr:`` under ``title:``); ``Issue.localized`` makes the
+single-language issue a variant is rendered from.
 """
 
 from __future__ import annotations
@@ -11,11 +17,13 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from . import languages as tags
 from . import markup, yamlfile
 from .config import LANGUAGE_TAG
 from .errors import IssueError, Problem, Severity, WorkspaceError
@@ -52,12 +60,76 @@ DEFAULT_LINK_LABELS = {
     SectionKind.PUBLICATIONS: "Read the publication",
 }
 
-ISSUE_FIELDS = ("subject", "preheader", "date", "number", "language", "logo", "logo_alt", "intro", "sections")
+ISSUE_FIELDS = (
+    "subject", "preheader", "date", "number", "language", "languages", "logo", "logo_alt", "intro",
+    "sections",
+)  # fmt: skip
 SECTION_FIELDS = ("kind", "title", "intro", "members_only", "items")
 ITEM_FIELDS = (
     "title", "summary", "date", "end_date", "city", "country",
     "link", "link_label", "image", "image_alt", "members_only",
 )  # fmt: skip
+#: The fields written in each language (``title.fr:`` beside ``title:``): one missing in a
+#: language is reported, and that language's variant shows the default language's text.
+ISSUE_TEXTS = ("subject", "preheader", "intro", "logo_alt")
+SECTION_TEXTS = ("title", "intro")
+ITEM_TEXTS = ("title", "summary", "link_label", "image_alt", "city")
+#: The fields a language may set apart (a link to the French page of an article); without
+#: one, a language uses the default's, and that is never reported as missing.
+ISSUE_OVERRIDES = ("logo",)
+ITEM_OVERRIDES = ("link", "image")
+#: The comment that marks a ``KEY.LANG`` copied from the default language and not yet
+#: translated (``mailout issue new SLUG --translate LANG`` writes it): such a field counts
+#: as missing until a translator deletes the comment.
+UNTRANSLATED = "untranslated"
+
+
+class Translations(Mapping[tuple[str, str], str]):
+    """The text of an issue's, a section's or an item's fields in its other languages.
+
+    Keys are ``(field, language)``: ``("title", "fr")`` is the French title. Immutable
+    and hashable, like the frozen dataclasses that hold it.
+    """
+
+    __slots__ = ("_texts",)
+
+    def __init__(self, texts: Iterable[tuple[tuple[str, str], str]] = ()) -> None:
+        self._texts = dict(texts)
+
+    def __getitem__(self, key: tuple[str, str]) -> str:
+        return self._texts[key]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._texts)
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._texts.items()))
+
+    def __repr__(self) -> str:
+        return f"Translations({self._texts!r})"
+
+
+NO_TRANSLATIONS = Translations()
+
+
+def _localize(
+    obj: Any, texts: tuple[str, ...], overrides: tuple[str, ...], language: str, default: str
+) -> tuple[dict[str, Any], frozenset[str]]:
+    """Return ``obj``'s fields in ``language`` and the names of those that fell back."""
+    if language == default:
+        return {}, frozenset()  # the fields' own text
+    values: dict[str, Any] = {}
+    missing = set()
+    for name in (*texts, *overrides):
+        translated = obj.translations.get((name, language), "")
+        if translated:
+            values[name] = translated
+        elif name in texts and getattr(obj, name):
+            missing.add(name)
+    return values, frozenset(missing)
 
 
 @dataclass(frozen=True)
@@ -77,6 +149,13 @@ class Item:
     #: In an issue from ``Issue.localized``: the text fields that had no translation in its
     #: language and show the default language's text instead.
     untranslated: frozenset[str] = frozenset()
+    #: The fields' text in the issue's other languages (empty once localized).
+    translations: Translations = NO_TRANSLATIONS
+
+    def localized(self, language: str, default: str) -> Item:
+        """Return the item in ``language``, the ``default`` language's text where it has none."""
+        values, missing = _localize(self, ITEM_TEXTS, ITEM_OVERRIDES, language, default)
+        return replace(self, **values, untranslated=missing, translations=NO_TRANSLATIONS)
 
 
 @dataclass(frozen=True)
@@ -88,6 +167,18 @@ class Section:
     intro: str = ""
     members_only: bool = False
     untranslated: frozenset[str] = frozenset()
+    translations: Translations = NO_TRANSLATIONS
+
+    def localized(self, language: str, default: str) -> Section:
+        """Return the section and its items in ``language``, the ``default``'s text where it has none."""
+        values, missing = _localize(self, SECTION_TEXTS, (), language, default)
+        return replace(
+            self,
+            **values,
+            items=tuple(item.localized(language, default) for item in self.items),
+            untranslated=missing,
+            translations=NO_TRANSLATIONS,
+        )
 
     def visible_items(self, segment: Segment) -> tuple[Item, ...]:
         """Return the items ``segment`` may see (all of them for members)."""
@@ -116,6 +207,10 @@ class Issue:
     #: empty for an issue in one language (``language``, else ``newsletter.language``).
     languages: tuple[str, ...] = ()
     untranslated: frozenset[str] = frozenset()
+    translations: Translations = NO_TRANSLATIONS
+    #: In a localized issue: ``members_only_images`` of the issue in all its languages, so
+    #: that every language's variants give a picture the same address.
+    members_only_pictures: frozenset[str] | None = field(default=None, compare=False, repr=False)
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
 
     def variant_languages(self, default: str) -> tuple[str, ...]:
@@ -126,15 +221,68 @@ class Issue:
         """Return the issue in one of its languages: a single-language issue, ready to render.
 
         Text without a translation in ``language`` is the default language's, and is
-        named in the ``untranslated`` fields of the issue, its sections and items.
+        named in the ``untranslated`` fields of the issue, its sections and items; a
+        language's own link, image or logo replaces the default's. Raise ``ValueError``
+        for a language a multilingual issue does not declare (pick one with
+        ``languages.choose``). An issue in one language only gets ``language`` set.
         """
-        return replace(self, language=language, languages=())
+        if not self.languages:
+            return replace(self, language=language)
+        tag = tags.canonical(language) or language
+        if tag not in self.languages:
+            raise ValueError(
+                f"issue {self.slug} is not written in {language!r} ({', '.join(self.languages)})"
+            )
+        return replace(self._localized(tag), members_only_pictures=frozenset(self.members_only_images()))
+
+    def _localized(self, tag: str) -> Issue:
+        default = self.languages[0]
+        values, missing = _localize(self, ISSUE_TEXTS, ISSUE_OVERRIDES, tag, default)
+        return replace(
+            self,
+            **values,
+            language=tag,
+            languages=(),
+            sections=tuple(section.localized(tag, default) for section in self.sections),
+            untranslated=missing,
+            translations=NO_TRANSLATIONS,
+        )
+
+    def in_every_language(self) -> tuple[Issue, ...]:
+        """Return the issue localized in each of its languages, the default first (itself if one)."""
+        return tuple(self.localized(language) for language in self.languages) or (self,)
+
+    def untranslated_fields(self) -> int:
+        """Return how many fields of this localized issue show the default language's text."""
+        return len(self.untranslated) + sum(
+            len(s.untranslated) + sum(len(i.untranslated) for i in s.items) for s in self.sections
+        )
 
     def images(self) -> list[str]:
-        """Return every local image file the issue references, relative to its folder."""
-        names = [self.logo] if self.logo else []
-        names += [i.image for s in self.sections for i in s.items if i.image]
-        return [n for n in names if not is_url(n)]
+        """Return every local image file the issue references in any language, relative to its folder."""
+        names: list[str] = []
+        for issue in self.in_every_language():
+            names += [issue.logo] if issue.logo else []
+            names += [i.image for s in issue.sections for i in s.items if i.image]
+        return [n for n in dict.fromkeys(names) if not is_url(n)]
+
+    def members_only_images(self) -> set[str]:
+        """Return the local pictures that only members-only items show, in any language.
+
+        A picture that a public item shows in some language, or the logo, is not one:
+        the public gets it anyway.
+        """
+        if self.members_only_pictures is not None:
+            return set(self.members_only_pictures)
+        public: set[str] = set()
+        hidden: set[str] = set()
+        for issue in [self._localized(tag) for tag in self.languages] or [self]:
+            public.add(issue.logo)
+            for s in issue.sections:
+                for i in s.items:
+                    if i.image:
+                        (hidden if s.members_only or i.members_only else public).add(i.image)
+        return {name for name in hidden - public if not is_url(name)}
 
 
 def is_slug(value: str) -> bool:
@@ -169,9 +317,13 @@ def find_issue(name: str | Path, issues_dir: Path) -> Path:
     )
 
 
-def load_issue(path: Path, *, check_files: bool = True) -> Issue:
-    """Load and validate the issue file at ``path``; raise ``IssueError`` listing every error."""
-    reader = _Reader(path)
+def load_issue(path: Path, *, check_files: bool = True, require_translations: bool = False) -> Issue:
+    """Load and validate the issue file at ``path``; raise ``IssueError`` listing every error.
+
+    ``require_translations`` (``newsletter.require_translations``) makes a missing
+    translation an error instead of a warning.
+    """
+    reader = _Reader(path, require_translations=require_translations)
     issue = reader.read(check_files=check_files)
     errors = [p for p in reader.problems if p.severity is Severity.ERROR]
     if errors or issue is None:
@@ -188,13 +340,21 @@ def _scheme(value: str) -> str:
     return value.split(":", 1)[0].lower() if is_url(value) and not value.startswith("//") else ""
 
 
+#: How each field's ``KEY.LANG`` is read and checked, when not as one line of text.
+_MARKDOWN = ("intro", "summary")
+_IMAGES = ("image", "logo")
+
+
 class _Reader:
     """Turn one ``issue.yaml`` into an ``Issue``, collecting problems as it goes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, require_translations: bool = False) -> None:
         self.path = path
         self.name = display_path(path)
         self.problems: list[Problem] = []
+        self.require_translations = require_translations
+        #: The declared languages, the default first; () for an issue in one language.
+        self.languages: tuple[str, ...] = ()
 
     def report(self, line: int | None, message: str, severity: Severity = Severity.ERROR) -> None:
         self.problems.append(Problem(self.name, line, message, severity))
@@ -222,9 +382,13 @@ class _Reader:
 
     def unknown_fields(self, data: LineMap, allowed: tuple[str, ...], where: str) -> None:
         for key in data:
-            if key not in allowed:
-                match = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-                hint = f" (did you mean '{match[0]}'?)" if match else f" (allowed: {', '.join(allowed)})"
+            name = key.partition(".")[0]  # a translation: translations() checks the rest
+            if name not in allowed:
+                match = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+                suffix = key[len(name) :]
+                hint = (
+                    f" (did you mean '{match[0]}{suffix}'?)" if match else f" (allowed: {', '.join(allowed)})"
+                )
                 self.report(data.key_lines[key], f"{where}unknown field '{key}'{hint}")
 
     def text(
@@ -282,14 +446,17 @@ class _Reader:
 
     def link(self, data: LineMap, key: str, where: str) -> str:
         value = self.text(data, key, where)
+        name = key if "." in key else "link"
         if value and is_url(value) and _scheme(value) not in ("http", "https", "mailto"):
             self.report(
-                data.key_lines[key], f"{where}link '{value}' must start with https://, http:// or mailto:"
+                data.key_lines[key], f"{where}{name} '{value}' must start with https://, http:// or mailto:"
             )
             return ""
         if value and not re.match(r"^(https?://[^\s/]+|mailto:)", value, re.IGNORECASE):
             self.report(
-                data.key_lines[key], f"{where}link '{value}' is not an absolute http(s) URL", Severity.WARNING
+                data.key_lines[key],
+                f"{where}{name} '{value}' is not an absolute http(s) URL",
+                Severity.WARNING,
             )
         return value
 
@@ -297,37 +464,213 @@ class _Reader:
         value = self.text(data, key, where)
         if not value:
             return value
+        name = key if "." in key else "image"
         if is_url(value):
             if _scheme(value) != "https":
                 self.report(
                     data.key_lines[key],
-                    f"{where}image '{value}' must be an https:// URL or a file in the issue folder",
+                    f"{where}{name} '{value}' must be an https:// URL or a file in the issue folder",
                 )
                 return ""
             return value
         folder = self.path.parent.resolve()
         target = (folder / value).resolve()
         if not target.is_relative_to(folder):
-            self.report(data.key_lines[key], f"{where}image '{value}' must be inside the issue folder")
+            self.report(data.key_lines[key], f"{where}{name} '{value}' must be inside the issue folder")
             return ""
         if self.check_files and not target.is_file():
             self.report(
                 data.key_lines[key],
-                f"{where}image file '{value}' not found (looked for {display_path(target)})",
+                f"{where}{name} file '{value}' not found (looked for {display_path(target)})",
             )
         return value
+
+    def subject_length(self, data: LineMap, key: str, subject: str) -> None:
+        if len(subject) > 80:
+            self.report(
+                data.key_lines[key],
+                f"{key} is {len(subject)} characters; mail clients cut it off after about 80",
+                Severity.WARNING,
+            )
+
+    # -- languages -------------------------------------------------------------
+
+    def declared_languages(self, data: LineMap) -> tuple[str, ...]:
+        """Read ``languages:``: canonical tags, the default first; each bad one is an error."""
+        raw = data.get("languages")
+        if raw is None:
+            return ()
+        line = data.key_lines["languages"]
+        if "language" in data:
+            self.report(
+                data.key_lines["language"],
+                "both 'language' and 'languages': keep 'languages' (its first language is the"
+                " default) and delete 'language'",
+            )
+        if not isinstance(raw, list) or not raw:
+            self.report(
+                line,
+                "field 'languages' must list the issue's languages, the default first, e.g. [en, fr]",
+            )
+            return ()
+        lines = raw.lines if isinstance(raw, yamlfile.LineList) else [line] * len(raw)
+        found: dict[str, int] = {}
+        for value, at in zip(raw, lines, strict=True):
+            if isinstance(value, bool) or not isinstance(value, str):
+                self.report(at, f"field 'languages': {value!r} is not a language tag such as en, fr or pt-BR")
+                continue
+            tag = tags.canonical(value)
+            if tag is None:
+                self.report(at, f"field 'languages': '{value}' is not a language tag such as en, fr or pt-BR")
+            elif tag in found:
+                again = "" if tag == value else f" ('{value}' is {tag})"
+                self.report(
+                    at, f"field 'languages': {tag} is listed twice{again} (first on line {found[tag]})"
+                )
+            else:
+                found[tag] = at
+        return tuple(found)
+
+    def translations(
+        self,
+        data: LineMap,
+        defaults: Mapping[str, str],
+        overrides: tuple[str, ...],
+        same: tuple[str, ...],
+        where: str,
+    ) -> Translations:
+        """Read the ``KEY.LANG`` fields of one mapping and report the missing ones.
+
+        ``defaults`` are the text fields that take a translation, with their text in
+        the default language; ``overrides`` the fields a language may set apart;
+        ``same`` the fields that are the same in every language.
+        """
+        found: dict[tuple[str, str], str] = {}
+        marked: dict[tuple[str, str], str] = {}
+        first: dict[tuple[str, str], str] = {}
+        for key in data:
+            name, dot, suffix = key.partition(".")
+            if not dot or (name not in defaults and name not in overrides and name not in same):
+                continue  # not a translation, or an unknown field (reported as such)
+            line = data.key_lines[key]
+            if name in same:
+                self.report(
+                    line,
+                    f"{where}field '{name}' is the same in every language, so it has no '{key}':"
+                    f" write it once, as '{name}'",
+                )
+                continue
+            language = self.translation_language(key, name, suffix, line, where)
+            if language is None:
+                continue
+            if (name, language) in first:
+                earlier = first[(name, language)]
+                self.report(
+                    line,
+                    f"{where}'{key}' gives the {language} '{name}' again"
+                    f" ('{earlier}', line {data.key_lines[earlier]}): keep one",
+                )
+                continue
+            first[(name, language)] = key
+            if data.get(name) in (None, ""):
+                what = "text" if name in defaults else "one"
+                self.report(
+                    line,
+                    f"{where}field '{key}' has no '{name}' beside it: write the {self.languages[0]}"
+                    f" {what} as '{name}' (languages without their own show it)",
+                )
+            value = self.translated_value(data, key, name, where)
+            if re.match(rf"{UNTRANSLATED}\b", data.comments.get(key, ""), re.IGNORECASE):
+                marked[(name, language)] = key
+            elif value:
+                found[(name, language)] = value
+        self.missing(data, defaults, found, marked, where)
+        return Translations(found.items())
+
+    def translation_language(self, key: str, name: str, suffix: str, line: int, where: str) -> str | None:
+        """Return the declared language ``suffix`` names, or report why it names none."""
+        tag = tags.canonical(suffix)
+        declared = self.languages
+        if not declared:
+            self.report(
+                line,
+                f"{where}'{key}': the issue declares no languages to translate into; list them first,"
+                f" the default first, e.g. languages: [en, {tag or 'fr'}]",
+            )
+            return None
+        if tag == declared[0]:
+            self.report(line, f"{where}'{key}': {tag} is the default language; write its text as '{name}'")
+            return None
+        if tag in declared:
+            return tag
+        if tag:  # fr-FR may mean fr; de does not mean es
+            match = [d for d in declared[1:] if tags.base(d) == tags.base(tag)]
+        else:
+            match = difflib.get_close_matches(suffix, declared[1:], n=1, cutoff=0.5)
+        if match:
+            hint = f"did you mean '{name}.{match[0]}'?"
+        elif tag:
+            hint = f"add {tag} to 'languages' to translate into it"
+        else:
+            hint = f"write '{name}.' and one of them"
+        what = f"{tag} is not one of the issue's languages" if tag else f"'{suffix}' is not a language tag"
+        self.report(line, f"{where}'{key}': {what} ({', '.join(declared)}); {hint}")
+        return None
+
+    def translated_value(self, data: LineMap, key: str, name: str, where: str) -> str:
+        """Read ``KEY.LANG`` with the checks ``KEY`` gets."""
+        if name in _MARKDOWN:
+            return self.markdown(data, key, where)
+        if name == "link":
+            return self.link(data, key, where)
+        if name in _IMAGES:
+            return self.image(data, key, where)
+        if name == "subject":
+            subject = self.text(data, key, where)
+            self.subject_length(data, key, subject)
+            return subject
+        return self.text(data, key, where)
+
+    def missing(
+        self,
+        data: LineMap,
+        defaults: Mapping[str, str],
+        found: Mapping[tuple[str, str], str],
+        marked: Mapping[tuple[str, str], str],
+        where: str,
+    ) -> None:
+        """Report each text field of ``defaults`` that a language does not translate."""
+        default = self.languages[0] if self.languages else ""
+        severity = Severity.ERROR if self.require_translations else Severity.WARNING
+        required = " (newsletter.require_translations is true: every language must be complete)"
+        for name, text in defaults.items():
+            if not text:
+                continue
+            for language in self.languages[1:]:
+                if (name, language) in found:
+                    continue
+                key = marked.get((name, language))
+                if key is not None:
+                    line = data.key_lines[key]
+                    message = f"{where}field '{key}' is still marked '# {UNTRANSLATED}'"
+                else:
+                    line = data.key_lines.get(name, data.line)
+                    message = f"{where}field '{name}' has no {language} translation"
+                if severity is Severity.ERROR:
+                    message += required
+                else:
+                    message += f"; the {language} variant shows the {default} text"
+                    if key is not None:
+                        message += " until the marker is deleted"
+                self.report(line, message, severity)
 
     # -- structure -------------------------------------------------------------
 
     def issue(self, data: LineMap) -> Issue | None:
         self.unknown_fields(data, ISSUE_FIELDS, "")
+        self.languages = self.declared_languages(data)
         subject = self.text(data, "subject", "", required=True)
-        if len(subject) > 80:
-            self.report(
-                data.key_lines["subject"],
-                f"subject is {len(subject)} characters; mail clients cut it off after about 80",
-                Severity.WARNING,
-            )
+        self.subject_length(data, "subject", subject)
         preheader = self.text(data, "preheader", "", required=True)
         date = self.date(data, "date", "", required=True)
         number = data.get("number")
@@ -346,13 +689,13 @@ class _Reader:
         if logo and not logo_alt:
             self.report(data.key_lines["logo"], "logo has no 'logo_alt' text", Severity.WARNING)
         intro = self.markdown(data, "intro", "")
+        texts = {"subject": subject, "preheader": preheader, "intro": intro, "logo_alt": logo_alt}
+        same = tuple(f for f in ISSUE_FIELDS if f not in ISSUE_TEXTS and f not in ISSUE_OVERRIDES)
+        translations = self.translations(data, texts, ISSUE_OVERRIDES, same, "")
         sections = self.sections(data)
         if date is None or not subject or sections is None:
             return None
-        self.members_only_mentions(
-            data, sections, {"subject": subject, "preheader": preheader, "intro": intro}
-        )
-        return Issue(
+        issue = Issue(
             slug=self.path.resolve().parent.name,
             folder=self.path.parent,
             source=self.path,
@@ -360,53 +703,65 @@ class _Reader:
             preheader=preheader,
             date=date,
             number=number,
-            language=language,
+            language=self.languages[0] if self.languages else language,
+            languages=self.languages,
             logo=logo,
             logo_alt=logo_alt,
             intro=intro,
             sections=sections,
-            warnings=tuple(p for p in self.problems if p.severity is Severity.WARNING),
+            translations=translations,
         )
+        self.members_only_mentions(data, issue)
+        return replace(issue, warnings=tuple(p for p in self.problems if p.severity is Severity.WARNING))
 
-    def members_only_mentions(
-        self, data: LineMap, sections: tuple[Section, ...], shared: dict[str, str]
-    ) -> None:
+    def members_only_mentions(self, data: LineMap, issue: Issue) -> None:
         """Refuse public text that names a members-only item: the public variant carries it.
 
         Public text is the subject, preheader and intro, and the titles, intros
-        and items of what the public sees. A members-only link found there is an
-        error, and so is a distinctive title; a short title ("Budget vote") may be
-        an ordinary phrase, so finding one is a warning.
+        and items of what the public sees, in every language. A members-only link
+        (in any language) found there is an error, and so is a distinctive title
+        (in any language); a short title ("Budget vote") may be an ordinary phrase,
+        so finding one is a warning.
         """
-        hidden = [i for s in sections for i in s.items if s.members_only or i.members_only]
+        hidden = [
+            (item, _every_language(item, "title"), _every_language(item, "link"))
+            for s in issue.sections
+            for item in s.items
+            if s.members_only or item.members_only
+        ]
         if not hidden:
             return
-        places = [
-            (f"field '{key}'", data.key_lines.get(key, data.line), value) for key, value in shared.items()
-        ]
-        for section in sections:
-            if section.members_only:
-                continue
-            places.append((f"section '{section.title}'", section.line, f"{section.title} {section.intro}"))
-            for item in section.visible_items(Segment.PUBLIC):
-                text = " ".join((item.title, item.summary, item.link, item.link_label, item.image_alt))
-                places.append((f"public item '{item.title}'", item.line, text))
-        for what, line, value in places:
-            folded = " ".join(value.split()).casefold()
-            for item in hidden:
-                title = " ".join(item.title.split()).casefold()
-                if item.link and item.link in value:
-                    severity = Severity.ERROR
-                elif title and re.search(rf"(?<!\w){re.escape(title)}(?!\w)", folded):
-                    severity = Severity.ERROR if len(title) >= 15 else Severity.WARNING
-                else:
-                    continue
-                self.report(
-                    line,
-                    f"{what} mentions the members-only item '{item.title}'; the public variant shows it,"
-                    " so leave members-only content out of it",
-                    severity,
-                )
+        # (line, where, members-only item) -> (severity, the languages whose public text names it)
+        found: dict[tuple[int, str, str], tuple[Severity, list[str]]] = {}
+        for variant in issue.in_every_language():
+            for what, line, value in _public_places(data, issue, variant):
+                folded = " ".join(value.split()).casefold()
+                for item, titles, links in hidden:
+                    if any(link in value for link in links):
+                        severity = Severity.ERROR
+                    else:
+                        named = [t for t in titles if re.search(rf"(?<!\w){re.escape(t)}(?!\w)", folded)]
+                        if not named:
+                            continue
+                        severity = Severity.ERROR if max(map(len, named)) >= 15 else Severity.WARNING
+                    key = (line, what, item.title)
+                    worst, languages = found.get(key, (Severity.WARNING, []))
+                    found[key] = (
+                        Severity.ERROR if Severity.ERROR in (worst, severity) else severity,
+                        [*languages, variant.language],
+                    )
+        for (line, what, title), (severity, languages) in found.items():
+            shown = (
+                "the public variant shows it"
+                if not issue.languages
+                else f"the public {', '.join(languages)} variant{'s show' if len(languages) > 1 else ' shows'} it"
+            )
+            self.report(
+                line,
+                f"{what} mentions the members-only item '{title}'; {shown},"
+                " so leave members-only content out of it",
+                severity,
+            )
 
     def sections(self, data: LineMap) -> tuple[Section, ...] | None:
         raw = data.get("sections")
@@ -442,13 +797,14 @@ class _Reader:
                 self.report(
                     data.key_lines["kind"], f"section {index}: unknown section kind '{raw_kind}'{hint}"
                 )
-        title = self.text(data, "title", f"section {index}: ") or (
-            DEFAULT_TITLES[kind] if kind else f"#{index}"
-        )
-        where = f"section '{title}': "
+        # The title as written: without one, the templates show the kind's own, translated.
+        title = self.text(data, "title", f"section {index}: ")
+        where = f"section '{title or (DEFAULT_TITLES[kind] if kind else f'#{index}')}': "
         self.unknown_fields(data, SECTION_FIELDS, where)
         members_only = self.flag(data, "members_only", where)
         intro = self.markdown(data, "intro", where)
+        same = tuple(f for f in SECTION_FIELDS if f not in SECTION_TEXTS)
+        translations = self.translations(data, {"title": title, "intro": intro}, (), same, where)
         raw_items = data.get("items") or []
         if not isinstance(raw_items, list):
             self.report(
@@ -467,11 +823,8 @@ class _Reader:
             line=data.line,
             intro=intro,
             members_only=members_only,
-            items=tuple(
-                i if i.link_label or not i.link else _with_label(i, DEFAULT_LINK_LABELS[kind])
-                for i in items
-                if i is not None
-            ),
+            items=tuple(i for i in items if i is not None),
+            translations=translations,
         )
 
     def item(self, data: Any, number: int, section_where: str, section: LineMap) -> Item | None:
@@ -504,25 +857,79 @@ class _Reader:
                 f"{where}image has no 'image_alt' text (screen readers and blocked images need it)",
                 Severity.WARNING,
             )
+        summary = self.markdown(data, "summary", where)
+        city = self.text(data, "city", where)
+        link = self.link(data, "link", where)
+        link_label = self.text(data, "link_label", where)
+        members_only = self.flag(data, "members_only", where)
+        texts = {
+            "title": title, "summary": summary, "link_label": link_label, "image_alt": image_alt, "city": city,
+        }  # fmt: skip
+        same = tuple(f for f in ITEM_FIELDS if f not in ITEM_TEXTS and f not in ITEM_OVERRIDES)
+        translations = self.translations(data, texts, ITEM_OVERRIDES, same, where)
         item = Item(
             title=title,
             line=data.line,
-            summary=self.markdown(data, "summary", where),
+            summary=summary,
             date=date,
             end_date=end_date,
-            city=self.text(data, "city", where),
+            city=city,
             country=country,
-            link=self.link(data, "link", where),
-            link_label=self.text(data, "link_label", where),
+            link=link,
+            link_label=link_label,
             image=image,
             image_alt=image_alt,
-            members_only=self.flag(data, "members_only", where),
+            members_only=members_only,
+            translations=translations,
         )
         return item if title else None
 
 
-def _with_label(item: Item, label: str) -> Item:
-    return replace(item, link_label=label)
+def _every_language(obj: Item, name: str) -> list[str]:
+    """Return a field's value in every language it is written in (the default's first)."""
+    values = [getattr(obj, name)] + [text for (field, _), text in obj.translations.items() if field == name]
+    return (
+        [v for v in dict.fromkeys(values) if v]
+        if name == "link"
+        else [folded for v in values if (folded := " ".join(v.split()).casefold())]
+    )
+
+
+def _public_places(data: LineMap, issue: Issue, variant: Issue) -> list[tuple[str, int, str]]:
+    """Return what the public reads in one language: (what, line, text), each named and placed.
+
+    ``variant`` is ``issue`` localized; a field's translation is named and placed by its
+    own key (``subject.fr``), a fallback by the default's, so that a finding in two
+    languages from the same text is reported once.
+    """
+    places = []
+    for key in ("subject", "preheader", "intro"):
+        own = _translation_key(data, key, variant.language)
+        if (key, variant.language) in issue.translations and own:
+            places.append((f"field '{own}'", data.key_lines[own], getattr(variant, key)))
+        else:
+            places.append((f"field '{key}'", data.key_lines.get(key, data.line), getattr(variant, key)))
+    for original, section in zip(issue.sections, variant.sections, strict=True):
+        if section.members_only:
+            continue
+        name = original.title or DEFAULT_TITLES[original.kind]
+        places.append((f"section '{name}'", section.line, f"{section.title} {section.intro}"))
+        public = zip(
+            original.visible_items(Segment.PUBLIC), section.visible_items(Segment.PUBLIC), strict=True
+        )
+        for default, item in public:
+            text = " ".join((item.title, item.summary, item.link, item.link_label, item.image_alt))
+            places.append((f"public item '{default.title}'", item.line, text))
+    return places
+
+
+def _translation_key(data: LineMap, name: str, language: str) -> str | None:
+    """Return the key that gives field ``name`` in ``language`` (``title.fr``, or ``title.FR``)."""
+    for key in data:
+        field, dot, suffix = key.partition(".")
+        if dot and field == name and tags.canonical(suffix) == language:
+            return key
+    return None
 
 
 def _bad_date() -> dt.date:
@@ -530,6 +937,10 @@ def _bad_date() -> dt.date:
 
 
 def _kind(value: Any) -> str:
-    return {list: "a list", dict: "a mapping", LineMap: "a mapping", bool: "true/false"}.get(
-        type(value), type(value).__name__
-    )
+    return {
+        list: "a list",
+        yamlfile.LineList: "a list",
+        dict: "a mapping",
+        LineMap: "a mapping",
+        bool: "true/false",
+    }.get(type(value), type(value).__name__)

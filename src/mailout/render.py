@@ -23,6 +23,7 @@ import logging
 import re
 import secrets
 import traceback
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -410,12 +411,7 @@ def _variant_warnings(
 
 def private_images(issue: Issue) -> set[str]:
     """Return the local pictures only members-only items show (none the public variant shows)."""
-    public = {i.image for s in issue.sections for i in s.visible_items(Segment.PUBLIC) if i.image}
-    public.add(issue.logo)
-    hidden = {
-        i.image for s in issue.sections for i in s.items if i.image and (s.members_only or i.members_only)
-    }
-    return {name for name in hidden - public if not is_url(name)}
+    return issue.members_only_images()
 
 
 #: How many hex digits of a picture's SHA-256 its private address carries (80 bits).
@@ -462,10 +458,32 @@ def _template_frame(exc: BaseException) -> str:
     return f"{display_path(Path(frames[-1].filename))}:{frames[-1].lineno}" if frames else ""
 
 
+#: Characters mjml-python writes into an attribute as a Rust escape ("\\u{a0}") instead of
+#: themselves: the non-ASCII ones Python does not print, and combining marks.
+_UNPRINTED = re.compile(r"[^\x00-\x7f]")
+
+
+def _character_references(source: str) -> str:
+    """Write the characters mjml-python would mangle in attributes as references (``&#xa0;``).
+
+    A no-break space in a French aria-label ("Lire la suite : ...") or a combining
+    accent in an alt text would otherwise reach the reader as ``\\u{a0}``. In text
+    the reference is the same character once parsed.
+    """
+
+    def reference(match: re.Match[str]) -> str:
+        char = match.group()
+        if char.isprintable() and unicodedata.category(char) not in ("Mn", "Me"):
+            return char
+        return f"&#x{ord(char):x};"
+
+    return _UNPRINTED.sub(reference, source)
+
+
 def _to_html(mjml_source: str, settings: Settings, sizes: Mapping[str, tuple[int, int]]) -> str:
     try:
         # fonts={}: MJML would otherwise link a web font from a remote host.
-        converted = mjml.mjml2html(mjml_source, disable_comments=True, fonts={})
+        converted = mjml.mjml2html(_character_references(mjml_source), disable_comments=True, fonts={})
     except Exception as exc:
         folder = settings.path("templates")
         overrides = (

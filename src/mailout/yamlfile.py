@@ -16,10 +16,23 @@ import yaml
 
 
 class LineMap(dict[str, Any]):
-    """A YAML mapping that remembers its own line and the line of each key."""
+    """A YAML mapping that remembers its own line, the line of each key, and their comments.
+
+    ``comments`` holds, for a key whose value is text starting on the key's own
+    line, the comment written after that value on that line (``title: Essen  #
+    untranslated`` gives ``untranslated``; after a block scalar's ``|``, too).
+    """
 
     line: int = 0
     key_lines: dict[str, int]
+    comments: dict[str, str]
+
+
+class LineList(list[Any]):
+    """A YAML sequence that remembers its own line and the line of each entry."""
+
+    line: int = 0
+    lines: list[int]
 
 
 class SyntaxProblem(Exception):
@@ -78,16 +91,60 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> LineM
     result = LineMap()
     result.line = node.start_mark.line + 1
     result.key_lines = {}
+    result.comments = {}
     for key_node, value_node in node.value:
         key = str(loader.construct_object(key_node, deep=True))
         if key in result:
             raise _DuplicateKey(problem=f"duplicate key '{key}'", problem_mark=key_node.start_mark)
         result[key] = loader.construct_object(value_node, deep=True)
         result.key_lines[key] = key_node.start_mark.line + 1
+        comment = trailing_comment(key_node, value_node)
+        if comment is not None:
+            result.comments[key] = comment
+    return result
+
+
+def _construct_sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> LineList:
+    result = LineList(loader.construct_object(child, deep=True) for child in node.value)
+    result.line = node.start_mark.line + 1
+    result.lines = [child.start_mark.line + 1 for child in node.value]
     return result
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+#: A block scalar's header: ``|`` or ``>``, then an indentation digit and a chomping sign.
+BLOCK_HEADER = re.compile(r"[|>][0-9+-]*")
+_LINE_END = re.compile(r"\r\n|[\n\r\x85\u2028\u2029]")
+
+
+def trailing_comment(key_node: yaml.Node, value_node: yaml.Node) -> str | None:
+    """Return the comment after a text value that starts on its key's line, or None.
+
+    For a block scalar (``|``, ``>``) that is the comment after its header; for
+    other text, the comment after the value when the value ends on that line.
+    """
+    start, end = value_node.start_mark, value_node.end_mark
+    if not isinstance(value_node, yaml.ScalarNode) or start.line != key_node.start_mark.line:
+        return None
+    buffer = start.buffer
+    if not isinstance(buffer, str):
+        return None
+    if value_node.style in ("|", ">"):
+        header = BLOCK_HEADER.match(buffer, start.pointer)
+        after = header.end() if header else start.pointer
+    elif end.line == start.line:
+        after = end.pointer
+    else:
+        return None
+    stop = _LINE_END.search(buffer, after)
+    rest = buffer[after : stop.start() if stop else len(buffer)].rstrip("\0").strip()
+    return rest[1:].strip() if rest.startswith("#") else None
+
+
+def compose(text: str) -> yaml.Node | None:
+    """Return the node tree of YAML ``text`` (already parsed once without error), with positions."""
+    return yaml.compose(text, Loader=_Loader)
 
 
 def parse(raw: bytes) -> Any:

@@ -8,10 +8,11 @@ from pathlib import Path
 import click
 
 from ..errors import MailoutError, Severity
+from ..issues import find_issue
 from ..paths import display_path
 from ..preview import all_warnings, write_preview
 from ..render import BUILTIN_TEMPLATES, render_issue
-from ..workspace import new_issue
+from ..workspace import new_issue, start_translation
 from .state import State, pass_state
 from .terminal import safe
 
@@ -23,16 +24,32 @@ def issue() -> None:
 
 @issue.command("new")
 @click.argument("slug")
+@click.option(
+    "--translate",
+    metavar="LANG",
+    help="Start a translation of the existing issue SLUG: add LANG to its languages and copy"
+    " the default language's text into LANG, each copy marked '# untranslated'.",
+)
 @pass_state
-def issue_new(state: State, slug: str) -> None:
-    """Write the skeleton of a new issue.
+def issue_new(state: State, slug: str, translate: str | None) -> None:
+    """Write the skeleton of a new issue, or start a translation of one.
 
     \b
     Example:
         mailout issue new 2019-02
+        mailout issue new 2019-02 --translate fr
     """
-    path = new_issue(state.settings.path("issues"), slug)
-    click.echo(f"created {display_path(path)}; edit it, then run: mailout issue check {slug}")
+    if translate is None:
+        path = new_issue(state.settings.path("issues"), slug)
+        click.echo(f"created {display_path(path)}; edit it, then run: mailout issue check {slug}")
+        return
+    path = find_issue(slug, state.settings.path("issues"))
+    started = start_translation(path, translate, default_language=state.settings.newsletter.language)
+    click.echo(
+        f"{display_path(path)}: languages {', '.join(started.languages)}; copied {started.copied}"
+        f" field{'s' if started.copied != 1 else ''} into '.{started.language}' keys marked"
+        f" '# untranslated': translate each and delete its marker, then run: mailout issue check {slug}"
+    )
 
 
 @issue.command("check")
@@ -61,6 +78,17 @@ def issue_check(state: State, name: str, strict: bool) -> None:
         f"{display_path(loaded.source)}: {items} items in {len(loaded.sections)} sections; {sizes};"
         f" {len(warnings)} warning{'s' if len(warnings) != 1 else ''}"
     )
+    if loaded.languages:
+        default, *others = loaded.languages
+        described = [f"{default} (default)"]
+        for language in others:
+            missing = loaded.localized(language).untranslated_fields()
+            described.append(
+                f"{language} ({missing} field{'s' if missing != 1 else ''} in {default})"
+                if missing
+                else f"{language} (complete)"
+            )
+        click.echo(f"languages: {', '.join(described)}")
     if strict and warnings:
         raise click.exceptions.Exit(1)
 
@@ -84,11 +112,12 @@ def preview(state: State, name: str, out: Path | None, open_browser: bool) -> No
     loaded = state.issue(name)
     files = write_preview(loaded, state.settings, out)
     limit = state.settings.preview.html_warn_bytes
-    click.echo(f"{'variant':<8} {'HTML':>9} {'text':>9} {'items':>6} {'hidden':>6} {'warnings':>8}  file")
+    click.echo(f"{'variant':<9} {'HTML':>9} {'text':>9} {'items':>6} {'hidden':>6} {'warnings':>8}  file")
     for f in files:
         size = f"{f.html_bytes / 1000:.1f} KB"
         click.echo(
-            f"{f.variant.segment:<8} {size:>9} {f.text_bytes / 1000:>6.1f} KB {f.variant.items_shown:>6}"
+            # "member", or "member-fr" for a language other than the issue's default
+            f"{f.html_path.stem:<9} {size:>9} {f.text_bytes / 1000:>6.1f} KB {f.variant.items_shown:>6}"
             f" {f.variant.items_hidden:>6} {len(f.variant.warnings):>8}  {display_path(f.html_path)}"
             + (click.style("  over the clipping warning size", fg="yellow") if f.html_bytes > limit else "")
         )

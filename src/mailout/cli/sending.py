@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import sys
 import threading
@@ -20,11 +21,12 @@ from ..dkim import check as check_dkim
 from ..dkim import load_signer
 from ..envelope import envelope_sender
 from ..errors import MailoutError
+from ..languages import canonical, choose
 from ..links import Links
 from ..mailer import Tally
 from ..message import Addressing, MessageTemplate, feedback_id
 from ..models import FINAL
-from ..render import Recipient, render_issue
+from ..render import Recipient
 from ..segments import Segment
 from ..tokens import check_real_key
 from ..transports import DeliveryFailure, make_transport
@@ -73,18 +75,30 @@ def _check_before_sending(state: State, *, refuse: bool) -> None:
     multiple=True,
     help="Send to this address (repeatable; default: preview.test_recipients).",
 )
+@click.option(
+    "--language",
+    "language",
+    default="",
+    help="Send only the variants a reader of this language gets (default: every language of the issue).",
+)
 @SKIP_CHECKS
 @pass_state
-def test_command(state: State, name: str, addresses: tuple[str, ...], skip_checks: bool) -> None:
+def test_command(
+    state: State, name: str, addresses: tuple[str, ...], language: str, skip_checks: bool
+) -> None:
     """Send each variant to yourself, the subject marked [TEST member] or [TEST public].
 
-    Nothing is recorded as a delivery: a later dispatch to the same address is
-    not affected. To a real server, mailout doctor's errors are printed as
-    warnings first: a test to yourself before DNS is ready is a normal step.
+    An issue in several languages sends each variant in each language, the
+    subject marked [TEST member fr] and so on; --language sends only the ones a
+    reader of that language gets. Nothing is recorded as a delivery: a later
+    dispatch to the same address is not affected. To a real server, mailout
+    doctor's errors are printed as warnings first: a test to yourself before
+    DNS is ready is a normal step.
 
     \b
     Example:
         mailout test 2019-01 --to me@example.org
+        mailout test 2019-01 --to me@example.org --language fr
     """
     settings = state.settings
     targets = [people.normalise_email(a) for a in (addresses or settings.preview.test_recipients)]
@@ -93,6 +107,15 @@ def test_command(state: State, name: str, addresses: tuple[str, ...], skip_check
             "no test recipients: give --to ADDRESS or set preview.test_recipients in mailout.toml"
         )
     issue = state.issue(name)  # an unknown issue is said before any DNS question
+    written_in = dispatching.issue_languages(issue, settings)
+    chosen = written_in
+    if language:
+        tag = canonical(language)
+        if tag is None:
+            raise MailoutError(f"--language '{language}' is not a language tag such as en, fr or pt-BR")
+        chosen = (choose(tag, written_in, written_in[0]),)
+        if chosen[0] != tag:
+            click.echo(f"{issue.slug} is not written in {tag}: a reader of {tag} gets {chosen[0]}")
     if not skip_checks:
         _check_before_sending(state, refuse=False)
     if settings.smtp.host:  # to real mailboxes: refuse a public key as `send` does
@@ -106,16 +129,16 @@ def test_command(state: State, name: str, addresses: tuple[str, ...], skip_check
     sender = envelope_sender(settings)
     connection = transport.connect()
     try:
-        default = issue.variant_languages(settings.newsletter.language)[0]
-        for (segment, language), variant in render_issue(issue, settings).items():
-            tag = "" if language == default else f" {language}"
+        for lang, segment in itertools.product(chosen, Segment):
+            variant = dispatching.render_in(issue, settings, segment, lang)
+            label = f"{segment} {lang}" if len(written_in) > 1 else str(segment)
             addressing = Addressing(
                 settings.sender.name, settings.sender.address, settings.sender.reply_to, f"test-{segment}"
             )
             template = MessageTemplate(
                 variant,
                 addressing,
-                subject=f"[TEST {segment}{tag}] {variant.subject}",
+                subject=f"[TEST {label}] {variant.subject}",
                 dkim=dkim,
                 feedback_id=feedback_id("test", f"test-{segment}", issue.slug, addressing.domain),
             )
@@ -131,8 +154,8 @@ def test_command(state: State, name: str, addresses: tuple[str, ...], skip_check
                 try:
                     reply = connection.send(sender, address, data)
                 except DeliveryFailure as failure:
-                    raise MailoutError(f"test {segment} to {address}: {failure}") from None
-                click.echo(f"[TEST {segment}] to {address}: {safe(reply)}")
+                    raise MailoutError(f"test {label} to {address}: {failure}") from None
+                click.echo(f"[TEST {label}] to {address}: {safe(reply)}")
     finally:
         connection.close()
     click.echo(f"sent through {transport.description}; nothing recorded as a delivery")
@@ -230,10 +253,21 @@ def _print_plan(plan: Plan) -> None:
         f"variant:    {variant.segment} ({variant.items_shown} items shown, {variant.items_hidden} left out)"
     )
     click.echo(f"recipients: {plan.recipients:,}")
+    if len(plan.variants) > 1:
+        # Each reader gets their language, else its primary language, else the default.
+        click.echo(f"languages:  {_per_language(plan.by_language)}")
+        for language, other in plan.variants.items():
+            if language != variant.language:
+                click.echo(f"subject {language}: {safe(other.subject)}")
     click.echo(f"sender:     {plan.sender}")
     click.echo(f"transport:  {plan.transport}")
     for warning in plan.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
+
+
+def _per_language(counts: dict[str, int]) -> str:
+    """Return ``en 120, fr 34``: recipients per language, in the order given ("" : the default)."""
+    return ", ".join(f"{language or 'default'} {n:,}" for language, n in counts.items())
 
 
 def _print_resume(plan: Plan) -> None:
@@ -408,6 +442,8 @@ def _print_report(report: Report) -> None:
         click.echo(f"  {status:<9}{n:>9,}")
     click.echo(f"  {'total':<9}{report.total:>9,}")
     click.echo(_adds_up(report))
+    if len(report.languages) > 1 or any(report.languages):
+        click.echo(f"languages: {_per_language(report.languages)}")
     if report.seconds:
         click.echo(f"time: {report.seconds:,.0f} s, {report.rate:,.1f} messages/s")
     click.echo(

@@ -30,7 +30,10 @@ class State:
         return self._settings
 
     def issue(self, name: str) -> Issue:
-        return load_issue(find_issue(name, self.settings.path("issues")))
+        return load_issue(
+            find_issue(name, self.settings.path("issues")),
+            require_translations=self.settings.newsletter.require_translations,
+        )
 
     def engine(self) -> Engine:
         """Return the workspace database, checked to be at the newest schema."""

@@ -159,7 +159,9 @@ def _list_for(state: State, name: str) -> ListSettings:
 @click.option("--list", "list_name", required=True, help="The list to add to.")
 @click.option("--name", default="", help="The person's name.")
 @click.option("--organisation", default="")
-@click.option("--language", default="", help="A language code such as en or fr.")
+@click.option(
+    "--language", default="", help="A language tag such as en, fr or fr-BE (stored canonical: FR -> fr)."
+)
 @pass_state
 def add_command(
     state: State, email: str, list_name: str, name: str, organisation: str, language: str
