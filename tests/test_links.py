@@ -23,7 +23,7 @@ from sqlalchemy import select
 from mailout.config import Settings, load_settings
 from mailout.db import make_engine, transaction
 from mailout.errors import ConfigError
-from mailout.issues import is_slug, slug_problem
+from mailout.issues import is_slug, load_issue, slug_problem
 from mailout.links import Links, MessageUrls, SampleToken, private_picture_path
 from mailout.models import MailingList, Subscriber
 from mailout.tokens import Purpose, Signer
@@ -308,7 +308,11 @@ def test_the_links_of_sent_messages_are_those_links_makes_and_all_answer(
     with client.get(f"/issues/{SLUG}", base_url=BASE) as response:
         assert response.status_code == 200
         page = response.get_data(as_text=True)
-    assert set(absolute(page, links, "href")) == {links.issue(SLUG)}
+    # Its own address, and (an issue in several languages) each language's page for hreflang.
+    issue = load_issue(special / "issues" / SLUG / "issue.yaml")
+    languages = issue.variant_languages(load_settings(special).newsletter.language)
+    alternates = {links.issue(SLUG, tag) for tag in languages} if len(languages) > 1 else set()
+    assert set(absolute(page, links, "href")) == {links.issue(SLUG), *alternates}
     assert f'href="{links.unsubscribe_by_mail()}"' in page
     relative = re.findall(r'src="(/news/issues/[^"]+)"', page)
     assert f"/news/issues/{SLUG}/images/logo%20%26%20mark%20%231.png" in relative
@@ -330,7 +334,9 @@ def test_the_links_of_a_test_message_are_those_links_makes_and_all_answer(
     monkeypatch.setenv("MAILOUT_PREVIEW_PASSWORD", "correct horse")
     app = create_app(load_settings(special))
     client = app.test_client()
-    assert len(smtp_server.messages) == 2  # one per variant
+    issue = load_issue(special / "issues" / SLUG / "issue.yaml")
+    languages = issue.variant_languages(load_settings(special).newsletter.language)
+    assert len(smtp_server.messages) == 2 * len(languages)  # one per variant
     for received in smtp_server.messages:
         message = received.message()
         assert unsubscribe_url(message) == urls.unsubscribe
