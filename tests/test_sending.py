@@ -124,7 +124,7 @@ def test_messages_meet_the_standards(sending_workspace: Path, smtp_server: SMTPS
         unsubscribe = re.findall(r"<([^>]+)>", message["List-Unsubscribe"])
         assert unsubscribe[0].startswith("https://news.example/unsubscribe/")
         assert unsubscribe[1].startswith("mailto:unsubscribe@efus.example?subject=unsubscribe")
-        token = unsubscribe[0].rsplit("/", 1)[1]
+        token = unsubscribe[0].rsplit("/", 1)[1].split("?")[0]  # without the ?lang= of its pages
         claim = Signer([SECRET_KEY]).verify(Purpose.UNSUBSCRIBE, token)
         assert claim is not None
         assert "@" not in token, "tokens hold no address"

@@ -82,7 +82,8 @@ def unsubscribe_url(message: EmailMessage) -> str:
 
 def view_url(message: EmailMessage) -> str:
     text = message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
-    # "View in your browser: <url>", in the message's language: the one address of an issue page.
+    # "View in your browser: <url>", in the message's language: the one address of an issue page
+    # (a test message's is the team's preview).
     return re.search(r"\s(https?://\S+/(?:issues|preview)/\S+)", text).group(1)  # type: ignore[union-attr]
 
 
