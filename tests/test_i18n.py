@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mailout import i18n
+from mailout import dispatching, i18n
 from mailout.config import Settings, load_settings
 from mailout.errors import ConfigError
 from mailout.issues import Issue, load_issue
@@ -566,3 +566,33 @@ def test_issue_check_warns_of_a_string_without_translation(tmp_path: Path) -> No
         result.stderr
     )
     assert "no catalog" not in result.stderr, "French has a catalog"
+
+
+def test_every_sender_marks_fallback_text_with_the_issues_default_language(tmp_path: Path) -> None:
+    """An issue written first in French, in a workspace whose newsletter.language is English:
+    the English variant's untranslated text is French, and says so, in the preview (render_issue),
+    in a test message and in a dispatch (dispatching.render_in) alike."""
+    settings = workspace(tmp_path)
+    folder = tmp_path / "issues" / "fr-first"
+    folder.mkdir(parents=True)
+    (folder / "issue.yaml").write_text(
+        "languages: [fr, en]\n"
+        'subject: "Numéro de janvier"\n'
+        'subject.en: "January issue"\n'
+        'preheader: "Les nouvelles"\n'
+        'preheader.en: "The news"\n'
+        "date: 2019-01-10\n"
+        "intro: Texte seulement en français.\n"
+        "sections:\n"
+        "  - kind: news\n"
+        "    items:\n"
+        '      - title: "Rencontre à Lyon"\n'
+        '        title.en: "Meeting in Lyon"\n',
+        encoding="utf-8",
+    )
+    issue = load_issue(folder / "issue.yaml")
+    previewed = render_issue(issue, settings)[Segment.PUBLIC, "en"].html
+    sent = dispatching.render_in(issue, settings, Segment.PUBLIC, "en").html
+    for html in (previewed, sent):
+        assert re.search(r'<div lang="fr"[^>]*><p[^>]*>Texte seulement', html), "the intro is French"
+        assert html.count('lang="fr"') == 1, "only the intro is untranslated"

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+import jinja2
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -38,7 +39,7 @@ from .issues import Issue
 from .links import Links
 from .mailer import Mailer, Tally, delivery_message_id, settle_in_flight
 from .models import FINAL, DeliveryStatus, Dispatch, MailingList
-from .render import Variant, render_variant
+from .render import Variant, render_language, template_environment
 from .segments import Segment
 from .tokens import Signer, check_real_key
 from .transports import Transport, enhanced_status, make_transport
@@ -270,7 +271,8 @@ def plan(
     # Rendered once the plan is sure to need it, outside the transaction: it takes a while.
     # Each language once, for every reader of it: the default first.
     segment = Segment(list_settings.segment)
-    variants = {lang: render_in(issue, settings, segment, lang) for lang in wanted}
+    env = template_environment(settings)
+    variants = {lang: render_in(issue, settings, segment, lang, env=env) for lang in wanted}
     return replace(
         found,
         variant=variants[wanted[0]],
@@ -286,9 +288,16 @@ def issue_languages(issue: Issue, settings: Settings) -> tuple[str, ...]:
     return issue.variant_languages(default)
 
 
-def render_in(issue: Issue, settings: Settings, segment: Segment, language: str) -> Variant:
+def render_in(
+    issue: Issue,
+    settings: Settings,
+    segment: Segment,
+    language: str,
+    *,
+    env: jinja2.Environment | None = None,
+) -> Variant:
     """Render ``issue``'s variant for ``segment`` in ``language``, its language said in it."""
-    variant = render_variant(issue.localized(language), settings, segment)
+    variant = render_language(issue, settings, segment, language, env=env)
     return variant if variant.language == language else replace(variant, language=language)
 
 

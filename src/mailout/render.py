@@ -211,14 +211,28 @@ def _date(context: Any, value: dt.date) -> str:
 def render_issue(issue: Issue, settings: Settings) -> dict[tuple[Segment, str], Variant]:
     """Render every variant of ``issue``: each segment in each of its languages, the default first."""
     env = template_environment(settings)
-    languages = issue.variant_languages(settings.newsletter.language)
     return {
-        (segment, language): render_variant(
-            issue.localized(language), settings, segment, env=env, source_language=languages[0]
-        )
-        for language in languages
+        (segment, language): render_language(issue, settings, segment, language, env=env)
+        for language in issue.variant_languages(settings.newsletter.language)
         for segment in Segment
     }
+
+
+def render_language(
+    issue: Issue,
+    settings: Settings,
+    segment: Segment,
+    language: str,
+    *,
+    env: jinja2.Environment | None = None,
+) -> Variant:
+    """Render the variant of ``issue`` (in all its languages) for ``segment`` in ``language``.
+
+    What every sender of an issue calls (preview, test, dispatch), so that they all
+    render alike: text without a translation shows, and is marked as, the issue's default.
+    """
+    default = issue.variant_languages(settings.newsletter.language)[0]
+    return render_variant(issue.localized(language), settings, segment, env=env, source_language=default)
 
 
 def render_variant(
