@@ -596,3 +596,79 @@ def test_every_sender_marks_fallback_text_with_the_issues_default_language(tmp_p
     for html in (previewed, sent):
         assert re.search(r'<div lang="fr"[^>]*><p[^>]*>Texte seulement', html), "the intro is French"
         assert html.count('lang="fr"') == 1, "only the intro is untranslated"
+
+
+# -- the team's catalogs are checked like its settings -----------------------------
+
+
+def check_in_french(tmp_path: Path, po_text: bytes) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from mailout.cli import cli
+    from mailout.workspace import init_workspace
+
+    init_workspace(tmp_path)
+    issue = tmp_path / "issues" / "first-issue" / "issue.yaml"
+    issue.write_text("language: fr\n" + issue.read_text(encoding="utf-8"), encoding="utf-8")
+    po = tmp_path / "locale" / "fr" / "LC_MESSAGES" / "email.po"
+    po.parent.mkdir(parents=True)
+    po.write_bytes(po_text)
+    result = CliRunner().invoke(cli, ["--workspace", str(tmp_path), "issue", "check", "first-issue"])
+    return result.exit_code, result.output + result.stderr
+
+
+@pytest.mark.parametrize(
+    "po_text",
+    [
+        b'msgid "Unsubscribe"\nmsgstr "x\nmsgid\n',  # an unterminated string
+        b"\xff\xfemsgid",  # not UTF-8
+    ],
+)
+def test_a_malformed_workspace_catalog_is_one_clear_error(tmp_path: Path, po_text: bytes) -> None:
+    code, out = check_in_french(tmp_path, po_text)
+    assert code == 1 and "Traceback" not in out
+    assert "locale/fr/LC_MESSAGES/email.po" in out and "catalog" in out
+
+
+def test_a_translation_with_a_placeholder_its_english_lacks_is_refused_with_its_line(tmp_path: Path) -> None:
+    po = (
+        'msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=UTF-8\\n"\n\n'
+        'msgid "Unsubscribe"\nmsgstr "Quitter"\n\n'
+        'msgid "No. %(number)s"\nmsgstr "N° %(nombre)s"\n'
+    )
+    code, out = check_in_french(tmp_path, po.encode())
+    assert code == 1 and "Traceback" not in out
+    assert "email.po:8: the translation of 'No. %(number)s' uses %(nombre)s" in out
+
+
+def test_catalog_text_is_escaped_in_html_and_kept_in_text(tmp_path: Path) -> None:
+    settings = workspace(tmp_path)
+    issue = in_language(sample_issue(tmp_path / "x"), "fr")
+    po = tmp_path / "locale" / "fr" / "LC_MESSAGES" / "email.po"
+    write_po(po, {"Unsubscribe": "<img src=x onerror=alert(1)>Quitter & partir"})
+    variant = render_variant(issue, settings, Segment.PUBLIC)
+    assert "<img src=x" not in variant.html
+    assert "&lt;img src=x onerror=alert(1)&gt;Quitter &amp; partir" in variant.html
+    assert "<img src=x onerror=alert(1)>Quitter & partir" in variant.text
+
+
+def test_a_broken_web_catalog_stops_the_app_at_start_and_one_broken_later_shows_english(
+    tmp_path: Path,
+) -> None:
+    from mailout.db import upgrade
+    from mailout.web import create_app
+
+    settings = dataclasses.replace(workspace(tmp_path), secret_key="k" * 32)
+    upgrade(settings.database_url())
+    po = tmp_path / "locale" / "fr" / "LC_MESSAGES" / "web.po"
+    po.parent.mkdir(parents=True)
+    po.write_text('msgid "Unsubscribe"\nmsgstr "x\nmsgid\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"web\.po"):
+        create_app(settings)
+    write_po(po, {"Past issues": "Anciens numéros"})
+    app = create_app(settings)
+    time.sleep(0.01)
+    po.write_text('msgid "Unsubscribe"\nmsgstr "x\nmsgid\n', encoding="utf-8")  # broken while it runs
+    with app.test_client() as client:
+        response = client.get("/issues/?lang=fr")
+    assert response.status_code == 200

@@ -27,11 +27,13 @@ from babel import Locale
 from babel.dates import format_date as _babel_date
 from babel.dates import match_skeleton, parse_pattern
 from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
+from babel.messages.pofile import PoFileError, read_po
 from babel.support import Translations
 
 from .config import Newsletter, Settings
+from .errors import ConfigError
 from .languages import base
+from .paths import display_path
 
 #: The catalogs: the words of the email templates, and those of the web pages.
 DOMAINS = ("email", "web")
@@ -96,12 +98,40 @@ def _stamp(path: Path) -> tuple[str, int, int] | None:
     return (str(path), info.st_mtime_ns, info.st_size)
 
 
+#: A named placeholder of a msgid or its translation: ``%(count)s``.
+_PLACEHOLDER = re.compile(r"%\((\w+)\)[sd]")
+
+
 @functools.lru_cache(maxsize=256)
 def _read(stamp: tuple[str, int, int]) -> Translations:
-    """Return one ``.po`` file as translations (fuzzy and empty strings left out)."""
+    """Return one ``.po`` file as translations (fuzzy and empty strings left out).
+
+    A file that is not a catalog, or a translation that names a placeholder its
+    English text lacks (which would fail every render of it), is a ``ConfigError``
+    naming the file and the line: the team's catalogs are checked like its settings.
+    """
     path = Path(stamp[0])
-    with path.open("rb") as handle:
-        catalog = read_po(handle, abort_invalid=True)
+    try:
+        with path.open("rb") as handle:
+            catalog = read_po(handle, abort_invalid=True)
+    except PoFileError as exc:
+        line = getattr(exc, "lineno", None)
+        where = f"{display_path(path)}:{line}" if line else display_path(path)
+        raise ConfigError(f"{where}: not a gettext catalog: {exc}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{display_path(path)}: cannot read the catalog: {exc}") from None
+    for message in catalog:
+        ids = message.id if isinstance(message.id, tuple) else (message.id,)
+        texts = message.string if isinstance(message.string, tuple) else (message.string,)
+        known = {name for text in ids for name in _PLACEHOLDER.findall(str(text))}
+        for text in texts:
+            unknown = sorted(set(_PLACEHOLDER.findall(str(text or ""))) - known)
+            if unknown:
+                raise ConfigError(
+                    f"{display_path(path)}:{message.lineno}: the translation of {str(ids[0])!r} uses"
+                    f" %({unknown[0]})s, which the English text does not have"
+                    f" (it has: {', '.join(sorted(known)) or 'none'})"
+                )
     compiled = io.BytesIO()
     write_mo(compiled, catalog)
     compiled.seek(0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import gettext
 import hashlib
 import html
 import logging
@@ -34,7 +35,7 @@ import jinja2
 import mjml
 import premailer
 from lxml import etree
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from . import i18n, markup
 from .config import Settings
@@ -208,6 +209,27 @@ def _date(context: Any, value: dt.date) -> str:
     return i18n.format_date(value, context["language"])
 
 
+def _install_words(env: jinja2.Environment, words: gettext.NullTranslations) -> None:
+    """Give the templates ``_()`` and ``ngettext()`` in one language, the catalog's text escaped.
+
+    Jinja trusts a translation as markup in an HTML template; a catalog is text
+    written by translators, so it is escaped there like the authors' text (and left
+    as it is in the plain-text part).
+    """
+
+    @jinja2.pass_eval_context
+    def _gettext(eval_ctx: Any, message: str) -> str:
+        text = words.gettext(message)
+        return escape(text) if eval_ctx.autoescape else text
+
+    @jinja2.pass_eval_context
+    def _ngettext(eval_ctx: Any, singular: str, plural: str, count: int) -> str:
+        text = words.ngettext(singular, plural, count)
+        return escape(text) if eval_ctx.autoescape else text
+
+    env.install_gettext_callables(_gettext, _ngettext, newstyle=True)  # type: ignore[attr-defined]
+
+
 def render_issue(issue: Issue, settings: Settings) -> dict[tuple[Segment, str], Variant]:
     """Render every variant of ``issue``: each segment in each of its languages, the default first."""
     env = template_environment(settings)
@@ -250,7 +272,7 @@ def render_variant(
     """
     env = env or template_environment(settings)
     language = issue.language or settings.newsletter.language
-    env.install_gettext_translations(i18n.translations(settings, language), newstyle=True)  # type: ignore[attr-defined]
+    _install_words(env, i18n.translations(settings, language))
     # Placeholders no author can type: a fresh random prefix per variant.
     prefix = f"mo{secrets.token_hex(6)}"
     tokens = {f"{prefix}{key.replace('_', '')}": key for key in FIELDS}

@@ -14,6 +14,7 @@ the page writes the one chosen from those: never the value it was given.
 from __future__ import annotations
 
 import gettext as _gettext
+import logging
 import threading
 from collections.abc import Callable, Iterable
 
@@ -21,9 +22,11 @@ from markupsafe import Markup, escape
 
 from .. import i18n
 from ..config import Settings
+from ..errors import ConfigError
 from ..languages import base, canonical, choose
 
 DOMAIN = "web"
+_log = logging.getLogger(__name__)
 
 #: ``_(msgid, **values)``: the translated text, escaped, with the values escaped into it.
 Translate = Callable[..., Markup]
@@ -46,6 +49,8 @@ class Words:
         self.default = choose(settings.newsletter.language, self.languages, "en")
         self._lock = threading.Lock()
         self._catalogs: dict[str, _gettext.NullTranslations] = {}
+        for language in self.languages:  # a broken catalog stops the app at its start, said in one line
+            i18n.translations(settings, language, DOMAIN)
 
     def language(self, requested: str | None) -> str:
         """Return the language of the pages for a requested tag: exact, its base, else the default."""
@@ -72,7 +77,11 @@ class Words:
         with self._lock:
             found = self._catalogs.get(language)
         if found is None:
-            found = i18n.translations(self.settings, language, DOMAIN)
+            try:
+                found = i18n.translations(self.settings, language, DOMAIN)
+            except ConfigError as exc:  # a catalog edited into a broken one while the app runs
+                _log.error("%s; the pages in %s are shown in English", exc, language)
+                found = _gettext.NullTranslations()
             with self._lock:
                 self._catalogs[language] = found
         return found
