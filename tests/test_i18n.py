@@ -17,6 +17,7 @@ from mailout import dispatching, i18n
 from mailout.config import Settings, load_settings
 from mailout.errors import ConfigError
 from mailout.issues import Issue, load_issue
+from mailout.links import Links
 from mailout.preview import write_preview
 from mailout.render import Recipient, Variant, render_issue, render_variant
 from mailout.segments import Segment
@@ -472,6 +473,14 @@ def test_preview_writes_every_language(tmp_path: Path) -> None:
         "public-fr.html",
         "public.html",
     ]
+    links = Links(settings)
+    for file in files:
+        page = file.html_path.read_text(encoding="utf-8")
+        language = "fr" if "-fr" in file.html_path.name else "en"
+        # The pictures are made relative to show before they are published; the view link
+        # (the language's page, under the same prefix) stays whole.
+        assert f'href="{links.issue(issue.slug, language)}"' in page, file.html_path.name
+        assert 'href="en"' not in page and 'href="fr"' not in page
 
 
 # -- in a browser -------------------------------------------------------------------

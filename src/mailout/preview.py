@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 
 from . import i18n
@@ -92,8 +93,13 @@ def preview_variants(issue: Issue, settings: Settings, pictures: str) -> list[Sh
     base = Links(settings).pictures(issue.slug)
     shown = []
     for (segment, language), variant in every_variant(issue, settings).items():
-        html, text = variant.personalize(sample_recipient(settings, issue, language))
-        shown.append(Shown(segment, language, variant, html.replace(base, pictures), text))
+        recipient = sample_recipient(settings, issue, language)
+        html, text = variant.personalize(recipient)
+        # The pictures only: the view link of a language's page (.../issues/<slug>/fr) lies
+        # under the same prefix and stays absolute. Its attribute is escaped like the HTML's.
+        view = escape(recipient.view_url)
+        parts = [part.replace(base, pictures) for part in html.split(view)]
+        shown.append(Shown(segment, language, variant, view.join(parts), text))
     return shown
 
 
