@@ -139,7 +139,8 @@ def language_choice(column: ColumnElement[str], available: Sequence[str], defaul
     else ``default``) as one CASE, the same on SQLite and PostgreSQL, compared without
     regard to case. ``available`` are canonical tags; the stored languages are canonical
     or empty (migration 0010, and every writer checks them), for which this and
-    ``languages.choose`` agree.
+    ``languages.choose`` agree. A value written into the table by hand in another form
+    (``fr_BE``, `` fr``) may be read differently: the import reports such a value.
     """
     if not available or list(available) == [default]:
         return literal(default, String)
