@@ -596,7 +596,8 @@ def test_every_message_sent_by_smtp_verifies_tests_and_dispatches(
     assert code == 0 and "warning" not in out, out
     code, out = run("send", "2019-01", "--list", "members", "--yes")
     assert code == 0, out
-    assert len(smtp_server.messages) == 2 + len(PEOPLE)
+    # 4 test messages (member and public, English and French: accents in the signed Subject)
+    assert len(smtp_server.messages) == 4 + len(PEOPLE)
     for received in smtp_server.messages:
         assert received.raw.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;")
         assert verifies(received.raw, dns_server), received.raw[:2000]
@@ -616,7 +617,7 @@ def test_the_local_outbox_holds_the_messages_signed_as_they_would_be_sent(
     code, out = run("send", "2019-01", "--list", "members", "--yes")
     assert code == 0, out
     written = sorted((workspace / "outbox").glob("*.eml"))
-    assert len(written) == 2 + len(PEOPLE)
+    assert len(written) == 4 + len(PEOPLE)
     for path in written:
         data = path.read_bytes()
         assert data.count(b"DKIM-Signature:") == 2

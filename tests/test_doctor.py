@@ -888,7 +888,8 @@ def test_send_with_skip_checks_sends_despite_an_error(gated: Setup, smtp_server:
 
 def test_a_test_send_warns_of_errors_and_sends(gated: Setup, smtp_server: SMTPServer) -> None:
     gated.dns.remove(gated.key.record_name, "TXT")
-    code, out = run("test", "2019-01", "--to", "me@example.org")
+    # One language (the example issue has two) keeps this to a test message per segment.
+    code, out = run("test", "2019-01", "--to", "me@example.org", "--language", "en")
     assert code == 0, out
     assert "warning: ✗ dkim-record: no DKIM record at mo2026._domainkey.efus.example" in out
     assert len(smtp_server.wait_for(2)) == 2
@@ -896,7 +897,7 @@ def test_a_test_send_warns_of_errors_and_sends(gated: Setup, smtp_server: SMTPSe
 
 def test_a_test_send_with_skip_checks_asks_dns_nothing(gated: Setup, smtp_server: SMTPServer) -> None:
     gated.dns.remove(gated.key.record_name, "TXT")
-    code, out = run("test", "2019-01", "--to", "me@example.org", "--skip-checks")
+    code, out = run("test", "2019-01", "--to", "me@example.org", "--skip-checks", "--language", "en")
     assert code == 0 and "warning: ✗" not in out, out
     assert gated.dns.questions == [] and len(smtp_server.wait_for(2)) == 2
 

@@ -324,9 +324,12 @@ def test_test_send_marks_the_subject_and_records_nothing(
     code, out = run("test", "2019-01", "--to", "me@example.org")
     assert code == 0, out
     subjects = sorted(r.message()["Subject"] for r in smtp_server.messages)
+    # The example issue is written in English and French: a test message per segment and language.
     assert subjects == [
-        "[TEST member] Efus Newsletter – January 2019",
-        "[TEST public] Efus Newsletter – January 2019",
+        "[TEST member en] Efus Newsletter – January 2019",
+        "[TEST member fr] Lettre d'information de l'Efus – janvier 2019",
+        "[TEST public en] Efus Newsletter – January 2019",
+        "[TEST public fr] Lettre d'information de l'Efus – janvier 2019",
     ]
     assert statuses(sending_workspace) == {}
     code, out = run("send", "2019-01", "--list", "members", "--yes")
@@ -765,7 +768,7 @@ def test_a_public_key_is_refused_for_a_real_send_and_short_keys_warned(
     assert code == 0 and "warning: MAILOUT_SECRET_KEY has 20 characters" in out, out
     code, out = run("send", "2019-01", "--list", "members", "--yes")
     assert code == 0 and "warning: MAILOUT_SECRET_KEY has 20 characters" in out, out
-    assert len(smtp_server.messages) == 4
+    assert len(smtp_server.messages) == 6, "4 test messages (2 segments × 2 languages), 2 sent"
     # A worker taking up a dispatch refuses the demo key too.
     settings = load_settings(sending_workspace)
     engine = make_engine(settings.database_url())
@@ -778,7 +781,7 @@ def test_a_public_key_is_refused_for_a_real_send_and_short_keys_warned(
     monkeypatch.setenv("MAILOUT_SECRET_KEY", demo)
     code, out = run("worker")
     assert code == 1 and "is a key published in mailout's own files" in out, out
-    assert len(smtp_server.messages) == 4
+    assert len(smtp_server.messages) == 6
 
 
 def test_the_local_outbox_may_use_the_demo_key(
@@ -1179,9 +1182,9 @@ def test_test_sends_each_variant_in_each_language_or_the_one_asked_for(
     sent = sorted((r.message()["Subject"], r.message()["Content-Language"]) for r in smtp_server.messages)
     assert sent == [
         ("[TEST member en] Efus Newsletter – January 2019", "en"),
-        ("[TEST member fr] Efus Newsletter – January 2019", "fr"),
+        ("[TEST member fr] Lettre d'information de l'Efus – janvier 2019", "fr"),
         ("[TEST public en] Efus Newsletter – January 2019", "en"),
-        ("[TEST public fr] Efus Newsletter – January 2019", "fr"),
+        ("[TEST public fr] Lettre d'information de l'Efus – janvier 2019", "fr"),
     ]
     assert "[TEST member fr] to me@example.org: 250" in out
     code, out = run("test", "2019-01", "--to", "me@example.org", "--language", "fr_BE")
@@ -1207,7 +1210,7 @@ def test_send_and_status_say_how_many_get_each_language(
     code, out = run("send", "2019-01", "--list", "members", "--dry-run")
     assert code == 0, out
     assert "languages:  en 2, fr 2" in out.splitlines()
-    assert "subject fr: Efus Newsletter – January 2019" in out
+    assert "subject fr: Lettre d'information de l'Efus – janvier 2019" in out.splitlines()
     code, out = run("send", "2019-01", "--list", "members", "--yes")
     assert code == 0 and "finished" in out, out
     code, out = run("status", "1")

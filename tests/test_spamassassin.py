@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 import shutil
 from pathlib import Path
 
@@ -45,11 +46,12 @@ DKIM = '\n[dkim]\ndomain = "efus.example"\nselector = "mo2026"\nkey_file = "dkim
 
 
 def kind(data: bytes) -> str:
-    """Name a written message: test or dispatch, member or public, signed or not."""
+    """Name a written message: test (with its language) or dispatch, member or public, signed or not."""
     message = email.message_from_bytes(data, policy=email.policy.default)
     subject, to = str(message["Subject"]), str(message["To"])
-    if "[TEST member]" in subject or "[TEST public]" in subject:
-        name = "test " + ("member" if "member" in subject else "public")
+    test = re.match(r"\[TEST (member|public) ([a-z-]+)\] ", subject)
+    if test:
+        name = f"test {test[1]} {test[2]}"
     else:
         name = ("member" if "@members.example" in to else "public") + " dispatch"
     return name + (" signed" if message["DKIM-Signature"] else "")
@@ -87,7 +89,15 @@ def test_every_kind_of_message_scores_at_most_a_tenth(
     written = {kind(p.read_bytes()): p.read_bytes() for p in sorted((workspace / "outbox").glob("*.eml"))}
     kinds = [
         f"{k}{s}"
-        for k in ("test member", "test public", "member dispatch", "public dispatch")
+        # The example issue is in English and French: a test message per segment and language.
+        for k in (
+            "test member en",
+            "test member fr",
+            "test public en",
+            "test public fr",
+            "member dispatch",
+            "public dispatch",
+        )
         for s in ("", " signed")
     ]
     assert sorted(written) == sorted(kinds)

@@ -44,6 +44,18 @@ DOMAIN_TEMPLATES = {
     "email": Path(__file__).parent / "templates" / "email",
     "web": Path(__file__).parent / "web" / "templates",
 }
+#: The Python modules whose words belong to a domain: msgids passed to ``_()`` (the pages'
+#: translator), ``N_()`` (marked where written, translated later) or ``i18n.gettext``
+#: (its third argument). Extracted with Babel's Python extractor, like the templates.
+DOMAIN_MODULES = {
+    "email": (),
+    "web": tuple(
+        Path(__file__).parent / module
+        for module in ("web/views.py", "web/words.py", "archive.py", "cli/web.py")
+    ),
+}
+#: The keywords of ``DOMAIN_MODULES``: function name -> the msgid's argument (1-based).
+PYTHON_KEYWORDS: dict[str, tuple[int, ...] | None] = {"_": None, "N_": None, "gettext": (3,)}
 #: The language whose text the message ids are.
 SOURCE_LANGUAGE = "en"
 #: The texts of ``[newsletter]`` a team may write per language (``[newsletter.translations.fr]``).
@@ -207,13 +219,31 @@ def _extract(stamp: tuple[str, int, int]) -> tuple[str | tuple[str, str], ...]:
     return tuple(found)
 
 
+@functools.lru_cache(maxsize=16)
+def _extract_python(stamp: tuple[str, int, int]) -> tuple[str, ...]:
+    from babel.messages.extract import extract_from_file
+
+    # A call whose msgid is not a literal (``catalog.gettext(message)``) yields nothing.
+    return tuple(
+        message
+        for _line, message, _comments, _context in extract_from_file(
+            "python", stamp[0], keywords=PYTHON_KEYWORDS
+        )
+        if isinstance(message, str) and message
+    )
+
+
 def messages(settings: Settings | None, domain: str = "email") -> list[str | tuple[str, str]]:
-    """Return every msgid the templates in use (and, for "email", the code) ask for; plurals as pairs."""
+    """Return every msgid the templates in use and the code ask for; plurals as pairs."""
     found: dict[str | tuple[str, str], None] = {}
     for path in template_files(settings, domain).values():
         stamp = _stamp(path)
         if stamp is not None:
             found.update(dict.fromkeys(_extract(stamp)))
+    for path in DOMAIN_MODULES[domain]:
+        stamp = _stamp(path)
+        if stamp is not None:
+            found.update(dict.fromkeys(_extract_python(stamp)))
     if domain == "email":
         found.update(dict.fromkeys(_code_messages()))
     return list(found)

@@ -163,16 +163,25 @@ def create_app(settings: Settings | None = None, *, local: bool = False) -> Flas
     settings = settings or load_settings()
     signer = Signer.from_secret(settings.secret_key)
     engine = open_engine(settings.database_url(), sqlite_synchronous=settings.database.sqlite_synchronous)
-    app = Flask(__name__, static_folder=str(PACKAGE / "static"), template_folder=str(PACKAGE / "templates"))
-    app.config.update(
-        MAX_CONTENT_LENGTH=64 * 1024,
-        TEMPLATES_AUTO_RELOAD=False,
-    )
+    try:
+        app = Flask(
+            __name__, static_folder=str(PACKAGE / "static"), template_folder=str(PACKAGE / "templates")
+        )
+        app.config.update(
+            MAX_CONTENT_LENGTH=64 * 1024,
+            TEMPLATES_AUTO_RELOAD=False,
+        )
 
-    # No sessions and no cookies: the links carry their own signed tokens.
-    app.extensions["mailout"] = Mailout(settings, engine, signer, preview_open=local)
-    app.url_map.converters["language"] = LanguageConverter
-    app.register_blueprint(blueprint)
+        # No sessions and no cookies: the links carry their own signed tokens.
+        app.extensions["mailout"] = Mailout(settings, engine, signer, preview_open=local)
+        app.url_map.converters["language"] = LanguageConverter
+        app.register_blueprint(blueprint)
+    except BaseException:
+        # open_engine has read the schema's revision: its pool holds an open connection,
+        # which nobody could close once the engine is dropped (the pages' words failing
+        # to load, say). Left to the garbage collector, psycopg warns of it.
+        engine.dispose()
+        raise
     return app
 
 
