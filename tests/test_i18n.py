@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 import yaml
 
-from mailout import dispatching, i18n
+from mailout import i18n
 from mailout.config import Settings, load_settings
 from mailout.errors import ConfigError
 from mailout.issues import Issue, load_issue
 from mailout.links import Links
 from mailout.preview import write_preview
-from mailout.render import Recipient, Variant, render_issue, render_variant
+from mailout.render import Recipient, Variant, render_issue, render_language, render_variant
 from mailout.segments import Segment
 
 NOBODY = Recipient("", "https://news.example/u/1", "https://news.example/v/1")
@@ -580,7 +580,7 @@ def test_issue_check_warns_of_a_string_without_translation(tmp_path: Path) -> No
 def test_every_sender_marks_fallback_text_with_the_issues_default_language(tmp_path: Path) -> None:
     """An issue written first in French, in a workspace whose newsletter.language is English:
     the English variant's untranslated text is French, and says so, in the preview (render_issue),
-    in a test message and in a dispatch (dispatching.render_in) alike."""
+    in a test message and in a dispatch (render_language, which both call) alike."""
     settings = workspace(tmp_path)
     folder = tmp_path / "issues" / "fr-first"
     folder.mkdir(parents=True)
@@ -601,7 +601,7 @@ def test_every_sender_marks_fallback_text_with_the_issues_default_language(tmp_p
     )
     issue = load_issue(folder / "issue.yaml")
     previewed = render_issue(issue, settings)[Segment.PUBLIC, "en"].html
-    sent = dispatching.render_in(issue, settings, Segment.PUBLIC, "en").html
+    sent = render_language(issue, settings, Segment.PUBLIC, "en").html
     for html in (previewed, sent):
         assert re.search(r'<div lang="fr"[^>]*><p[^>]*>Texte seulement', html), "the intro is French"
         assert html.count('lang="fr"') == 1, "only the intro is untranslated"

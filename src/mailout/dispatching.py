@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-import jinja2
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -272,7 +271,7 @@ def plan(
     # Each language once, for every reader of it: the default first.
     segment = Segment(list_settings.segment)
     env = template_environment(settings)
-    variants = {lang: render_in(issue, settings, segment, lang, env=env) for lang in wanted}
+    variants = {lang: render_language(issue, settings, segment, lang, env=env) for lang in wanted}
     return replace(
         found,
         variant=variants[wanted[0]],
@@ -286,19 +285,6 @@ def issue_languages(issue: Issue, settings: Settings) -> tuple[str, ...]:
     """Return the languages ``issue`` is sent in, its default first (``newsletter.language`` if it says none)."""
     default = languages.canonical(settings.newsletter.language) or settings.newsletter.language
     return issue.variant_languages(default)
-
-
-def render_in(
-    issue: Issue,
-    settings: Settings,
-    segment: Segment,
-    language: str,
-    *,
-    env: jinja2.Environment | None = None,
-) -> Variant:
-    """Render ``issue``'s variant for ``segment`` in ``language``, its language said in it."""
-    variant = render_language(issue, settings, segment, language, env=env)
-    return variant if variant.language == language else replace(variant, language=language)
 
 
 def _unknown(session: Session, settings: Settings, transport: Transport, dispatch: Dispatch) -> int:

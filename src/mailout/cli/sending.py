@@ -26,7 +26,7 @@ from ..links import Links
 from ..mailer import Tally
 from ..message import Addressing, MessageTemplate, feedback_id
 from ..models import FINAL
-from ..render import Recipient, template_environment
+from ..render import Recipient, render_language, template_environment
 from ..segments import Segment
 from ..tokens import check_real_key
 from ..transports import DeliveryFailure, make_transport
@@ -131,7 +131,7 @@ def test_command(
     try:
         env = template_environment(settings)
         for lang, segment in itertools.product(chosen, Segment):
-            variant = dispatching.render_in(issue, settings, segment, lang, env=env)
+            variant = render_language(issue, settings, segment, lang, env=env)
             label = f"{segment} {lang}" if len(written_in) > 1 else str(segment)
             addressing = Addressing(
                 settings.sender.name, settings.sender.address, settings.sender.reply_to, f"test-{segment}"
