@@ -678,6 +678,9 @@ def test_a_broken_web_catalog_stops_the_app_at_start_and_one_broken_later_shows_
     app = create_app(settings)
     time.sleep(0.01)
     po.write_text('msgid "Unsubscribe"\nmsgstr "x\nmsgid\n', encoding="utf-8")  # broken while it runs
-    with app.test_client() as client:
-        response = client.get("/issues/?lang=fr")
+    try:
+        with app.test_client() as client:
+            response = client.get("/issues/?lang=fr")
+    finally:
+        app.extensions["mailout"].engine.dispose()
     assert response.status_code == 200
