@@ -200,13 +200,7 @@ def create_dispatch(
         list_id=lst.id,
         generation=generation,
         segment=variant.segment,
-        subject=variant.subject,
-        preheader=variant.preheader,
-        html=variant.html,
-        text=variant.text,
-        tokens=json.dumps(dict(variant.tokens)),
-        greeting_fallback=variant.greeting_fallback,
-        language=variant.language,
+        **_frozen(variant),
         from_name=from_name,
         from_address=from_address,
         reply_to=reply_to,
@@ -218,19 +212,7 @@ def create_dispatch(
     if others:
         session.execute(
             insert(DispatchVariant),
-            [
-                {
-                    "dispatch_id": dispatch.id,
-                    "language": other.language,
-                    "subject": other.subject,
-                    "preheader": other.preheader,
-                    "html": other.html,
-                    "text": other.text,
-                    "tokens": json.dumps(dict(other.tokens)),
-                    "greeting_fallback": other.greeting_fallback,
-                }
-                for other in others
-            ],
+            [{"dispatch_id": dispatch.id, **_frozen(other)} for other in others],
         )
     now = utcnow()
     recipients = recipients_query(lst).subquery()
@@ -268,6 +250,19 @@ def create_dispatch(
         or 0
     )
     return dispatch
+
+
+def _frozen(variant: Variant) -> dict[str, str]:
+    """Return the columns a variant is frozen in: the dispatch's own row and ``dispatch_variants`` alike."""
+    return {
+        "language": variant.language,
+        "subject": variant.subject,
+        "preheader": variant.preheader,
+        "html": variant.html,
+        "text": variant.text,
+        "tokens": json.dumps(dict(variant.tokens)),
+        "greeting_fallback": variant.greeting_fallback,
+    }
 
 
 def is_duplicate_dispatch(error: IntegrityError) -> bool:
