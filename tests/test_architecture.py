@@ -23,6 +23,9 @@ OWNERS = {
     "MailRequest": "unsubmail.py",
     "HandledReport": "bounces.py",
     "ReportRecipient": "bounces.py",
+    "ConsentText": "subscribers.py",
+    "Signup": "signup.py",
+    "Erasure": "privacy.py",
 }
 TABLES = {
     "subscribers": "subscribers.py",
@@ -36,6 +39,9 @@ TABLES = {
     "mail_requests": "unsubmail.py",
     "handled_reports": "bounces.py",
     "report_recipients": "bounces.py",
+    "consent_texts": "subscribers.py",
+    "signups": "signup.py",
+    "erasures": "privacy.py",
 }
 _RAW_WRITE = re.compile(r"^\s*(?:UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+(\w+)", re.IGNORECASE)
 

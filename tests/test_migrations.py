@@ -45,6 +45,9 @@ TABLES = (
     "mail_requests",
     "handled_reports",
     "report_recipients",
+    "consent_texts",
+    "signups",
+    "erasures",
 )
 
 T0 = dt.datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=dt.UTC)
@@ -309,6 +312,38 @@ def rows() -> dict[str, list[dict[str, Any]]]:
             "note": "",
         }
     ]
+    # Only at the newest schema (the tables are new in 0011).
+    consent = "Oui, envoyez-moi la lettre d'information de l'Efus. «Je peux me désabonner»."
+    data["consent_texts"] = [
+        {"sha256": "e3" * 32, "language": "fr", "text": consent, "created_at": at(9800)},
+    ]
+    data["signups"] = [
+        {
+            "id": 1,
+            "email": "Maëlle.pending@ville-lyon.example",
+            "email_key": "maëlle.pending@ville-lyon.example",
+            "name": "Maëlle Pending",
+            "language": "fr",
+            "lists": "public",
+            "page": "/subscribe/public",
+            "consent_sha256": "e3" * 32,
+            "ip": None,
+            "nonce": 2**62 + 12345,
+            "created_at": at(9801),
+            "sent_at": at(9801.5),
+            "sends": 1,
+            "reply": "250 2.0.0 Ok: queued as 4F2A",
+        }
+    ]
+    data["erasures"] = [
+        {
+            "id": 1,
+            "address_hash": "9a" * 32,
+            "subscriber_id": 50,
+            "erased_at": at(9900),
+            "erased_by": "Zoë <zoe@efus.example>",
+        }
+    ]
     return data
 
 
@@ -331,6 +366,11 @@ def event(
             "source": source.value,
             "detail": detail,
             "created_at": at(minutes),
+            # Added by 0011, for confirmed sign-ups: none before it.
+            "requested_at": None,
+            "page": "",
+            "consent_sha256": None,
+            "ip": None,
         }
     )
 

@@ -70,7 +70,8 @@ class Newsletter:
     #: still marked untranslated) translation is then an error, not a warning.
     require_translations: bool = False
     #: The texts above in other languages, by language tag: ``[newsletter.translations.fr]``
-    #: with any of ``name``, ``reason``, ``greeting_fallback``, ``members_teaser``.
+    #: with any of ``name``, ``reason``, ``greeting_fallback``, ``members_teaser``, and
+    #: ``signup_consent`` (the sign-up form's consent text, ``[signup] consent``).
     translations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
@@ -199,12 +200,41 @@ class ListSettings:
     name: str
     segment: Segment = Segment.PUBLIC
     description: str = ""
+    #: Whether the sign-up form offers this list (double opt-in). Never a ``member`` list.
+    public_signup: bool = False
 
 
 DEFAULT_LISTS = (
     ListSettings("members", Segment.MEMBER, "Members of the network"),
-    ListSettings("public", Segment.PUBLIC, "Everyone who signed up on the website"),
+    ListSettings("public", Segment.PUBLIC, "Everyone who signed up on the website", public_signup=True),
 )
+
+
+@dataclass(frozen=True)
+class Signup:
+    """``[signup]``: the sign-up form, its confirmation (double opt-in), and pending sign-ups."""
+
+    #: The consent text shown above the form's button, in ``newsletter.language``; other
+    #: languages in ``[newsletter.translations.<tag>] signup_consent``. "": mailout's own text
+    #: (translated in its catalogs). Each version shown is kept (``consent_texts``).
+    consent: str = ""
+    #: Days a confirmation link works.
+    confirm_days: float = 7.0
+    #: A GET of the confirmation link this many seconds or less after its message was sent
+    #: shows a page with one button (a mail scanner fetches links at once); a later GET
+    #: confirms directly.
+    button_seconds: float = 60.0
+    #: Unconfirmed sign-ups are deleted after this many days (``mailout worker``, or
+    #: ``mailout subscribers purge-pending``).
+    pending_days: float = 30.0
+    #: A form sent back sooner than this many seconds after it was shown is taken for a robot.
+    form_min_seconds: float = 2.0
+    #: A form older than this many hours must be loaded again (its signed time refuses replays).
+    form_max_hours: float = 24.0
+    #: Sign-up POSTs one client address may make per hour (each web process counts its own).
+    client_limit: int = 10
+    #: Keep the client's IP address with the consent event. Off: no IP address is stored.
+    store_ip: bool = False
 
 
 @dataclass(frozen=True)
@@ -298,6 +328,7 @@ class Settings:
     dkim: Dkim = field(default_factory=Dkim)
     doctor: Doctor = field(default_factory=Doctor)
     bounces: Bounces = field(default_factory=Bounces)
+    signup: Signup = field(default_factory=Signup)
     lists: tuple[ListSettings, ...] = DEFAULT_LISTS
     secret_key: str = field(default="", repr=False)
     #: Where each setting given came from ("mailout.toml:12: dkim.key_file"), for error messages.
@@ -345,6 +376,7 @@ SECTIONS: dict[str, type] = {
     "dkim": Dkim,
     "doctor": Doctor,
     "bounces": Bounces,
+    "signup": Signup,
 }
 
 
@@ -405,6 +437,12 @@ NUMBER_RANGES: dict[str, Range] = {
     "bounces.soft_reset_days": Range(1, 3660, unit="days"),
     # Fractions are accepted (a test reads the mailbox every second); a day at most.
     "bounces.poll_minutes": Range(0, 1440, above=True, unit="minutes"),
+    "signup.confirm_days": Range(0, 365, above=True, unit="days"),
+    "signup.button_seconds": Range(0, 86_400, unit="seconds"),
+    "signup.pending_days": Range(1, 3660, unit="days"),
+    "signup.form_min_seconds": Range(0, 3600, unit="seconds"),
+    "signup.form_max_hours": Range(0, 24 * 365, above=True, unit="hours"),
+    "signup.client_limit": Range(1, 100_000, unit="sign-ups per hour"),
 }
 
 
@@ -523,6 +561,10 @@ def _read_file(path: Path, layers: dict[str, dict[str, tuple[Any, str]]]) -> Non
             layers[section][key] = (value, f"{_where(path, text, key, section)}: {dotted}")
 
 
+#: The keys of a ``[lists.NAME]`` table.
+LIST_KEYS = ("segment", "description", "public_signup")
+
+
 def _read_lists(path: Path, text: str, tables: Any) -> tuple[ListSettings, ...]:
     if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
         raise ConfigError(f"{_where(path, text, 'lists')}: write each list as a table, e.g. [lists.members]")
@@ -532,11 +574,12 @@ def _read_lists(path: Path, text: str, tables: Any) -> tuple[ListSettings, ...]:
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", name):
             raise ConfigError(f"{where}: a list name is up to 64 lower-case letters, digits, '-' or '_'")
         for key, value in table.items():
-            if key not in ("segment", "description"):
-                raise ConfigError(
-                    f"{where}.{key}: unknown setting{_closest(key, {'segment', 'description'})}"
-                )
-            if not isinstance(value, str):
+            if key not in LIST_KEYS:
+                raise ConfigError(f"{where}.{key}: unknown setting{_closest(key, set(LIST_KEYS))}")
+            if key == "public_signup":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}")
+            elif not isinstance(value, str):
                 raise ConfigError(f"{where}.{key}: expected a string, got {value!r}")
         if len(table.get("description", "")) > 500:
             raise ConfigError(f"{where}.description: at most 500 characters")
@@ -544,7 +587,13 @@ def _read_lists(path: Path, text: str, tables: Any) -> tuple[ListSettings, ...]:
         if segment not in tuple(Segment):
             choices = " or ".join(f"'{s}'" for s in Segment)
             raise ConfigError(f"{where}.segment: must be {choices}, got {segment!r}")
-        found.append(ListSettings(name, Segment(segment), table.get("description", "")))
+        public_signup = table.get("public_signup", False)
+        if public_signup and segment == Segment.MEMBER:
+            raise ConfigError(
+                f"{where}.public_signup: a members' list is never open to sign-up"
+                " (anyone could read the members' items); leave it out or use a public list"
+            )
+        found.append(ListSettings(name, Segment(segment), table.get("description", ""), public_signup))
     return tuple(found)
 
 
@@ -668,7 +717,7 @@ def _coerce_number(value: Any, hint: type[float], source: str) -> float:
 
 
 #: The ``[newsletter]`` texts a team may write per language, in ``[newsletter.translations.<tag>]``.
-TRANSLATABLE_TEXTS = ("name", "reason", "greeting_fallback", "members_teaser")
+TRANSLATABLE_TEXTS = ("name", "reason", "greeting_fallback", "members_teaser", "signup_consent")
 
 
 def _coerce_translations(value: Any, source: str) -> dict[str, dict[str, str]]:

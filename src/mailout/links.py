@@ -36,9 +36,14 @@ token: the token, the RFC 8058 POST to the same address and the ``mailto:``
 stay what they were. The web app checks the language against those it has and
 falls back to the default, so a changed parameter changes only the page's words.
 
-A new kind of link is a new method here, never an f-string elsewhere: the
-confirmation link of a sign-up, the preference page, and the bounce
-(VERP) return address that later features add belong in this class.
+Sign-up and preferences::
+
+    links.signup_form()                           .../subscribe
+    links.signup_form("public", "fr")             .../subscribe/public?lang=fr
+    links.confirm(signup_id, nonce, "fr")         .../subscribe/confirm/<CONFIRM token>?lang=fr
+    links.preferences(person, lst, "fr")          .../preferences/<PREFERENCES token>?lang=fr
+
+A new kind of link is a new method here, never an f-string elsewhere.
 """
 
 from __future__ import annotations
@@ -94,6 +99,8 @@ class Links:
         self._issues = f"{self.base}/issues/"
         self._unsubscribe = f"{self.base}/unsubscribe/"
         self._preview = f"{self.base}/preview/"
+        self._subscribe = f"{self.base}/subscribe"
+        self._preferences = f"{self.base}/preferences/"
 
     def _signer(self) -> Signer:
         if self.signer is None:
@@ -140,6 +147,23 @@ class Links:
     def unsubscribe_by_mail(self) -> str:
         """Return the public page's unsubscribe link: no one's token, so a message to the mailbox."""
         return f"mailto:unsubscribe@{self.mail_domain}?subject=unsubscribe"
+
+    # -- sign-up and preferences ------------------------------------------------------
+
+    def signup_form(self, list_name: str = "", language: str = "") -> str:
+        """Return the sign-up form (for one list, if named): the page, and where it posts."""
+        path = self._subscribe + ("/" + quote(list_name, safe="") if list_name else "")
+        return path + _lang_query(language)
+
+    def confirm(self, signup_id: int, nonce: int, language: str = "") -> str:
+        """Return a sign-up's confirmation link (double opt-in), its pages in ``language``."""
+        token = self._signer().sign(Purpose.CONFIRM, signup_id, nonce)
+        return f"{self._subscribe}/confirm/{token}{_lang_query(language)}"
+
+    def preferences(self, subscriber_id: int, list_id: int, language: str = "") -> str:
+        """Return a reader's preference page (name, language, lists, unsubscribe from all)."""
+        token = self._signer().sign(Purpose.PREFERENCES, subscriber_id, list_id)
+        return self._preferences + token + _lang_query(language)
 
     @staticmethod
     def exported_issue(slug: str, language: str = "") -> str:

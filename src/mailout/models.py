@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -51,6 +52,9 @@ class SubscriberStatus(StrEnum):
     UNSUBSCRIBED = "unsubscribed"  # from every list
     BOUNCED = "bounced"  # the address does not exist
     COMPLAINED = "complained"  # reported a message as spam
+    #: Erased on the person's request (``privacy.erase``): the row keeps no address and no
+    #: name, only its number, so that the deliveries it had still add up.
+    ERASED = "erased"
 
 
 class SubscriptionStatus(StrEnum):
@@ -64,6 +68,8 @@ class EventKind(StrEnum):
     RESUBSCRIBED = "resubscribed"
     BOUNCED = "bounced"
     COMPLAINED = "complained"
+    #: Their details changed (name, language) on their own word: the preference page.
+    CHANGED = "changed"
 
 
 class Source(StrEnum):
@@ -78,6 +84,7 @@ class Source(StrEnum):
     SYNC = "sync"
     BOUNCE = "bounce"
     FEEDBACK_LOOP = "feedback-loop"  # a complaint report from a mailbox provider's feedback loop
+    PREFERENCES = "preferences"  # the reader's own preference page (a signed link in every message)
 
 
 def _enum(cls: type[StrEnum]) -> Enum:
@@ -163,6 +170,79 @@ class ConsentEvent(Base):
     #: Where exactly: ``subscribers/members.csv:12``, a dispatch, a person's reason.
     detail: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: A confirmed sign-up (double opt-in): when the form was sent; ``created_at`` is the
+    #: confirmation. NULL for every other event.
+    requested_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The page the consent was given on: the sign-up form's path (``/subscribe/public``), or
+    #: the page a pasted form was on; the preference page. "" for events that had none.
+    page: Mapped[str] = mapped_column(String(500), default="", server_default="")
+    #: The SHA-256 (hex) of the exact consent text shown (its text in ``consent_texts``);
+    #: NULL where no text was shown.
+    consent_sha256: Mapped[str | None] = mapped_column(String(64))
+    #: The client's IP address, only with ``signup.store_ip = true``; NULL otherwise.
+    ip: Mapped[str | None] = mapped_column(String(64))
+
+
+class ConsentText(Base):
+    """A consent text as shown on a form, once per version: the consent events name its SHA-256."""
+
+    __tablename__ = "consent_texts"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: The language the text is in (canonical BCP 47).
+    language: Mapped[str] = mapped_column(String(16), default="")
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Signup(Base):
+    """A sign-up waiting for its confirmation (double opt-in): not a subscriber yet.
+
+    One per address (``email_key``). Deleted when confirmed (its facts go into the
+    consent event) or, never confirmed, after ``signup.pending_days``.
+    """
+
+    __tablename__ = "signups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    email_key: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    language: Mapped[str] = mapped_column(String(16), default="")
+    #: The lists asked for: their names, comma-separated.
+    lists: Mapped[str] = mapped_column(Text)
+    #: The form's page (see ``ConsentEvent.page``).
+    page: Mapped[str] = mapped_column(String(500), default="")
+    consent_sha256: Mapped[str] = mapped_column(String(64))
+    #: Only with ``signup.store_ip = true``.
+    ip: Mapped[str | None] = mapped_column(String(64))
+    #: The random number in the current confirmation link: a new message makes the older
+    #: links invalid.
+    nonce: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: When the sign-up was made (the form's first POST for this request).
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: When its latest confirmation message was handed to the transport; NULL: none yet.
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: How many confirmation messages were sent for it.
+    sends: Mapped[int] = mapped_column(default=0)
+    #: The transport's answer to the latest, or why it failed.
+    reply: Mapped[str] = mapped_column(Text, default="")
+
+
+class Erasure(Base):
+    """A person erased on request: no address, only a keyed hash of it that keeps them out."""
+
+    __tablename__ = "erasures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: HMAC-SHA256 (hex) of the address lower-cased, under the secret key (``tokens.Signer``).
+    address_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The subscriber row kept without address or name (their deliveries point at it); NULL
+    #: when the person was only a sign-up.
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="SET NULL"))
+    erased_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: Who ran the erasure (``--by``, else git's user.name/user.email, else the login name).
+    erased_by: Mapped[str] = mapped_column(String(200), default="")
 
 
 class DeliveryStatus(StrEnum):

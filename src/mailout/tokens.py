@@ -36,6 +36,14 @@ class Purpose(StrEnum):
     VIEW = "view"
     #: The code in a message's return address (VERP): see ``envelope``.
     RETURN_PATH = "return-path"
+    #: A sign-up's confirmation link: (signup id, nonce), see ``signup``.
+    CONFIRM = "confirm"
+    #: The preference page in every message's footer: (subscriber id, list id).
+    PREFERENCES = "preferences"
+    #: The sign-up form's signed time: (unix seconds when shown, random nonce).
+    FORM = "form"
+    #: The keyed hash that keeps an erased address out (``address_hashes``).
+    ERASED = "erased"
 
 
 @dataclass(frozen=True)
@@ -84,8 +92,25 @@ class Signer:
             fed.append(mac)
         return fed
 
+    def address_hashes(self, address: str) -> list[str]:
+        """Return the keyed hash (hex) of an address under each key, the signing key's first.
+
+        The address is taken lower-cased (as ``subscribers.email_key``). An erasure keeps
+        the first; a check compares with every one, so a key rotation keeps erased people
+        out as long as the old key stays in ``MAILOUT_SECRET_KEY``.
+        """
+        body = address.strip().lower().encode("utf-8")
+        return [
+            hmac.new(key, Purpose.ERASED.encode() + b"|" + body, hashlib.sha256).hexdigest()
+            for key in self._keys
+        ]
+
     def sign(self, purpose: Purpose, subscriber_id: int, list_id: int) -> str:
-        """Return the token for ``purpose`` on this subscriber and list."""
+        """Return the token for ``purpose`` on this subscriber and list.
+
+        The two numbers are whatever ``purpose`` says they are (for ``CONFIRM`` a
+        sign-up's id and nonce, for ``FORM`` a time and a nonce); each below 10**18.
+        """
         body = f"{subscriber_id}.{list_id}".encode()
         return f"{_b64(body)}.{_b64(self._mac(0, purpose, body))}"
 
