@@ -323,3 +323,34 @@ def test_the_envelope_sender_is_the_return_path_else_the_from_address(tmp_path: 
     settings = load_settings(write(tmp_path, text), env={})
     assert settings.sender.envelope == "bounces@mail.city.example"
     assert settings.sender.address == "news@city.example"
+
+
+def test_the_newsletter_language_is_read_in_its_canonical_form(tmp_path: Path) -> None:
+    # Written as people do; every part of mailout then sees one spelling (the HTML's lang=,
+    # the catalogs, the dispatch's default variant).
+    settings = load_settings(write(tmp_path, '[newsletter]\nlanguage = "en-gb"\n'), env={})
+    assert settings.newsletter.language == "en-GB"
+    assert (
+        load_settings(write(tmp_path / "fr", '[newsletter]\nlanguage = "fr"\n'), env={}).newsletter.language
+        == "fr"
+    )
+
+
+def test_public_signup_opens_a_public_list_only(tmp_path: Path) -> None:
+    defaults = load_settings(write(tmp_path / "empty", ""), env={})
+    assert [(lst.name, lst.public_signup) for lst in defaults.lists] == [("members", False), ("public", True)]
+
+    opened = load_settings(
+        write(tmp_path / "own", '[lists.news]\nsegment = "public"\npublic_signup = true\n[lists.team]\n'),
+        env={},
+    )
+    assert [(lst.name, lst.public_signup) for lst in opened.lists] == [("news", True), ("team", False)]
+
+    with pytest.raises(
+        ConfigError, match=r"mailout.toml:1: lists.board.public_signup: a members' list is never open"
+    ):
+        load_settings(
+            write(tmp_path / "m", '[lists.board]\npublic_signup = true\nsegment = "member"\n'), env={}
+        )
+    with pytest.raises(ConfigError, match=r"lists.news.public_signup: expected true or false, got 'yes'"):
+        load_settings(write(tmp_path / "s", '[lists.news]\npublic_signup = "yes"\n'), env={})

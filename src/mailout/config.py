@@ -511,6 +511,14 @@ def load_settings(
         **sections,
     )
     _validate(settings, sources)
+    from .languages import canonical
+
+    # One spelling of the newsletter's language everywhere (`lang=` of the HTML, the
+    # catalogs, the dispatch's default variant): `en-gb` is read as `en-GB`.
+    tag = canonical(settings.newsletter.language)
+    if tag is not None and tag != settings.newsletter.language:
+        newsletter = dataclasses.replace(settings.newsletter, language=tag)
+        settings = dataclasses.replace(settings, newsletter=newsletter)
     return settings
 
 
