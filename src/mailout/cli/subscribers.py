@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
 
 import click
 
-from .. import bounces, csvfile, privacy, unsubmail
+from .. import bounces, csvfile, privacy, signup, unsubmail
 from .. import subscribers as people
 from ..config import ListSettings
 from ..db import transaction
@@ -518,3 +519,22 @@ def erase_command(state: State, email: str, by: str, yes: bool) -> None:
     for table, number in result.counts.items():
         click.echo(f"  {table:<18}{number:>8,}")
     click.echo("its keyed hash is recorded: imports and the sign-up form keep it out")
+
+
+@subscribers.command("purge-pending")
+@pass_state
+def purge_pending_command(state: State) -> None:
+    """Delete the sign-ups never confirmed within signup.pending_days; print how many.
+
+    A sign-up waits for the link in its confirmation message to be followed. Those
+    left unconfirmed for signup.pending_days (30 by default, counted from the
+    latest request) are deleted, their address and name with them. `mailout
+    worker` does the same at each pass.
+    """
+    click.echo(f"{purge_pending(state):,} pending sign-ups deleted")
+
+
+def purge_pending(state: State) -> int:
+    """Delete the sign-ups past ``signup.pending_days`` (the command, and `mailout worker`)."""
+    with transaction(state.engine()) as session:
+        return signup.purge_pending(session.connection(), state.settings, now=dt.datetime.now(dt.UTC))
