@@ -315,14 +315,13 @@ def export_person(engine_or_session: Engine | Session, signer: Signer, address: 
     normalised = people.normalise_email(address)
     key = normalised.lower()
     if isinstance(engine_or_session, Session):
-        return _export(engine_or_session.connection(), signer, normalised, key)
+        return _export(engine_or_session, signer, normalised, key)
     with transaction(engine_or_session) as session:
-        return _export(session.connection(), signer, normalised, key)
+        return _export(session, signer, normalised, key)
 
 
-def _export(conn: Connection, signer: Signer, address: str, key: str) -> dict[str, Any]:
-    person = conn.execute(select(Subscriber).where(Subscriber.email_key == key)).first()
-    row = person[0] if person is not None else None
+def _export(conn: Session, signer: Signer, address: str, key: str) -> dict[str, Any]:
+    row = conn.scalars(select(Subscriber).where(Subscriber.email_key == key)).first()
     erased = _erasure(conn, signer, address)
     data: dict[str, Any] = {
         "address": address,
@@ -337,7 +336,7 @@ def _export(conn: Connection, signer: Signer, address: str, key: str) -> dict[st
         "deliveries": [],
         "reports": [],
         "mail_requests": [],
-        "signups": [_plain(s) for s in signup.of_person(conn, key)],
+        "signups": [_plain(s) for s in signup.of_person(conn.connection(), key)],
     }
     if row is not None:
         sid = row.id
