@@ -169,11 +169,15 @@ def test_erasure_leaves_no_trace_in_a_dump_and_changes_nobody_else(database_url:
             assert [row for row in after[table] if not is_theirs(table, row)] == others, table
         tombstone = next(row for row in after["subscribers"] if row["id"] == PID)
         assert (tombstone["email"], tombstone["email_key"], tombstone["name"], tombstone["status"]) == (
-            f"erased-{PID}", f"erased-{PID}", "", "erased"
+            f"erased-{PID}",
+            f"erased-{PID}",
+            "",
+            "erased",
         )
         mine = [row for row in after["deliveries"] if row["subscriber_id"] == PID]
         assert [(row["email"], row["name"], row["status"]) for row in mine] == [
-            ("", "", "sent"), ("", "", "skipped")
+            ("", "", "sent"),
+            ("", "", "skipped"),
         ]
         assert mine[0]["reply"] == "250 2.1.5 [erased] ok, [erased]"
         events = [row for row in after["consent_events"] if row["subscriber_id"] == PID]
@@ -275,7 +279,10 @@ def test_export_person_round_trip_then_erase_then_import_keeps_out(
     signed_up = data["consent_events"][1]
     assert signed_up["consent_text"]["text"].startswith("Oui, envoyez-moi")
     assert signed_up["requested_at"] == at(8000).isoformat()
-    assert [(d["issue"], d["status"]) for d in data["deliveries"]] == [("2019-01", "sent"), ("2019-02", "queued")]
+    assert [(d["issue"], d["status"]) for d in data["deliveries"]] == [
+        ("2019-01", "sent"),
+        ("2019-02", "queued"),
+    ]
     assert data["reports"][0]["summary"] == f"dsn: 1 bounced ({ADDRESS})"
     assert [m["key"] for m in data["mail_requests"]] == ["<ana.1@mail.example>"]
     assert [s["name"] for s in data["signups"]] == [NAME] and "nonce" not in data["signups"][0]
@@ -308,7 +315,9 @@ def test_export_person_round_trip_then_erase_then_import_keeps_out(
     )
     assert code == 1 and "erased on request" in output
     (sending_workspace / "subscribers").mkdir(exist_ok=True)
-    (sending_workspace / "subscribers" / "members.csv").write_text("email\nnew2@example.org\n", encoding="utf-8")
+    (sending_workspace / "subscribers" / "members.csv").write_text(
+        "email\nnew2@example.org\n", encoding="utf-8"
+    )
     code, output = run("subscribers", "sync", "--remove-missing")
     assert code == 0, output
     assert "erased" not in output, "the tombstone is nobody on the list"
@@ -353,8 +362,12 @@ def test_an_unknown_address_has_nothing_to_export(sending_workspace: Path) -> No
 
 
 @pytest.mark.slow
-def test_someone_erased_mid_dispatch_gets_nothing_more(sending_workspace: Path, smtp_server: SMTPServer) -> None:
-    edit_config(sending_workspace, ("concurrency = 2", "concurrency = 1"), ("batch_size = 5", "batch_size = 1"))
+def test_someone_erased_mid_dispatch_gets_nothing_more(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    edit_config(
+        sending_workspace, ("concurrency = 2", "concurrency = 1"), ("batch_size = 5", "batch_size = 1")
+    )
     add_subscribers(sending_workspace, people(5))
     smtp_server.stall("p1@example.org", 1.5)  # one connection, one at a time: p4's turn is well after
     with start_send() as process:
