@@ -306,7 +306,7 @@ def test_export_person_round_trip_then_erase_then_import_keeps_out(
     code, output = run("subscribers", "import", str(csv), "--list", "public")
     assert code == 0, output
     today = dt.datetime.now(dt.UTC)
-    assert f"back.csv:3: kept out" in output and f"erased on request on {today:%Y-%m-%d}: kept out" in output
+    assert "back.csv:3: kept out" in output and f"erased on request on {today:%Y-%m-%d}: kept out" in output
     assert "added             1" in output
     code, output = run("subscribers", "add", UNICODE, "--list", "public")
     assert code == 1 and "erased on request" in output
