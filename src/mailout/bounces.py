@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import NamedTuple, cast
 
-from sqlalchemy import Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -814,3 +814,36 @@ def dispatch_counts(session: Session, dispatch_id: int) -> tuple[int, int]:
             )
         )
     return int(counted["bounced"] or 0), int(counted["complained"] or 0)
+
+
+# --- erasure (``privacy.erase``) -------------------------------------------------------------------
+
+
+def erase_reports(conn: Connection, scrub: Callable[[str], str]) -> dict[str, int]:
+    """Erase a person from the handled reports: addresses, diagnostics and summaries; return counts.
+
+    ``scrub`` replaces the person's address and name. A recipient's address it
+    changes is the person's and becomes ""; the line stays (with its subscriber, for
+    the dispatch's bounce and complaint counts). Every row is read: a report that
+    matched nobody, or another's diagnostic, may name them.
+    """
+    lines = 0
+    for line_id, address, diagnostic, note in conn.execute(
+        select(ReportRecipient.id, ReportRecipient.address, ReportRecipient.diagnostic, ReportRecipient.note)
+    ).all():
+        values = {
+            "address": "" if scrub(address) != address else address,
+            "diagnostic": scrub(diagnostic),
+            "note": scrub(note),
+        }
+        if (values["address"], values["diagnostic"], values["note"]) != (address, diagnostic, note):
+            conn.execute(update(ReportRecipient).where(ReportRecipient.id == line_id).values(**values))
+            lines += 1
+    reports = 0
+    for report_id, summary in conn.execute(select(HandledReport.id, HandledReport.summary)).all():
+        if scrub(summary) != summary:
+            conn.execute(
+                update(HandledReport).where(HandledReport.id == report_id).values(summary=scrub(summary))
+            )
+            reports += 1
+    return {"report_recipients": lines, "handled_reports": reports}

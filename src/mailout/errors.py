@@ -18,6 +18,7 @@ names every subclass, where it lives and what it derives from::
     ├── WorkspaceError                   a missing workspace, issue folder or file
     ├── InvalidSubscriber [subscribers]  an address or a field that cannot be stored (says why)
     ├── SubscriberNotFound [subscribers] no subscriber has this address
+    ├── ErasedAddress [privacy]          the address was erased on request: kept out
     ├── DispatchExists [dispatching]     the issue was already sent to this list (use --again)
     ├── DispatchNotFound [dispatching]   no dispatch has this number
     ├── NothingToResend [dispatching]    --resend-unknown or --retry-policy, and no such delivery

@@ -15,6 +15,7 @@ on the list but missing from the file.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -25,10 +26,11 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from . import csvfile
+from . import csvfile, privacy
 from . import subscribers as people
 from .config import ListSettings
 from .db import copy_rows
+from .errors import ConfigError
 from .models import (
     MailingList,
     Source,
@@ -40,6 +42,7 @@ from .models import (
 )
 from .paths import display_path
 from .subscribers import InvalidSubscriber, clean_fields, ensure_list, normalise_email
+from .tokens import Signer
 
 CHUNK = 2000
 #: PostgreSQL's advisory lock that an import holds until it commits ("mailout import").
@@ -118,8 +121,13 @@ def import_file(
     remove_missing: bool = False,
     report_missing: bool = False,
     progress: Callable[[int], None] | None = None,
+    signer: Signer | None = None,
 ) -> ImportReport:
-    """Import ``path`` into the list ``settings.name``; see the module docstring."""
+    """Import ``path`` into the list ``settings.name``; see the module docstring.
+
+    ``signer`` tells erased addresses (``privacy``) by their keyed hash; without it
+    (no ``MAILOUT_SECRET_KEY``) an import works only while nobody was erased.
+    """
     name = display_path(path)
     report = ImportReport(file=name, list_name=settings.name, dry_run=dry_run)
     with (
@@ -141,8 +149,12 @@ def import_file(
                     session.connection().exec_driver_sql("SET LOCAL enable_seqscan = off")
                 lst = ensure_list(session, settings)
                 session.flush()
+                # Read once, after the lock: an erasure takes it too, so an address erased
+                # while this import waited is kept out, and one erased later is erased
+                # with what this import wrote.
+                keep_out = _Erased(privacy.erasure_dates(session.connection()), signer)
                 for chunk in _chunks(rows, CHUNK):
-                    _import_chunk(session, lst, chunk, name, report)
+                    _import_chunk(session, lst, chunk, name, report, keep_out)
                     if progress and len(chunk) == CHUNK:  # a long file: say it is alive
                         progress(report.rows)
                 if report_missing or remove_missing:
@@ -162,6 +174,30 @@ def import_file(
     return report
 
 
+@dataclass(frozen=True)
+class _Erased:
+    """The erased addresses, by their keyed hash, and the signer that hashes a row's address."""
+
+    dates: dict[str, dt.datetime]
+    signer: Signer | None
+
+    def __post_init__(self) -> None:
+        if self.dates and self.signer is None:
+            raise ConfigError(
+                "erased addresses are kept out by a hash made with the secret key, and this database"
+                ' holds erasures: set MAILOUT_SECRET_KEY (the key they were made with, or "new,old")'
+            )
+
+    def when(self, email: str) -> dt.datetime | None:
+        """Return when ``email`` was erased, or None (one HMAC per key, and only if anyone was)."""
+        if not self.dates or self.signer is None:
+            return None
+        for digest in self.signer.address_hashes(email):
+            if digest in self.dates:
+                return self.dates[digest]
+        return None
+
+
 def _chunks(rows: Iterable[csvfile.Row], size: int) -> Iterator[list[csvfile.Row]]:
     iterator = iter(rows)
     while chunk := list(islice(iterator, size)):
@@ -169,7 +205,12 @@ def _chunks(rows: Iterable[csvfile.Row], size: int) -> Iterator[list[csvfile.Row
 
 
 def _import_chunk(
-    session: Session, lst: MailingList, rows: list[csvfile.Row], name: str, report: ImportReport
+    session: Session,
+    lst: MailingList,
+    rows: list[csvfile.Row],
+    name: str,
+    report: ImportReport,
+    keep_out: _Erased,
 ) -> None:
     """Import one chunk of rows with a few statements, whatever its size."""
     conn = session.connection()
@@ -177,7 +218,7 @@ def _import_chunk(
     earlier = _remember_seen(conn, candidates, seen_invalid)
     if not candidates:
         return
-    plan = _classify(candidates, _stored(conn, lst, candidates), earlier, lst, report)
+    plan = _classify(candidates, _stored(conn, lst, candidates), earlier, lst, report, keep_out)
     now = utcnow()
     new_ids = people.add_many(
         conn, [people.NewPerson(c.email, c.name, c.organisation, c.language) for c in plan.new_people], now
@@ -307,6 +348,7 @@ def _classify(
     earlier: dict[str, int],
     lst: MailingList,
     report: ImportReport,
+    keep_out: _Erased,
 ) -> _Plan:
     """Decide what each valid row does (add, join, update, keep out, nothing) and count it in ``report``."""
     plan = _Plan()
@@ -316,6 +358,10 @@ def _classify(
             report.duplicates += 1
             if stored is not None and (change := _update(stored, cand, file_wins=False)):
                 plan.changes.append(change)
+            continue
+        erased = keep_out.when(email)
+        if erased is not None:
+            report.note_kept_out(cand.line, email, f"erased on request on {erased:%Y-%m-%d}: kept out")
             continue
         if stored is None:
             plan.new_people.append(cand)

@@ -1021,3 +1021,23 @@ def failed_deliveries(conn: Connection | Session, dispatch_id: int) -> Sequence[
         .where(Delivery.dispatch_id == dispatch_id, Delivery.status == DeliveryStatus.FAILED)
         .order_by(Delivery.id)
     ).all()
+
+
+def erase_deliveries(conn: Connection, subscriber_id: int, scrub: Callable[[str], str]) -> dict[str, int]:
+    """Erase a person from their deliveries: skip what is still waiting, then drop address and name.
+
+    The skip comes first, in the same transaction: a sending process marks a delivery
+    ``sending`` only while it is still claimed, so nothing more goes to the person once
+    this commits. The rows stay (the dispatch's totals add up), with no address and no
+    name; each server reply loses the address and the name (``scrub``). Returns
+    ``deliveries`` (rows erased) and ``skipped``.
+    """
+    skipped = skip_pending(conn, subscriber_id, None)
+    rows = conn.execute(
+        select(Delivery.id, Delivery.reply).where(Delivery.subscriber_id == subscriber_id)
+    ).all()
+    conn.execute(update(Delivery).where(Delivery.subscriber_id == subscriber_id).values(email="", name=""))
+    for delivery_id, reply in rows:
+        if scrub(reply) != reply:
+            conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(reply=scrub(reply)))
+    return {"deliveries": len(rows), "skipped": skipped}

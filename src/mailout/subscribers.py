@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, cast
@@ -738,6 +738,69 @@ def _stage(conn: Connection, table: str, columns: str, rows: Iterable[tuple[obje
     conn.exec_driver_sql(f"TRUNCATE {table}")
     names = ", ".join(column.split()[0] for column in columns.split(", "))
     copy_rows(conn, f"COPY {table} ({names}) FROM STDIN", rows)
+
+
+# --- erasure (``privacy.erase`` decides; each table is scrubbed by its owner) ----------------
+
+
+def erased_key(subscriber_id: int) -> str:
+    """Return the address a tombstone keeps: no "@", so it never matches an address."""
+    return f"erased-{subscriber_id}"
+
+
+def erase_subscriber(conn: Connection, subscriber_id: int, scrub: Callable[[str], str]) -> dict[str, int]:
+    """Make a person's row a tombstone and scrub their consent history; return what changed per table.
+
+    The row stays (their deliveries and consent events point at it) with neither
+    address nor name: ``erased-<id>``, status ``erased``, every subscription ended
+    (with one consent event saying why). The consent events keep what happened and
+    when; their detail and page lose the address and the name (``scrub``), their IP
+    address goes. In the caller's transaction (``privacy.erase``).
+    """
+    now = utcnow()
+    ids = {"b_subscriber": subscriber_id, "b_now": now}
+    ended = _rowcount(conn.execute(_END_SUBSCRIPTIONS, ids))
+    if ended:
+        conn.execute(
+            _RECORD,
+            {
+                "subscriber_id": subscriber_id,
+                "list_id": None,
+                "kind": EventKind.UNSUBSCRIBED,
+                "source": Source.MANUAL,
+                "detail": "erased on request",
+                "created_at": now,
+            },
+        )
+    events = conn.execute(
+        select(ConsentEvent.id, ConsentEvent.detail, ConsentEvent.page, ConsentEvent.ip).where(
+            ConsentEvent.subscriber_id == subscriber_id
+        )
+    ).all()
+    scrubbed = 0
+    for event_id, detail, page, ip in events:
+        values = {"detail": scrub(detail), "page": scrub(page), "ip": None}
+        if (values["detail"], values["page"], None) != (detail, page, ip):
+            conn.execute(update(ConsentEvent).where(ConsentEvent.id == event_id).values(**values))
+            scrubbed += 1
+    tombstone = erased_key(subscriber_id)
+    conn.execute(
+        update(Subscriber)
+        .where(Subscriber.id == subscriber_id)
+        .values(
+            email=tombstone,
+            email_key=tombstone,
+            name="",
+            organisation="",
+            language="",
+            status=SubscriberStatus.ERASED,
+            soft_score=0,
+            soft_day=None,
+            soft_bounced_at=None,
+            updated_at=now,
+        )
+    )
+    return {"subscribers": 1, "subscriptions": ended, "consent_events": scrubbed}
 
 
 # --- sign-ups (double opt-in): the consent texts shown, and the confirmed joining -----------

@@ -26,12 +26,13 @@ import email.policy
 import hashlib
 import mailbox
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import parseaddr
 from pathlib import Path
 
+from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
 
 from .errors import WorkspaceError
@@ -164,3 +165,25 @@ def _decide(session: Session, signer: Signer, identity: str, message: EmailMessa
         return Outcome(identity, sender, "unknown sender", "no subscriber with this address")
     changed = unsubscribe(session, person, Source.MAIL, detail=f"{detail}, no token")
     return Outcome(identity, sender, "unsubscribed" if changed else "already", "from every list")
+
+
+def erase_requests(conn: Connection, scrub: Callable[[str], str]) -> int:
+    """Erase a person from the mail requests: their address as sender, and from every detail.
+
+    ``scrub`` replaces the person's address and name; a sender it changes is the
+    person, and becomes "". Every row is read: a detail may name them in a request
+    of someone else. Returns how many rows changed.
+    """
+    changed = 0
+    for key, sender, detail in conn.execute(
+        select(MailRequest.key, MailRequest.sender, MailRequest.detail)
+    ).all():
+        values = {
+            "key": scrub(key),
+            "sender": "" if scrub(sender) != sender else sender,
+            "detail": scrub(detail),
+        }
+        if (values["key"], values["sender"], values["detail"]) != (key, sender, detail):
+            conn.execute(update(MailRequest).where(MailRequest.key == key).values(**values))
+            changed += 1
+    return changed

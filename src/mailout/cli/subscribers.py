@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .. import bounces, csvfile, signup, unsubmail
+from .. import bounces, csvfile, privacy, signup, unsubmail
 from .. import subscribers as people
 from ..config import ListSettings
 from ..db import transaction
@@ -16,6 +16,7 @@ from ..errors import MailoutError
 from ..importer import ImportReport, import_file, sync_paths
 from ..models import Source, SubscriberStatus
 from ..paths import display_path
+from ..tokens import Signer
 from .state import State, pass_state
 from .terminal import safe
 
@@ -104,6 +105,7 @@ def import_command(
         delimiter="\t" if delimiter == "tab" else delimiter,
         dry_run=dry_run,
         progress=_progress,
+        signer=_signer_if_any(state),
     )
     _print_report(report)
 
@@ -147,8 +149,14 @@ def sync_command(state: State, remove_missing: bool, dry_run: bool) -> None:
             remove_missing=remove_missing,
             report_missing=True,
             progress=_progress,
+            signer=_signer_if_any(state),
         )
         _print_report(report)
+
+
+def _signer_if_any(state: State) -> Signer | None:
+    """Return the signer when MAILOUT_SECRET_KEY is set: erased addresses are told by their keyed hash."""
+    return state.signer() if state.settings.secret_key else None
 
 
 def _list_for(state: State, name: str) -> ListSettings:
@@ -174,6 +182,7 @@ def add_command(
         mailout subscribers add ana@example.org --list public --name "Ana Silva"
     """
     with transaction(state.engine()) as session:
+        privacy.keep_out(session, _signer_if_any(state), email)
         lst = people.ensure_list(session, _list_for(state, list_name))
         person, changed = people.add(
             session,
@@ -283,6 +292,7 @@ def resubscribe_command(state: State, email: str, list_name: str, reason: str, c
             "resubscribing someone who left needs --confirm-consent (they asked to come back)"
         )
     with transaction(state.engine()) as session:
+        privacy.keep_out(session, _signer_if_any(state), email)
         person = people.find(session, email)
         lst = people.ensure_list(session, _list_for(state, list_name))
         people.resubscribe(session, person, lst, reason=reason)
@@ -413,6 +423,102 @@ def export_command(state: State, list_name: str | None, status: str | None, outp
             with output.open("w", encoding="utf-8", newline="") as handle:
                 written = csvfile.write_rows(handle, header, rows)
             click.echo(f"wrote {written:,} subscribers to {display_path(output)}", err=True)
+
+
+@subscribers.command("export-person")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Write JSON (UTF-8, stable keys, times in UTC).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write here (default: standard output).",
+)
+@pass_state
+def export_person_command(state: State, email: str, as_json: bool, output: Path | None) -> None:
+    """Export everything mailout holds about one person (a subject access request).
+
+    The subscriber row, subscriptions, consent history with the consent texts
+    shown, deliveries, bounce and complaint reports, mail requests from the
+    address, pending sign-ups, and whether the address was erased. Exits 1 when
+    nothing is held.
+
+    \b
+    Example:
+        mailout subscribers export-person ana@example.org --json -o ana.json
+    """
+    data = privacy.export_person(state.engine(), state.signer(), email)
+    text = privacy.to_json(data) if as_json else _person_summary(data)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {display_path(output)}", err=True)
+    if not data["found"]:
+        erased = data["erased"]
+        why = f" (erased on request on {erased['erased_at'][:10]})" if erased else ""
+        click.echo(f"mailout holds nothing about {safe(data['address'])}{why}", err=True)
+        sys.exit(1)
+
+
+def _person_summary(data: dict[str, object]) -> str:
+    """Return an export as a few readable lines: what is held, counted per kind."""
+    person = data["subscriber"]
+    lines = [f"address: {safe(data['address'])}"]
+    if isinstance(person, dict):
+        lines.append(
+            f"subscriber {person['id']}: {safe(person['name'] or '-')}, {person['status']}, since {person['created_at']}"
+        )
+    erased = data["erased"]
+    if isinstance(erased, dict):
+        lines.append(f"erased on request on {erased['erased_at']} by {safe(erased['erased_by'])}")
+    for part in ("subscriptions", "consent_events", "deliveries", "reports", "mail_requests", "signups"):
+        held = data[part]
+        lines.append(f"  {part.replace('_', ' '):<15}{len(held) if isinstance(held, list) else 0:>6}")
+    lines.append("(--json writes every row in full)")
+    return "\n".join(lines) + "\n"
+
+
+@subscribers.command("erase")
+@click.argument("email")
+@click.option("--by", default="", help="Who erases (default: git's user.name <user.email>, else the login).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+def erase_command(state: State, email: str, by: str, yes: bool) -> None:
+    """Erase a person on request: their address and name go from every table, for good.
+
+    What happened stays, without them (their row becomes "erased-NUMBER"; the
+    deliveries still count in each dispatch). A keyed hash of the address is kept
+    so that imports, `subscribers add` and the sign-up form keep them out. An
+    address mailout holds nothing about is recorded too: it stays out from now.
+    Needs MAILOUT_SECRET_KEY (the hash is made with it).
+
+    \b
+    Example:
+        mailout subscribers erase ana@example.org --by "Zoë (request of 3 May)"
+    """
+    signer = state.signer()
+    address = people.normalise_email(email)
+    if not yes:
+        click.confirm(f"Erase {safe(address)} from every table? This cannot be undone", abort=True, err=True)
+    result = privacy.erase(state.engine(), signer, address, by=by.strip() or privacy.default_eraser())
+    if not result.done_now:
+        click.echo(
+            f"this address was erased already, on {result.erased_at:%Y-%m-%d %H:%M} UTC"
+            f" by {safe(result.erased_by)}: nothing changed"
+        )
+        return
+    if not result.held_anything:
+        click.echo(
+            "mailout held nothing about this address; its keyed hash is recorded,"
+            " so imports and the sign-up form keep it out from now"
+        )
+        return
+    tombstone = f" (subscriber {result.subscriber_id} kept as erased-{result.subscriber_id})"
+    click.echo(f"erased{tombstone if result.subscriber_id else ''}; rows changed:")
+    for table, number in result.counts.items():
+        click.echo(f"  {table:<18}{number:>8,}")
+    click.echo("its keyed hash is recorded: imports and the sign-up form keep it out")
 
 
 @subscribers.command("purge-pending")
