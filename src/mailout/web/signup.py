@@ -40,7 +40,7 @@ from flask import Response, current_app, request, url_for
 from .. import signup
 from ..config import ListSettings, Settings
 from ..db import reader
-from ..i18n import language_name
+from ..i18n import language_name, newsletter_text
 from ..segments import Segment
 from ..subscribers import InvalidSubscriber, normalise_email
 from ..tokens import Purpose
@@ -249,7 +249,7 @@ def _form(
         "mailout/subscribe.html",
         status,
         language=language,
-        title=_("Subscribe to %(name)s", name=state.settings.newsletter.name),
+        title=_("Subscribe to %(name)s", name=newsletter_text(state.settings, language, "name")[0]),
         action=_action(list_name, language),
         filled=filled,
         lists=lists,
