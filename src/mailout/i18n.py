@@ -48,10 +48,17 @@ DOMAIN_TEMPLATES = {
 #: translator), ``N_()`` (marked where written, translated later) or ``i18n.gettext``
 #: (its third argument). Extracted with Babel's Python extractor, like the templates.
 DOMAIN_MODULES = {
-    "email": (),
+    "email": (Path(__file__).parent / "confirmmail.py",),
     "web": tuple(
         Path(__file__).parent / module
-        for module in ("web/views.py", "web/words.py", "archive.py", "cli/web.py", "web/signup.py")
+        for module in (
+            "web/views.py",
+            "web/words.py",
+            "archive.py",
+            "cli/web.py",
+            "signup.py",
+            "web/signup.py",
+        )
     ),
 }
 #: The keywords of ``DOMAIN_MODULES``: function name -> the msgid's argument (1-based).
@@ -70,6 +77,7 @@ _DEFAULTS = {f.name: f.default for f in fields(Newsletter)}
 
 def _code_messages() -> tuple[str | tuple[str, str], ...]:
     """Return the "email" msgids written from code rather than the templates."""
+    from .confirmmail import PLURALS
     from .issues import DEFAULT_LINK_LABELS, DEFAULT_TITLES
 
     return (
@@ -77,6 +85,7 @@ def _code_messages() -> tuple[str | tuple[str, str], ...]:
         str(_DEFAULTS["reason"]),
         str(_DEFAULTS["greeting_fallback"]),
         TEASER,
+        *PLURALS,
     )
 
 

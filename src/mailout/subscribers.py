@@ -8,14 +8,17 @@ without an explicit, recorded resubscription.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import cast
+from typing import Any, cast
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Connection, String, Table, bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from . import outbox
@@ -25,6 +28,7 @@ from .errors import MailoutError
 from .languages import canonical
 from .models import (
     ConsentEvent,
+    ConsentText,
     EventKind,
     MailingList,
     Source,
@@ -734,3 +738,235 @@ def _stage(conn: Connection, table: str, columns: str, rows: Iterable[tuple[obje
     conn.exec_driver_sql(f"TRUNCATE {table}")
     names = ", ".join(column.split()[0] for column in columns.split(", "))
     copy_rows(conn, f"COPY {table} ({names}) FROM STDIN", rows)
+
+
+# --- sign-ups (double opt-in): the consent texts shown, and the confirmed joining -----------
+# ``signup.confirm`` calls ``join_by_signup`` in its transaction; the form's request stores
+# the consent text it showed with ``store_consent_text``. Plain Core statements on the
+# caller's connection (the web app has no ORM session).
+
+_consent_texts = cast(Table, ConsentText.__table__)
+
+
+def consent_sha256(text: str) -> str:
+    """Return the SHA-256 (hex) of a consent text, as the consent events name it."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def store_consent_text(conn: Connection, text: str, language: str, now: dt.datetime) -> str:
+    """Keep ``text`` (once per version, by its SHA-256) and return its SHA-256.
+
+    The same statement whether the text is new or not; two requests at once keep it once.
+    """
+    digest = consent_sha256(text)
+    insert_row = _dialect_insert(conn, _consent_texts).values(
+        sha256=digest, language=language, text=text, created_at=now
+    )
+    conn.execute(insert_row.on_conflict_do_nothing(index_elements=["sha256"]))
+    return digest
+
+
+def consent_texts(conn: Connection, digests: Iterable[str]) -> dict[str, str]:
+    """Return the texts kept under these SHA-256 digests (for an export, or a proof)."""
+    wanted = sorted(set(digests))
+    if not wanted:
+        return {}
+    rows = conn.execute(
+        select(_consent_texts.c.sha256, _consent_texts.c.text).where(_consent_texts.c.sha256.in_(wanted))
+    )
+    return {str(sha): str(text) for sha, text in rows}
+
+
+def _dialect_insert(conn: Connection, table: Table) -> Any:
+    """Return the dialect's INSERT (with ``on_conflict_do_nothing``) for ``table``."""
+    if conn.dialect.name == "postgresql":
+        return postgresql_insert(table)
+    return sqlite_insert(table)
+
+
+@dataclass(frozen=True)
+class SignupJoin:
+    """A confirmed sign-up, as ``signup.confirm`` hands it over."""
+
+    email: str
+    name: str
+    language: str
+    #: The lists asked for (configured, open to sign-up).
+    lists: tuple[ListSettings, ...]
+    #: When the form was sent, and when the link was followed (the event's ``created_at``).
+    requested_at: dt.datetime
+    confirmed_at: dt.datetime
+    page: str
+    consent_sha256: str
+    #: Only with ``signup.store_ip``; else None.
+    ip: str | None = None
+
+
+@dataclass(frozen=True)
+class SignupJoined:
+    """What ``join_by_signup`` did."""
+
+    subscriber_id: int
+    #: The lists whose subscription began (or began again): one consent event each.
+    joined: tuple[str, ...]
+    #: Whether the person had left before (unsubscribed or complained): RESUBSCRIBED events.
+    returned: bool
+
+
+#: The person's states a confirmed sign-up cannot change: the address does not exist, or
+#: the person was erased (their row has no address any more, so it never matches anyway).
+_SIGNUP_REFUSED = (SubscriberStatus.BOUNCED, SubscriberStatus.ERASED)
+
+
+def join_by_signup(conn: Connection, join: SignupJoin) -> SignupJoined | None:
+    """Subscribe a confirmed sign-up to the lists it asked for; None when the address is refused.
+
+    A new address becomes a subscriber. Someone who unsubscribed (or complained)
+    comes back on the lists asked, and only those: their confirmation is their new
+    consent, recorded as RESUBSCRIBED. A bounced or erased address is refused. A
+    list the person is on already changes nothing and records nothing. Each list
+    joined gets one consent event with the sign-up's proof: ``requested_at``,
+    ``page``, ``consent_sha256``, ``ip`` (None unless ``signup.store_ip``), source
+    ``sign-up``, ``created_at`` the confirmation.
+
+    The person's row is locked first (``FOR UPDATE`` on PostgreSQL; SQLite holds the
+    write lock already), so an unsubscription or an import at the same moment waits.
+    """
+    address = normalise_email(join.email)
+    key = address.lower()
+    name, _, language = clean_fields(join.name, "", join.language)
+    at = join.confirmed_at
+    list_ids = _list_ids(conn, join.lists)
+    person = _locked_person(conn, key)
+    if person is None:
+        conn.execute(
+            _dialect_insert(conn, _subscribers)
+            .values(
+                email=address, email_key=key, name=name, organisation="", language=language,
+                status=SubscriberStatus.SUBSCRIBED, created_at=at, updated_at=at,
+            )
+            .on_conflict_do_nothing(index_elements=["email_key"])
+        )  # fmt: skip
+        person = _locked_person(conn, key)
+        assert person is not None
+    subscriber_id, status = int(person[0]), SubscriberStatus(person[1])
+    if status in _SIGNUP_REFUSED:
+        return None
+    returned = status in (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.COMPLAINED)
+    changes: dict[str, object] = {"updated_at": at}
+    if returned:
+        # A fresh start, as ``resubscribe``: the temporary failures before it count no more.
+        changes |= {
+            "status": SubscriberStatus.SUBSCRIBED,
+            "soft_score": 0,
+            "soft_day": None,
+            "soft_bounced_at": None,
+        }
+    # Their own word on the form: the name (if given) and the language they chose.
+    if name:
+        changes["name"] = name
+    if language:
+        changes["language"] = language
+    conn.execute(update(_subscribers).where(_subscribers.c.id == subscriber_id).values(**changes))
+    held = {
+        int(list_id): SubscriptionStatus(state)
+        for list_id, state in conn.execute(
+            select(_subscriptions.c.list_id, _subscriptions.c.status).where(
+                _subscriptions.c.subscriber_id == subscriber_id,
+                _subscriptions.c.list_id.in_(list_ids.values()),
+            )
+        )
+    }
+    joined: list[str] = []
+    events: list[dict[str, object]] = []
+    for lst in join.lists:
+        list_id = list_ids[lst.name]
+        state = held.get(list_id)
+        if state is SubscriptionStatus.SUBSCRIBED and not returned:
+            continue
+        if state is None:
+            conn.execute(
+                insert(_subscriptions).values(
+                    subscriber_id=subscriber_id, list_id=list_id, status=SubscriptionStatus.SUBSCRIBED,
+                    created_at=at, updated_at=at,
+                )
+            )  # fmt: skip
+        elif state is not SubscriptionStatus.SUBSCRIBED:
+            conn.execute(
+                update(_subscriptions)
+                .where(_subscriptions.c.subscriber_id == subscriber_id, _subscriptions.c.list_id == list_id)
+                .values(status=SubscriptionStatus.SUBSCRIBED, updated_at=at)
+            )
+        left_this_list = state is SubscriptionStatus.UNSUBSCRIBED
+        joined.append(lst.name)
+        events.append(
+            {
+                "subscriber_id": subscriber_id,
+                "list_id": list_id,
+                "kind": EventKind.RESUBSCRIBED if returned or left_this_list else EventKind.SUBSCRIBED,
+                "source": Source.SIGNUP,
+                "detail": "",
+                "created_at": at,
+                "requested_at": join.requested_at,
+                "page": join.page[:500],
+                "consent_sha256": join.consent_sha256,
+                "ip": join.ip,
+            }
+        )
+    if events:
+        conn.execute(_RECORD, events)
+    return SignupJoined(subscriber_id, tuple(joined), returned)
+
+
+def _locked_person(conn: Connection, key: str) -> tuple[int, str] | None:
+    row = conn.execute(
+        select(_subscribers.c.id, _subscribers.c.status)
+        .where(_subscribers.c.email_key == key)
+        .with_for_update()
+    ).first()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def _list_ids(conn: Connection, wanted: Sequence[ListSettings]) -> dict[str, int]:
+    """Return the id of each configured list by name, writing its row first if it has none yet."""
+    names = [lst.name for lst in wanted]
+    found = {
+        str(n): int(i)
+        for n, i in conn.execute(select(_lists.c.name, _lists.c.id).where(_lists.c.name.in_(names)))
+    }
+    missing = [lst for lst in wanted if lst.name not in found]
+    if missing:
+        for lst in missing:
+            conn.execute(
+                _dialect_insert(conn, _lists)
+                .values(name=lst.name, segment=lst.segment, description=lst.description)
+                .on_conflict_do_nothing(index_elements=["name"])
+            )
+        found = {
+            str(n): int(i)
+            for n, i in conn.execute(select(_lists.c.name, _lists.c.id).where(_lists.c.name.in_(names)))
+        }
+    return found
+
+
+def signup_state(conn: Connection, email_key: str, list_names: Sequence[str]) -> tuple[str, bool]:
+    """Return a person's status ("" when unknown) and whether they are on every list named.
+
+    For the sign-up form's request: it answers the same page whatever this says.
+    """
+    row = conn.execute(
+        select(_subscribers.c.id, _subscribers.c.status).where(_subscribers.c.email_key == email_key)
+    ).first()
+    if row is None:
+        return "", False
+    on = conn.execute(
+        select(func.count())
+        .select_from(_subscriptions.join(_lists, _lists.c.id == _subscriptions.c.list_id))
+        .where(
+            _subscriptions.c.subscriber_id == row[0],
+            _subscriptions.c.status == SubscriptionStatus.SUBSCRIBED,
+            _lists.c.name.in_(list_names),
+        )
+    ).scalar_one()
+    status = str(SubscriberStatus(row[1]))
+    return status, status == SubscriberStatus.SUBSCRIBED and int(on) >= len(set(list_names))

@@ -25,6 +25,7 @@ from .database import db
 from .dkim import dkim_group
 from .doctor import doctor_command
 from .sending import send_command, status_command, test_command
+from .signup import signup_form_command
 from .state import State
 from .subscribers import subscribers
 from .terminal import safe
@@ -143,6 +144,7 @@ for command in (
     dkim_group,
     doctor_command,
     bounces_group,
+    signup_form_command,
 ):
     cli.add_command(command)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
 
 import click
 
-from .. import bounces, csvfile, unsubmail
+from .. import bounces, csvfile, signup, unsubmail
 from .. import subscribers as people
 from ..config import ListSettings
 from ..db import transaction
@@ -412,3 +413,22 @@ def export_command(state: State, list_name: str | None, status: str | None, outp
             with output.open("w", encoding="utf-8", newline="") as handle:
                 written = csvfile.write_rows(handle, header, rows)
             click.echo(f"wrote {written:,} subscribers to {display_path(output)}", err=True)
+
+
+@subscribers.command("purge-pending")
+@pass_state
+def purge_pending_command(state: State) -> None:
+    """Delete the sign-ups never confirmed within signup.pending_days; print how many.
+
+    A sign-up waits for the link in its confirmation message to be followed. Those
+    left unconfirmed for signup.pending_days (30 by default, counted from the
+    latest request) are deleted, their address and name with them. `mailout
+    worker` does the same at each pass.
+    """
+    click.echo(f"{purge_pending(state):,} pending sign-ups deleted")
+
+
+def purge_pending(state: State) -> int:
+    """Delete the sign-ups past ``signup.pending_days`` (the command, and `mailout worker`)."""
+    with transaction(state.engine()) as session:
+        return signup.purge_pending(session.connection(), state.settings, now=dt.datetime.now(dt.UTC))

@@ -19,10 +19,13 @@ from ..transports import make_transport
 from .bounces import print_results, print_skipped
 from .sending import DONE, NOT_FINISHED, run_dispatch
 from .state import State, pass_state
+from .subscribers import purge_pending
 from .terminal import safe
 
 #: Seconds before the SMTP server is tried again when `--watch` found it unusable.
 RETRY_TRANSPORT = 60.0
+#: Seconds between two purges of unconfirmed sign-ups with `--watch`.
+PURGE_EVERY = 3600.0
 
 
 class Stopper:
@@ -115,8 +118,18 @@ def _read_mailbox(state: State, stopper: Stopper) -> bool:
     return True
 
 
+def _purge(state: State) -> None:
+    """Delete the sign-ups never confirmed within signup.pending_days; say so when there were any."""
+    purged = purge_pending(state)
+    if purged:
+        click.echo(
+            f"{purged:,} pending sign-ups deleted (older than {state.settings.signup.pending_days:g} days)"
+        )
+
+
 def _once(state: State, stopper: Stopper, dispatch_id: int | None) -> None:
-    """Send every unfinished dispatch, then read the bounce mailbox once."""
+    """Purge old pending sign-ups, send every unfinished dispatch, then read the bounce mailbox once."""
+    _purge(state)
     dispatches = dispatching.unfinished(state.engine(), dispatch_id)
     unfinished = False
     if not dispatches:
@@ -184,7 +197,14 @@ def _watch(state: State, stopper: Stopper, dispatch_id: int | None, interval: fl
     click.echo(f"watching: dispatches every {interval:g} s, {reading}; Ctrl-C or SIGTERM stops")
     watch = _Watch()
     next_poll = time.monotonic()  # a pass at once, then on schedule
+    next_purge = time.monotonic()
     while not stopper.requested.is_set():
+        if time.monotonic() >= next_purge:
+            next_purge = time.monotonic() + PURGE_EVERY
+            try:
+                _purge(state)
+            except DatabaseUnavailable as error:  # locked for long, or gone: the next purge tries again
+                click.secho(f"error: purging pending sign-ups: {safe(error)}", fg="red", err=True)
         _send_round(state, stopper, dispatch_id, watch)
         if mailbox and not stopper.requested.is_set() and time.monotonic() >= next_poll:
             # Counted from the start of the pass; a long dispatch delays a pass, never skips it:
@@ -218,6 +238,9 @@ def _watch(state: State, stopper: Stopper, dispatch_id: int | None, interval: fl
 @pass_state
 def worker_command(state: State, dispatch_id: int | None, watch: bool, interval: float) -> None:
     """Send unfinished dispatches (PostgreSQL: a process more, on any machine); read the bounce mailbox.
+
+    Each run first deletes the sign-ups never confirmed within
+    signup.pending_days (with --watch: at start, then every hour).
 
     With bounces.mailbox set, each run also reads the bounce mailbox once, after
     the dispatches, as `mailout bounces process` does: a cron line
