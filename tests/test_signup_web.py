@@ -7,8 +7,8 @@ server: the tests follow the link a reader would, never one they build.
 from __future__ import annotations
 
 import hashlib
-import json
 import html as htmlmod
+import json
 import re
 import secrets
 import statistics
