@@ -186,8 +186,12 @@ def desk() -> SignupDesk:
 
 
 def open_lists(settings: Settings) -> list[ListSettings]:
-    """Return the lists open to sign-up, in the order of the settings (never a members' list)."""
-    return [lst for lst in settings.lists if lst.public_signup and lst.segment != Segment.MEMBER]
+    """Return the lists open to sign-up, in the order of the settings.
+
+    ``signup.signup_lists``; a members' list never, even if the settings were made
+    without their check (loading refuses ``public_signup`` on one).
+    """
+    return [lst for lst in signup.signup_lists(settings) if lst.segment != Segment.MEMBER]
 
 
 def offered_languages(state: Mailout) -> list[str]:
