@@ -84,14 +84,16 @@ class Remembered:
             return True
 
     def _expire(self, now: float) -> None:
-        # Entries go in by time of arrival; each lives as long as the others (one setting): the
-        # oldest expire first.
+        # Looked at from the oldest arrival: one that expires sooner than an older one waits
+        # for it. That costs memory only: no entry goes before its time (but for the bound).
         while self._until and next(iter(self._until.values())) <= now:
             self._until.popitem(last=False)
 
 
 @dataclass
 class Window:
+    """One client's hour: when it started, and the POSTs counted in it."""
+
     started: float
     count: int = 0
 
