@@ -424,6 +424,10 @@ def purge_pending_command(state: State) -> None:
     left unconfirmed for signup.pending_days (30 by default, counted from the
     latest request) are deleted, their address and name with them. `mailout
     worker` does the same at each pass.
+
+    \b
+    Example:
+        mailout subscribers purge-pending
     """
     click.echo(f"{purge_pending(state):,} pending sign-ups deleted")
 
