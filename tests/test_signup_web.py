@@ -573,3 +573,35 @@ def test_in_chromium_sign_up_confirm_and_receive_the_next_issue(
     assert issues[0].message()["Content-Language"] == "fr"
     assert received.message()["Content-Language"] == "fr"  # and so was the confirmation
     served.stop()
+
+
+@pytest.mark.parametrize("hops", [0, 1])
+def test_serve_reads_the_client_from_x_forwarded_for_only_with_proxy_hops(
+    signup_workspace: Path, smtp_server: SMTPServer, hops: int
+) -> None:
+    edit_config(signup_workspace, ("client_limit = 100000", "client_limit = 2"))
+    if hops:
+        with (signup_workspace / "mailout.toml").open("a", encoding="utf-8") as config:
+            config.write(f"\n[web]\nproxy_hops = {hops}\n")
+    server = Served(signup_workspace, free_port())
+    try:
+
+        def from_(client: str) -> int:
+            body = f"email=x%40example.org&lists=public&form_token={form_token()}".encode()
+            headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-For": client}
+            return http(server.url + "/subscribe", data=body, headers=headers)[0]
+
+        statuses = [
+            from_("198.51.100.1"),
+            from_("198.51.100.2"),
+            from_("198.51.100.3"),
+            from_("198.51.100.1"),
+        ]
+    finally:
+        server.stop()
+    if hops:
+        # Each client counted on its own: the fourth POST is 198.51.100.1's second.
+        assert statuses == [200, 200, 200, 200]
+    else:
+        # Waitress drops the header: every POST comes from the proxy's address, one client.
+        assert statuses == [200, 200, 429, 429]
