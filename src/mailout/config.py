@@ -254,6 +254,10 @@ class Web:
     #: Python work under one lock (the GIL), so more threads help only with slow requests.
     threads: int = 4
     preview_password: str = field(default="", repr=False)
+    #: How many proxies in front of the app add themselves to ``X-Forwarded-For``: the
+    #: client's address (the sign-up form's limit per client) is read that many hops back.
+    #: 0: the address the connection comes from.
+    proxy_hops: int = 0
 
 
 @dataclass(frozen=True)
@@ -443,6 +447,7 @@ NUMBER_RANGES: dict[str, Range] = {
     "signup.form_min_seconds": Range(0, 3600, unit="seconds"),
     "signup.form_max_hours": Range(0, 24 * 365, above=True, unit="hours"),
     "signup.client_limit": Range(1, 100_000, unit="sign-ups per hour"),
+    "web.proxy_hops": Range(0, 10),
 }
 
 

@@ -51,7 +51,14 @@ DOMAIN_MODULES = {
     "email": (Path(__file__).parent / "confirmmail.py",),
     "web": tuple(
         Path(__file__).parent / module
-        for module in ("web/views.py", "web/words.py", "archive.py", "cli/web.py", "signup.py")
+        for module in (
+            "web/views.py",
+            "web/words.py",
+            "archive.py",
+            "cli/web.py",
+            "signup.py",
+            "web/signup.py",
+        )
     ),
 }
 #: The keywords of ``DOMAIN_MODULES``: function name -> the msgid's argument (1-based).

@@ -59,7 +59,9 @@ def serve_command(
     app = create_app(settings, local=local)
     click.get_current_context().call_on_close(app.extensions["mailout"].engine.dispose)
     try:
-        server = make_server(app, host, port, threads or settings.web.threads)
+        server = make_server(
+            app, host, port, threads or settings.web.threads, proxy_hops=settings.web.proxy_hops
+        )
     except OSError as exc:
         raise MailoutError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}"
@@ -99,6 +101,8 @@ def serve_command(
         # Let requests in progress (an unsubscribe being recorded) finish, then close.
         server.task_dispatcher.shutdown(cancel_pending=False, timeout=10)
         server.close()
+        # The confirmation messages still queued go out before the process ends.
+        app.extensions["mailout.signup"].close()
         click.echo("stopped")
 
 

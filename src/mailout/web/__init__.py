@@ -15,6 +15,9 @@ Routes (blueprint ``mailout``):
 - ``/issues/``, ``/issues/<slug>`` and ``/issues/<slug>/<language>``: the public
   archive, a page per issue and language; ``?t=<token>`` shows a member their own
   members' version.
+- ``/subscribe`` and ``/subscribe/<list>``: the sign-up form (GET) and the sign-up
+  (POST); ``/subscribe/confirm/<token>``: the link in the confirmation message
+  (``signup.py``).
 - ``/preview/<slug>``: every variant, re-rendered on each reload; open on loopback,
   behind a password elsewhere.
 """
@@ -33,6 +36,7 @@ from typing import Any
 import jinja2
 from flask import Flask
 from sqlalchemy import Engine
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ..config import Settings, load_settings
 from ..db import WriteQueue, open_engine
@@ -158,6 +162,7 @@ def create_app(settings: Settings | None = None, *, local: bool = False) -> Flas
     ``MAILOUT_PREVIEW_PASSWORD``, and without one it is switched off.
     Raises ``ConfigError`` without ``MAILOUT_SECRET_KEY``: the links could not be verified.
     """
+    from . import signup  # its routes join the blueprint
     from .views import LanguageConverter, blueprint
 
     settings = settings or load_settings()
@@ -176,6 +181,10 @@ def create_app(settings: Settings | None = None, *, local: bool = False) -> Flas
         app.extensions["mailout"] = Mailout(settings, engine, signer, preview_open=local)
         app.url_map.converters["language"] = LanguageConverter
         app.register_blueprint(blueprint)
+        signup.install(app, app.extensions["mailout"])
+        if settings.web.proxy_hops:
+            # The client's address from X-Forwarded-For, as the proxies in front add it.
+            app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.web.proxy_hops)  # type: ignore[method-assign]
     except BaseException:
         # open_engine has read the schema's revision: its pool holds an open connection,
         # which nobody could close once the engine is dropped (the pages' words failing

@@ -31,8 +31,11 @@ class Server(Protocol):
     def close(self) -> None: ...
 
 
-def make_server(app: Any, host: str, port: int, threads: int) -> Server:
+def make_server(app: Any, host: str, port: int, threads: int, *, proxy_hops: int = 0) -> Server:
     """Return a waitress server for ``app`` bound to ``host`` and ``port`` (0: any free port).
+
+    ``proxy_hops`` (``web.proxy_hops``): when proxies in front add ``X-Forwarded-For``,
+    waitress passes it on, and the app reads the client's address from it.
 
     Raises ``OSError`` when the address cannot be bound.
     """
@@ -54,8 +57,10 @@ def make_server(app: Any, host: str, port: int, threads: int) -> Server:
         asyncore_use_poll=True,
         # No "Server: waitress" header: the version of the software is nobody's business.
         ident=None,
-        # Behind a proxy the app needs none of the X-Forwarded headers: every address it
-        # writes comes from newsletter.public_base_url. Waitress drops them (the default).
-        clear_untrusted_proxy_headers=True,
+        # Behind a proxy the app needs none of the X-Forwarded headers to write addresses:
+        # every one comes from newsletter.public_base_url. Waitress drops them (the default),
+        # unless web.proxy_hops says to read the client's address from X-Forwarded-For
+        # (the app's ProxyFix reads that header only, that many hops back).
+        clear_untrusted_proxy_headers=not proxy_hops,
     )
     return server
