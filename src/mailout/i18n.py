@@ -51,7 +51,7 @@ DOMAIN_MODULES = {
     "email": (),
     "web": tuple(
         Path(__file__).parent / module
-        for module in ("web/views.py", "web/words.py", "archive.py", "cli/web.py")
+        for module in ("web/views.py", "web/words.py", "archive.py", "cli/web.py", "web/preferences.py")
     ),
 }
 #: The keywords of ``DOMAIN_MODULES``: function name -> the msgid's argument (1-based).

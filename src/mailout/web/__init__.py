@@ -15,6 +15,9 @@ Routes (blueprint ``mailout``):
 - ``/issues/``, ``/issues/<slug>`` and ``/issues/<slug>/<language>``: the public
   archive, a page per issue and language; ``?t=<token>`` shows a member their own
   members' version.
+- ``/preferences/<token>``: the reader's own page (name, language, lists, unsubscribe
+  from everything), linked from every message's footer; GET shows, POST changes
+  (``preferences.py``).
 - ``/preview/<slug>``: every variant, re-rendered on each reload; open on loopback,
   behind a password elsewhere.
 """
@@ -158,6 +161,7 @@ def create_app(settings: Settings | None = None, *, local: bool = False) -> Flas
     ``MAILOUT_PREVIEW_PASSWORD``, and without one it is switched off.
     Raises ``ConfigError`` without ``MAILOUT_SECRET_KEY``: the links could not be verified.
     """
+    from . import preferences  # noqa: F401  (its routes, on the same blueprint)
     from .views import LanguageConverter, blueprint
 
     settings = settings or load_settings()
