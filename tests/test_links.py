@@ -319,7 +319,7 @@ def test_the_links_of_sent_messages_are_those_links_makes_and_all_answer(
         links.issue(SLUG, "en"),
         links.issue(SLUG, "fr"),
         # No one's preference page: the footer's link leads a visitor to the sign-up form.
-        links.signup_form(language="en"),
+        links.signup_form(),
     }
     assert f'href="{links.unsubscribe_by_mail()}"' in page
     relative = re.findall(r'src="(/news/issues/[^"]+)"', page)
