@@ -140,7 +140,8 @@ def preferences_post(token: str) -> Response:
                 language=language,
                 lists=lists,
                 leave_all=request.form.get("leave_all") == "1",
-                page=f"{request.script_root}/preferences/",
+                # The page, never its token (the token is the reader's key to it).
+                page=request.script_root + request.path.rpartition("/")[0] + "/",
             )
     except InvalidSubscriber:
         return _form(token, found, status=422, error=_BAD_NAME)
