@@ -292,7 +292,7 @@ def message_file(folder: Path) -> Path:
     urls = links(1)
     data = template.build(
         to_name="Reader 1", to_address="reader1@city1.example", message_id=f"bench.1@{template.addressing.domain}",
-        recipient=Recipient("Reader", urls.unsubscribe, urls.view), unsubscribe_mailto=urls.unsubscribe_mailto,
+        recipient=Recipient("Reader", urls.unsubscribe, urls.view, urls.preferences), unsubscribe_mailto=urls.unsubscribe_mailto,
     )  # fmt: skip
     path = folder / "message.eml"
     path.write_bytes(data)

@@ -72,6 +72,7 @@ def main() -> None:
                 f"Réka {i}",
                 f"https://news.example/unsubscribe/{i:032d}",
                 f"https://news.example/v?t={i:032d}",
+                f"https://news.example/preferences/{i:032d}",
             ),
         )
         for i in range(n)

@@ -66,7 +66,10 @@ def time_personalize(issue: Issue, recipients: int) -> float:
     variant = render_issue(issue, settings)[Segment.MEMBER, issue.variant_languages("en")[-1]]
     people = [
         Recipient(
-            f"Reader {n}", f"https://news.example/u/{n:08d}", f"https://news.example/issues/x?t={n:08d}"
+            f"Reader {n}",
+            f"https://news.example/u/{n:08d}",
+            f"https://news.example/issues/x?t={n:08d}",
+            f"https://news.example/preferences/{n:08d}",
         )
         for n in range(recipients)
     ]

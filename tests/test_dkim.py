@@ -117,6 +117,7 @@ def _messages(template: MessageTemplate) -> list[bytes]:
                 name.split(" ")[0] if name else "",
                 f"https://news.example/u/tok{n}",
                 f"https://news.example/v{n}",
+                f"https://news.example/p/tok{n}",
             ),
             unsubscribe_mailto=f"mailto:unsubscribe@efus.example?subject=unsubscribe%20tok{n}",
             date=dt.datetime(2019, 1, 31, 9, 30, tzinfo=dt.UTC),

@@ -166,7 +166,7 @@ def _hostile_message(
         to_name=name,
         to_address="ana@example.org",
         message_id=mid,
-        recipient=Recipient(name, urls.unsubscribe, urls.view),
+        recipient=Recipient(name, urls.unsubscribe, urls.view, urls.preferences),
         unsubscribe_mailto=urls.unsubscribe_mailto,
     )
     expected = {

@@ -22,8 +22,8 @@ from mailout.preview import write_preview
 from mailout.render import Recipient, Variant, render_issue, render_language, render_variant
 from mailout.segments import Segment
 
-NOBODY = Recipient("", "https://news.example/u/1", "https://news.example/v/1")
-ALICE = Recipient("Alice", "https://news.example/u/2", "https://news.example/v/2")
+NOBODY = Recipient("", "https://news.example/u/1", "https://news.example/v/1", "https://news.example/p/1")
+ALICE = Recipient("Alice", "https://news.example/u/2", "https://news.example/v/2", "https://news.example/p/2")
 TRANSLATED = ("fr", "es", "de", "it")
 
 
@@ -270,7 +270,7 @@ def test_english_words_are_unchanged(example_issue: Issue, repo_settings: Settin
         "Dear Alice,",
         "Information: SOLIDIFY, study visit",
         "Read more ›",
-        "Unsubscribe · View in your browser",
+        "Unsubscribe · Preferences · View in your browser",
         "16\u201317 January 2019 · Essen (Germany)",
         "You receive this newsletter because you are in touch with the European Forum for Urban Security.",
     ):

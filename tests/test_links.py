@@ -26,7 +26,7 @@ from mailout.errors import ConfigError
 from mailout.issues import is_slug, slug_problem
 from mailout.links import Links, MessageUrls, SampleToken, private_picture_path
 from mailout.models import MailingList, Subscriber
-from mailout.tokens import Purpose, Signer
+from mailout.tokens import Claim, Purpose, Signer
 from mailout.web import create_app
 from tests.conftest import EXAMPLE_ISSUE, SECRET_KEY
 from tests.smtpserver import SMTPServer
@@ -116,11 +116,13 @@ def test_the_pseudo_links_of_tests_and_previews() -> None:
         "https://example.org/news/unsubscribe/test",
         "mailto:unsubscribe@efus.example?subject=unsubscribe%20test",
         "https://example.org/news/preview/2019-01",
+        "https://example.org/news/preferences/test",
     )
     assert links.preview_sample("2019-01") == MessageUrls(
         "https://example.org/news/unsubscribe/preview",
         "mailto:unsubscribe@efus.example?subject=unsubscribe%20preview",
         "https://example.org/news/issues/2019-01",
+        "https://example.org/news/preferences/preview",
     )
     assert set(SampleToken) == {"test", "preview"}
 
@@ -133,6 +135,7 @@ def test_a_dispatchs_links_are_those_of_the_single_methods(member: bool) -> None
     assert urls.unsubscribe_mailto == links.unsubscribe_mailto(42, 7)
     view = links.member_view("2019.01-special", 42, 7) if member else links.issue("2019.01-special")
     assert urls.view == view
+    assert urls.preferences == links.preferences(42, 7)
 
 
 def test_a_local_server_address_replaces_the_base_url() -> None:
@@ -293,12 +296,14 @@ def test_the_links_of_sent_messages_are_those_links_makes_and_all_answer(
         )
         assert view_url(message) == view
         html = html_of(message)
-        assert set(absolute(html, links, "href")) == {view, links.unsubscribe(person, lst, "en")}
+        preferences = links.preferences(person, lst, "en")
+        assert set(absolute(html, links, "href")) == {view, links.unsubscribe(person, lst, "en"), preferences}
+        assert preferences in message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
         pictures = absolute(html, links, "src")
         assert links.picture(SLUG, LOGO) in pictures
         assert any(p.endswith("/images/Amiens%2C%202019.png") for p in pictures) == (list_name == "members")
         assert all(p.startswith(links.pictures(SLUG)) for p in pictures)
-        for url in [view, links.unsubscribe(person, lst, "en"), *pictures]:
+        for url in [view, links.unsubscribe(person, lst, "en"), preferences, *pictures]:
             assert get(client, url, links) == 200, url
 
     # The archive: the index links to the public page, whose links are the public ones.
@@ -313,6 +318,8 @@ def test_the_links_of_sent_messages_are_those_links_makes_and_all_answer(
         links.issue(SLUG),
         links.issue(SLUG, "en"),
         links.issue(SLUG, "fr"),
+        # No one's preference page: the footer's link leads a visitor to the sign-up form.
+        links.signup_form(),
     }
     assert f'href="{links.unsubscribe_by_mail()}"' in page
     relative = re.findall(r'src="(/news/issues/[^"]+)"', page)
@@ -342,10 +349,10 @@ def test_the_links_of_a_test_message_are_those_links_makes_and_all_answer(
         assert mailto_of(message) == urls.unsubscribe_mailto
         assert view_url(message) == urls.view == links.preview(SLUG)
         html = html_of(message)
-        assert set(absolute(html, links, "href")) == {urls.unsubscribe, urls.view}
+        assert set(absolute(html, links, "href")) == {urls.unsubscribe, urls.view, urls.preferences}
         pictures = absolute(html, links, "src")
         assert pictures
-        for url in [urls.unsubscribe, urls.view, *pictures]:
+        for url in [urls.unsubscribe, urls.view, urls.preferences, *pictures]:
             assert get(client, url, links, auth=("team", "correct horse")) == 200, url
     app.extensions["mailout"].engine.dispose()
 
@@ -387,6 +394,12 @@ def test_a_dispatchs_links_carry_its_language(member: bool) -> None:
     assert claim is not None and (claim.subscriber_id, claim.list_id) == (42, 7)
     # The mailto is the same whatever the language.
     assert urls.unsubscribe_mailto == links.unsubscribe_mailto(42, 7)
+    # The preference page: its own purpose, so it is no unsubscribe token and the reverse.
+    assert urls.preferences == links.preferences(42, 7, "fr")
+    preferences = token_of(urls.preferences, "https://example.org/news/preferences/").removesuffix("?lang=fr")
+    assert SIGNER.verify(Purpose.PREFERENCES, preferences) == Claim(Purpose.PREFERENCES, 42, 7)
+    assert SIGNER.verify(Purpose.UNSUBSCRIBE, preferences) is None
+    assert SIGNER.verify(Purpose.PREFERENCES, token) is None
     if member:
         assert urls.view == links.member_view("2019-01", 42, 7, "fr")
         assert urls.view.startswith("https://example.org/news/issues/2019-01/fr?t=")

@@ -20,10 +20,16 @@ from mailout.render import Recipient, Variant, format_place, format_when, render
 from mailout.segments import Segment
 
 ALICE = Recipient(
-    "Alice", "https://news.example/unsubscribe/tok-alice", "https://news.example/issues/x?t=alice"
+    "Alice",
+    "https://news.example/unsubscribe/tok-alice",
+    "https://news.example/issues/x?t=alice",
+    "https://news.example/preferences/tok-alice",
 )
 BOB = Recipient(
-    "Bob & <Co>", "https://news.example/unsubscribe/tok-bob?a=1&b=2", "https://news.example/issues/x?t=bob"
+    "Bob & <Co>",
+    "https://news.example/unsubscribe/tok-bob?a=1&b=2",
+    "https://news.example/issues/x?t=bob",
+    "https://news.example/preferences/tok-bob?a=1&b=2",
 )
 
 
@@ -220,9 +226,9 @@ def test_author_text_is_escaped_and_never_evaluated(tmp_path: Path, repo_setting
 def test_placeholders_survive_mjml_and_inlining(example_issue: Issue, repo_settings: Settings) -> None:
     variant = render_issue(example_issue, repo_settings)[Segment.PUBLIC, "en"]
     counts = {key: variant.html.count(token) for token, key in variant.tokens.items()}
-    assert counts == {"first_name": 1, "unsubscribe_url": 1, "view_url": 2}
+    assert counts == {"first_name": 1, "unsubscribe_url": 1, "view_url": 2, "preferences_url": 1}
     text_counts = {key: variant.text.count(token) for token, key in variant.tokens.items()}
-    assert text_counts == {"first_name": 1, "unsubscribe_url": 1, "view_url": 1}
+    assert text_counts == {"first_name": 1, "unsubscribe_url": 1, "view_url": 1, "preferences_url": 1}
     # premailer must not have URL-encoded them inside href attributes
     for token, key in variant.tokens.items():
         if key.endswith("_url"):
@@ -235,6 +241,8 @@ def test_each_recipient_gets_only_their_own_values(example_issue: Issue, repo_se
     bob_html, bob_text = variant.personalize(BOB)
     assert "Dear Alice," in alice_text and f'href="{ALICE.unsubscribe_url}"' in alice_html
     assert ALICE.view_url in alice_text
+    assert f'href="{ALICE.preferences_url}"' in alice_html and ALICE.preferences_url in alice_text
+    assert BOB.preferences_url not in alice_html + alice_text
     assert "Dear Bob & <Co>," in bob_text
     assert "Dear Bob &amp; &lt;Co&gt;," in bob_html
     assert 'href="https://news.example/unsubscribe/tok-bob?a=1&amp;b=2"' in bob_html
@@ -250,10 +258,14 @@ def test_empty_name_gets_the_fallback_and_names_stay_on_one_line(
     example_issue: Issue, repo_settings: Settings
 ) -> None:
     variant = render_issue(example_issue, repo_settings)[Segment.MEMBER, "en"]
-    _, text = variant.personalize(Recipient("  ", "https://u.example/1", "https://v.example/1"))
+    _, text = variant.personalize(
+        Recipient("  ", "https://u.example/1", "https://v.example/1", "https://p.example/1")
+    )
     assert f"Dear {repo_settings.newsletter.greeting_fallback}," in text
     _, text = variant.personalize(
-        Recipient("Eve\r\nBcc: x@evil.example", "https://u.example/1", "https://v.example/1")
+        Recipient(
+            "Eve\r\nBcc: x@evil.example", "https://u.example/1", "https://v.example/1", "https://p.example/1"
+        )
     )
     assert "Dear Eve Bcc: x@evil.example," in text
 

@@ -75,7 +75,12 @@ sections:
 """
 
 
-READER = Recipient("Ann", "https://news.example/unsubscribe/t", "https://news.example/issues/x?t=v")
+READER = Recipient(
+    "Ann",
+    "https://news.example/unsubscribe/t",
+    "https://news.example/issues/x?t=v",
+    "https://news.example/preferences/t",
+)
 
 
 def write(folder: Path, text: str) -> Path:

@@ -834,7 +834,11 @@ def test_the_links_of_a_test_message_work_before_any_dispatch(
                 with client.get(path_of(url)) as response:
                     assert response.status_code == 200, url
             links = re.findall(r'href="(https://news\.example/[^"]+)"', html)
-            assert {urlsplit(u).path for u in links} == {"/unsubscribe/test", "/preview/2019-01"}
+            assert {urlsplit(u).path for u in links} == {
+                "/unsubscribe/test",
+                "/preferences/test",
+                "/preview/2019-01",
+            }
             for url in links:
                 assert client.get(path_of(url)).status_code == 200, url
     finally:

@@ -181,7 +181,11 @@ def public_page(variant: Variant, slug: str, language: str, links: Links) -> str
     """
     html, _ = variant.personalize(
         Recipient(
-            first_name="", unsubscribe_url=links.unsubscribe_by_mail(), view_url=links.issue(slug, language)
+            first_name="",
+            unsubscribe_url=links.unsubscribe_by_mail(),
+            view_url=links.issue(slug, language),
+            # No one's page: a visitor who wants the newsletter finds the sign-up form.
+            preferences_url=links.signup_form(language=language),
         )
     )
     return html
@@ -194,6 +198,7 @@ def member_page(variant: Variant, dispatch: Dispatch, delivery: Delivery, links:
             first_name=first_name(delivery.name),
             unsubscribe_url=links.unsubscribe(delivery.subscriber_id, dispatch.list_id, language),
             view_url=links.member_view(dispatch.issue, delivery.subscriber_id, dispatch.list_id, language),
+            preferences_url=links.preferences(delivery.subscriber_id, dispatch.list_id, language),
         )
     )
     return html

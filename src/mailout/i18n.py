@@ -58,6 +58,7 @@ DOMAIN_MODULES = {
             "cli/web.py",
             "signup.py",
             "web/signup.py",
+            "web/preferences.py",
         )
     ),
 }

@@ -19,7 +19,7 @@ everything else asks it, one method per kind of link::
     links.exported_issue("2019-01")               2019-01/index.html            (in a static export)
     links.exported_issue("2019-01", "fr")         2019-01/fr/index.html
     links.preview("2019-01")                      .../preview/2019-01
-    links.test_message("2019-01")                 the pseudo links of a test message
+    links.test_message("2019-01")                 the pseudo links of a test message (no one's token)
     links.preview_sample("2019-01")               the pseudo links of a preview
 
 The send loop asks ``for_messages`` once per dispatch for a ``MessageLinks``
@@ -69,11 +69,12 @@ class SampleToken(StrEnum):
 
 
 class MessageUrls(NamedTuple):
-    """The links filled into one message: its unsubscribe links and its view-in-browser link."""
+    """The links filled into one message: unsubscribe, view in browser, and the preference page."""
 
     unsubscribe: str
     unsubscribe_mailto: str
     view: str
+    preferences: str
 
 
 def private_picture_path(name: str, digest: str) -> str:
@@ -177,16 +178,20 @@ class Links:
         return self._preview if slug is None else self._preview + quote(slug, safe="")
 
     def test_message(self, slug: str, language: str = "") -> MessageUrls:
-        """Return the links of a test message: a sample unsubscribe, and the preview to view it."""
+        """Return the links of a test message: sample unsubscribe and preferences, the preview to view it."""
         return self._sample(SampleToken.TEST, self.preview(slug), language)
 
     def preview_sample(self, slug: str, language: str = "") -> MessageUrls:
-        """Return the links a preview is filled with: a sample unsubscribe, and the issue's page."""
+        """Return the links a preview is filled with: sample unsubscribe and preferences, the issue's page."""
         return self._sample(SampleToken.PREVIEW, self.issue(slug, language), language)
 
     def _sample(self, token: SampleToken, view: str, language: str) -> MessageUrls:
+        query = _lang_query(language)
         return MessageUrls(
-            self._unsubscribe + token + _lang_query(language), _mailto(self.mail_domain, token), view
+            self._unsubscribe + token + query,
+            _mailto(self.mail_domain, token),
+            view,
+            self._preferences + token + query,
         )
 
     # -- the send loop ---------------------------------------------------------------
@@ -210,7 +215,16 @@ class MessageLinks:
     Called for each recipient: it signs their tokens and joins strings, nothing else.
     """
 
-    __slots__ = ("_language", "_list_id", "_mailto", "_member", "_sign", "_unsubscribe", "_view")
+    __slots__ = (
+        "_language",
+        "_list_id",
+        "_mailto",
+        "_member",
+        "_preferences",
+        "_sign",
+        "_unsubscribe",
+        "_view",
+    )
 
     def __init__(
         self, links: Links, slug: str, list_id: int, *, member: bool, domain: str, language: str = ""
@@ -219,6 +233,7 @@ class MessageLinks:
         self._list_id = list_id
         self._member = member
         self._unsubscribe = links._unsubscribe
+        self._preferences = links._preferences
         self._language = _lang_query(language)
         self._mailto = _mailto(domain, "")
         self._view = links.issue(slug, language) + ("?t=" if member else "")
@@ -231,7 +246,13 @@ class MessageLinks:
             if self._member
             else self._view
         )
-        return MessageUrls(self._unsubscribe + token + self._language, self._mailto + token, view)
+        preferences = self._sign(Purpose.PREFERENCES, subscriber_id, self._list_id)
+        return MessageUrls(
+            self._unsubscribe + token + self._language,
+            self._mailto + token,
+            view,
+            self._preferences + preferences + self._language,
+        )
 
 
 def _checked(language: str) -> str:

@@ -517,7 +517,7 @@ class Mailer:
             to_name=claimed.name,
             to_address=claimed.email,
             message_id=message_id(self._key, claimed.id, self._domain),
-            recipient=Recipient(first_name(claimed.name), urls.unsubscribe, urls.view),
+            recipient=Recipient(first_name(claimed.name), urls.unsubscribe, urls.view, urls.preferences),
             unsubscribe_mailto=urls.unsubscribe_mailto,
         )
 

@@ -72,7 +72,9 @@ class Shown:
 def sample_recipient(settings: Settings, issue: Issue, language: str = "") -> Recipient:
     """Return the recipient a preview is filled for: no name, so the fallback shows."""
     urls = Links(settings).preview_sample(issue.slug, language)
-    return Recipient(first_name="", unsubscribe_url=urls.unsubscribe, view_url=urls.view)
+    return Recipient(
+        first_name="", unsubscribe_url=urls.unsubscribe, view_url=urls.view, preferences_url=urls.preferences
+    )
 
 
 def every_variant(issue: Issue, settings: Settings) -> dict[tuple[Segment, str], Variant]:

@@ -1,7 +1,8 @@
 """Render an issue into its variants: Jinja -> MJML -> HTML -> inlined CSS, plus plain text.
 
 A variant is rendered once per segment and language and reused for every recipient. The
-per-recipient fields (first name, unsubscribe URL, view-in-browser URL) are left
+per-recipient fields (first name, unsubscribe URL, view-in-browser URL, the
+reader's preference page) are left
 in the finished HTML and text as placeholder tokens and filled at send time by
 ``Variant.personalize``, a plain substitution that costs microseconds.
 
@@ -49,7 +50,9 @@ from .segments import Segment
 
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates" / "email"
 #: The per-recipient fields every variant carries, filled by ``Variant.personalize``.
-FIELDS = ("first_name", "unsubscribe_url", "view_url")
+#: A variant frozen before ``preferences_url`` existed has no placeholder for it: its
+#: Slots have no such key, and the value given is simply not used.
+FIELDS = ("first_name", "unsubscribe_url", "view_url", "preferences_url")
 #: A document as text (a variant) or as bytes (its encoded part in a message).
 Doc = TypeVar("Doc", str, bytes)
 #: How many characters an inbox shows of the preview line, at most (Gmail and Apple Mail
@@ -74,6 +77,8 @@ class Recipient:
     first_name: str
     unsubscribe_url: str
     view_url: str
+    #: The reader's signed preference page (name, language, lists).
+    preferences_url: str
 
 
 class Slots(Generic[Doc]):
@@ -140,6 +145,7 @@ class Variant:
             "first_name": name,
             "unsubscribe_url": recipient.unsubscribe_url,
             "view_url": recipient.view_url,
+            "preferences_url": recipient.preferences_url,
         }
         return {key: html.escape(value, quote=True) for key, value in raw.items()}, raw
 

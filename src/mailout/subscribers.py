@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, cast
@@ -38,6 +38,7 @@ from .models import (
     SubscriptionStatus,
     utcnow,
 )
+from .segments import Segment
 
 
 def _stored_length(column: str) -> int:
@@ -274,7 +275,13 @@ def unsubscribe_by_link(
 
 
 def _leave(
-    conn: Connection | Session, subscriber_id: int, list_id: int | None, source: Source, detail: str
+    conn: Connection | Session,
+    subscriber_id: int,
+    list_id: int | None,
+    source: Source,
+    detail: str,
+    *,
+    page: str = "",
 ) -> int:
     """End the subscriptions (one list, or every list and the person's own status); record it once."""
     now = utcnow()
@@ -297,6 +304,7 @@ def _leave(
                 "source": source,
                 "detail": detail,
                 "created_at": now,
+                "page": page,
             },
         )
     outbox.skip_pending(conn, subscriber_id, list_id)
@@ -1033,3 +1041,222 @@ def signup_state(conn: Connection, email_key: str, list_names: Sequence[str]) ->
     ).scalar_one()
     status = str(SubscriberStatus(row[1]))
     return status, status == SubscriberStatus.SUBSCRIBED and int(on) >= len(set(list_names))
+
+
+# --- the reader's own preference page (a signed link in every message) ---------------------
+
+
+@dataclass(frozen=True)
+class ListChoice:
+    """A list on a reader's preference page: whether they are on it, and whether they may join it."""
+
+    id: int
+    name: str
+    description: str
+    segment: str
+    subscribed: bool
+    #: False for a members list: a member may leave it there, never join it.
+    joinable: bool
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """What a reader's preference page shows of them."""
+
+    subscriber_id: int
+    email: str
+    name: str
+    language: str
+    status: SubscriberStatus
+    lists: tuple[ListChoice, ...]
+
+
+def preferences_of(
+    conn: Connection, subscriber_id: int, list_id: int, open_lists: Iterable[str]
+) -> Preferences | None:
+    """Return what a preference link's page shows, or None for an unknown (or erased) person or list.
+
+    The lists: those named in ``open_lists`` (the lists open to sign-up) that have a row,
+    and every list the person is on now, a members list included (to leave it).
+    """
+    person = conn.execute(
+        select(
+            _subscribers.c.email, _subscribers.c.name, _subscribers.c.language, _subscribers.c.status
+        ).where(_subscribers.c.id == subscriber_id)
+    ).first()
+    known = conn.execute(select(_lists.c.id).where(_lists.c.id == list_id)).first()
+    if person is None or known is None or person.status == SubscriberStatus.ERASED:
+        return None
+    on = set(
+        conn.scalars(
+            select(_subscriptions.c.list_id).where(
+                _subscriptions.c.subscriber_id == subscriber_id,
+                _subscriptions.c.status == SubscriptionStatus.SUBSCRIBED,
+            )
+        )
+    )
+    names = set(open_lists)
+    rows = conn.execute(
+        select(_lists.c.id, _lists.c.name, _lists.c.description, _lists.c.segment).order_by(_lists.c.name)
+    )
+    choices = tuple(
+        ListChoice(
+            row.id,
+            row.name,
+            row.description,
+            str(row.segment),
+            row.id in on,
+            row.segment != Segment.MEMBER and row.name in names,
+        )
+        for row in rows
+        if row.id in on or (row.name in names and row.segment != Segment.MEMBER)
+    )
+    return Preferences(
+        subscriber_id, person.email, person.name, person.language, SubscriberStatus(person.status), choices
+    )
+
+
+@dataclass(frozen=True)
+class PreferenceChange:
+    """What one POST of the preference page changed (names of lists, for its result page)."""
+
+    #: "name", "language": the fields that changed.
+    fields: tuple[str, ...] = ()
+    joined: tuple[str, ...] = ()
+    left: tuple[str, ...] = ()
+    left_all: bool = False
+    #: Lists asked for that were not joined: the person is not subscribed (they left, bounced
+    #: or complained: only the sign-up form's double opt-in brings them back), or a members list.
+    refused: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.fields or self.joined or self.left or self.left_all)
+
+
+_CHANGE_FIELD = (
+    update(_subscribers)
+    .where(_subscribers.c.id == bindparam("b_subscriber"))
+    .values(updated_at=bindparam("b_now"))
+)
+
+
+_REJOIN = (
+    update(_subscriptions)
+    .where(
+        _subscriptions.c.subscriber_id == bindparam("b_subscriber"),
+        _subscriptions.c.list_id == bindparam("b_list"),
+        _subscriptions.c.status == SubscriptionStatus.UNSUBSCRIBED,
+    )
+    .values(status=SubscriptionStatus.SUBSCRIBED, updated_at=bindparam("b_now"))
+)
+
+
+def update_preferences(
+    conn: Connection,
+    subscriber_id: int,
+    list_id: int,
+    *,
+    name: str,
+    language: str,
+    lists: Mapping[int, bool],
+    leave_all: bool,
+    page: str,
+) -> PreferenceChange | None:
+    """Apply a preference page's POST; return what changed, or None for an unknown or erased person.
+
+    ``lists`` says, for each list the page offered (list id -> wanted), whether the
+    reader wants it; the caller offers only the lists ``preferences_of`` returned.
+    Every change is a consent event (``Source.PREFERENCES``, on ``page``): a changed
+    name or language is one ``changed`` event each (the detail never holds the
+    address, nor the name), and each list joined or left one ``subscribed`` or
+    ``unsubscribed`` event; nothing changed, no event. ``leave_all`` is the
+    unsubscribe link's every-list path (the person's status too, and their queued
+    messages skipped). A list is joined only by someone whose status is
+    ``subscribed``, and never a members list. Name and language are checked as an
+    import checks them (``clean_fields``; the language canonical), and raise
+    ``InvalidSubscriber`` before anything is written.
+
+    The person's row is locked first (``FOR UPDATE`` on PostgreSQL; SQLite holds the
+    write lock already), so two POSTs, or a POST and an unsubscribe, follow one another.
+    """
+    name, _, language = clean_fields(name, "", language)
+    person = conn.execute(
+        select(_subscribers.c.name, _subscribers.c.language, _subscribers.c.status)
+        .where(_subscribers.c.id == subscriber_id)
+        .with_for_update()
+    ).first()
+    if person is None or person.status == SubscriberStatus.ERASED:
+        return None
+    if conn.execute(select(_lists.c.id).where(_lists.c.id == list_id)).first() is None:
+        return None
+    now = utcnow()
+    event = {
+        "subscriber_id": subscriber_id,
+        "source": Source.PREFERENCES,
+        "page": page[:500],
+        "created_at": now,
+    }
+    fields = []
+    if name != person.name:
+        conn.execute(_CHANGE_FIELD.values(name=name), {"b_subscriber": subscriber_id, "b_now": now})
+        # Which field only: a name is personal data, kept in one place (the subscriber's row).
+        conn.execute(_RECORD, {**event, "list_id": None, "kind": EventKind.CHANGED, "detail": "name changed"})
+        fields.append("name")
+    if language != person.language:
+        conn.execute(_CHANGE_FIELD.values(language=language), {"b_subscriber": subscriber_id, "b_now": now})
+        detail = f"language: {person.language or '-'} -> {language or '-'}"
+        conn.execute(_RECORD, {**event, "list_id": None, "kind": EventKind.CHANGED, "detail": detail})
+        fields.append("language")
+    known = {
+        row.id: row
+        for row in conn.execute(
+            select(_lists.c.id, _lists.c.name, _lists.c.segment).where(_lists.c.id.in_(list(lists)))
+        )
+    }
+    current = {
+        lid: status
+        for lid, status in conn.execute(
+            select(_subscriptions.c.list_id, _subscriptions.c.status).where(
+                _subscriptions.c.subscriber_id == subscriber_id, _subscriptions.c.list_id.in_(list(known))
+            )
+        )
+    }
+    if leave_all:
+        ended = _leave(
+            conn,
+            subscriber_id,
+            None,
+            Source.PREFERENCES,
+            "every list, from the preference page",
+            page=page[:500],
+        )
+        return PreferenceChange(tuple(fields), left_all=bool(ended))
+    joined, left, refused = [], [], []
+    for lid, wanted in lists.items():
+        row = known.get(lid)
+        if row is None:
+            continue
+        on = current.get(lid) == SubscriptionStatus.SUBSCRIBED
+        if on and not wanted:
+            if _leave(conn, subscriber_id, lid, Source.PREFERENCES, "", page=page[:500]):
+                left.append(row.name)
+        elif wanted and not on:
+            if person.status != SubscriberStatus.SUBSCRIBED or row.segment == Segment.MEMBER:
+                refused.append(row.name)
+                continue
+            if lid in current:
+                conn.execute(_REJOIN, {"b_subscriber": subscriber_id, "b_list": lid, "b_now": now})
+            else:
+                conn.execute(
+                    insert(_subscriptions).values(
+                        subscriber_id=subscriber_id,
+                        list_id=lid,
+                        status=SubscriptionStatus.SUBSCRIBED,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            conn.execute(_RECORD, {**event, "list_id": lid, "kind": EventKind.SUBSCRIBED, "detail": ""})
+            joined.append(row.name)
+    return PreferenceChange(tuple(fields), tuple(joined), tuple(left), False, tuple(refused))

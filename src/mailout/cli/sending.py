@@ -149,7 +149,7 @@ def test_command(
                     to_address=address,
                     message_id=f"test.{uuid.uuid4().hex}@{template.addressing.domain}",
                     # "View in browser" of a test opens the team's preview: nothing is published yet.
-                    recipient=Recipient("", urls.unsubscribe, urls.view),
+                    recipient=Recipient("", urls.unsubscribe, urls.view, urls.preferences),
                     unsubscribe_mailto=urls.unsubscribe_mailto,
                 )
                 try:

@@ -18,6 +18,9 @@ Routes (blueprint ``mailout``):
 - ``/subscribe`` and ``/subscribe/<list>``: the sign-up form (GET) and the sign-up
   (POST); ``/subscribe/confirm/<token>``: the link in the confirmation message
   (``signup.py``).
+- ``/preferences/<token>``: the reader's own page (name, language, lists, unsubscribe
+  from everything), linked from every message's footer; GET shows, POST changes
+  (``preferences.py``).
 - ``/preview/<slug>``: every variant, re-rendered on each reload; open on loopback,
   behind a password elsewhere.
 """
@@ -162,7 +165,10 @@ def create_app(settings: Settings | None = None, *, local: bool = False) -> Flas
     ``MAILOUT_PREVIEW_PASSWORD``, and without one it is switched off.
     Raises ``ConfigError`` without ``MAILOUT_SECRET_KEY``: the links could not be verified.
     """
-    from . import signup  # its routes join the blueprint
+    from . import (
+        preferences,  # noqa: F401  (its routes, on the same blueprint)
+        signup,  # its routes join the blueprint
+    )
     from .views import LanguageConverter, blueprint
 
     settings = settings or load_settings()
