@@ -505,6 +505,35 @@ def test_an_smtp_refusal_is_recorded_never_raised(
     assert ask(db, settings, signer, T0 + dt.timedelta(minutes=10)) is None
 
 
+def test_a_temporary_refusal_gives_the_hour_back(
+    db: Engine, settings: Settings, signer: Signer, smtp_server: SMTPServer
+) -> None:
+    # A 4xx: the message did not go. The person's next try (here ten minutes later) must
+    # send at once rather than wait for the hour a message that never left had claimed.
+    smtp_server.answer("Zoe.Martin@example.org", 451, "4.3.0 try again later", times=1)
+    c = ask(db, settings, signer)
+    assert c is not None
+    queue = confirmmail.ConfirmationQueue(settings, db, signer)
+    try:
+        assert queue.submit(c)
+        assert queue.join(10)
+        [row] = rows(db)
+        assert row["reply"] == "failed: 451 4.3.0 try again later" and row["sent_at"] is None
+        assert smtp_server.messages == []
+        with db.connect() as conn:  # the link of the message that never left is not valid
+            assert signup.look(conn, settings, c.signup_id, c.nonce, now=T0) is None
+        again = ask(db, settings, signer, T0 + dt.timedelta(minutes=10))
+        assert again is not None and again.nonce != c.nonce
+        assert queue.submit(again)
+        assert queue.join(10)
+    finally:
+        queue.close()
+    [received] = smtp_server.wait_for(1)
+    assert received.rcpt_tos == ["Zoe.Martin@example.org"]
+    [row] = rows(db)
+    assert str(row["reply"]).startswith("250")
+
+
 def test_a_full_queue_drops_the_message_and_says_so(
     db: Engine, settings: Settings, signer: Signer, smtp_server: SMTPServer
 ) -> None:

@@ -7,9 +7,12 @@ someone who did not ask is not added. From ``sender``, signed when ``[dkim]`` is
 set, the envelope sender from ``envelope`` (never VERP: it is no delivery of a
 dispatch), through ``transports.make_transport`` (SMTP, or the local outbox).
 
-``ConfirmationQueue`` is what the web app hands each ``signup.Confirmation`` to:
-one daemon thread, a bounded queue (a full queue drops the message with a log
-line: the request never waits), and every outcome recorded with
+``ConfirmationQueue`` is what the web app hands each sign-up to
+(``submit_request``): one daemon thread records it (``signup.request``, in the
+app's write queue) and sends the message it calls for, so that the form's answer
+takes the same time whatever the address's state (nothing about the address is
+read or written during the request). A bounded queue: a full queue drops the
+sign-up with a log line (the request never waits). Every outcome is recorded with
 ``signup.record_sent`` (a refusal's text too). A message lost to a crash (of the
 process, between the claim of the hour and the send) leaves the sign-up with
 ``reply`` empty: the person gets no message, and a new request after the hour
@@ -24,6 +27,7 @@ import logging
 import queue
 import secrets
 import threading
+from dataclasses import dataclass
 from email.utils import format_datetime
 
 from . import i18n, signup
@@ -35,8 +39,9 @@ from .errors import MailoutError
 from .headers import address_header, one_line, unstructured_header
 from .links import Links
 from .message import qp_encode
+from .subscribers import InvalidSubscriber
 from .tokens import Signer
-from .transports import make_transport
+from .transports import TemporaryFailure, TransportUnavailable, make_transport
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +179,14 @@ def send_confirmation(settings: Settings, signer: Signer, c: signup.Confirmation
         connection.close()
 
 
+@dataclass(frozen=True)
+class _Request:
+    """A sign-up waiting in the queue, and when it was made."""
+
+    form: signup.SignupRequest
+    now: dt.datetime
+
+
 class ConfirmationQueue:
     """Send confirmation messages from one daemon thread; record each outcome on its sign-up.
 
@@ -194,7 +207,8 @@ class ConfirmationQueue:
         self.settings = settings
         self.signer = signer
         self.writes = writes or WriteQueue(engine)
-        self._queue: queue.Queue[signup.Confirmation | None] = queue.Queue(maxsize=maxsize)
+        self.engine = engine
+        self._queue: queue.Queue[signup.Confirmation | _Request | None] = queue.Queue(maxsize=maxsize)
         self._pending = 0
         self._idle = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="mailout-confirmations", daemon=True)
@@ -202,13 +216,23 @@ class ConfirmationQueue:
 
     def submit(self, c: signup.Confirmation) -> bool:
         """Queue a message to send; return False when the queue was full (the message is dropped)."""
+        return self._put(c, f"message for sign-up {c.signup_id}")
+
+    def submit_request(self, form: signup.SignupRequest, now: dt.datetime) -> bool:
+        """Queue a sign-up made at ``now``: recorded, then its message sent if one is due.
+
+        Return False when the queue was full (the sign-up is dropped, with a log line).
+        """
+        return self._put(_Request(form, now), "sign-up")
+
+    def _put(self, item: signup.Confirmation | _Request, what: str) -> bool:
         with self._idle:
             self._pending += 1
         try:
-            self._queue.put_nowait(c)
+            self._queue.put_nowait(item)
         except queue.Full:
             self._done()
-            log.warning("confirmation queue full: message for sign-up %d dropped", c.signup_id)
+            log.warning("confirmation queue full: %s dropped", what)
             return False
         return True
 
@@ -233,19 +257,37 @@ class ConfirmationQueue:
 
     def _run(self) -> None:
         while True:
-            c = self._queue.get()
-            if c is None:
+            item = self._queue.get()
+            if item is None:
                 return
             try:
-                self._send_one(c)
-            except Exception:  # never let one message stop the thread
-                log.exception("confirmation for sign-up %d", c.signup_id)
+                c = self._record(item) if isinstance(item, _Request) else item
+                if c is not None:
+                    self._send_one(c)
+            except Exception:  # never let one sign-up stop the thread
+                log.exception("sign-up")
             finally:
                 self._done()
 
+    def _record(self, item: _Request) -> signup.Confirmation | None:
+        """Record a sign-up (``signup.request``); return the message it calls for, if any."""
+        try:
+            with self.writes.transaction() as conn:
+                return signup.request(conn, self.settings, self.signer, item.form, now=item.now)
+        except InvalidSubscriber as error:
+            # The web app checks every field before it queues: this is a list closed meanwhile.
+            log.warning("sign-up not recorded: %s", error)
+            return None
+
     def _send_one(self, c: signup.Confirmation) -> None:
+        unsent = False
         try:
             reply = send_confirmation(self.settings, self.signer, c)
+        except (TemporaryFailure, TransportUnavailable) as error:
+            # Not sent (a 4xx, the relay down or refusing the login): the hour is given back,
+            # so that the person's next try sends at once instead of an hour later.
+            reply, unsent = f"failed: {error}", True
+            log.warning("confirmation for sign-up %d: %s", c.signup_id, error)
         except MailoutError as error:
             reply = f"failed: {error}"
             log.warning("confirmation for sign-up %d: %s", c.signup_id, error)
@@ -253,4 +295,4 @@ class ConfirmationQueue:
             reply = f"failed: {type(error).__name__}: {error}"
             log.exception("confirmation for sign-up %d", c.signup_id)
         with self.writes.transaction() as conn:
-            signup.record_sent(conn, c, reply, now=dt.datetime.now(dt.UTC))
+            signup.record_sent(conn, c, reply, now=dt.datetime.now(dt.UTC), unsent=unsent)

@@ -209,16 +209,24 @@ def _insert(conn: Connection) -> Any:
     return postgresql_insert(_signups) if conn.dialect.name == "postgresql" else sqlite_insert(_signups)
 
 
-def record_sent(conn: Connection, confirmation: Confirmation, reply: str, *, now: dt.datetime) -> None:
+def record_sent(
+    conn: Connection, confirmation: Confirmation, reply: str, *, now: dt.datetime, unsent: bool = False
+) -> None:
     """Record the transport's answer to a confirmation message (or why it failed).
 
     Only on the sign-up still waiting for that very message (same nonce): a newer
-    message's answer is never overwritten by an older one's.
+    message's answer is never overwritten by an older one's. ``unsent``: the message
+    surely did not go (a temporary refusal, no connection): the claim of the hour is
+    given back (``sent_at`` NULL, so the link it would have carried is not valid), and
+    the next request for the address sends at once.
     """
+    values: dict[str, object] = {"reply": reply[:2000]}
+    if unsent:
+        values["sent_at"] = None
     conn.execute(
         update(_signups)
         .where(_signups.c.id == confirmation.signup_id, _signups.c.nonce == confirmation.nonce)
-        .values(reply=reply[:2000])
+        .values(**values)
     )
 
 

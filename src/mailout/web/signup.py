@@ -5,7 +5,8 @@
   consent text, a hidden honeypot field and a signed form token (the time it was
   shown and a random nonce, ``tokens.Purpose.FORM``).
 - ``POST /subscribe``: one answer, the same page with the same words, whatever the
-  address's state; the confirmation message goes out from a background queue
+  address's state. The request checks the form's fields only; the sign-up is
+  recorded, and its confirmation message sent, by a background queue
   (``confirmmail.ConfirmationQueue``), never in the request. A POST without a form
   token comes from a form pasted into another website (``mailout signup-form``):
   it gets mailout's own form back, filled in, to be sent once more.
@@ -172,7 +173,8 @@ def install(app: Any, state: Mailout) -> SignupDesk:
     def make_queue() -> ConfirmationQueue:
         from ..confirmmail import ConfirmationQueue
 
-        return ConfirmationQueue(state.settings, state.engine, state.signer)
+        # The queue's writes wait in the app's write queue with the other writes (SQLite).
+        return ConfirmationQueue(state.settings, state.engine, state.signer, writes=state.writes)
 
     desk = SignupDesk(state.settings, make_queue)
     app.extensions[EXTENSION] = desk
@@ -354,7 +356,8 @@ def _post(list_name: str | None) -> Response:
     asked = [list_name] if list_name else form.getlist("lists")
     filled = Filled(
         email=form.get("email", "")[:320],
-        name=" ".join(form.get("name", "").split())[:NAME_CHARS],
+        # One line of printable characters: what a name can be stored as (clean_fields).
+        name=" ".join("".join(c for c in form.get("name", "") if c.isprintable()).split())[:NAME_CHARS],
         language=form.get("language", ""),
         lists=tuple(name for name in dict.fromkeys(asked) if name in open_names),
         page=_page_of(form.get("page", "") or request.referrer or "", list_name),
@@ -372,8 +375,9 @@ def _post(list_name: str | None) -> Response:
     if claim is None or not 0 <= now - claim.subscriber_id <= max_age + 60:
         return _form(list_name, filled, notice=_SEND_AGAIN)
     if now - claim.subscriber_id < settings.signup.form_min_seconds:
-        # Sent back faster than anyone reads: a robot. The same answer, and nothing done.
-        return _check_inbox()
+        # Sent back faster than anyone reads: a robot, most likely; nothing is done. A
+        # person (a browser that filled the form in) gets the form back and presses once more.
+        return _form(list_name, filled, notice=_PRESS_AGAIN)
     if not desk().used.add_new(claim.list_id, claim.subscriber_id + max_age + 60, now):
         # Sent twice (a double click, the back button, a replay): the second does nothing,
         # and gets the page the first one got.
@@ -399,15 +403,10 @@ def _post(list_name: str | None) -> Response:
         consent_language=language,
         ip=request.remote_addr if settings.signup.store_ip else None,
     )
-    try:
-        with state.writes.transaction() as conn:
-            confirmation = signup.request(
-                conn, settings, state.signer, asked_for, now=dt.datetime.fromtimestamp(now, dt.UTC)
-            )
-    except InvalidSubscriber:
-        return _form(list_name, filled, error=_BAD_ADDRESS)
-    if confirmation is not None:
-        desk().queue().submit(confirmation)
+    # Recorded and answered by the queue's thread: the request reads and writes nothing
+    # about the address, so its answer and its time are the same whatever the address's
+    # state (new, pending, subscribed, unsubscribed, bounced, erased).
+    desk().queue().submit_request(asked_for, dt.datetime.fromtimestamp(now, dt.UTC))
     return _check_inbox()
 
 
