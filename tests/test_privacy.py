@@ -200,11 +200,42 @@ def test_erasure_leaves_no_trace_in_a_dump_and_changes_nobody_else(database_url:
         assert contents(engine) == after, "erasing twice changes nothing"
 
         if engine.dialect.name == "sqlite":
+            # The erasure compacted the file itself: its raw bytes (and its WAL's), as they
+            # are, hold no old copy of the rows it changed or deleted.
+            assert result.compacted is True
+            path = Path(str(engine.url.database))
+            engine.dispose()
+            wal = path.with_name(path.name + "-wal")
+            as_is = (path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")).lower()
+            assert b"ana.secret" not in as_is and "sécrète".encode() not in as_is
             raw = raw_sqlite_bytes(engine)
             assert b"ana.secret" not in raw.lower()
             assert "sécrète".encode() not in raw.lower() and "Sécrète".encode() not in raw
     finally:
         engine.dispose()
+
+
+def test_on_sqlite_the_raw_file_keeps_no_old_copy_even_without_secure_delete(tmp_path: Path) -> None:
+    # Debian's SQLite zeroes freed bytes (SECURE_DELETE built in); others, and a file written
+    # before, may not: the erasure's own VACUUM is what makes the raw file clean everywhere.
+    url = f"sqlite:///{tmp_path / 'mailout.db'}"
+    upgrade(url)
+    engine = filled(url)
+
+    def insecure(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA secure_delete=OFF")
+
+    sa.event.listen(engine, "connect", insecure)
+    engine.dispose()  # the next connections are made with it off
+    try:
+        result = privacy.erase(engine, signer(), ADDRESS, by="t")
+        assert result.compacted is True
+    finally:
+        engine.dispose()
+    path = tmp_path / "mailout.db"
+    wal = path.with_name(path.name + "-wal")
+    raw = (path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")).lower()
+    assert b"ana.secret" not in raw and "sécrète".encode() not in raw
 
 
 def test_scrubber_finds_every_spelling() -> None:

@@ -26,6 +26,7 @@ import datetime as dt
 import getpass
 import json
 import re
+import sqlite3
 import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -185,6 +186,10 @@ class Erased:
     #: False: erased before, nothing changed now.
     done_now: bool
     counts: dict[str, int] = field(default_factory=dict)
+    #: SQLite: whether the file was compacted afterwards (VACUUM: the bytes of deleted and
+    #: changed rows overwritten, in the file and its WAL); False when another process held
+    #: the database. None on PostgreSQL (its own VACUUM reclaims dead rows in time).
+    compacted: bool | None = None
 
     @property
     def held_anything(self) -> bool:
@@ -257,6 +262,9 @@ def erase(engine: Engine, signer: Signer, address: str, *, by: str, now: dt.date
                 ).scalars()
             )
         names |= {str(row.get("name", "")) for row in _signups(conn, key)}
+        # Their address and their name wherever free text holds them: a report or a request
+        # about them may have come from someone else. A namesake's text loses the name too
+        # (whole words only): the price of leaving no trace of the person.
         scrub = scrubber(addresses, {name for name in names if name})
         counts: dict[str, int] = {}
         if person is not None:
@@ -273,7 +281,38 @@ def erase(engine: Engine, signer: Signer, address: str, *, by: str, now: dt.date
                 erased_by=by,
             )
         )
-    return Erased(now, by, person.id if person is not None else None, done_now=True, counts=counts)
+    return Erased(
+        now,
+        by,
+        person.id if person is not None else None,
+        done_now=True,
+        counts=counts,
+        compacted=_compact(engine),
+    )
+
+
+def _compact(engine: Engine) -> bool | None:
+    """On SQLite, rewrite the file without the freed bytes (VACUUM) and empty the WAL; say if done.
+
+    A deleted or changed row leaves its old bytes in the file's free space (and in the
+    WAL) until they are reused: an erased address could be read from the raw file.
+    """
+    if engine.dialect.name != "sqlite":
+        return None
+    # The driver's own connection, in autocommit (VACUUM cannot run in a transaction, and
+    # the engine begins one for every statement); the pool's busy timeout applies.
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("VACUUM")
+        cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        busy = cursor.fetchone()
+        cursor.close()
+    except sqlite3.OperationalError:
+        return False  # another process writing or reading: the team runs it later
+    finally:
+        raw.close()
+    return busy is None or not busy[0]
 
 
 def _signups(conn: Connection, key: str) -> list[dict[str, object]]:

@@ -519,6 +519,13 @@ def erase_command(state: State, email: str, by: str, yes: bool) -> None:
     for table, number in result.counts.items():
         click.echo(f"  {table:<18}{number:>8,}")
     click.echo("its keyed hash is recorded: imports and the sign-up form keep it out")
+    if result.compacted is False:
+        click.secho(
+            "warning: the database file still holds the old bytes of the changed rows (another"
+            " process had it open): run `sqlite3 mailout.db VACUUM` when nothing uses it",
+            fg="yellow",
+            err=True,
+        )
 
 
 @subscribers.command("purge-pending")
