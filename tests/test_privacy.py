@@ -8,6 +8,9 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +18,17 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from mailout import outbox, privacy, signup
+from mailout import outbox, privacy, signup, unsubmail
 from mailout.cli import cli
 from mailout.config import load_settings
 from mailout.db import make_engine, transaction, upgrade
-from mailout.models import Erasure, Subscriber, SubscriberStatus
+from mailout.models import Erasure, MailRequest, ReportRecipient, Subscriber, SubscriberStatus
 from mailout.tokens import Signer
 from tests.conftest import SECRET_KEY, edit_config
 from tests.postgres import find_pg_bin
 from tests.smtpserver import SMTPServer
+from tests.test_bounces import Sent, dsn, maildir, send_dispatch
+from tests.test_bounces import run as read_reports
 from tests.test_migrations import at, contents, fill, rows
 from tests.test_sending import add_subscribers, assert_adds_up, people, report_of, start_send, statuses
 
@@ -448,3 +453,108 @@ def test_an_erasure_racing_an_import_of_the_address_keeps_it_out(sending_workspa
             assert (SubscriberStatus.ERASED in statuses_) != kept_out, imported
     finally:
         engine.dispose()
+
+
+def test_an_erasure_during_the_confirmation_of_the_sign_up_erases_who_it_created(
+    engine: sa.Engine, sending_workspace: Path
+) -> None:
+    # The confirmation has created the person but not committed yet when the erasure
+    # starts: the erasure must wait for it and erase the new subscriber too (on PostgreSQL
+    # it read no subscriber before, and left them subscribed).
+    edit_config(sending_workspace, ("[lists.public]\n", "[lists.public]\npublic_signup = true\n"))
+    settings = load_settings(sending_workspace)
+    assert any(lst.name == "public" and lst.public_signup for lst in settings.lists)
+    now = dt.datetime.now(dt.UTC)
+    form = signup.SignupRequest(
+        "victim@example.org", "Vic Tim", "", ("public",), "/subscribe", "I agree", "en"
+    )
+    with engine.begin() as conn:
+        c = signup.request(conn, settings, signer(), form, now=now)
+    assert c is not None
+    confirming = engine.connect()
+    transaction_ = confirming.begin()
+    assert signup.confirm(confirming, settings, signer(), c.signup_id, c.nonce, now=now) is not None
+    done: dict[str, privacy.Erased] = {}
+    eraser = threading.Thread(
+        target=lambda: done.setdefault("r", privacy.erase(engine, signer(), form.address, by="dpo"))
+    )
+    eraser.start()
+    time.sleep(1.0)  # the erasure is waiting for the confirmation's lock
+    transaction_.commit()
+    confirming.close()
+    eraser.join(30)
+    assert "r" in done and done["r"].done_now
+    assert done["r"].subscriber_id is not None, "the subscriber the confirmation created was found"
+    with engine.connect() as conn:
+        people_now = conn.execute(sa.select(Subscriber.email, Subscriber.name, Subscriber.status)).all()
+    assert [(row.name, str(row.status)) for row in people_now] == [("", "erased")]
+    assert "victim" not in dump(engine).lower() and "vic tim" not in dump(engine).lower()
+
+
+@pytest.fixture
+def sent(sending_workspace: Path, engine: sa.Engine, smtp_server: SMTPServer) -> Sent:
+    """A dispatch sent to p0..p5@example.org (as the bounce tests make it)."""
+    return send_dispatch(sending_workspace, engine, smtp_server, 6)
+
+
+def test_a_report_read_after_the_erasure_keeps_the_person_out_of_the_database(
+    sent: Sent, engine: sa.Engine, tmp_path: Path
+) -> None:
+    # A bounce arrives days after the person was erased: it is recorded (the dispatch's
+    # counts), without their address; their unsubscribe mail, too, keeps no sender.
+    headers, to = sent.headers("p0@example.org"), sent.envelope("p0@example.org")
+    privacy.erase(engine, sent.signer, "p0@example.org", by="t")
+    assert "p0@example.org" not in dump(engine).lower()
+    late = dsn(to, "p0@example.org", "5.1.1", headers, message_id="<late@mx.example.net>")
+    read_reports(engine, sent, maildir(tmp_path / "bounces", late))
+    assert "p0@example.org" not in dump(engine).lower()
+    with transaction(engine) as session:
+        [line] = session.execute(sa.select(ReportRecipient)).scalars().all()
+        assert line.address == "" and line.action == "none"
+    request = EmailMessage()
+    request["From"], request["To"], request["Subject"] = (
+        "p0@example.org",
+        "unsubscribe@x.example",
+        "unsubscribe",
+    )
+    request["Message-ID"] = "<again@p0.example>"
+    request.set_content("please")
+    with transaction(engine) as session:
+        unsubmail.process(session, sent.signer, unsubmail.Read("1", "<again@p0.example>", request))
+    assert "p0@example.org" not in dump(engine).lower()
+
+
+def test_a_name_that_is_a_common_word_stays_in_other_peoples_rows(
+    sent: Sent, engine: sa.Engine, tmp_path: Path
+) -> None:
+    # p0 is called "Example": a word of every other address here. Their own rows lose it;
+    # other people's addresses, diagnostics and requests keep every character.
+    other = dsn(
+        sent.envelope("p1@example.org"),
+        "p1@example.org",
+        "5.1.1",
+        sent.headers("p1@example.org"),
+        message_id="<p1@mx.example.net>",
+    )
+    read_reports(engine, sent, maildir(tmp_path / "bounces", other))
+    with transaction(engine) as session:
+        session.execute(
+            sa.update(Subscriber).where(Subscriber.email == "p0@example.org").values(name="Example")
+        )
+        session.add(
+            MailRequest(key="<m1@example.org>", sender="p2@example.org", outcome="unsubscribed", detail="x")
+        )
+    with transaction(engine) as session:
+        lines_before = session.execute(sa.select(ReportRecipient.address, ReportRecipient.diagnostic)).all()
+    privacy.erase(engine, sent.signer, "p0@example.org", by="t")
+    with transaction(engine) as session:
+        assert (
+            session.execute(sa.select(ReportRecipient.address, ReportRecipient.diagnostic)).all()
+            == lines_before
+        )
+        assert session.execute(sa.select(MailRequest.key, MailRequest.sender)).all() == [
+            ("<m1@example.org>", "p2@example.org")
+        ]
+        names = session.execute(sa.select(Subscriber.email, Subscriber.name).order_by(Subscriber.id)).all()
+    assert ("p1@example.org", names[1].name) in [tuple(row) for row in names]
+    assert names[0].email.startswith("erased-") and names[0].name == ""

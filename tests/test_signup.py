@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, select
 
-from mailout import confirmmail, signup, subscribers
+from mailout import confirmmail, privacy, signup, subscribers
 from mailout.cli import cli
 from mailout.config import Settings, load_settings
 from mailout.db import make_engine, transaction
@@ -441,7 +441,8 @@ def test_the_confirmation_arrives_in_french_and_its_link_confirms(
     assert received.mail_from == "newsletter@efus.example" and received.rcpt_tos == ["Zoe.Martin@example.org"]
     message = received.message()
     assert message["Subject"] == "Veuillez confirmer votre inscription à Efus Newsletter"
-    assert message["To"] == "Zoé <Zoe.Martin@example.org>"
+    # The address alone: the name is a stranger's free text until the person confirms.
+    assert message["To"] == "Zoe.Martin@example.org"
     assert message["Content-Language"] == "fr" and message["Auto-Submitted"] == "auto-generated"
     text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
@@ -503,6 +504,21 @@ def test_an_smtp_refusal_is_recorded_never_raised(
     assert smtp_server.messages == []
     # The claim stays: no second attempt within the hour, whatever the form receives.
     assert ask(db, settings, signer, T0 + dt.timedelta(minutes=10)) is None
+
+
+def test_a_message_still_queued_when_its_address_is_erased_is_not_sent(
+    db: Engine, settings: Settings, signer: Signer, smtp_server: SMTPServer
+) -> None:
+    c = ask(db, settings, signer)
+    assert c is not None
+    privacy.erase(db, signer, c.address, by="dpo")  # while the message waits in the queue
+    queue = confirmmail.ConfirmationQueue(settings, db, signer)
+    try:
+        assert queue.submit(c)
+        assert queue.join(10)
+    finally:
+        queue.close()
+    assert smtp_server.messages == [] and rows(db) == []
 
 
 def test_a_temporary_refusal_gives_the_hour_back(

@@ -508,12 +508,25 @@ def handle(
             action, note = ReportAction.NONE, f"forged or mistyped return address {forged}"
         else:
             action, note = _act(session, settings, report, recipient, match, now)
+        address = (recipient.address if recipient else match.address)[:320]
+        diagnostic = ((recipient.diagnostic or "") if recipient else "")[:MAX_DIAGNOSTIC]
+        from .privacy import is_erased, scrubber  # privacy.erase calls this module
+
+        if (
+            _is_erased(conn, match.subscriber_id)
+            if match.subscriber_id is not None
+            else bool(address) and is_erased(conn, signer, address)
+        ):
+            # A late report about someone erased (matched to their erased row, or naming
+            # their erased address): kept, for the dispatch's counts, without them.
+            scrub = scrubber({a for a in (address, match.address) if a}, ())
+            address, diagnostic = "", scrub(diagnostic)
         lines.append(
             Line(
-                address=(recipient.address if recipient else match.address)[:320],
+                address=address,
                 outcome=recipient.outcome.value if recipient else None,
                 status=(recipient.status or None) if recipient else None,
-                diagnostic=((recipient.diagnostic or "") if recipient else "")[:MAX_DIAGNOSTIC],
+                diagnostic=diagnostic,
                 matched_by=match.by,
                 action=action,
                 note=note[:200],
@@ -819,31 +832,58 @@ def dispatch_counts(session: Session, dispatch_id: int) -> tuple[int, int]:
 # --- erasure (``privacy.erase``) -------------------------------------------------------------------
 
 
-def erase_reports(conn: Connection, scrub: Callable[[str], str]) -> dict[str, int]:
+_ERASED = select(cast(Table, Subscriber.__table__).c.status).where(
+    cast(Table, Subscriber.__table__).c.id == bindparam("b_subscriber")
+)
+
+
+def _is_erased(conn: Connection, subscriber_id: int) -> bool:
+    """Whether a matched subscriber was erased (``privacy.erase``): their row holds no address."""
+    status = conn.execute(_ERASED, {"b_subscriber": subscriber_id}).scalar()
+    return status == SubscriberStatus.ERASED
+
+
+def erase_reports(
+    conn: Connection,
+    scrub: Callable[[str], str],
+    scrub_own: Callable[[str], str],
+    subscriber_id: int | None,
+) -> dict[str, int]:
     """Erase a person from the handled reports: addresses, diagnostics and summaries; return counts.
 
-    ``scrub`` replaces the person's address and name. A recipient's address it
-    changes is the person's and becomes ""; the line stays (with its subscriber, for
-    the dispatch's bounce and complaint counts). Every row is read: a report that
-    matched nobody, or another's diagnostic, may name them.
+    ``scrub`` replaces the person's address, ``scrub_own`` their address and their
+    name: the name only in the lines and reports that are about them (matched to
+    ``subscriber_id``, or naming their address as the recipient), since a name can be
+    a word of other people's text. A recipient's address ``scrub`` changes is the
+    person's and becomes ""; the line stays (with its subscriber, for the dispatch's
+    bounce and complaint counts). Every row is read: a report that matched nobody,
+    or another's diagnostic, may name their address.
     """
     lines = 0
-    for line_id, address, diagnostic, note in conn.execute(
-        select(ReportRecipient.id, ReportRecipient.address, ReportRecipient.diagnostic, ReportRecipient.note)
+    own_reports: set[int] = set()
+    for line_id, report_id, line_subscriber, address, diagnostic, note in conn.execute(
+        select(
+            ReportRecipient.id,
+            ReportRecipient.report_id,
+            ReportRecipient.subscriber_id,
+            ReportRecipient.address,
+            ReportRecipient.diagnostic,
+            ReportRecipient.note,
+        )
     ).all():
-        values = {
-            "address": "" if scrub(address) != address else address,
-            "diagnostic": scrub(diagnostic),
-            "note": scrub(note),
-        }
+        theirs = scrub(address) != address
+        own = theirs or (subscriber_id is not None and line_subscriber == subscriber_id)
+        if own:
+            own_reports.add(report_id)
+        clean = scrub_own if own else scrub
+        values = {"address": "" if theirs else address, "diagnostic": clean(diagnostic), "note": clean(note)}
         if (values["address"], values["diagnostic"], values["note"]) != (address, diagnostic, note):
             conn.execute(update(ReportRecipient).where(ReportRecipient.id == line_id).values(**values))
             lines += 1
     reports = 0
     for report_id, summary in conn.execute(select(HandledReport.id, HandledReport.summary)).all():
-        if scrub(summary) != summary:
-            conn.execute(
-                update(HandledReport).where(HandledReport.id == report_id).values(summary=scrub(summary))
-            )
+        cleaned = (scrub_own if report_id in own_reports else scrub)(summary)
+        if cleaned != summary:
+            conn.execute(update(HandledReport).where(HandledReport.id == report_id).values(summary=cleaned))
             reports += 1
     return {"report_recipients": lines, "handled_reports": reports}

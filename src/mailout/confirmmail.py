@@ -32,7 +32,7 @@ from email.utils import format_datetime
 
 from . import i18n, signup
 from .config import Settings
-from .db import Engine, WriteQueue
+from .db import Engine, WriteQueue, reader
 from .dkim import load_signer
 from .envelope import envelope_sender
 from .errors import MailoutError
@@ -141,7 +141,9 @@ def build(
     if settings.sender.reply_to:
         headers.append(address_header("Reply-To", "", settings.sender.reply_to))
     headers += [
-        address_header("To", c.name, c.address),
+        # The address alone: the name is the form's free text, and nobody has confirmed yet
+        # that it belongs with this address (a stranger's words in a signed message to them).
+        address_header("To", "", c.address),
         unstructured_header("Subject", words["subject"]),
         f"Message-ID: <{message_id}>".encode("ascii") + CRLF,
         b"MIME-Version: 1.0" + CRLF,
@@ -280,6 +282,9 @@ class ConfirmationQueue:
             return None
 
     def _send_one(self, c: signup.Confirmation) -> None:
+        with reader(self.engine).connect() as conn:
+            if not signup.still_due(conn, c):
+                return  # erased, purged or replaced while it waited: nobody to write to
         unsent = False
         try:
             reply = send_confirmation(self.settings, self.signer, c)

@@ -246,6 +246,12 @@ def erase(engine: Engine, signer: Signer, address: str, *, by: str, now: dt.date
         before = _erasure(conn, signer, normalised)
         if before is not None:
             return Erased(before[0], before[1], before[2], done_now=False)
+        # The sign-up first: a confirmation of it under way holds its row (PostgreSQL) and
+        # may be creating the person. Deleting it waits for that confirmation to end; the
+        # person is read after, so a subscriber it created is erased too. (A confirmation
+        # that comes after finds no sign-up: it subscribes nobody.)
+        pending = _signups(conn, key)
+        counts: dict[str, int] = {"signups": signup.forget(conn, key)}
         person = conn.execute(
             select(Subscriber.id, Subscriber.email, Subscriber.name)
             .where(Subscriber.email_key == key)
@@ -261,18 +267,16 @@ def erase(engine: Engine, signer: Signer, address: str, *, by: str, now: dt.date
                     select(Delivery.name).where(Delivery.subscriber_id == person.id).distinct()
                 ).scalars()
             )
-        names |= {str(row.get("name", "")) for row in _signups(conn, key)}
-        # Their address and their name wherever free text holds them: a report or a request
-        # about them may have come from someone else. A namesake's text loses the name too
-        # (whole words only): the price of leaving no trace of the person.
+        names |= {str(row.get("name", "")) for row in pending}
+        # Their address wherever free text holds it; their name in their own rows only (a
+        # name can be a word: "Paris" is in other people's addresses at paris.fr).
         scrub = scrubber(addresses, {name for name in names if name})
-        counts: dict[str, int] = {}
+        scrub_address = scrubber(addresses, ())
         if person is not None:
             counts |= outbox.erase_deliveries(conn, person.id, scrub)
             counts |= people.erase_subscriber(conn, person.id, scrub)
-        counts |= bounces.erase_reports(conn, scrub)
-        counts["mail_requests"] = unsubmail.erase_requests(conn, scrub)
-        counts["signups"] = signup.forget(conn, key)
+        counts |= bounces.erase_reports(conn, scrub_address, scrub, person.id if person is not None else None)
+        counts["mail_requests"] = unsubmail.erase_requests(conn, scrub_address, scrub)
         conn.execute(
             insert(Erasure).values(
                 address_hash=signer.address_hashes(normalised)[0],

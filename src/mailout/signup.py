@@ -230,6 +230,21 @@ def record_sent(
     )
 
 
+def still_due(conn: Connection, confirmation: Confirmation) -> bool:
+    """Whether a confirmation message is still to be sent: its sign-up waits for it, same nonce.
+
+    Not when the sign-up was erased (``forget``), purged, or replaced meanwhile.
+    """
+    found = conn.execute(
+        select(_signups.c.id).where(
+            _signups.c.id == confirmation.signup_id,
+            _signups.c.nonce == confirmation.nonce,
+            _signups.c.sent_at.is_not(None),
+        )
+    ).first()
+    return found is not None
+
+
 def look(
     conn: Connection, settings: Settings, signup_id: int, nonce: int, *, now: dt.datetime
 ) -> Pending | None:

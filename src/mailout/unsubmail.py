@@ -125,10 +125,16 @@ def process(session: Session, signer: Signer, read: Read) -> Outcome:
         outcome = Outcome(read.identity, "", "error", read.problem)
     else:
         outcome = _decide(session, signer, read.identity, read.message)
+    sender = outcome.sender[:320]
+    if sender and "@" in sender:
+        from .privacy import is_erased  # privacy.erase calls this module
+
+        if is_erased(session, signer, sender):
+            sender = ""  # someone erased writing again: their request is kept, without them
     session.add(
         MailRequest(
             key=read.identity,
-            sender=outcome.sender[:320],
+            sender=sender,
             outcome=outcome.action,
             detail=outcome.detail[:2000],
         )
@@ -167,21 +173,25 @@ def _decide(session: Session, signer: Signer, identity: str, message: EmailMessa
     return Outcome(identity, sender, "unsubscribed" if changed else "already", "from every list")
 
 
-def erase_requests(conn: Connection, scrub: Callable[[str], str]) -> int:
+def erase_requests(conn: Connection, scrub: Callable[[str], str], scrub_own: Callable[[str], str]) -> int:
     """Erase a person from the mail requests: their address as sender, and from every detail.
 
-    ``scrub`` replaces the person's address and name; a sender it changes is the
-    person, and becomes "". Every row is read: a detail may name them in a request
-    of someone else. Returns how many rows changed.
+    ``scrub`` replaces the person's address, ``scrub_own`` their address and name:
+    the name only in their own requests (a sender ``scrub`` changes is the person,
+    and becomes ""), since a name can be a word of someone else's. Every row is read:
+    a detail may name their address in a request of someone else. The key (the
+    message's Message-ID) changes only where it holds their address. Returns how
+    many rows changed.
     """
     changed = 0
     for key, sender, detail in conn.execute(
         select(MailRequest.key, MailRequest.sender, MailRequest.detail)
     ).all():
+        theirs = scrub(sender) != sender
         values = {
             "key": scrub(key),
-            "sender": "" if scrub(sender) != sender else sender,
-            "detail": scrub(detail),
+            "sender": "" if theirs else sender,
+            "detail": (scrub_own if theirs else scrub)(detail),
         }
         if (values["key"], values["sender"], values["detail"]) != (key, sender, detail):
             conn.execute(update(MailRequest).where(MailRequest.key == key).values(**values))
