@@ -7,6 +7,8 @@ follow them; the changes are read back from the consent history.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import html
 import re
 import threading
 from collections.abc import Iterator
@@ -21,14 +23,16 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
-from mailout import tokens
+from mailout import signup, tokens
 from mailout.config import load_settings
 from mailout.db import WriteQueue, make_engine, transaction
 from mailout.issues import load_issue
 from mailout.models import (
     ConsentEvent,
+    ConsentText,
     Delivery,
     Dispatch,
+    EventKind,
     MailingList,
     Source,
     Subscriber,
@@ -218,10 +222,36 @@ def test_each_change_is_a_consent_event_and_nothing_changed_writes_none(
     # The same form again: nothing more.
     client.post(url, data=form("Ana C. Silva", "fr", [lists["members"]]))
     assert len(events(engine, "ana@example.org")) == 3
-    # She joins the public list again from the page: she is subscribed, so she may.
-    client.post(url, data=form("Ana C. Silva", "fr", [lists["members"], lists["public"]]))
-    assert subscriptions(engine, "ana@example.org")["public"] == "subscribed"
-    assert events(engine, "ana@example.org")[-1][:4] == ("subscribed", "preferences", "", "public")
+    # She left the public list: the page does not bring her back (a forwarded message's
+    # link would let anyone do it); the sign-up form's double opt-in does.
+    page = client.get(url).get_data(as_text=True)
+    assert re.search(rf'name="list" value="{lists["public"]}" disabled', page)
+    assert "You left this list" in page
+    response = client.post(url, data=form("Ana C. Silva", "fr", [lists["members"], lists["public"]]))
+    assert "Not joined: <strong>Public</strong>" in response.get_data(as_text=True)
+    assert subscriptions(engine, "ana@example.org")["public"] == "unsubscribed"
+    assert len(events(engine, "ana@example.org")) == 3
+
+
+def test_a_list_joined_on_the_page_records_the_consent_text_it_showed(
+    sent: Path, client: FlaskClient, smtp_server: SMTPServer, engine: Engine
+) -> None:
+    _, lists = ids(engine, "bo@example.org")
+    url = link_of(smtp_server, "members", "bo@example.org")
+    shown = client.get(url).get_data(as_text=True)
+    consent = signup.consent_text(load_settings(sent), "en")
+    assert html.escape(consent, quote=False) in shown
+    client.post(url, data=form("Bo Berg", "", [lists["members"], lists["public"]]))
+    assert subscriptions(engine, "bo@example.org") == {"members": "subscribed", "public": "subscribed"}
+    with engine.connect() as conn:
+        digest = conn.execute(
+            select(ConsentEvent.consent_sha256)
+            .join(Subscriber, Subscriber.id == ConsentEvent.subscriber_id)
+            .where(Subscriber.email == "bo@example.org", ConsentEvent.kind == EventKind.SUBSCRIBED)
+            .order_by(ConsentEvent.id.desc())
+        ).scalar()
+        kept = conn.execute(select(ConsentText.text).where(ConsentText.sha256 == digest)).scalar()
+    assert digest == hashlib.sha256(consent.encode()).hexdigest() and kept == consent
 
 
 def test_a_bad_name_is_refused_before_anything_is_written(

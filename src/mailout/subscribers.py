@@ -1055,8 +1055,11 @@ class ListChoice:
     description: str
     segment: str
     subscribed: bool
-    #: False for a members list: a member may leave it there, never join it.
+    #: False for a members list (a member may leave it there, never join it), and for a list
+    #: they left (only the sign-up form's double opt-in brings them back to it).
     joinable: bool
+    #: They were on it and left it.
+    left: bool = False
 
 
 @dataclass(frozen=True)
@@ -1087,14 +1090,16 @@ def preferences_of(
     known = conn.execute(select(_lists.c.id).where(_lists.c.id == list_id)).first()
     if person is None or known is None or person.status == SubscriberStatus.ERASED:
         return None
-    on = set(
-        conn.scalars(
-            select(_subscriptions.c.list_id).where(
-                _subscriptions.c.subscriber_id == subscriber_id,
-                _subscriptions.c.status == SubscriptionStatus.SUBSCRIBED,
+    held = {
+        lid: status
+        for lid, status in conn.execute(
+            select(_subscriptions.c.list_id, _subscriptions.c.status).where(
+                _subscriptions.c.subscriber_id == subscriber_id
             )
         )
-    )
+    }
+    on = {lid for lid, status in held.items() if status == SubscriptionStatus.SUBSCRIBED}
+    gone = {lid for lid, status in held.items() if status == SubscriptionStatus.UNSUBSCRIBED}
     names = set(open_lists)
     rows = conn.execute(
         select(_lists.c.id, _lists.c.name, _lists.c.description, _lists.c.segment).order_by(_lists.c.name)
@@ -1106,7 +1111,8 @@ def preferences_of(
             row.description,
             str(row.segment),
             row.id in on,
-            row.segment != Segment.MEMBER and row.name in names,
+            row.segment != Segment.MEMBER and row.name in names and row.id not in gone,
+            row.id in gone,
         )
         for row in rows
         if row.id in on or (row.name in names and row.segment != Segment.MEMBER)
@@ -1141,17 +1147,6 @@ _CHANGE_FIELD = (
 )
 
 
-_REJOIN = (
-    update(_subscriptions)
-    .where(
-        _subscriptions.c.subscriber_id == bindparam("b_subscriber"),
-        _subscriptions.c.list_id == bindparam("b_list"),
-        _subscriptions.c.status == SubscriptionStatus.UNSUBSCRIBED,
-    )
-    .values(status=SubscriptionStatus.SUBSCRIBED, updated_at=bindparam("b_now"))
-)
-
-
 def update_preferences(
     conn: Connection,
     subscriber_id: int,
@@ -1162,6 +1157,8 @@ def update_preferences(
     lists: Mapping[int, bool],
     leave_all: bool,
     page: str,
+    consent_text: str = "",
+    consent_language: str = "",
 ) -> PreferenceChange | None:
     """Apply a preference page's POST; return what changed, or None for an unknown or erased person.
 
@@ -1173,7 +1170,9 @@ def update_preferences(
     ``unsubscribed`` event; nothing changed, no event. ``leave_all`` is the
     unsubscribe link's every-list path (the person's status too, and their queued
     messages skipped). A list is joined only by someone whose status is
-    ``subscribed``, and never a members list. Name and language are checked as an
+    ``subscribed``, never a members list, and never a list they left (that takes the
+    sign-up form's double opt-in: their new consent); a list joined records the
+    SHA-256 of ``consent_text``, the text the page showed. Name and language are checked as an
     import checks them (``clean_fields``; the language canonical), and raise
     ``InvalidSubscriber`` before anything is written.
 
@@ -1242,21 +1241,32 @@ def update_preferences(
             if _leave(conn, subscriber_id, lid, Source.PREFERENCES, "", page=page[:500]):
                 left.append(row.name)
         elif wanted and not on:
-            if person.status != SubscriberStatus.SUBSCRIBED or row.segment == Segment.MEMBER:
+            if (
+                person.status != SubscriberStatus.SUBSCRIBED
+                or row.segment == Segment.MEMBER
+                or lid in current  # on it once, and left: only a new double opt-in brings them back
+            ):
                 refused.append(row.name)
                 continue
-            if lid in current:
-                conn.execute(_REJOIN, {"b_subscriber": subscriber_id, "b_list": lid, "b_now": now})
-            else:
-                conn.execute(
-                    insert(_subscriptions).values(
-                        subscriber_id=subscriber_id,
-                        list_id=lid,
-                        status=SubscriptionStatus.SUBSCRIBED,
-                        created_at=now,
-                        updated_at=now,
-                    )
+            conn.execute(
+                insert(_subscriptions).values(
+                    subscriber_id=subscriber_id,
+                    list_id=lid,
+                    status=SubscriptionStatus.SUBSCRIBED,
+                    created_at=now,
+                    updated_at=now,
                 )
-            conn.execute(_RECORD, {**event, "list_id": lid, "kind": EventKind.SUBSCRIBED, "detail": ""})
+            )
+            consent = store_consent_text(conn, consent_text, consent_language, now) if consent_text else None
+            conn.execute(
+                _RECORD,
+                {
+                    **event,
+                    "list_id": lid,
+                    "kind": EventKind.SUBSCRIBED,
+                    "detail": "",
+                    "consent_sha256": consent,
+                },
+            )
             joined.append(row.name)
     return PreferenceChange(tuple(fields), tuple(joined), tuple(left), False, tuple(refused))

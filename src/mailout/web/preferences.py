@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from flask import Response, request, url_for
 
-from .. import i18n
+from .. import i18n, signup
 from ..db import reader
 from ..links import SampleToken
 from ..models import SubscriberStatus
@@ -93,6 +93,8 @@ def _form(token: str, found: Preferences, *, status: int = 200, error: str = "")
         state=_(_STATE[found.status]) if found.status in _STATE else "",
         languages=_languages(found.language),
         signup_url=mailout().links.signup_form(language=language),
+        # Joining a list here is consent as on the sign-up form: the same text, recorded.
+        consent=signup.consent_text(mailout().settings, language),
         error=_(error) if error else "",
         # The checked language, never the parameter as given.
         action=url_for("mailout.preferences_post", token=token, lang=language),
@@ -142,6 +144,8 @@ def preferences_post(token: str) -> Response:
                 leave_all=request.form.get("leave_all") == "1",
                 # The page, never its token (the token is the reader's key to it).
                 page=request.script_root + request.path.rpartition("/")[0] + "/",
+                consent_text=signup.consent_text(state.settings, requested_language()),
+                consent_language=requested_language(),
             )
     except InvalidSubscriber:
         return _form(token, found, status=422, error=_BAD_NAME)
