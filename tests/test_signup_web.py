@@ -31,11 +31,9 @@ from mailout.db import make_engine, transaction
 from mailout.models import (
     ConsentEvent,
     EventKind,
-    MailingList,
     Signup,
     Source,
     Subscriber,
-    Subscription,
 )
 from mailout.subscribers import mark_bounced
 from mailout.tokens import Purpose, Signer
@@ -44,7 +42,7 @@ from mailout.web.signup import ClientLimit, Remembered, client_key
 from tests.conftest import SECRET_KEY, edit_config
 from tests.smtpserver import SMTPServer
 from tests.test_serve import Served, free_port, http
-from tests.test_web import path_of, run
+from tests.test_web import path_of, run, subscription_status
 
 pytestmark = pytest.mark.slow
 
@@ -140,17 +138,7 @@ def signups(workspace: Path) -> list[Signup]:
     return found
 
 
-def list_status(workspace: Path, address: str, list_name: str) -> str | None:
-    engine = make_engine(load_settings(workspace).database_url())
-    with transaction(engine) as session:
-        status = session.scalar(
-            select(Subscription.status)
-            .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
-            .join(MailingList, MailingList.id == Subscription.list_id)
-            .where(Subscriber.email == address, MailingList.name == list_name)
-        )
-    engine.dispose()
-    return None if status is None else str(status)
+list_status = subscription_status
 
 
 def sent_to(smtp_server: SMTPServer, address: str) -> list[EmailMessage]:

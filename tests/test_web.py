@@ -122,7 +122,8 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-def subscription_status(workspace: Path, address: str, list_name: str) -> str:
+def subscription_status(workspace: Path, address: str, list_name: str) -> str | None:
+    """Return the address's status on the list ("subscribed", "unsubscribed"), None if never on it."""
     engine = make_engine(load_settings(workspace).database_url())
     with transaction(engine) as session:
         status = session.scalar(
@@ -132,7 +133,7 @@ def subscription_status(workspace: Path, address: str, list_name: str) -> str:
             .where(Subscriber.email == address, MailingList.name == list_name)
         )
     engine.dispose()
-    return str(status)
+    return None if status is None else str(status)
 
 
 def events(workspace: Path, address: str) -> list[tuple[str, str]]:
