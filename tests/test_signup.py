@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import re
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -539,28 +540,46 @@ def test_a_temporary_refusal_gives_the_hour_back(
     assert str(row["reply"]).startswith("250")
 
 
-def test_a_full_queue_drops_the_message_and_says_so(
+def test_a_slow_relay_holds_up_no_recording_and_a_full_queue_gives_the_hour_back(
     db: Engine, settings: Settings, signer: Signer, smtp_server: SMTPServer
 ) -> None:
-    c = ask(db, settings, signer)
-    assert c is not None
     queue = confirmmail.ConfirmationQueue(settings, db, signer, maxsize=1)
-    held = threading.Event()
+    sending, held = threading.Event(), threading.Event()
     original = queue._send_one
 
     def slow(item: signup.Confirmation) -> None:
-        held.wait(10)
+        sending.set()
+        held.wait(10)  # the relay takes its time
         original(item)
 
     queue._send_one = slow  # type: ignore[method-assign]
+    people = [f"person{n}@example.org" for n in range(3)]
     try:
-        assert queue.submit(c)  # taken by the thread, which waits
-        accepted = [queue.submit(c) for _ in range(3)]
-        assert accepted.count(True) <= 1 and accepted[-1] is False
+        assert queue.submit_request(form(settings, people[0]), T0)
+        assert sending.wait(10)  # the first message is on its way, and stuck there
+        assert queue.submit_request(form(settings, people[1]), T0)  # waits to be sent
+        # Recorded at once all the same: the relay holds up sending only.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _signup_of(db, people[1]):
+            time.sleep(0.05)
+        assert _signup_of(db, people[1])
+        # One more than the sender's queue holds: dropped, said in its reply, the hour given back.
+        assert queue.submit_request(form(settings, people[2]), T0)
+        while time.monotonic() < deadline and not _signup_of(db, people[2]).get("reply"):
+            time.sleep(0.05)
+        dropped = _signup_of(db, people[2])
+        assert str(dropped["reply"]).startswith("dropped") and dropped["sent_at"] is None
         held.set()
         assert queue.join(10)
     finally:
         queue.close()
+    assert sorted(address for r in smtp_server.messages for address in r.rcpt_tos) == people[:2]
+
+
+def _signup_of(db: Engine, address: str) -> dict[str, object]:
+    with db.begin() as conn:
+        found = signup.of_person(conn, address)
+    return found[0] if found else {}
 
 
 def test_a_crash_between_the_claim_and_the_send_costs_the_person_one_hour(

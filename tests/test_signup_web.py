@@ -197,7 +197,8 @@ def test_honeypot_and_a_form_sent_too_fast_do_nothing(
     app: Flask, client: FlaskClient, signup_workspace: Path, smtp_server: SMTPServer
 ) -> None:
     robot = post(client, "robot@example.org", website="http://spam.example")
-    fast = post(client, "fast@example.org", token=form_token(age=0))
+    quick = form_token(age=0)
+    fast = post(client, "fast@example.org", token=quick)
     person = post(client, "person@example.org")
     assert robot.status_code == fast.status_code == person.status_code == 200
     # The honeypot: the page a person gets, so that a robot learns nothing.
@@ -207,6 +208,13 @@ def test_honeypot_and_a_form_sent_too_fast_do_nothing(
     # once more and is not lost).
     again = fast.get_data(as_text=True)
     assert "press the button once more" in again and 'value="fast@example.org"' in again
+    # Its new token keeps the time the form was first shown: the next press, seconds
+    # later, is not taken for too fast again.
+    signer = app.extensions["mailout"].signer
+    fresh = re.search(r'name="form_token" value="([^"]+)"', again).group(1)  # type: ignore[union-attr]
+    first, renewed = signer.verify(Purpose.FORM, quick), signer.verify(Purpose.FORM, fresh)
+    assert first is not None and renewed is not None
+    assert renewed.subscriber_id == first.subscriber_id and renewed.list_id != first.list_id
     wait_sent(app)
     assert [s.email for s in signups(signup_workspace)] == ["person@example.org"]
     assert [r.rcpt_tos for r in smtp_server.messages] == [["person@example.org"]]

@@ -502,6 +502,8 @@ def handle(
     ).inserted_primary_key
     assert key is not None
     report_id = key[0]
+    from .privacy import is_erased, scrubber  # privacy.erase calls this module
+
     lines: list[Line] = []
     for recipient, match in matched:
         if forged:
@@ -510,8 +512,6 @@ def handle(
             action, note = _act(session, settings, report, recipient, match, now)
         address = (recipient.address if recipient else match.address)[:320]
         diagnostic = ((recipient.diagnostic or "") if recipient else "")[:MAX_DIAGNOSTIC]
-        from .privacy import is_erased, scrubber  # privacy.erase calls this module
-
         if (
             _is_erased(conn, match.subscriber_id)
             if match.subscriber_id is not None
@@ -832,8 +832,12 @@ def dispatch_counts(session: Session, dispatch_id: int) -> tuple[int, int]:
 # --- erasure (``privacy.erase``) -------------------------------------------------------------------
 
 
-_ERASED = select(cast(Table, Subscriber.__table__).c.status).where(
-    cast(Table, Subscriber.__table__).c.id == bindparam("b_subscriber")
+# FOR SHARE (PostgreSQL): an erasure under way holds the row; this waits for it, then reads
+# ``erased``, instead of reading the status before it and writing the address after it.
+_ERASED = (
+    select(cast(Table, Subscriber.__table__).c.status)
+    .where(cast(Table, Subscriber.__table__).c.id == bindparam("b_subscriber"))
+    .with_for_update(read=True)
 )
 
 

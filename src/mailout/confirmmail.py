@@ -9,7 +9,8 @@ dispatch), through ``transports.make_transport`` (SMTP, or the local outbox).
 
 ``ConfirmationQueue`` is what the web app hands each sign-up to
 (``submit_request``): one daemon thread records it (``signup.request``, in the
-app's write queue) and sends the message it calls for, so that the form's answer
+app's write queue) and hands the message it calls for to a second thread, which
+sends it (a slow relay never holds up the recording), so that the form's answer
 takes the same time whatever the address's state (nothing about the address is
 read or written during the request). A bounded queue: a full queue drops the
 sign-up with a log line (the request never waits). Every outcome is recorded with
@@ -30,7 +31,7 @@ import threading
 from dataclasses import dataclass
 from email.utils import format_datetime
 
-from . import i18n, signup
+from . import i18n, privacy, signup
 from .config import Settings
 from .db import Engine, WriteQueue, reader
 from .dkim import load_signer
@@ -211,10 +212,14 @@ class ConfirmationQueue:
         self.writes = writes or WriteQueue(engine)
         self.engine = engine
         self._queue: queue.Queue[signup.Confirmation | _Request | None] = queue.Queue(maxsize=maxsize)
+        # The messages to send, apart: a slow relay never holds up the recording of sign-ups.
+        self._sends: queue.Queue[signup.Confirmation | None] = queue.Queue(maxsize=maxsize)
         self._pending = 0
         self._idle = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="mailout-confirmations", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="mailout-signups", daemon=True)
+        self._sender = threading.Thread(target=self._send_all, name="mailout-confirmations", daemon=True)
         self._thread.start()
+        self._sender.start()
 
     def submit(self, c: signup.Confirmation) -> bool:
         """Queue a message to send; return False when the queue was full (the message is dropped)."""
@@ -244,13 +249,16 @@ class ConfirmationQueue:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Send what is queued, then stop the thread (waiting at most ``timeout`` seconds)."""
+        """Record what is queued and send it, then stop the threads (waiting at most ``timeout`` seconds each).
+
+        The sign-ups are recorded whatever the relay does; messages that a slow relay
+        keeps waiting past ``timeout`` are left (their sign-ups can ask again after the hour).
+        """
         if self._thread.is_alive():
-            try:
-                self._queue.put(None, timeout=timeout)
-            except queue.Full:
-                return
+            self._queue.put(None)  # after what is queued: the recorder then stops the sender
             self._thread.join(timeout)
+        if self._sender.is_alive():
+            self._sender.join(timeout)
 
     def _done(self) -> None:
         with self._idle:
@@ -258,18 +266,46 @@ class ConfirmationQueue:
             self._idle.notify_all()
 
     def _run(self) -> None:
+        """Record each sign-up as it comes, and hand the messages it calls for to the sender."""
         while True:
             item = self._queue.get()
             if item is None:
+                self._sends.put(None)
                 return
+            c: signup.Confirmation | None = None
             try:
                 c = self._record(item) if isinstance(item, _Request) else item
-                if c is not None:
-                    self._send_one(c)
             except Exception:  # never let one sign-up stop the thread
                 log.exception("sign-up")
+            if c is None:
+                self._done()
+                continue
+            try:
+                self._sends.put_nowait(c)
+            except queue.Full:
+                log.warning("confirmation queue full: message for sign-up %d dropped", c.signup_id)
+                self._give_back(c, "dropped: too many messages waiting")
+                self._done()
+
+    def _send_all(self) -> None:
+        while True:
+            c = self._sends.get()
+            if c is None:
+                return
+            try:
+                self._send_one(c)
+            except Exception:  # never let one message stop the thread
+                log.exception("confirmation for sign-up %d", c.signup_id)
             finally:
                 self._done()
+
+    def _give_back(self, c: signup.Confirmation, reply: str) -> None:
+        """Record that a message did not go, and give its address's hour back."""
+        try:
+            with self.writes.transaction() as conn:
+                signup.record_sent(conn, c, reply, now=dt.datetime.now(dt.UTC), unsent=True)
+        except Exception:
+            log.exception("confirmation for sign-up %d", c.signup_id)
 
     def _record(self, item: _Request) -> signup.Confirmation | None:
         """Record a sign-up (``signup.request``); return the message it calls for, if any."""
@@ -283,8 +319,15 @@ class ConfirmationQueue:
 
     def _send_one(self, c: signup.Confirmation) -> None:
         with reader(self.engine).connect() as conn:
-            if not signup.still_due(conn, c):
-                return  # erased, purged or replaced while it waited: nobody to write to
+            due = signup.still_due(conn, c)
+            # Erased after its sign-up was recorded (a request and an erasure at the same
+            # moment, on PostgreSQL): the sign-up goes, and nothing is sent.
+            erased = due and privacy.is_erased(conn, self.signer, c.address)
+        if erased:
+            with self.writes.transaction() as conn:
+                signup.forget(conn, c.address.lower())
+        if not due or erased:
+            return  # erased, purged or replaced while it waited: nobody to write to
         unsent = False
         try:
             reply = send_confirmation(self.settings, self.signer, c)

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from . import bounces, outbox, signup, unsubmail
 from . import subscribers as people
-from .db import transaction
+from .db import BUSY_TIMEOUT_MS, transaction
 from .errors import ConfigError, MailoutError
 from .models import (
     ConsentEvent,
@@ -186,9 +186,10 @@ class Erased:
     #: False: erased before, nothing changed now.
     done_now: bool
     counts: dict[str, int] = field(default_factory=dict)
-    #: SQLite: whether the file was compacted afterwards (VACUUM: the bytes of deleted and
-    #: changed rows overwritten, in the file and its WAL); False when another process held
-    #: the database. None on PostgreSQL (its own VACUUM reclaims dead rows in time).
+    #: SQLite: whether the WAL file was emptied afterwards (and with ``vacuum`` the file
+    #: rewritten), so that no old copy of the person's rows stays in either; False when
+    #: another process kept it from that. None on PostgreSQL (its own VACUUM reclaims dead
+    #: rows in time), and when nothing was held about the person.
     compacted: bool | None = None
 
     @property
@@ -223,12 +224,22 @@ def default_eraser() -> str:
         return "unknown"
 
 
-def erase(engine: Engine, signer: Signer, address: str, *, by: str, now: dt.datetime | None = None) -> Erased:
+def erase(
+    engine: Engine,
+    signer: Signer,
+    address: str,
+    *,
+    by: str,
+    now: dt.datetime | None = None,
+    vacuum: bool = False,
+) -> Erased:
     """Erase a person: every table scrubbed by its owner, the hash recorded, in one transaction.
 
     Their queued and deferred deliveries are skipped first. Erasing an address
     erased before changes nothing (``done_now`` False). An address mailout holds
     nothing about is recorded all the same: the person is kept out from now on.
+    On SQLite the WAL file is emptied afterwards, and with ``vacuum`` the whole file
+    rewritten (``_compact``).
     """
     given = address.strip()
     normalised = people.normalise_email(given)
@@ -291,29 +302,40 @@ def erase(engine: Engine, signer: Signer, address: str, *, by: str, now: dt.date
         person.id if person is not None else None,
         done_now=True,
         counts=counts,
-        compacted=_compact(engine),
+        compacted=_compact(engine, vacuum=vacuum) if any(counts.values()) else None,
     )
 
 
-def _compact(engine: Engine) -> bool | None:
-    """On SQLite, rewrite the file without the freed bytes (VACUUM) and empty the WAL; say if done.
+#: How long the WAL's emptying waits for readers to let go (milliseconds): then it says so.
+COMPACT_WAIT_MS = 2000
 
-    A deleted or changed row leaves its old bytes in the file's free space (and in the
-    WAL) until they are reused: an erased address could be read from the raw file.
+
+def _compact(engine: Engine, *, vacuum: bool) -> bool | None:
+    """On SQLite, empty the WAL file (and with ``vacuum``, rewrite the file); say if it was done.
+
+    Every connection overwrites the bytes of rows it deletes or changes
+    (``secure_delete``, see ``db``), so the erasure's own writes leave no old copy in
+    the file; older copies of the person's pages may still sit in the WAL file until it
+    is emptied. ``vacuum`` rewrites the whole file as well (rows deleted before
+    ``secure_delete`` was on, by an older mailout): it holds the write lock while it
+    runs, so a dispatch sending at that moment waits.
     """
     if engine.dialect.name != "sqlite":
         return None
     # The driver's own connection, in autocommit (VACUUM cannot run in a transaction, and
-    # the engine begins one for every statement); the pool's busy timeout applies.
+    # the engine begins one for every statement).
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
-        cursor.execute("VACUUM")
+        cursor.execute(f"PRAGMA busy_timeout={COMPACT_WAIT_MS}")  # a reader holds it back: say so, soon
+        if vacuum:
+            cursor.execute("VACUUM")
         cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         busy = cursor.fetchone()
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.close()
     except sqlite3.OperationalError:
-        return False  # another process writing or reading: the team runs it later
+        return False  # another process writing, or reading: the team runs it later
     finally:
         raw.close()
     return busy is None or not busy[0]

@@ -125,18 +125,21 @@ def process(session: Session, signer: Signer, read: Read) -> Outcome:
         outcome = Outcome(read.identity, "", "error", read.problem)
     else:
         outcome = _decide(session, signer, read.identity, read.message)
-    sender = outcome.sender[:320]
+    sender, key, detail = outcome.sender[:320], read.identity, outcome.detail[:2000]
     if sender and "@" in sender:
-        from .privacy import is_erased  # privacy.erase calls this module
+        from .privacy import is_erased, scrubber  # privacy.erase calls this module
 
         if is_erased(session, signer, sender):
-            sender = ""  # someone erased writing again: their request is kept, without them
+            # Someone erased writing again: their request is kept, without them (as the
+            # erasure leaves the requests it found).
+            scrub = scrubber({sender}, ())
+            sender, key, detail = "", scrub(key), scrub(detail)
     session.add(
         MailRequest(
-            key=read.identity,
+            key=key,
             sender=sender,
             outcome=outcome.action,
-            detail=outcome.detail[:2000],
+            detail=detail,
         )
     )
     return outcome

@@ -483,8 +483,14 @@ def _person_summary(data: dict[str, object]) -> str:
 @click.argument("email")
 @click.option("--by", default="", help="Who erases (default: git's user.name <user.email>, else the login).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--vacuum",
+    is_flag=True,
+    help="SQLite: rewrite the database file too (VACUUM), for rows deleted by an older mailout;"
+    " it makes a dispatch sending at that moment wait.",
+)
 @pass_state
-def erase_command(state: State, email: str, by: str, yes: bool) -> None:
+def erase_command(state: State, email: str, by: str, yes: bool, vacuum: bool) -> None:
     """Erase a person on request: their address and name go from every table, for good.
 
     What happened stays, without them (their row becomes "erased-NUMBER"; the
@@ -501,7 +507,9 @@ def erase_command(state: State, email: str, by: str, yes: bool) -> None:
     address = people.normalise_email(email)
     if not yes:
         click.confirm(f"Erase {safe(address)} from every table? This cannot be undone", abort=True, err=True)
-    result = privacy.erase(state.engine(), signer, address, by=by.strip() or privacy.default_eraser())
+    result = privacy.erase(
+        state.engine(), signer, address, by=by.strip() or privacy.default_eraser(), vacuum=vacuum
+    )
     if not result.done_now:
         click.echo(
             f"this address was erased already, on {result.erased_at:%Y-%m-%d %H:%M} UTC"
@@ -521,8 +529,10 @@ def erase_command(state: State, email: str, by: str, yes: bool) -> None:
     click.echo("its keyed hash is recorded: imports and the sign-up form keep it out")
     if result.compacted is False:
         click.secho(
-            "warning: the database file still holds the old bytes of the changed rows (another"
-            " process had it open): run `sqlite3 mailout.db VACUUM` when nothing uses it",
+            "warning: another process was using the database, so its WAL file (mailout.db-wal)"
+            " may still hold older copies of this person's rows until SQLite's next full"
+            " checkpoint; when nothing uses the database, run"
+            " `sqlite3 mailout.db 'PRAGMA wal_checkpoint(TRUNCATE)'`",
             fg="yellow",
             err=True,
         )

@@ -222,9 +222,10 @@ class Filled:
     page: str = ""
 
 
-def _form_token() -> str:
-    """Return a fresh form token: now, and a nonce."""
-    return mailout().signer.sign(Purpose.FORM, int(time.time()), secrets.randbelow(10**18))
+def _form_token(shown: int | None = None) -> str:
+    """Return a fresh form token: when the form was first shown (default: now), and a new nonce."""
+    when = int(time.time()) if shown is None else shown
+    return mailout().signer.sign(Purpose.FORM, when, secrets.randbelow(10**18))
 
 
 def _action(list_name: str | None, language: str) -> str:
@@ -240,6 +241,7 @@ def _form(
     status: int = 200,
     notice: str = "",
     error: str = "",
+    shown: int | None = None,
 ) -> Response:
     """Return the sign-up form in the request's language, filled with ``filled``."""
     state = mailout()
@@ -265,7 +267,7 @@ def _form(
         languages=[(tag, language_name(tag)) for tag in offered],
         chosen_language=chosen_language,
         consent=signup.consent_text(state.settings, language),
-        form_token=_form_token(),
+        form_token=_form_token(shown),
         notice=_(notice) if notice else "",
         error=_(error) if error else "",
     )
@@ -376,8 +378,9 @@ def _post(list_name: str | None) -> Response:
         return _form(list_name, filled, notice=_SEND_AGAIN)
     if now - claim.subscriber_id < settings.signup.form_min_seconds:
         # Sent back faster than anyone reads: a robot, most likely; nothing is done. A
-        # person (a browser that filled the form in) gets the form back and presses once more.
-        return _form(list_name, filled, notice=_PRESS_AGAIN)
+        # person (a browser that filled the form in) gets the form back and presses once more;
+        # its new token keeps the time the form was first shown, so that press counts.
+        return _form(list_name, filled, notice=_PRESS_AGAIN, shown=claim.subscriber_id)
     if not desk().used.add_new(claim.list_id, claim.subscriber_id + max_age + 60, now):
         # Sent twice (a double click, the back button, a replay): the second does nothing,
         # and gets the page the first one got.
