@@ -5,6 +5,7 @@ On a real SQLite file and a real PostgreSQL database, with the real SMTP server 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import multiprocessing
 import os
@@ -399,6 +400,21 @@ def test_purge_deletes_only_the_sign_ups_older_than_pending_days(
         assert len(signup.of_person(conn, "young@example.org")) == 1
         assert signup.forget(conn, "YOUNG@example.org") == 1
         assert signup.of_person(conn, "young@example.org") == []
+
+
+def test_purge_keeps_a_sign_up_whose_link_still_works(db: Engine, settings: Settings, signer: Signer) -> None:
+    # A team gives links 40 days and keeps pending sign-ups 30: a link followed on day 35
+    # must still find its sign-up.
+    longer = dataclasses.replace(settings, signup=dataclasses.replace(settings.signup, confirm_days=40.0))
+    c = ask(db, longer, signer, T0)
+    assert c is not None
+    day35 = T0 + dt.timedelta(days=35)
+    with db.begin() as conn:
+        assert signup.purge_pending(conn, longer, now=day35) == 0
+    assert confirm(db, longer, signer, c, day35) is not None
+    assert ask(db, longer, signer, T0, address="late@example.org") is not None
+    with db.begin() as conn:
+        assert signup.purge_pending(conn, longer, now=T0 + dt.timedelta(days=40, seconds=1)) == 1
 
 
 def test_purge_pending_command_and_the_worker(

@@ -330,9 +330,11 @@ def purge_pending(conn: Connection, settings: Settings, *, now: dt.datetime) -> 
     """Delete the sign-ups never confirmed within ``signup.pending_days``; return how many.
 
     Counted from the latest request that sent a message (``created_at``): a person who
-    asks again starts the time afresh.
+    asks again starts the time afresh. A sign-up whose link still works (a
+    ``signup.confirm_days`` longer than ``pending_days``) is kept until it stops working.
     """
-    cutoff = now.astimezone(dt.UTC) - dt.timedelta(days=settings.signup.pending_days)
+    days = max(settings.signup.pending_days, settings.signup.confirm_days)
+    cutoff = now.astimezone(dt.UTC) - dt.timedelta(days=days)
     result = conn.execute(delete(_signups).where(_signups.c.created_at < cutoff))
     return int(result.rowcount)
 
