@@ -68,8 +68,7 @@ def texts(settings: Settings, signer: Signer, c: signup.Confirmation) -> dict[st
     """Return the message's words and link in the sign-up's language: subject, lines, link."""
     language = c.language or settings.newsletter.language
     name, _ = i18n.newsletter_text(settings, language, "name")
-    described = {lst.name: lst.description or lst.name for lst in settings.lists}
-    lists = ", ".join(described.get(n, n) for n in c.lists)
+    lists = ", ".join(signup.list_titles(settings, c.lists))
     values = {"name": name, "lists": lists, "time": validity(settings, language)}
     return {
         "language": language,

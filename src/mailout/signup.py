@@ -190,7 +190,7 @@ def open_lists(settings: Settings, names: tuple[str, ...] | list[str]) -> tuple[
     """Return the configured lists named, each open to sign-up; raise ``InvalidSubscriber``."""
     if not names:
         raise subscribers.InvalidSubscriber("choose at least one list")
-    by_name = {lst.name: lst for lst in settings.lists if lst.public_signup}
+    by_name = {lst.name: lst for lst in signup_lists(settings)}
     chosen: dict[str, ListSettings] = {}
     for name in names:
         lst = by_name.get(name)
@@ -198,6 +198,12 @@ def open_lists(settings: Settings, names: tuple[str, ...] | list[str]) -> tuple[
             raise subscribers.InvalidSubscriber(f"the list '{name[:64]}' is not open to sign-up")
         chosen[name] = lst
     return tuple(chosen.values())
+
+
+def list_titles(settings: Settings, names: tuple[str, ...]) -> list[str]:
+    """Return how the pages and the message name these lists: their description, else their name."""
+    described = {lst.name: lst.description or lst.name for lst in settings.lists}
+    return [described.get(name, name) for name in names]
 
 
 def signup_lists(settings: Settings) -> tuple[ListSettings, ...]:
@@ -303,7 +309,7 @@ def confirm(
         return None  # confirmed (or replaced) by someone else in the meantime
     if privacy.is_erased(conn, signer, str(row.email)):
         return None
-    by_name = {lst.name: lst for lst in settings.lists if lst.public_signup}
+    by_name = {lst.name: lst for lst in signup_lists(settings)}
     chosen = tuple(by_name[name] for name in _names(row.lists) if name in by_name)
     if not chosen:
         return None

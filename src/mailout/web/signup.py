@@ -433,11 +433,10 @@ def _invalid_confirmation() -> Response:
 def _confirmed(done: signup.Confirmed) -> Response:
     state = mailout()
     _ = state.words.translator(requested_language())
-    described = {lst.name: lst.description or lst.name for lst in state.settings.lists}
     response = page(
         "mailout/subscribe_confirmed.html",
         title=_("You are subscribed"),
-        lists=[described.get(name, name) for name in done.lists],
+        lists=signup.list_titles(state.settings, done.lists),
     )
     response.headers["X-Robots-Tag"] = "noindex"
     return response
@@ -467,17 +466,15 @@ def confirm_link(token: str) -> Response:
         pending = signup.look(conn, state.settings, claim.subscriber_id, claim.list_id, now=now)
     if pending is None:
         return _invalid_confirmation()
-    sent_at = pending.sent_at if pending.sent_at.tzinfo else pending.sent_at.replace(tzinfo=dt.UTC)
-    age = (now - sent_at).total_seconds()
+    age = (now - pending.sent_at).total_seconds()  # ``look`` gives it in UTC
     if request.method == "GET" and age > state.settings.signup.button_seconds:
         return _confirm(claim.subscriber_id, claim.list_id)
     language = requested_language()
     _ = state.words.translator(language)
-    described = {lst.name: lst.description or lst.name for lst in state.settings.lists}
     response = page(
         "mailout/subscribe_confirm.html",
         title=_("Confirm your subscription"),
-        lists=[described.get(name, name) for name in pending.lists],
+        lists=signup.list_titles(state.settings, pending.lists),
         action=url_for("mailout.confirm_post", token=token, lang=language),
     )
     response.headers["X-Robots-Tag"] = "noindex"
