@@ -26,6 +26,9 @@ OWNERS = {
     "ConsentText": "subscribers.py",
     "Signup": "signup.py",
     "Erasure": "privacy.py",
+    "Approval": "approvals.py",
+    "RouteLock": "quota.py",
+    "RouteUsage": "quota.py",
 }
 TABLES = {
     "subscribers": "subscribers.py",
@@ -42,6 +45,9 @@ TABLES = {
     "consent_texts": "subscribers.py",
     "signups": "signup.py",
     "erasures": "privacy.py",
+    "approvals": "approvals.py",
+    "routes": "quota.py",
+    "route_usage": "quota.py",
 }
 _RAW_WRITE = re.compile(r"^\s*(?:UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+(\w+)", re.IGNORECASE)
 

@@ -48,6 +48,9 @@ TABLES = (
     "consent_texts",
     "signups",
     "erasures",
+    "approvals",
+    "routes",
+    "route_usage",
 )
 
 T0 = dt.datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=dt.UTC)
@@ -168,6 +171,12 @@ def rows() -> dict[str, list[dict[str, Any]]]:
         "envelope_sender": None,
         # Written before mailout froze a variant per language (0010): its one variant.
         "language": None,
+        # Written before scheduling (0012): started when written, by nobody recorded, on [smtp].
+        "scheduled_at": None,
+        "cancelled_at": None,
+        "missed_at": None,
+        "created_by": "",
+        "route": "",
     }
     data["dispatches"] = [
         {
@@ -212,6 +221,9 @@ def rows() -> dict[str, list[dict[str, Any]]]:
             "finished_at": at(9601),
         },
     ]
+    for row in data["dispatches"]:
+        # 0012: a dispatch written before it could send from the moment it was written.
+        row["started_at"] = row["created_at"]
     states = list(DeliveryStatus)
     recipients = [(1, i) for i in range(1, 41)] + [(2, i) for i in range(3, 31, 3)]
     for n, (dispatch_id, i) in enumerate(recipients, start=1):
@@ -231,6 +243,8 @@ def rows() -> dict[str, list[dict[str, Any]]]:
                 "updated_at": at(9000 + n),
                 "envelope_sender": None,
                 "language": None,
+                # 0012: the route is recorded from then on.
+                "route": None,
             }
         )
     # Only at the newest schema (the table is new in 0010): dispatch 2's French variant.
@@ -335,6 +349,22 @@ def rows() -> dict[str, list[dict[str, Any]]]:
             "reply": "250 2.0.0 Ok: queued as 4F2A",
         }
     ]
+    # Only at the newest schema (the tables are new in 0012).
+    data["approvals"] = [
+        {
+            "id": 1,
+            "issue": "2019-02",
+            "list_id": 2,
+            "dispatch_id": 2,
+            "approved_by": "Zoë Dupont <zoe@efus.example>",
+            "approved_at": at(8990),
+            "variants": '{"en": "' + "ab" * 32 + '", "fr": "' + "cd" * 32 + '"}',
+        }
+    ]
+    data["routes"] = [{"name": "m365", "created_at": at(9000)}]
+    data["route_usage"] = [
+        {"route": "m365", "unit": "minute", "bucket": 29_000_000 + n, "used": 30 - n} for n in range(3)
+    ] + [{"route": "m365", "unit": "day", "bucket": 1_200_000, "used": 9812}]
     data["erasures"] = [
         {
             "id": 1,

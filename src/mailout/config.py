@@ -19,6 +19,7 @@ import string
 import tomllib
 import types
 import typing
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,28 @@ class Smtp:
 
 
 @dataclass(frozen=True)
+class Route:
+    """One ``[smtp.routes.NAME]`` table: an SMTP server of its own, with its limits.
+
+    The quotas hold across processes and restarts (``quota``, in the database); 0 is no limit.
+    """
+
+    name: str
+    #: Host, port, security, login and timeouts, as in ``[smtp]`` (the password from
+    #: ``MAILOUT_SMTP_ROUTES_<NAME>_PASSWORD``).
+    smtp: Smtp = field(default_factory=Smtp)
+    #: SMTP connections (threads) per sending process on this route; 0: ``sending.concurrency``.
+    concurrency: int = 0
+    per_second: int = 0
+    per_minute: int = 0
+    per_hour: int = 0
+    per_day: int = 0
+    #: The route that takes the rest of a dispatch after repeated policy refusals (5.7.x) or
+    #: connection failures on this one; "": none (the dispatch pauses, as without routes).
+    failover: str = ""
+
+
+@dataclass(frozen=True)
 class Sending:
     #: SMTP connections (threads) per sending process.
     concurrency: int = 8
@@ -174,6 +197,17 @@ class Sending:
     policy_failures_pause: int = 5
     #: A sending process that has not been heard of for this long is taken for dead.
     worker_timeout: float = 30.0
+    #: The team's time zone (IANA name): ``send --at`` reads times in it, and ``status`` and
+    #: ``schedule list`` show them in it.
+    timezone: str = "UTC"
+    #: A scheduled dispatch that no worker started within this many seconds of its instant
+    #: is ``missed``: it does not start late; ``send --now`` sends it.
+    max_lateness: float = 7200.0
+    #: A dispatch starts only once someone other than its writer ran ``mailout approve``.
+    require_approval: bool = False
+    #: The route of a list without its own (``[lists.NAME] route``): a ``[smtp.routes.NAME]``;
+    #: "" is ``[smtp]``.
+    route: str = ""
 
 
 #: The values of ``database.sqlite_synchronous``, as SQLite names them (``PRAGMA synchronous``).
@@ -202,6 +236,8 @@ class ListSettings:
     description: str = ""
     #: Whether the sign-up form offers this list (double opt-in). Never a ``member`` list.
     public_signup: bool = False
+    #: The route its dispatches go through (a ``[smtp.routes.NAME]``); "" is ``sending.route``.
+    route: str = ""
 
 
 DEFAULT_LISTS = (
@@ -334,6 +370,8 @@ class Settings:
     bounces: Bounces = field(default_factory=Bounces)
     signup: Signup = field(default_factory=Signup)
     lists: tuple[ListSettings, ...] = DEFAULT_LISTS
+    #: The ``[smtp.routes.NAME]`` tables, by name, in the file's order.
+    routes: Mapping[str, Route] = field(default_factory=dict)
     secret_key: str = field(default="", repr=False)
     #: Where each setting given came from ("mailout.toml:12: dkim.key_file"), for error messages.
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -431,6 +469,7 @@ NUMBER_RANGES: dict[str, Range] = {
     # The heartbeat beats every third of it (every 0.5 s at least): under 2 s, a live
     # process could be taken for dead between two beats.
     "sending.worker_timeout": Range(2, 86_400, unit="seconds"),
+    "sending.max_lateness": Range(0, 30 * 86_400, unit="seconds"),
     "preview.html_warn_bytes": Range(0, unit="bytes"),
     "web.port": Range(1, 65535),
     "dkim.expire_after": Range(0, 366 * 86_400, unit="seconds"),
@@ -575,7 +614,7 @@ def _read_file(path: Path, layers: dict[str, dict[str, tuple[Any, str]]]) -> Non
 
 
 #: The keys of a ``[lists.NAME]`` table.
-LIST_KEYS = ("segment", "description", "public_signup")
+LIST_KEYS = ("segment", "description", "public_signup", "route")
 
 
 def _read_lists(path: Path, text: str, tables: Any) -> tuple[ListSettings, ...]:
@@ -606,7 +645,11 @@ def _read_lists(path: Path, text: str, tables: Any) -> tuple[ListSettings, ...]:
                 f"{where}.public_signup: a members' list is never open to sign-up"
                 " (anyone could read the members' items); leave it out or use a public list"
             )
-        found.append(ListSettings(name, Segment(segment), table.get("description", ""), public_signup))
+        found.append(
+            ListSettings(
+                name, Segment(segment), table.get("description", ""), public_signup, table.get("route", "")
+            )
+        )
     return tuple(found)
 
 
@@ -854,6 +897,16 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
                 raise fail(f"{section}.{f.name}", reason)
     if settings.smtp.security not in ("starttls", "tls", "plain"):
         raise fail("smtp.security", f"must be 'starttls', 'tls' or 'plain', got {settings.smtp.security!r}")
+    try:
+        zone = settings.sending.timezone
+        if not zone or zone != zone.strip():
+            raise ValueError(zone)
+        zoneinfo.ZoneInfo(zone)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        raise fail(
+            "sending.timezone",
+            f"not a time zone: {settings.sending.timezone!r} (an IANA name such as 'Europe/Brussels' or 'UTC')",
+        ) from None
     if settings.database.sqlite_synchronous not in SQLITE_SYNCHRONOUS:
         raise fail(
             "database.sqlite_synchronous",

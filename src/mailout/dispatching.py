@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from . import bounces, languages, outbox
 from . import subscribers as people
+from .clock import SYSTEM, Clock
 from .config import Settings
 from .db import reader, transaction
 from .dkim import check as check_dkim
@@ -123,6 +124,12 @@ class Plan:
     #: is the first), and how many recipients get each (``languages.choose``).
     variants: dict[str, Variant] = field(default_factory=dict)
     by_language: dict[str, int] = field(default_factory=dict)
+    #: A new dispatch's instant (UTC), when it is scheduled; None: it starts when written.
+    scheduled_at: dt.datetime | None = None
+    #: Who writes it (``--by``, else git's user, else the login name).
+    created_by: str = ""
+    #: The route a new dispatch goes through ("" is ``[smtp]``): ``--route``, else the list's.
+    route: str = ""
 
 
 @dataclass(frozen=True)
@@ -379,6 +386,7 @@ def _start(engine: Engine, settings: Settings, plan: Plan) -> Started:
             session, plan.issue, lst, plan.variant,
             from_name=settings.sender.name, from_address=settings.sender.address, reply_to=settings.sender.reply_to,
             generation=newest.generation + 1 if newest is not None else 1, others=others,
+            scheduled_at=plan.scheduled_at, created_by=plan.created_by, route=plan.route,
         )  # fmt: skip
         if dispatch.total == 0:
             raise _nobody(lst)  # everybody left since the plan: the transaction writes nothing
@@ -419,6 +427,7 @@ def run(
     on_notice: Callable[[str], None] | None = None,
     handle_signals: bool = False,
     stop: threading.Event | None = None,
+    clock: Clock = SYSTEM,
 ) -> Result:
     """Send the dispatch from this process until it is finished, paused or stopped.
 
@@ -438,7 +447,7 @@ def run(
     dispatch, lst = found
     mailer = Mailer(
         engine, settings, dispatch, lst, make_transport(settings), signer,
-        on_progress=on_progress, on_notice=on_notice, stop=stop,
+        on_progress=on_progress, on_notice=on_notice, stop=stop, clock=clock,
     )  # fmt: skip
     if handle_signals:
         mailer.install_signal_handlers()

@@ -38,6 +38,7 @@ from sqlalchemy.exc import OperationalError
 
 from . import outbox
 from . import subscribers as people
+from .clock import SYSTEM, Clock
 from .config import Settings
 from .dkim import load_signer
 from .envelope import envelope_sender, for_dispatch
@@ -204,6 +205,7 @@ class Mailer:
         on_notice: Callable[[str], None] | None = None,
         stop: threading.Event | None = None,
         variants: dict[str, Variant] | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         """Get ready to send ``dispatch``: its variants (read from the outbox unless given) built once."""
         self.engine = engine
@@ -217,6 +219,8 @@ class Mailer:
         #: Set to stop claiming: by a pause, the end, a signal, or the caller (``stop``).
         self.stop = stop if stop is not None else threading.Event()
         self.tally = Tally()
+        #: The time for the quotas' waits (the tests' clock moves only when waited on).
+        self.clock = clock
         self.worker = outbox.worker_name()
         self.policy_streak = 0
         self.errors: list[BaseException] = []

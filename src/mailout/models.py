@@ -23,6 +23,7 @@ from sqlalchemy import (
     Enum,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     Text,
@@ -304,6 +305,22 @@ class Dispatch(Base):
     #: The envelope sender (MAIL FROM) of its messages, as ``signing``: one line per run
     #: that changed it, oldest first; NULL: sent before mailout recorded it.
     envelope_sender: Mapped[str | None] = mapped_column(Text)
+    #: A scheduled dispatch's instant (UTC); NULL: it may start as soon as it is written.
+    scheduled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: When sending was allowed to begin: set once, by the statement that starts it (a
+    #: scheduled one by the worker, at its instant; any other when written). NULL: not yet.
+    #: Deliveries are claimed only from a started, not cancelled dispatch.
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Set by ``schedule cancel``: it will never start.
+    cancelled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Set when its instant passed by more than ``sending.max_lateness`` with no worker to
+    #: start it: only ``send --now`` starts it then.
+    missed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Who wrote it (``--by``, else git's user.name/user.email, else the login name).
+    created_by: Mapped[str] = mapped_column(String(320), default="")
+    #: The route (``[smtp.routes.NAME]``) it sends through now; "" is ``[smtp]``. A failover
+    #: changes it to the next route.
+    route: Mapped[str] = mapped_column(String(64), default="")
 
 
 class DispatchVariant(Base):
@@ -354,6 +371,9 @@ class Delivery(Base):
     #: The envelope sender (MAIL FROM) of its last attempt, written with its ``sending`` mark:
     #: with VERP its own return address. NULL: not sent yet, or sent before mailout kept it.
     envelope_sender: Mapped[str | None] = mapped_column(Text)
+    #: The route its message went through, set with its ``sending`` mark; NULL before 0012
+    #: and for deliveries never sent.
+    route: Mapped[str | None] = mapped_column(String(64))
     #: Which of the dispatch's variants this recipient gets (one of its languages), chosen
     #: from their language when the dispatch was written (``languages.choose``) and frozen:
     #: a later change of their language changes nothing. NULL: written before mailout chose
@@ -462,3 +482,44 @@ class ReportRecipient(Base):
     action: Mapped[ReportAction] = mapped_column(_enum(ReportAction))
     #: Why, in a few words: "already bounced", "policy: the sender's fault", "score 2".
     note: Mapped[str] = mapped_column(String(200), default="")
+
+
+class Approval(Base):
+    """A second person's approval of an issue for a list: who, when, and what they saw.
+
+    ``variants`` is JSON, language -> SHA-256 of that frozen variant (``approvals.digest``):
+    a dispatch starts only if its frozen variants are exactly those. Written by ``approvals``.
+    """
+
+    __tablename__ = "approvals"
+    __table_args__ = (Index("ix_approvals_issue_list_id", "issue", "list_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issue: Mapped[str] = mapped_column(String(200))
+    list_id: Mapped[int] = mapped_column(ForeignKey("lists.id", ondelete="RESTRICT"))
+    #: The dispatch approved, when it was written (scheduled) before the approval; NULL for an
+    #: approval given before the send (the send compares its variants with it).
+    dispatch_id: Mapped[int | None] = mapped_column(ForeignKey("dispatches.id", ondelete="CASCADE"))
+    approved_by: Mapped[str] = mapped_column(String(320))
+    approved_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    variants: Mapped[str] = mapped_column(Text)
+
+
+class RouteLock(Base):
+    """One row per route, locked while a slot of its quota is taken (``quota``)."""
+
+    __tablename__ = "routes"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RouteUsage(Base):
+    """Messages handed to a route in one time bucket of one unit (second, minute, hour, day)."""
+
+    __tablename__ = "route_usage"
+
+    route: Mapped[str] = mapped_column(String(64), primary_key=True)
+    unit: Mapped[str] = mapped_column(String(8), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    used: Mapped[int] = mapped_column(Integer, default=0)

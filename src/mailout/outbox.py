@@ -181,6 +181,9 @@ def create_dispatch(
     reply_to: str,
     generation: int,
     others: Sequence[Variant] = (),
+    scheduled_at: dt.datetime | None = None,
+    created_by: str = "",
+    route: str = "",
 ) -> Dispatch:
     """Freeze the variants and the recipients: one dispatch, one queued delivery per recipient.
 
@@ -190,6 +193,10 @@ def create_dispatch(
     and frozen with them. ``generation`` numbers the dispatches of the issue to the list:
     the database refuses a second one with the same number (``IntegrityError``, see
     ``is_duplicate_dispatch``).
+
+    With ``scheduled_at`` it waits for that instant (``started_at`` stays NULL until the
+    worker starts it); without, it is started as it is written. ``created_by`` is who wrote
+    it, ``route`` the ``[smtp.routes.NAME]`` it goes through ("" for ``[smtp]``).
     """
     languages = [variant.language, *(other.language for other in others)]
     if len(set(languages)) != len(languages) or (others and not all(languages)):
@@ -206,6 +213,10 @@ def create_dispatch(
         reply_to=reply_to,
         total=0,
         paused_reason="",
+        scheduled_at=scheduled_at,
+        started_at=None if scheduled_at is not None else utcnow(),
+        created_by=created_by,
+        route=route,
     )
     session.add(dispatch)
     session.flush()

@@ -23,11 +23,9 @@ This module owns the ``erasures`` table.
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
 import re
 import sqlite3
-import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,32 +194,6 @@ class Erased:
     def held_anything(self) -> bool:
         """Whether any row held the person (else only the hash was recorded, to keep them out)."""
         return any(self.counts.values())
-
-
-def default_eraser() -> str:
-    """Return who runs an erasure without ``--by``: git's user.name <user.email>, else the login name."""
-    found = []
-    for key in ("user.name", "user.email"):
-        try:
-            result = subprocess.run(
-                ["git", "config", "--get", key],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=False,
-            )
-        except (OSError, subprocess.SubprocessError):
-            result = None
-        found.append(result.stdout.strip() if result and result.returncode == 0 else "")
-    name, email = found
-    if name and email:
-        return f"{name} <{email}>"
-    if name or email:
-        return name or email
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return "unknown"
 
 
 def erase(

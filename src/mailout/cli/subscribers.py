@@ -15,6 +15,7 @@ from ..db import transaction
 from ..errors import MailoutError
 from ..importer import ImportReport, import_file, sync_paths
 from ..models import Source, SubscriberStatus
+from ..operators import current_operator
 from ..paths import display_path
 from ..tokens import Signer
 from .state import State, pass_state
@@ -507,9 +508,7 @@ def erase_command(state: State, email: str, by: str, yes: bool, vacuum: bool) ->
     address = people.normalise_email(email)
     if not yes:
         click.confirm(f"Erase {safe(address)} from every table? This cannot be undone", abort=True, err=True)
-    result = privacy.erase(
-        state.engine(), signer, address, by=by.strip() or privacy.default_eraser(), vacuum=vacuum
-    )
+    result = privacy.erase(state.engine(), signer, address, by=current_operator(by), vacuum=vacuum)
     if not result.done_now:
         click.echo(
             f"this address was erased already, on {result.erased_at:%Y-%m-%d %H:%M} UTC"
