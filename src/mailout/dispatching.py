@@ -220,6 +220,9 @@ def plan(
     again: bool = False,
     resend_unknown: bool = False,
     retry_policy: bool = False,
+    at: dt.datetime | None = None,
+    by: str = "",
+    route: str | None = None,
 ) -> Plan:
     """Say what sending ``issue`` to ``list_name`` would do, writing nothing but the list's settings.
 
@@ -227,6 +230,9 @@ def plan(
     ``resend_unknown`` or ``retry_policy`` asks for deliveries it has. Otherwise a finished
     dispatch raises ``DispatchExists`` unless ``again``; asking to send again what a
     dispatch does not have raises ``NothingToResend``.
+
+    A new dispatch is scheduled for ``at`` (aware; None: now), written by ``by``, and goes
+    through ``route`` (None: the list's ``route``, else ``sending.route``).
     """
     list_settings = settings.mailing_list(list_name)
     transport = make_transport(settings)
@@ -258,6 +264,9 @@ def plan(
         transport=transport.description,
         warnings=tuple(warnings),
         previous=newest.id if newest else None,
+        scheduled_at=at.astimezone(dt.UTC) if at is not None else None,
+        created_by=by,
+        route=route if route is not None else (list_settings.route or settings.sending.route),
     )
     asked = bool((resend_unknown and unknown) or (retry_policy and refused))
     if newest is not None and (newest.finished_at is None or asked):
