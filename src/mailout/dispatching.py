@@ -489,7 +489,7 @@ def start(engine: Engine, settings: Settings, plan: Plan, *, now: dt.datetime | 
         begun = begin(engine, settings, started.dispatch_id, now=now or SYSTEM.now(), force=force)
     except NotApproved as refused:
         return replace(started, started=False, waiting=str(refused))
-    return replace(started, started=begun)
+    return replace(started, started=begun is not Begun.WAITING)
 
 
 def _start(engine: Engine, settings: Settings, plan: Plan) -> Started:
@@ -607,10 +607,18 @@ def run(
 # --- starting, missing, cancelling ---------------------------------------------------
 
 
+class Begun(StrEnum):
+    """What ``begin`` found."""
+
+    STARTED = "started"  # by this call
+    RUNNING = "running"  # started before (by another process, or when written)
+    WAITING = "waiting"  # not due, missed, or cancelled: not started
+
+
 def begin(
     engine: Engine, settings: Settings, dispatch_id: int, *, now: dt.datetime, force: bool = False
-) -> bool:
-    """Start the dispatch if it may start at ``now``; return whether it is started (now or before).
+) -> Begun:
+    """Start the dispatch if it may start at ``now``; say whether this call started it.
 
     A worker's start (``force`` False) needs it due and not more than
     ``sending.max_lateness`` late; ``force`` (``send --now``) starts a scheduled or missed
@@ -629,7 +637,10 @@ def begin(
         dispatch, _ = found
         if started:
             approvals.require(session, settings, dispatch)
-        return dispatch.started_at is not None and dispatch.cancelled_at is None
+            return Begun.STARTED
+        if dispatch.started_at is not None and dispatch.cancelled_at is None:
+            return Begun.RUNNING
+        return Begun.WAITING
 
 
 @dataclass(frozen=True)
@@ -664,7 +675,7 @@ def start_due(engine: Engine, settings: Settings, now: dt.datetime, dispatch_id:
         if dispatch_id not in (None, candidate):
             continue
         try:
-            if begin(engine, settings, candidate, now=now):
+            if begin(engine, settings, candidate, now=now) is Begun.STARTED:
                 started.append(candidate)
         except NotApproved as refused:
             unapproved.append((candidate, str(refused)))
