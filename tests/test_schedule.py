@@ -22,7 +22,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, select, update
 
-from mailout import clock, dispatching, instants, outbox
+from mailout import archive, clock, dispatching, instants, outbox
+from mailout import subscribers as people_module
 from mailout.approvals import NotApproved
 from mailout.cli import cli
 from mailout.config import Settings, load_settings
@@ -546,3 +547,38 @@ def test_dispatches_from_before_the_upgrade_are_started_and_send_as_before(
         assert queued > 0 and claimable(engine, 2) >= queued  # and the deferred ones due
     finally:
         engine.dispose()
+
+
+def test_the_public_archive_shows_an_issue_only_once_its_dispatch_started(
+    sending_workspace: Path, engine: Engine
+) -> None:
+    settings, issue = setup(sending_workspace, engine, 1)
+    with transaction(engine) as session:
+        public = people_module.ensure_list(session, settings.mailing_list("public"))
+        people_module.add(session, public, "reader@example.org")
+    plan = dispatching.plan(engine, settings, issue, "public", at=utc(2019, 2, 12, 8))
+    dispatch_id = dispatching.start(engine, settings, plan, now=utc(2019, 2, 8)).dispatch_id
+
+    def published() -> tuple[list[str], bool]:
+        with transaction(engine) as session:
+            listed = [entry.slug for entry in archive.archived_issues(session)]
+            return listed, archive.public_dispatch(session, "2019-01") is not None
+
+    assert published() == ([], False), "not on the public pages before its instant"
+    dispatching.start_due(engine, settings, utc(2019, 2, 12, 8))
+    assert published() == (["2019-01"], True)
+    with transaction(engine) as session:
+        assert archive.archived_issues(session)[0].sent_at == utc(2019, 2, 12, 8)
+    assert send_it(engine, settings, dispatch_id).ending is Ending.FINISHED
+    # Sent once more, scheduled, then cancelled: the page stays the one that went out.
+    again = dispatching.plan(engine, settings, issue, "public", again=True, at=utc(2019, 3, 1))
+    second = dispatching.start(engine, settings, again, now=utc(2019, 2, 20)).dispatch_id
+    dispatching.cancel(engine, settings, second, utc(2019, 2, 21))
+    key = key_of(engine, dispatch_id)
+    with transaction(engine) as session:
+        assert archive.public_dispatch_key(session, "2019-01") == (dispatch_id, key)
+
+
+def key_of(engine: Engine, dispatch_id: int) -> str:
+    with transaction(engine) as session:
+        return str(session.scalar(select(Dispatch.key).where(Dispatch.id == dispatch_id)))
