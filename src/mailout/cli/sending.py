@@ -434,11 +434,11 @@ def send_command(
         _print_resume(plan, state.settings.sending.timezone)
     else:
         _print_plan(plan)
+    if plan.scheduled_at is not None and plan.resume is None:
+        click.echo(f"at:         {instants.show(plan.scheduled_at, settings.sending.timezone)}")
     if dry_run:
         click.echo("dry run: nothing was written or sent")
         return
-    if plan.scheduled_at is not None and plan.resume is None:
-        click.echo(f"at:         {instants.show(plan.scheduled_at, settings.sending.timezone)}")
     if not yes:
         if plan.resume is None:
             when = (
