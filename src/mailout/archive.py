@@ -98,6 +98,7 @@ def archived_issues(session: Session) -> list[ArchivedIssue]:
     first: dict[str, dt.datetime] = {}
     latest: dict[str, tuple[str, str, int, str]] = {}
     for slug, subject, preheader, started_at, id_, key in rows:
+        assert started_at is not None, "only started dispatches are selected"
         first.setdefault(slug, as_utc(started_at))
         latest[slug] = (subject, preheader, int(id_), str(key))
     found = [
