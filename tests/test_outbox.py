@@ -39,7 +39,7 @@ def make_dispatch(engine: Engine, people: int) -> int:
         dispatch = Dispatch(
             key="mo0123456789abcdef", issue="2019-01", list_id=members.id, segment="member",
             subject="Subject", html="<p>Hi</p>", text="Hi", tokens="{}",
-            from_name="News", from_address="news@example.org",
+            from_name="News", from_address="news@example.org", started_at=utcnow(),
         )  # fmt: skip
         session.add(dispatch)
         for n in range(people):

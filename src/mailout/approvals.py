@@ -9,8 +9,17 @@ To be written (issue 16, helper B): ``digest``, ``approve``, ``require``, ``stat
 
 from __future__ import annotations
 
+from sqlalchemy.orm import Session
+
+from .config import Settings
 from .errors import MailoutError
+from .models import Dispatch
 
 
 class NotApproved(MailoutError):
     """A dispatch that needs an approval has none that matches what it would send."""
+
+
+def require(session: Session, settings: Settings, dispatch: Dispatch) -> None:
+    # placeholder, helper B writes it: raises NotApproved unless an approval matches.
+    return None

@@ -29,8 +29,9 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from markupsafe import Markup, escape
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, and_, bindparam, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import ColumnElement
 
 from . import i18n, outbox
 from .config import Settings
@@ -72,6 +73,11 @@ class Version:
     preheader: str
 
 
+def _published() -> ColumnElement[bool]:
+    """Select the dispatches whose page is public: started, not cancelled (a scheduled one is not out yet)."""
+    return and_(Dispatch.started_at.is_not(None), Dispatch.cancelled_at.is_(None))
+
+
 def archived_issues(session: Session) -> list[ArchivedIssue]:
     """Return the issues dispatched to a public list, newest first.
 
@@ -82,17 +88,18 @@ def archived_issues(session: Session) -> list[ArchivedIssue]:
             Dispatch.issue,
             Dispatch.subject,
             Dispatch.preheader,
-            Dispatch.created_at,
+            Dispatch.started_at,  # the day it went out, not the day it was written (scheduled)
             Dispatch.id,
             Dispatch.key,
         )
-        .where(Dispatch.segment == Segment.PUBLIC.value)
+        .where(Dispatch.segment == Segment.PUBLIC.value, _published())
         .order_by(Dispatch.id)
     ).all()
     first: dict[str, dt.datetime] = {}
     latest: dict[str, tuple[str, str, int, str]] = {}
-    for slug, subject, preheader, created_at, id_, key in rows:
-        first.setdefault(slug, as_utc(created_at))
+    for slug, subject, preheader, started_at, id_, key in rows:
+        assert started_at is not None, "only started dispatches are selected"
+        first.setdefault(slug, as_utc(started_at))
         latest[slug] = (subject, preheader, int(id_), str(key))
     found = [
         ArchivedIssue(slug, subject, preheader, first[slug], id_, key)
@@ -126,7 +133,7 @@ def public_dispatch(session: Session, slug: str) -> Dispatch | None:
     """Return the newest dispatch of ``slug`` to a public list, if any."""
     return session.scalars(
         select(Dispatch)
-        .where(Dispatch.issue == slug, Dispatch.segment == Segment.PUBLIC.value)
+        .where(Dispatch.issue == slug, Dispatch.segment == Segment.PUBLIC.value, _published())
         .order_by(Dispatch.id.desc())
         .limit(1)
     ).first()
@@ -144,7 +151,7 @@ def public_dispatch_key(conn: Connection | Session, slug: str) -> tuple[int, str
 # Built once: the web app runs it for issue pages.
 _NEWEST_PUBLIC = (
     select(Dispatch.id, Dispatch.key)
-    .where(Dispatch.issue == bindparam("slug"), Dispatch.segment == Segment.PUBLIC.value)
+    .where(Dispatch.issue == bindparam("slug"), Dispatch.segment == Segment.PUBLIC.value, _published())
     .order_by(Dispatch.id.desc())
     .limit(1)
 )

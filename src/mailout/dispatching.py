@@ -9,6 +9,13 @@ The command line, the web side and a scheduler all go through these steps::
                         unknown deliveries or its policy refusals, finished or not)
     run(dispatch)       send until finished, paused or stopped; return its report
 
+A dispatch sends only once started. One written by ``send`` is started as it is written,
+unless it is scheduled (``plan(at=...)``) or waits for an approval
+(``sending.require_approval``): then ``begin`` starts it, in one conditional UPDATE with
+the approval checked in the same transaction, when ``start_due`` (the worker) finds it
+due, or at once when asked (``send --now``). ``mark_missed`` marks the ones whose
+instant passed by more than ``sending.max_lateness``; ``cancel`` cancels one not started.
+
 and ``overview()``, ``report(dispatch)`` and ``unfinished()`` say where dispatches
 stand. What they return are plain dataclasses; a user's mistake is a ``MailoutError``.
 The tables belong to ``outbox`` (dispatches, deliveries) and ``subscribers`` (lists):
@@ -27,8 +34,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import bounces, languages, outbox
+from . import approvals, bounces, instants, languages, outbox
 from . import subscribers as people
+from .approvals import NotApproved
 from .clock import SYSTEM, Clock
 from .config import Settings
 from .db import reader, transaction
@@ -64,12 +72,32 @@ class NoRecipients(MailoutError):
     """Nobody is subscribed to the list: a dispatch to nobody is refused, and none is written."""
 
 
+class DispatchWaiting(MailoutError):
+    """A dispatch of the issue to the list waits (scheduled or missed): a send says how to start or cancel it."""
+
+
+class NotStarted(MailoutError):
+    """A dispatch not started (scheduled, missed, awaiting approval) or cancelled cannot send."""
+
+
+class CannotCancel(MailoutError):
+    """Only a dispatch not started yet can be cancelled, and only once."""
+
+
 class DispatchState(StrEnum):
     """Where a dispatch stands."""
 
+    SCHEDULED = "scheduled"  # waits for its instant (``scheduled_at``)
+    AWAITING_APPROVAL = "awaiting approval"  # written to send now, waits for `mailout approve`
+    MISSED = "missed"  # its instant passed by more than sending.max_lateness: `send --now` sends it
+    CANCELLED = "cancelled"  # by `schedule cancel` before it started: it never sends
     UNFINISHED = "unfinished"
     PAUSED = "paused"  # by mailout itself, with a reason; the next send lifts it
     FINISHED = "finished"
+
+
+#: The states of a dispatch that may send: started, not cancelled, not finished.
+SENDING = (DispatchState.UNFINISHED, DispatchState.PAUSED)
 
 
 class Ending(StrEnum):
@@ -100,6 +128,14 @@ class Resume:
     retry_policy: bool = False
     #: When it finished; a finished dispatch is taken up only to send again what was asked.
     finished: dt.datetime | None = None
+    #: Set when it is not started yet (scheduled, missed, awaiting approval): its state.
+    waiting: DispatchState | None = None
+    #: Start it now, whatever its instant, missed or not (``send --now``).
+    start_now: bool = False
+    #: Move its instant here instead (``send --at`` again), UTC.
+    reschedule: dt.datetime | None = None
+    #: Its instant (UTC) before any reschedule; None when it was not scheduled.
+    scheduled_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +183,11 @@ class Started:
     requeued: int = 0
     #: Policy refusals queued again.
     retried: int = 0
+    #: Whether it may send now (started). False: scheduled for ``scheduled_at``, or waiting
+    #: for an approval (``waiting`` says why it could not start).
+    started: bool = True
+    scheduled_at: dt.datetime | None = None
+    waiting: str = ""
 
 
 @dataclass(frozen=True)
@@ -179,6 +220,13 @@ class Summary:
     seconds: float
     rate: float
     paused_reason: str
+    #: Its instant, when scheduled; when it started (None: not yet), was found missed, or
+    #: was cancelled (UTC); who wrote it ("" before mailout recorded it).
+    scheduled: dt.datetime | None = None
+    started: dt.datetime | None = None
+    missed: dt.datetime | None = None
+    cancelled: dt.datetime | None = None
+    created_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -223,6 +271,7 @@ def plan(
     at: dt.datetime | None = None,
     by: str = "",
     route: str | None = None,
+    now: bool = False,
 ) -> Plan:
     """Say what sending ``issue`` to ``list_name`` would do, writing nothing but the list's settings.
 
@@ -233,6 +282,12 @@ def plan(
 
     A new dispatch is scheduled for ``at`` (aware; None: now), written by ``by``, and goes
     through ``route`` (None: the list's ``route``, else ``sending.route``).
+
+    A dispatch of the issue to the list that is not started yet is taken up, never written
+    twice: ``at`` moves its instant, ``now`` starts it at once (scheduled or missed); one
+    awaiting approval is started if approved. A scheduled or missed one without ``at`` or
+    ``now`` raises ``DispatchWaiting``, which says what to do. A cancelled one counts as
+    never sent: the next send writes a new dispatch.
     """
     list_settings = settings.mailing_list(list_name)
     transport = make_transport(settings)
@@ -268,6 +323,13 @@ def plan(
         created_by=by,
         route=route if route is not None else (list_settings.route or settings.sending.route),
     )
+    if newest is not None and newest.finished_at is None and newest.started_at is None:
+        return replace(found, resume=_take_up_waiting(settings, newest, lst, found, now=now))
+    if newest is not None and newest.finished_at is None and at is not None:
+        raise MailoutError(
+            f"dispatch {newest.id} of {issue.slug} to '{lst.name}' has started and is not finished:"
+            f" --at schedules a new dispatch only; `mailout send {issue.slug} --list {lst.name}` resumes it"
+        )
     asked = bool((resend_unknown and unknown) or (retry_policy and refused))
     if newest is not None and (newest.finished_at is None or asked):
         finished = outbox.as_utc(newest.finished_at) if newest.finished_at else None
@@ -279,7 +341,7 @@ def plan(
         raise _nothing_to_resend(
             issue.slug, lst, newest, resend_unknown=resend_unknown, retry_policy=retry_policy
         )
-    if newest is not None and not again:
+    if newest is not None and newest.cancelled_at is None and not again:
         raise _exists(newest, lst)
     if recipients == 0:
         raise _nobody(lst)
@@ -319,6 +381,47 @@ def _policy_refusals(session: Session, dispatch_id: int) -> list[int]:
     ]
 
 
+def _take_up_waiting(
+    settings: Settings, dispatch: Dispatch, lst: MailingList, found: Plan, *, now: bool
+) -> Resume:
+    """Return how a send takes up a dispatch not started yet, or say why it does not."""
+    state = _state(dispatch)
+    scheduled = outbox.as_utc(dispatch.scheduled_at) if dispatch.scheduled_at else None
+    resume = Resume(dispatch.id, dispatch.paused_reason, 0, False, waiting=state, scheduled_at=scheduled)
+    if found.scheduled_at is not None:
+        return replace(resume, reschedule=found.scheduled_at)
+    if now or state is DispatchState.AWAITING_APPROVAL:
+        return replace(resume, start_now=now)
+    raise DispatchWaiting(waiting_line(settings, dispatch, lst))
+
+
+def waiting_line(settings: Settings, dispatch: Dispatch, lst: MailingList) -> str:
+    """Say where a dispatch not started stands, and what starts or cancels it."""
+    zone = settings.sending.timezone
+    state = _state(dispatch)
+    head = f"dispatch {dispatch.id} of {dispatch.issue} to '{lst.name}'"
+    send = f"mailout send {dispatch.issue} --list {lst.name}"
+    if state is DispatchState.CANCELLED:
+        assert dispatch.cancelled_at is not None
+        return f"{head} was cancelled on {instants.show(outbox.as_utc(dispatch.cancelled_at), zone)}"
+    if state is DispatchState.AWAITING_APPROVAL:
+        return (
+            f"{head} awaits approval: once someone other than its writer ran `mailout approve"
+            f" {dispatch.issue} --list {lst.name}`, `mailout worker` or `{send}` starts it"
+        )
+    assert dispatch.scheduled_at is not None
+    when = instants.show(outbox.as_utc(dispatch.scheduled_at), zone)
+    if state is DispatchState.MISSED:
+        return (
+            f"{head} missed its instant, {when}: no worker started it within sending.max_lateness;"
+            f" `{send} --now` sends it now, `mailout schedule cancel {dispatch.id}` cancels it"
+        )
+    return (
+        f"{head} is scheduled for {when}; `{send} --now` sends it now, `{send} --at TIME` moves it,"
+        f" `mailout schedule cancel {dispatch.id}` cancels it"
+    )
+
+
 def _nothing_to_resend(
     issue: str, lst: MailingList, dispatch: Dispatch | None, *, resend_unknown: bool, retry_policy: bool
 ) -> NothingToResend:
@@ -352,7 +455,7 @@ def _nobody(lst: MailingList) -> NoRecipients:
     )
 
 
-def start(engine: Engine, settings: Settings, plan: Plan) -> Started:
+def start(engine: Engine, settings: Settings, plan: Plan, *, now: dt.datetime | None = None) -> Started:
     """Do what ``plan`` says: write the new dispatch with its deliveries, or take up the planned one.
 
     Taking one up lifts its pause and, when asked, queues its unknown deliveries (after
@@ -361,18 +464,32 @@ def start(engine: Engine, settings: Settings, plan: Plan) -> Started:
     together), this one joins it rather than writing a second; when that one is finished
     already, raises ``DispatchExists``. Raises ``TransportUnavailable`` when the
     transport cannot send.
+
+    A dispatch written or taken up not started is started (``begin``, at ``now``) unless
+    it is scheduled: when it is not approved, ``Started.waiting`` says why and it stays
+    written, waiting (``mailout worker`` starts it once approved).
     """
     # Connect and log in (or write a test file) first: a wrong password or a missing
     # STARTTLS is one line, before any dispatch is written or any delivery claimed.
     make_transport(settings).check()
     try:
-        return _start(engine, settings, plan)
+        started = _start(engine, settings, plan)
     except IntegrityError as exc:
         if not outbox.is_duplicate_dispatch(exc):
             raise
-    # The database refused a second dispatch of the same generation: another send wrote it
-    # between this one's check and its write (the lock makes that rare). Now it is there.
-    return _start(engine, settings, plan)
+        # The database refused a second dispatch of the same generation: another send wrote it
+        # between this one's check and its write (the lock makes that rare). Now it is there.
+        started = _start(engine, settings, plan)
+    if started.scheduled_at is not None or (started.created and plan.scheduled_at is not None):
+        return replace(started, started=False, scheduled_at=started.scheduled_at or plan.scheduled_at)
+    if started.created and not settings.sending.require_approval:
+        return started  # written started
+    force = plan.resume is not None and plan.resume.start_now
+    try:
+        begun = begin(engine, settings, started.dispatch_id, now=now or SYSTEM.now(), force=force)
+    except NotApproved as refused:
+        return replace(started, started=False, waiting=str(refused))
+    return replace(started, started=begun is not Begun.WAITING)
 
 
 def _start(engine: Engine, settings: Settings, plan: Plan) -> Started:
@@ -384,7 +501,7 @@ def _start(engine: Engine, settings: Settings, plan: Plan) -> Started:
         newest = outbox.find_dispatch(session, plan.issue, lst, lock=True)
         if plan.resume is not None:
             return _resume(session, settings, plan.resume)
-        if newest is not None and newest.id != plan.previous:
+        if newest is not None and newest.id != plan.previous and newest.cancelled_at is None:
             if newest.finished_at is not None:
                 raise _exists(newest, lst, meanwhile=True)
             # Another send wrote it a moment ago: sending it is what this one was about to do.
@@ -396,6 +513,9 @@ def _start(engine: Engine, settings: Settings, plan: Plan) -> Started:
             from_name=settings.sender.name, from_address=settings.sender.address, reply_to=settings.sender.reply_to,
             generation=newest.generation + 1 if newest is not None else 1, others=others,
             scheduled_at=plan.scheduled_at, created_by=plan.created_by, route=plan.route,
+            # Started as it is written unless scheduled, or unless an approval must be checked
+            # first (``begin``, in a transaction of its own: refused, it leaves it written).
+            start=plan.scheduled_at is None and not settings.sending.require_approval,
         )  # fmt: skip
         if dispatch.total == 0:
             raise _nobody(lst)  # everybody left since the plan: the transaction writes nothing
@@ -407,6 +527,12 @@ def _resume(session: Session, settings: Settings, resume: Resume) -> Started:
     if found is None:
         raise DispatchNotFound(f"dispatch {resume.dispatch_id} is gone since it was planned")
     dispatch, _ = found
+    if resume.reschedule is not None:
+        if not outbox.reschedule(session, dispatch.id, resume.reschedule):
+            raise NotStarted(f"dispatch {dispatch.id} started or was cancelled since it was planned")
+        return Started(
+            dispatch.id, dispatch.total, created=False, started=False, scheduled_at=resume.reschedule
+        )
     unpaused = dispatch.paused_reason
     if unpaused:
         outbox.unpause(session, dispatch.id)
@@ -454,6 +580,9 @@ def run(
     if found is None:
         raise DispatchNotFound(f"no dispatch {dispatch_id}; `mailout status` lists them")
     dispatch, lst = found
+    if dispatch.started_at is None or dispatch.cancelled_at is not None:
+        # The claim refuses it too; said here rather than found by a loop that claims nothing.
+        raise NotStarted(f"{waiting_line(settings, dispatch, lst)}: it does not send")
     mailer = Mailer(
         engine, settings, dispatch, lst, make_transport(settings), signer,
         on_progress=on_progress, on_notice=on_notice, stop=stop, clock=clock,
@@ -475,7 +604,147 @@ def run(
     return Result(ending, now)
 
 
+# --- starting, missing, cancelling ---------------------------------------------------
+
+
+class Begun(StrEnum):
+    """What ``begin`` found."""
+
+    STARTED = "started"  # by this call
+    RUNNING = "running"  # started before (by another process, or when written)
+    WAITING = "waiting"  # not due, missed, or cancelled: not started
+
+
+def begin(
+    engine: Engine, settings: Settings, dispatch_id: int, *, now: dt.datetime, force: bool = False
+) -> Begun:
+    """Start the dispatch if it may start at ``now``; say whether this call started it.
+
+    A worker's start (``force`` False) needs it due and not more than
+    ``sending.max_lateness`` late; ``force`` (``send --now``) starts a scheduled or missed
+    one at once. Either way the approval is checked (``approvals.require``) in the
+    transaction of the one UPDATE that starts it: not approved, it raises ``NotApproved``
+    and nothing changes. Two processes at the same instant start it once.
+    """
+    lateness = None if force else settings.sending.max_lateness
+    with transaction(engine) as session:
+        # The UPDATE first: it locks the row (PostgreSQL) or the database (SQLite), so the
+        # approval is read by the one process that starts it, after every other's decision.
+        started = outbox.start_dispatch(session, dispatch_id, now.astimezone(dt.UTC), lateness)
+        found = outbox.dispatch_with_list(session, dispatch_id)
+        if found is None:
+            raise DispatchNotFound(f"no dispatch {dispatch_id}; `mailout status` lists them")
+        dispatch, _ = found
+        if started:
+            approvals.require(session, settings, dispatch)
+            return Begun.STARTED
+        if dispatch.started_at is not None and dispatch.cancelled_at is None:
+            return Begun.RUNNING
+        return Begun.WAITING
+
+
+@dataclass(frozen=True)
+class Due:
+    """What a worker's look at the waiting dispatches did: started, left waiting, found missed."""
+
+    started: list[Summary] = field(default_factory=list)
+    #: Due, but not approved: each with what ``approvals.require`` said.
+    unapproved: list[tuple[Summary, str]] = field(default_factory=list)
+    missed: list[Summary] = field(default_factory=list)
+
+
+def mark_missed(engine: Engine, settings: Settings, now: dt.datetime) -> list[int]:
+    """Mark missed the dispatches not started within ``sending.max_lateness`` of their instant; return them."""
+    with transaction(engine) as session:
+        return outbox.mark_missed(session, now.astimezone(dt.UTC), settings.sending.max_lateness)
+
+
+def start_due(engine: Engine, settings: Settings, now: dt.datetime, dispatch_id: int | None = None) -> Due:
+    """Mark the missed dispatches, then start those due at ``now`` (or only ``dispatch_id``).
+
+    What a worker does before sending, each round. A dispatch not approved is left
+    waiting; another process may start one first (then it is not in ``started``).
+    """
+    now = now.astimezone(dt.UTC)
+    missed = [i for i in mark_missed(engine, settings, now) if dispatch_id in (None, i)]
+    with transaction(reader(engine)) as session:
+        due = outbox.due_dispatches(session, now, settings.sending.max_lateness)
+    started: list[int] = []
+    unapproved: list[tuple[int, str]] = []
+    for candidate in due:
+        if dispatch_id not in (None, candidate):
+            continue
+        try:
+            if begin(engine, settings, candidate, now=now) is Begun.STARTED:
+                started.append(candidate)
+        except NotApproved as refused:
+            unapproved.append((candidate, str(refused)))
+    return Due(
+        started=[report(engine, i) for i in started],
+        unapproved=[(report(engine, i), why) for i, why in unapproved],
+        missed=[report(engine, i) for i in missed],
+    )
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """A dispatch cancelled before it started, and how many deliveries it skipped."""
+
+    summary: Summary
+    skipped: int
+
+
+def cancel(engine: Engine, settings: Settings, dispatch_id: int, now: dt.datetime) -> Cancelled:
+    """Cancel a dispatch not started: its deliveries skipped ("cancelled"), it finished, never sent.
+
+    Raises ``CannotCancel`` for one started (a worker may have started it a moment ago:
+    the one UPDATE decides) or cancelled already, ``DispatchNotFound`` for none.
+    """
+    with transaction(engine) as session:
+        skipped = outbox.cancel_dispatch(session, dispatch_id, now.astimezone(dt.UTC))
+        found = outbox.dispatch_with_list(session, dispatch_id)
+        if found is None:
+            raise DispatchNotFound(f"no dispatch {dispatch_id}; `mailout schedule list` lists those waiting")
+        dispatch, lst = found
+        if skipped is None:
+            raise CannotCancel(_not_cancelled(settings, dispatch, lst))
+        return Cancelled(_summary(session, dispatch, lst), skipped)
+
+
+def _not_cancelled(settings: Settings, dispatch: Dispatch, lst: MailingList) -> str:
+    zone = settings.sending.timezone
+    head = f"dispatch {dispatch.id} of {dispatch.issue} to '{lst.name}'"
+    if dispatch.cancelled_at is not None:
+        return f"{head} was cancelled already, on {instants.show(outbox.as_utc(dispatch.cancelled_at), zone)}"
+    assert dispatch.started_at is not None, "a dispatch neither started nor cancelled is cancelled"
+    return (
+        f"{head} started on {instants.show(outbox.as_utc(dispatch.started_at), zone)}: only a dispatch"
+        f" not started can be cancelled (`mailout status {dispatch.id}` shows where it stands)"
+    )
+
+
+def waiting(engine: Engine) -> list[Summary]:
+    """Return the dispatches not started (scheduled, missed, awaiting approval), by instant."""
+    with transaction(reader(engine)) as session:
+        return [_summary(session, d, lst) for d, lst in outbox.waiting_dispatches(session)]
+
+
 # --- reports -----------------------------------------------------------------------
+
+
+def _state(dispatch: Dispatch) -> DispatchState:
+    """Return where the dispatch stands, from its row alone."""
+    if dispatch.cancelled_at is not None:
+        return DispatchState.CANCELLED
+    if dispatch.started_at is None:
+        if dispatch.missed_at is not None:
+            return DispatchState.MISSED
+        return (
+            DispatchState.SCHEDULED if dispatch.scheduled_at is not None else DispatchState.AWAITING_APPROVAL
+        )
+    if dispatch.finished_at is not None:
+        return DispatchState.FINISHED
+    return DispatchState.PAUSED if dispatch.paused_reason else DispatchState.UNFINISHED
 
 
 def _summary(session: Session, dispatch: Dispatch, lst: MailingList) -> Summary:
@@ -483,11 +752,17 @@ def _summary(session: Session, dispatch: Dispatch, lst: MailingList) -> Summary:
     done = sum(counts[status] for status in FINAL)
     created = outbox.as_utc(dispatch.created_at)
     finished = outbox.as_utc(dispatch.finished_at) if dispatch.finished_at else None
-    seconds = ((finished or dt.datetime.now(dt.UTC)) - created).total_seconds()
-    if finished:
-        state = DispatchState.FINISHED
+    started = outbox.as_utc(dispatch.started_at) if dispatch.started_at else None
+
+    def stamp(value: dt.datetime | None) -> dt.datetime | None:
+        return outbox.as_utc(value) if value is not None else None
+
+    # Timed from its start: a dispatch scheduled on Friday for Tuesday did not take four days.
+    if started is None or dispatch.cancelled_at is not None:
+        seconds = 0.0
     else:
-        state = DispatchState.PAUSED if dispatch.paused_reason else DispatchState.UNFINISHED
+        seconds = max(0.0, ((finished or dt.datetime.now(dt.UTC)) - started).total_seconds())
+    state = _state(dispatch)
     return Summary(
         id=dispatch.id,
         issue=dispatch.issue,
@@ -504,6 +779,11 @@ def _summary(session: Session, dispatch: Dispatch, lst: MailingList) -> Summary:
         seconds=round(seconds, 1),
         rate=round(counts[DeliveryStatus.SENT] / seconds, 2) if seconds > 0 else 0.0,
         paused_reason=dispatch.paused_reason,
+        scheduled=stamp(dispatch.scheduled_at),
+        started=started,
+        missed=stamp(dispatch.missed_at),
+        cancelled=stamp(dispatch.cancelled_at),
+        created_by=dispatch.created_by or "",
     )
 
 

@@ -544,7 +544,9 @@ class Mailer:
             self.policy_streak = 0
 
     def _deferred(self, db: DbConnection, *, claimed: outbox.Claimed, failure: TemporaryFailure) -> None:
-        age = (utcnow() - outbox.as_utc(self.dispatch.created_at)).total_seconds()
+        # From its start: a dispatch written on Friday for Tuesday is not days old on Tuesday.
+        began = self.dispatch.started_at or self.dispatch.created_at
+        age = (utcnow() - outbox.as_utc(began)).total_seconds()
         retry = self.settings.sending.retry_delay * (2 ** min(claimed.attempts, 16))
         if age + retry > self.settings.sending.retry_max_age:
             reply = f"gave up after {claimed.attempts + 1} attempts: {failure}"

@@ -50,6 +50,7 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
+    or_,
     select,
     update,
 )
@@ -184,6 +185,7 @@ def create_dispatch(
     scheduled_at: dt.datetime | None = None,
     created_by: str = "",
     route: str = "",
+    start: bool | None = None,
 ) -> Dispatch:
     """Freeze the variants and the recipients: one dispatch, one queued delivery per recipient.
 
@@ -194,9 +196,11 @@ def create_dispatch(
     the database refuses a second one with the same number (``IntegrityError``, see
     ``is_duplicate_dispatch``).
 
-    With ``scheduled_at`` it waits for that instant (``started_at`` stays NULL until the
-    worker starts it); without, it is started as it is written. ``created_by`` is who wrote
-    it, ``route`` the ``[smtp.routes.NAME]`` it goes through ("" for ``[smtp]``).
+    ``start`` says whether it is started as it is written (``started_at`` set, its
+    deliveries free to be claimed); by default it is unless ``scheduled_at`` is given.
+    A dispatch not started waits for ``start_dispatch``: at its instant, or once approved.
+    ``created_by`` is who wrote it, ``route`` the ``[smtp.routes.NAME]`` it goes through
+    ("" for ``[smtp]``).
     """
     languages = [variant.language, *(other.language for other in others)]
     if len(set(languages)) != len(languages) or (others and not all(languages)):
@@ -214,7 +218,7 @@ def create_dispatch(
         total=0,
         paused_reason="",
         scheduled_at=scheduled_at,
-        started_at=None if scheduled_at is not None else utcnow(),
+        started_at=utcnow() if (scheduled_at is None if start is None else start) else None,
         created_by=created_by,
         route=route,
     )
@@ -409,6 +413,106 @@ def paused_reason(conn: Connection | Session, dispatch_id: int) -> str:
 def unpause(conn: Connection | Session, dispatch_id: int) -> None:
     """Clear the dispatch's pause."""
     conn.execute(update(Dispatch).where(Dispatch.id == dispatch_id).values(paused_reason=""))
+
+
+# --- starting ------------------------------------------------------------------
+#
+# A dispatch's deliveries are claimed only once it is started (``started_at`` set) and
+# while it is not cancelled: ``claim`` checks both in the statement that claims. Every
+# change below is one conditional UPDATE, so two processes deciding at the same instant
+# (two workers starting it, a cancel racing a start) change the row once: the second
+# finds the condition false and changes nothing. The row decides, never a timer: a
+# restored backup of a started dispatch is started, of a cancelled one cancelled.
+
+
+def _waiting() -> ColumnElement[bool]:
+    """Select the dispatches not started and not cancelled."""
+    return and_(
+        Dispatch.started_at.is_(None), Dispatch.cancelled_at.is_(None), Dispatch.finished_at.is_(None)
+    )
+
+
+def _in_time(now: dt.datetime, lateness: float) -> ColumnElement[bool]:
+    """Select the waiting dispatches a worker may start at ``now``: due, and not too late."""
+    earliest = now - dt.timedelta(seconds=lateness)
+    return and_(
+        Dispatch.missed_at.is_(None),
+        or_(
+            Dispatch.scheduled_at.is_(None),
+            and_(Dispatch.scheduled_at <= now, Dispatch.scheduled_at >= earliest),
+        ),
+    )
+
+
+def start_dispatch(
+    conn: Connection | Session, dispatch_id: int, now: dt.datetime, lateness: float | None
+) -> bool:
+    """Start the dispatch at ``now`` if it is waiting; return whether this call started it.
+
+    With ``lateness`` (``sending.max_lateness``), only when it is due, neither missed nor
+    more than ``lateness`` seconds past its instant: what a worker may start. With None,
+    whatever its instant, missed or not (``send --now``). Never a cancelled one.
+    """
+    condition = _waiting() if lateness is None else and_(_waiting(), _in_time(now, lateness))
+    result = conn.execute(
+        update(Dispatch).where(Dispatch.id == dispatch_id, condition).values(started_at=now)
+    )
+    return int(result.rowcount) == 1  # type: ignore[attr-defined]
+
+
+def due_dispatches(conn: Connection | Session, now: dt.datetime, lateness: float) -> list[int]:
+    """Return the ids of the waiting dispatches a worker may start at ``now``, oldest first."""
+    return list(
+        conn.scalars(select(Dispatch.id).where(_waiting(), _in_time(now, lateness)).order_by(Dispatch.id))
+    )
+
+
+def mark_missed(conn: Connection | Session, now: dt.datetime, lateness: float) -> list[int]:
+    """Mark missed the waiting dispatches more than ``lateness`` seconds past their instant; return them."""
+    late = now - dt.timedelta(seconds=lateness)
+    return list(
+        conn.scalars(
+            update(Dispatch)
+            .where(_waiting(), Dispatch.missed_at.is_(None), Dispatch.scheduled_at < late)
+            .values(missed_at=now)
+            .returning(Dispatch.id)
+        )
+    )
+
+
+def reschedule(conn: Connection | Session, dispatch_id: int, at: dt.datetime) -> bool:
+    """Move a waiting dispatch to the instant ``at`` (a missed one is scheduled again); return whether it was."""
+    result = conn.execute(
+        update(Dispatch).where(Dispatch.id == dispatch_id, _waiting()).values(scheduled_at=at, missed_at=None)
+    )
+    return int(result.rowcount) == 1  # type: ignore[attr-defined]
+
+
+def cancel_dispatch(conn: Connection | Session, dispatch_id: int, now: dt.datetime) -> int | None:
+    """Cancel a waiting dispatch: it never starts, its deliveries are skipped, it is finished.
+
+    Returns how many deliveries were skipped, or None when it was not waiting (started,
+    cancelled or finished already; the caller says which).
+    """
+    result = conn.execute(
+        update(Dispatch)
+        .where(Dispatch.id == dispatch_id, _waiting())
+        .values(cancelled_at=now, finished_at=now)
+    )
+    if int(result.rowcount) != 1:  # type: ignore[attr-defined]
+        return None
+    skipped = conn.execute(
+        update(Delivery)
+        .where(Delivery.dispatch_id == dispatch_id, Delivery.status.in_(ACTIVE))
+        .values(status=DeliveryStatus.SKIPPED, reply="cancelled", worker="", updated_at=now)
+    )
+    return int(skipped.rowcount)  # type: ignore[attr-defined]
+
+
+def waiting_dispatches(session: Session) -> list[tuple[Dispatch, MailingList]]:
+    """Return the dispatches not started nor cancelled (scheduled, missed, awaiting approval), by instant."""
+    query = _with_list().where(_waiting()).order_by(Dispatch.scheduled_at, Dispatch.id)
+    return [(dispatch, lst) for dispatch, lst in session.execute(query)]
 
 
 # --- workers -------------------------------------------------------------------
@@ -691,8 +795,19 @@ def _claim_statement(status: DeliveryStatus) -> Update:
     queue = aliased(Delivery)
     # One state at a time, in id order along the (dispatch_id, status, id) index from its
     # start: an OR of two states made every claim scan the rows already sent.
+    # Only from a started dispatch that is not cancelled: whatever runs the loop (send,
+    # worker, a Mailer of its own), a scheduled, missed or cancelled one sends nothing.
+    started = (
+        select(Dispatch.id)
+        .where(
+            Dispatch.id == bindparam("dispatch"),
+            Dispatch.started_at.is_not(None),
+            Dispatch.cancelled_at.is_(None),
+        )
+        .exists()
+    )
     due = select(queue.id).where(
-        queue.dispatch_id == bindparam("dispatch"), queue.status == _constant(status.value)
+        queue.dispatch_id == bindparam("dispatch"), queue.status == _constant(status.value), started
     )
     if status is DeliveryStatus.DEFERRED:
         due = due.where(queue.next_attempt_at <= now)

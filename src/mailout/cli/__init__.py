@@ -24,6 +24,7 @@ from .compose import issue, preview, templates
 from .database import db
 from .dkim import dkim_group
 from .doctor import doctor_command
+from .schedule import schedule_group
 from .sending import send_command, status_command, test_command
 from .signup import signup_form_command
 from .state import State
@@ -138,6 +139,7 @@ for command in (
     test_command,
     send_command,
     status_command,
+    schedule_group,
     worker_command,
     serve_command,
     archive_group,

@@ -14,9 +14,9 @@ from dataclasses import asdict
 
 import click
 
-from .. import dispatching
+from .. import clock, dispatching, instants
 from .. import subscribers as people
-from ..dispatching import Ending, Plan, Report, Result, Summary
+from ..dispatching import DispatchState, Ending, Plan, Report, Result, Summary
 from ..dkim import check as check_dkim
 from ..dkim import load_signer
 from ..envelope import envelope_sender
@@ -26,6 +26,7 @@ from ..links import Links
 from ..mailer import Tally
 from ..message import Addressing, MessageTemplate, feedback_id
 from ..models import FINAL
+from ..operators import current_operator
 from ..render import Recipient, render_language, template_environment
 from ..segments import Segment
 from ..tokens import check_real_key
@@ -192,6 +193,7 @@ def run_dispatch(state: State, dispatch_id: int, total: int, stop: threading.Eve
     result = dispatching.run(
         state.engine(), state.settings, dispatch_id, state.signer(),
         on_progress=_progress_printer(total), on_notice=click.echo, handle_signals=stop is None, stop=stop,
+        clock=clock.SYSTEM,
     )  # fmt: skip
     if sys.stderr.isatty():
         click.echo("", err=True)
@@ -271,9 +273,17 @@ def _per_language(counts: dict[str, int]) -> str:
     return ", ".join(f"{language or 'default'} {n:,}" for language, n in counts.items())
 
 
-def _print_resume(plan: Plan) -> None:
+def _print_resume(plan: Plan, zone: str) -> None:
     resume = plan.resume
     assert resume is not None
+    if resume.waiting is not None:
+        head = f"dispatch {resume.dispatch_id} of {plan.issue} to '{plan.list_name}' ({resume.waiting}"
+        head += f", for {instants.show(resume.scheduled_at, zone)})" if resume.scheduled_at else ")"
+        if resume.reschedule is not None:
+            click.echo(f"rescheduling {head} to {instants.show(resume.reschedule, zone)}")
+        else:
+            click.echo(f"starting {head} now")
+        return
     if resume.finished:
         when = resume.finished.strftime("%Y-%m-%d %H:%M UTC")
         click.echo(
@@ -324,6 +334,18 @@ def _resend_questions(plan: Plan) -> list[str]:
     is_flag=True,
     help="Send again to those refused by policy (5.7.x), once the cause is fixed (also once finished).",
 )
+@click.option(
+    "--at",
+    "at",
+    metavar="TIME",
+    help="Write and freeze the dispatch now, send it at TIME ('2019-02-12 09:00', or with its offset"
+    " '2019-02-12 09:00+01:00'): `mailout worker` starts it.",
+)
+@click.option("--tz", "zone", metavar="ZONE", help="The time zone of --at (default: sending.timezone).")
+@click.option("--now", "now", is_flag=True, help="Start a scheduled or missed dispatch of the issue now.")
+@click.option(
+    "--by", "by", metavar="NAME", help="Who writes the dispatch (default: git's user, else the login)."
+)
 @SKIP_CHECKS
 @pass_state
 def send_command(
@@ -335,6 +357,10 @@ def send_command(
     again: bool,
     resend_unknown: bool,
     retry_policy: bool,
+    at: str | None,
+    zone: str | None,
+    now: bool,
+    by: str | None,
     skip_checks: bool,
 ) -> None:
     """Dispatch an issue to a list; run it again to resume after a stop or a crash.
@@ -351,15 +377,32 @@ def send_command(
     warnings). `mailout worker` resumes a dispatch without the checks: send
     ran them when it wrote the dispatch.
 
+    With --at the dispatch is written and frozen now, and `mailout worker`
+    starts it at that instant (a wall-clock time in sending.timezone or --tz;
+    one that a daylight-saving change skips or repeats is refused). A dispatch
+    no worker started within sending.max_lateness of its instant is missed:
+    --now sends it (or a scheduled one early); --at again moves it. With
+    sending.require_approval, a dispatch starts only once approved.
+
     \b
     Example:
         mailout send 2019-01 --list members
+        mailout send 2019-01 --list members --at "2019-02-12 09:00" --tz Europe/Brussels
+        mailout send 2019-01 --list members --now
         mailout send 2019-01 --list members --resend-unknown
     """
     if again and (resend_unknown or retry_policy):
         raise click.UsageError(
             "--again writes a new dispatch to everyone; --resend-unknown and --retry-policy take up the last one"
         )
+    if at is not None and (now or resend_unknown or retry_policy):
+        raise click.UsageError(
+            "--at schedules a dispatch; it goes with neither --now, --resend-unknown nor --retry-policy"
+        )
+    if zone is not None and at is None:
+        raise click.UsageError("--tz goes with --at")
+    settings = state.settings
+    instant = instants.parse(at, zone or settings.sending.timezone, clock.SYSTEM.now()) if at else None
     state.settings.mailing_list(list_name)  # an unknown list is the first thing to say
     issue = state.issue(name)  # then an unknown issue, before any DNS question
     state.signer()  # refuse early, before any work: every message needs signed links
@@ -375,6 +418,9 @@ def send_command(
         again=again,
         resend_unknown=resend_unknown,
         retry_policy=retry_policy,
+        at=instant,
+        by=current_operator(by),
+        now=now,
     )
     if plan.resume is not None:
         if again:
@@ -385,20 +431,47 @@ def send_command(
                 fg="yellow",
                 err=True,
             )
-        _print_resume(plan)
+        _print_resume(plan, state.settings.sending.timezone)
     else:
         _print_plan(plan)
+    if plan.scheduled_at is not None and plan.resume is None:
+        click.echo(f"at:         {instants.show(plan.scheduled_at, settings.sending.timezone)}")
     if dry_run:
         click.echo("dry run: nothing was written or sent")
         return
     if not yes:
         if plan.resume is None:
-            click.confirm(f"Send to {plan.recipients:,} recipients?", abort=True)
+            when = (
+                f" at {instants.show(plan.scheduled_at, settings.sending.timezone)}"
+                if plan.scheduled_at
+                else ""
+            )
+            click.confirm(f"Send to {plan.recipients:,} recipients{when}?", abort=True)
+        elif plan.resume.waiting is not None and plan.resume.reschedule is None:
+            click.confirm(f"Start dispatch {plan.resume.dispatch_id} now?", abort=True)
         for question in _resend_questions(plan):
             click.confirm(question, abort=True)
-    started = dispatching.start(state.engine(), state.settings, plan)
+    started = dispatching.start(state.engine(), state.settings, plan, now=clock.SYSTEM.now())
     if started.created:
         click.echo(f"dispatch {started.dispatch_id}: {started.total:,} deliveries queued")
+    if started.scheduled_at is not None:
+        click.echo(
+            f"dispatch {started.dispatch_id}: scheduled for"
+            f" {instants.show(started.scheduled_at, settings.sending.timezone)}; `mailout worker` starts it"
+            f" then (`mailout schedule list` shows it, `mailout schedule cancel {started.dispatch_id}` cancels it)"
+        )
+        return
+    if not started.started:
+        click.secho(
+            f"dispatch {started.dispatch_id} waits for approval: {started.waiting or 'not approved'}",
+            fg="yellow",
+            err=True,
+        )
+        click.echo(
+            f"once approved (`mailout approve {plan.issue} --list {plan.list_name}`, by someone else),"
+            f" `mailout worker` or `mailout send {plan.issue} --list {plan.list_name}` starts it"
+        )
+        raise click.exceptions.Exit(NOT_FINISHED)
     elif started.joined:
         click.echo(
             f"dispatch {started.dispatch_id} of {plan.issue} to '{plan.list_name}' was written by another"
@@ -430,14 +503,49 @@ def _print_overview(state: State, summaries: list[Summary]) -> None:
     for s in summaries:
         click.echo(
             f"{s.id:>4} {s.issue:<16} {s.list:<10} {s.created.isoformat()[:16]:<17} {s.total:>7,}"
-            f" {s.counts['sent']:>7,} {s.counts['failed']:>7,}  {s.state}"
+            f" {s.counts['sent']:>7,} {s.counts['failed']:>7,}  {_state_line(s, state.settings.sending.timezone)}"
         )
     if any(s.segment == Segment.PUBLIC for s in summaries):
         click.echo(f"archive: {Links(state.settings).archive()} (answered by `mailout serve`)")
 
 
-def _print_report(report: Report) -> None:
+def _state_line(summary: Summary, zone: str) -> str:
+    """Return ``scheduled 2019-02-12 09:00 CET (08:00 UTC)``: the state, with its instant when it has one."""
+    if summary.state in (DispatchState.SCHEDULED, DispatchState.MISSED) and summary.scheduled:
+        return f"{summary.state} {instants.show(summary.scheduled, zone)}"
+    if summary.state is DispatchState.CANCELLED and summary.cancelled:
+        return f"{summary.state} {instants.show(summary.cancelled, zone)}"
+    return str(summary.state)
+
+
+def _print_timeline(report: Report, zone: str) -> None:
+    """Say when it was scheduled for, started, missed or cancelled, on the team's clock, and what next."""
+    send = f"mailout send {report.issue} --list {report.list}"
+    if report.created_by:
+        click.echo(f"written by: {safe(report.created_by)}")
+    if report.scheduled:
+        click.echo(f"scheduled for: {instants.show(report.scheduled, zone)}")
+    if report.started:
+        click.echo(f"started: {instants.show(report.started, zone)}")
+    if report.missed:
+        click.echo(
+            f"missed: no worker started it within sending.max_lateness (seen {instants.show(report.missed, zone)})"
+        )
+    if report.cancelled:
+        click.echo(f"cancelled: {instants.show(report.cancelled, zone)}")
+    if report.state is DispatchState.MISSED:
+        click.echo(f"`{send} --now` sends it now; `mailout schedule cancel {report.id}` cancels it")
+    elif report.state is DispatchState.SCHEDULED:
+        click.echo(f"`mailout worker` starts it then; `{send} --now` sends it now")
+    elif report.state is DispatchState.AWAITING_APPROVAL:
+        click.echo(
+            f"`mailout approve {report.issue} --list {report.list}` (by someone else), then `mailout worker`"
+        )
+
+
+def _print_report(report: Report, zone: str) -> None:
     click.echo(f"dispatch {report.id}: {report.issue} to '{report.list}' ({report.state})")
+    _print_timeline(report, zone)
     click.echo(f"subject: {report.subject}")
     for status, n in report.counts.items():
         click.echo(f"  {status:<9}{n:>9,}")
@@ -489,10 +597,15 @@ def _history(what: str, runs: tuple[str, ...] | None, done: int, show: Callable[
 def status_command(state: State, dispatch_id: int | None, as_json: bool) -> None:
     """Show recent dispatches, or one dispatch: counts, rate, failures, unknowns.
 
+    A dispatch not started shows as scheduled, missed or awaiting approval, a
+    cancelled one as cancelled, each with its instant in sending.timezone.
+
     \b
     Example:
         mailout status 3 --json
     """
+    # A dispatch no worker started in time is missed whether or not a worker has looked.
+    dispatching.mark_missed(state.engine(), state.settings, clock.SYSTEM.now())
     if dispatch_id is None:
         summaries = dispatching.overview(state.engine())
         if as_json:
@@ -504,4 +617,4 @@ def status_command(state: State, dispatch_id: int | None, as_json: bool) -> None
     if as_json:
         click.echo(_json(asdict(report)))
     else:
-        _print_report(report)
+        _print_report(report, state.settings.sending.timezone)

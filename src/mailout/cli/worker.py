@@ -1,4 +1,4 @@
-"""``mailout worker``: send the unfinished dispatches and read the bounce mailbox, once or until stopped."""
+"""``mailout worker``: start the due dispatches, send the unfinished ones and read the bounce mailbox, once or until stopped."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from types import FrameType
 
 import click
 
-from .. import bounces, dispatching
+from .. import bounces, clock, dispatching, instants
 from ..db import DatabaseUnavailable
-from ..dispatching import Ending, Summary
+from ..dispatching import SENDING, Ending, Summary
 from ..errors import MailoutError
 from ..mailsource import open_source
 from ..transports import make_transport
@@ -70,7 +70,7 @@ class _Watch:
 
     #: Dispatch id -> monotonic time before which it is not taken up again (left to others).
     later: dict[int, float] = field(default_factory=dict)
-    #: Pauses already reported: (dispatch id, reason).
+    #: Pauses and refused approvals already reported: (dispatch id, reason).
     warned: set[tuple[int, str]] = field(default_factory=set)
     #: Monotonic time before which the SMTP server is not tried again.
     transport_after: float = 0.0
@@ -86,6 +86,44 @@ def _warn_paused(dispatch: Summary) -> None:
         fg="yellow",
         err=True,
     )
+
+
+def _start_due(state: State, dispatch_id: int | None, warned: set[tuple[int, str]] | None = None) -> None:
+    """Mark the missed dispatches and start the due ones (the worker's clock), saying what it did.
+
+    ``warned`` (with --watch) keeps a refused approval from being said again every round.
+    """
+    settings = state.settings
+    zone = settings.sending.timezone
+    due = dispatching.start_due(state.engine(), settings, clock.SYSTEM.now(), dispatch_id)
+    for missed in due.missed:
+        assert missed.scheduled is not None
+        click.secho(
+            f"dispatch {missed.id}: {missed.issue} to '{missed.list}' missed its instant,"
+            f" {instants.show(missed.scheduled, zone)}, by more than sending.max_lateness"
+            f" ({settings.sending.max_lateness:g} s): not sent; `mailout send {missed.issue} --list"
+            f" {missed.list} --now` sends it, `mailout schedule cancel {missed.id}` cancels it",
+            fg="yellow",
+            err=True,
+        )
+    for started in due.started:
+        when = f" (scheduled for {instants.show(started.scheduled, zone)})" if started.scheduled else ""
+        click.echo(f"dispatch {started.id}: {started.issue} to '{started.list}' started{when}")
+    for waiting, why in due.unapproved:
+        if warned is not None:
+            if (waiting.id, why) in warned:
+                continue
+            warned.add((waiting.id, why))
+        click.secho(
+            f"dispatch {waiting.id}: {waiting.issue} to '{waiting.list}' is due but not started: {safe(why)}",
+            fg="yellow",
+            err=True,
+        )
+
+
+def _sending(state: State, dispatch_id: int | None) -> list[Summary]:
+    """Return the started, unfinished dispatches (or only ``dispatch_id``), oldest first."""
+    return [d for d in dispatching.unfinished(state.engine(), dispatch_id) if d.state in SENDING]
 
 
 def _error_line(error: BaseException) -> str:
@@ -128,9 +166,10 @@ def _purge(state: State) -> None:
 
 
 def _once(state: State, stopper: Stopper, dispatch_id: int | None) -> None:
-    """Purge old pending sign-ups, send every unfinished dispatch, then read the bounce mailbox once."""
+    """Purge old pending sign-ups, start the due dispatches, send every unfinished one, then read the bounce mailbox once."""
     _purge(state)
-    dispatches = dispatching.unfinished(state.engine(), dispatch_id)
+    _start_due(state, dispatch_id)
+    dispatches = _sending(state, dispatch_id)
     unfinished = False
     if not dispatches:
         click.echo("nothing to send")
@@ -159,7 +198,12 @@ def _once(state: State, stopper: Stopper, dispatch_id: int | None) -> None:
 def _send_round(state: State, stopper: Stopper, dispatch_id: int | None, watch: _Watch) -> None:
     """Send the unfinished dispatches there are now; say nothing when there are none."""
     settings = state.settings
-    for dispatch in dispatching.unfinished(state.engine(), dispatch_id):
+    try:
+        _start_due(state, dispatch_id, watch.warned)
+    except DatabaseUnavailable as error:  # locked for long, or gone: the next round tries again
+        click.secho(f"error: starting due dispatches: {safe(error)}", fg="red", err=True)
+        return
+    for dispatch in _sending(state, dispatch_id):
         now = time.monotonic()
         if stopper.requested.is_set():
             return
@@ -228,6 +272,11 @@ def _watch(state: State, stopper: Stopper, dispatch_id: int | None, interval: fl
     " every bounces.poll_minutes.",
 )
 @click.option(
+    "--once",
+    is_flag=True,
+    help="One round, then exit (what it does without --watch too): for cron or a systemd timer.",
+)
+@click.option(
     "--interval",
     type=click.FloatRange(min=0.1, max=3600),
     default=5.0,
@@ -236,8 +285,13 @@ def _watch(state: State, stopper: Stopper, dispatch_id: int | None, interval: fl
     help="With --watch: seconds between two looks for unfinished dispatches.",
 )
 @pass_state
-def worker_command(state: State, dispatch_id: int | None, watch: bool, interval: float) -> None:
-    """Send unfinished dispatches (PostgreSQL: a process more, on any machine); read the bounce mailbox.
+def worker_command(state: State, dispatch_id: int | None, watch: bool, once: bool, interval: float) -> None:
+    """Start due scheduled dispatches, send unfinished ones (PostgreSQL: a process more, on any machine); read the bounce mailbox.
+
+    Each round first starts the scheduled dispatches whose instant has come
+    (`mailout send --at`), and those waiting for an approval that now have one;
+    one more than sending.max_lateness past its instant is marked missed and
+    not sent (`mailout send ISSUE --list LIST --now` sends it).
 
     Each run first deletes the sign-ups never confirmed within
     signup.pending_days (with --watch: at start, then every hour).
@@ -257,9 +311,12 @@ def worker_command(state: State, dispatch_id: int | None, watch: bool, interval:
 
     \b
     Example:
+        mailout worker --once
         mailout worker --dispatch 3
         mailout worker --watch
     """
+    if once and watch:
+        raise click.UsageError("--once runs one round and exits; --watch keeps running: choose one")
     source = click.get_current_context().get_parameter_source("interval")
     if not watch and source is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError("--interval goes with --watch")
