@@ -174,7 +174,8 @@ def same_person(one: str, other: str) -> bool:
 
 def short_name(person: str) -> str:
     """Return "Zoë" for "Zoë <zoe@x>", and the whole string otherwise (one line)."""
-    name = person[: _ADDRESS.search(person).start()] if _ADDRESS.search(person) else person
+    found = _ADDRESS.search(person)
+    name = person[: found.start()] if found else person
     return " ".join(name.split()) or " ".join(person.split())
 
 
@@ -344,7 +345,9 @@ def require(session: Session, settings: Settings, dispatch: Dispatch) -> None:
     raise NotApproved(f"{what} is not approved: it needs {again}")
 
 
-def state(session: Session, issue: str, list_id: int, variants: Mapping[str, Variant]) -> ApprovalState | None:
+def state(
+    session: Session, issue: str, list_id: int, variants: Mapping[str, Variant]
+) -> ApprovalState | None:
     """Return the newest approval of ``issue`` for the list, compared with ``variants``; None if none."""
     newest = session.scalars(
         select(Approval)
@@ -380,5 +383,7 @@ def for_lists(
         for name, segment in lists:
             mine = {lang: v for (seg, lang), v in variants.items() if seg is segment}
             known = name in ids and mine
-            found.append(ListApproval(name, segment, state(session, issue, ids[name], mine) if known else None))
+            found.append(
+                ListApproval(name, segment, state(session, issue, ids[name], mine) if known else None)
+            )
     return found

@@ -110,7 +110,9 @@ def preview(state: State, name: str, out: Path | None, open_browser: bool) -> No
         mailout preview 2019-01 --open
     """
     loaded = state.issue(name)
-    files = write_preview(loaded, state.settings, out)
+    # With approvals in use, the grid says whether each list has these variants approved.
+    engine = state.engine() if state.settings.sending.require_approval else None
+    files = write_preview(loaded, state.settings, out, engine=engine)
     limit = state.settings.preview.html_warn_bytes
     click.echo(f"{'variant':<9} {'HTML':>9} {'text':>9} {'items':>6} {'hidden':>6} {'warnings':>8}  file")
     for f in files:
