@@ -70,7 +70,7 @@ class ApprovalState:
 
     approved_by: str
     approved_at: dt.datetime
-    #: Languages whose variant differs from the one approved (or was not approved at all).
+    #: Languages compared whose variant differs from the one approved (or was not approved at all).
     changed: tuple[str, ...]
     dispatch_id: int | None = None
 
@@ -348,7 +348,10 @@ def require(session: Session, settings: Settings, dispatch: Dispatch) -> None:
 def state(
     session: Session, issue: str, list_id: int, variants: Mapping[str, Variant]
 ) -> ApprovalState | None:
-    """Return the newest approval of ``issue`` for the list, compared with ``variants``; None if none."""
+    """Return the newest approval of ``issue`` for the list, compared with ``variants``; None if none.
+
+    ``changed`` names the languages of ``variants`` whose variant was not the one approved.
+    """
     newest = session.scalars(
         select(Approval)
         .where(Approval.issue == issue, Approval.list_id == list_id)
@@ -357,10 +360,12 @@ def state(
     ).first()
     if newest is None:
         return None
+    approved, now = _stored(newest), digest(variants)
     return ApprovalState(
         approved_by=newest.approved_by,
         approved_at=outbox.as_utc(newest.approved_at),
-        changed=changed(_stored(newest), digest(variants)),
+        # Of the languages given only: a test message in French says nothing of English.
+        changed=tuple(lang for lang in now if approved.get(lang) != now[lang]),
         dispatch_id=newest.dispatch_id,
     )
 
