@@ -472,3 +472,26 @@ def test_the_preview_says_who_approved_each_list_escaped(
     assert "approved by &lt;script&gt;" in grid and "<script>alert" not in grid
     write_preview(issue, settings, tmp_path / "plain")
     assert "approval-members" not in (tmp_path / "plain" / "index.html").read_text(encoding="utf-8")
+
+
+def test_mailout_preview_shows_the_approvals_when_they_are_required(
+    sending_workspace: Path, engine: Engine
+) -> None:
+    setup(sending_workspace, engine)
+    assert run("approve", "2019-01", "--list", "members", "--by", ZOE)[0] == 0
+    code, out = run("preview", "2019-01")
+    assert code == 0, out
+    grid = (sending_workspace / "build" / "2019-01" / "index.html").read_text(encoding="utf-8")
+    assert "approval-members" not in grid, "without sending.require_approval the grid is as before"
+    code, out = run("--set", "sending.require_approval=true", "preview", "2019-01")
+    assert code == 0, out
+    grid = (sending_workspace / "build" / "2019-01" / "index.html").read_text(encoding="utf-8")
+    assert "approved by Zoë Dupont &lt;zoe@efus.example&gt; at " in grid
+    assert re.search(r'id="approval-public".*?>not approved<', grid, re.S)
+
+
+def test_mailout_preview_without_a_database_still_writes_the_grid(workspace: Path) -> None:
+    result = CliRunner().invoke(cli, ["--set", "sending.require_approval=true", "preview", "first-issue"])
+    assert result.exit_code == 0, result.output
+    assert "warning: the grid cannot say what is approved" in result.output
+    assert (workspace / "build" / "first-issue" / "index.html").is_file()
