@@ -821,3 +821,20 @@ def unfinished(engine: Engine, dispatch_id: int | None = None) -> list[Summary]:
     """Return the unfinished dispatches (or only ``dispatch_id``, if unfinished), oldest first."""
     with transaction(reader(engine)) as session:
         return [_summary(session, d, lst) for d, lst in outbox.unfinished_dispatches(session, dispatch_id)]
+
+
+# --- what a new dispatch would freeze ------------------------------------------------
+
+
+def variants_for_list(settings: Settings, issue: Issue, list_name: str) -> dict[str, Variant]:
+    """Render the variants a new dispatch of ``issue`` to ``list_name`` would freeze, writing nothing.
+
+    The same rendering as ``plan``'s, by language, the default first: what ``mailout
+    approve`` records the digests of, and compares a scheduled dispatch's frozen variants with.
+    """
+    segment = Segment(settings.mailing_list(list_name).segment)
+    env = template_environment(settings)
+    return {
+        lang: render_language(issue, settings, segment, lang, env=env)
+        for lang in issue_languages(issue, settings)
+    }

@@ -24,6 +24,10 @@ names every subclass, where it lives and what it derives from::
     ├── NothingToResend [dispatching]    --resend-unknown or --retry-policy, and no such delivery
     ├── NoRecipients [dispatching]       nobody is subscribed to the list: no dispatch is written
     ├── AnotherSender [mailer]           another process is sending this dispatch, and only one may
+    ├── NotApproved [approvals]          the dispatch needs an approval (sending.require_approval) that
+    │                                    matches its frozen variants, by someone other than its writer
+    ├── ApprovalRefused [approvals]      `mailout approve` by the dispatch's writer, or of variants
+    │                                    that differ from the frozen ones
     ├── TransportUnavailable [transports]  nothing can be sent: no connection, TLS or login refused,
     │                                    or the outbox cannot be written
     └── DeliveryFailure [transports]     the server refused a message, or the connection failed

@@ -6,7 +6,8 @@ issue's images before they are published. ``mailout preview`` writes each
 variant (``member.html``, ``public.html`` in the default language,
 ``member-fr.html`` and so on for the others) and ``index.html``, the grid that
 shows them all side by side at desktop and mobile width, as the web app's
-``/preview/<slug>`` does.
+``/preview/<slug>`` does. Given the database, the grid also says whether the
+variants shown are approved for each list, and by whom (``list_approvals``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from . import i18n
+from .approvals import ListApproval, for_lists
 from .config import Settings
 from .errors import Problem
 from .issues import Issue
@@ -105,12 +109,23 @@ def preview_variants(issue: Issue, settings: Settings, pictures: str) -> list[Sh
     return shown
 
 
-def write_preview(issue: Issue, settings: Settings, out_dir: Path | None = None) -> list[PreviewFile]:
-    """Render every variant of ``issue`` into ``out_dir`` (default: build/<slug>/), and the grid page."""
+def list_approvals(engine: Engine, settings: Settings, slug: str, shown: list[Shown]) -> list[ListApproval]:
+    """Return whether the variants ``shown`` are approved for each list of the settings, and by whom."""
+    return for_lists(engine, settings, slug, {(each.segment, each.language): each.variant for each in shown})
+
+
+def write_preview(
+    issue: Issue, settings: Settings, out_dir: Path | None = None, *, engine: Engine | None = None
+) -> list[PreviewFile]:
+    """Render every variant of ``issue`` into ``out_dir`` (default: build/<slug>/), and the grid page.
+
+    With ``engine``, the grid says whether the variants are approved for each list.
+    """
     from .web import PACKAGE, standalone_page
 
     out = out_dir or settings.path("build") / issue.slug
     shown = preview_variants(issue, settings, "")
+    approvals = list_approvals(engine, settings, issue.slug, shown) if engine is not None else None
     out.mkdir(parents=True, exist_ok=True)
     private = private_images(issue)
     for name in issue.images():
@@ -142,6 +157,7 @@ def write_preview(issue: Issue, settings: Settings, out_dir: Path | None = None)
         settings,
         title=f"Preview: {issue.slug}",
         variants=shown,
+        approvals=approvals,
         sources={each.key: f.html_path.name for each, f in zip(shown, written, strict=True)},
         clip_bytes=settings.preview.html_warn_bytes,
         index_url=None,

@@ -19,6 +19,7 @@ from ..db import DatabaseUnavailable
 from ..errors import IssueError, MailoutError
 from ..paths import display_path
 from ..workspace import init_workspace
+from .approval import approve_command
 from .bounces import bounces_group
 from .compose import issue, preview, templates
 from .database import db
@@ -138,6 +139,7 @@ for command in (
     subscribers,
     test_command,
     send_command,
+    approve_command,
     status_command,
     schedule_group,
     worker_command,

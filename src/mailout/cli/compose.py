@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import MailoutError, Severity
+from ..errors import DatabaseError, MailoutError, Severity
 from ..issues import find_issue
 from ..paths import display_path
 from ..preview import all_warnings, write_preview
@@ -110,7 +110,14 @@ def preview(state: State, name: str, out: Path | None, open_browser: bool) -> No
         mailout preview 2019-01 --open
     """
     loaded = state.issue(name)
-    files = write_preview(loaded, state.settings, out)
+    # With approvals in use, the grid says whether each list has these variants approved.
+    engine = None
+    if state.settings.sending.require_approval:
+        try:
+            engine = state.engine()
+        except DatabaseError as exc:
+            click.secho(f"warning: the grid cannot say what is approved: {safe(exc)}", fg="yellow", err=True)
+    files = write_preview(loaded, state.settings, out, engine=engine)
     limit = state.settings.preview.html_warn_bytes
     click.echo(f"{'variant':<9} {'HTML':>9} {'text':>9} {'items':>6} {'hidden':>6} {'warnings':>8}  file")
     for f in files:

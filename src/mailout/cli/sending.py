@@ -128,12 +128,20 @@ def test_command(
     transport = make_transport(settings)
     urls = Links(settings).test_message(issue.slug)
     sender = envelope_sender(settings)
+    env = template_environment(settings)
+    variants = {
+        (segment, lang): render_language(issue, settings, segment, lang, env=env)
+        for lang, segment in itertools.product(chosen, Segment)
+    }
+    # Whether each list has them approved, in the subject: "[TEST member · approved by Zoë]".
+    from .approval import approval_label, approvals_for_test
+
+    approved = approvals_for_test(state, issue.slug, variants)
     connection = transport.connect()
     try:
-        env = template_environment(settings)
-        for lang, segment in itertools.product(chosen, Segment):
-            variant = render_language(issue, settings, segment, lang, env=env)
+        for (segment, lang), variant in variants.items():
             label = f"{segment} {lang}" if len(written_in) > 1 else str(segment)
+            label += approval_label(approved, segment)
             addressing = Addressing(
                 settings.sender.name, settings.sender.address, settings.sender.reply_to, f"test-{segment}"
             )

@@ -37,7 +37,7 @@ from ..languages import canonical, choose
 from ..links import PRIVATE_PICTURES, SampleToken
 from ..models import Dispatch, MailingList, Source, Subscriber
 from ..net import is_loopback
-from ..preview import preview_variants
+from ..preview import list_approvals, preview_variants
 from ..render import private_images
 from ..segments import Segment
 from ..subscribers import unsubscribe_by_link
@@ -557,6 +557,7 @@ def preview_page(slug: str) -> Response:
     try:
         issue = _load(slug)
         shown = preview_variants(issue, settings, files)
+        approvals = list_approvals(mailout().engine, settings, issue.slug, shown)
     except IssueError as exc:
         return page(
             "mailout/preview_error.html",
@@ -575,6 +576,7 @@ def preview_page(slug: str) -> Response:
         title=f"Preview: {slug}",
         slug=slug,
         variants=shown,
+        approvals=approvals,
         sources={},
         clip_bytes=settings.preview.html_warn_bytes,
         index_url=url_for("mailout.preview_index"),
