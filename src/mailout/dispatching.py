@@ -455,7 +455,7 @@ def run(
         raise DispatchNotFound(f"no dispatch {dispatch_id}; `mailout status` lists them")
     dispatch, lst = found
     mailer = Mailer(
-        engine, settings, dispatch, lst, make_transport(settings), signer,
+        engine, settings, dispatch, lst, make_transport(settings, dispatch.route), signer,
         on_progress=on_progress, on_notice=on_notice, stop=stop, clock=clock,
     )  # fmt: skip
     if handle_signals:

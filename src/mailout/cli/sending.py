@@ -324,6 +324,12 @@ def _resend_questions(plan: Plan) -> list[str]:
     is_flag=True,
     help="Send again to those refused by policy (5.7.x), once the cause is fixed (also once finished).",
 )
+@click.option(
+    "--route",
+    default=None,
+    metavar="NAME",
+    help="Send through this [smtp.routes.NAME] (default: the list's).",
+)
 @SKIP_CHECKS
 @pass_state
 def send_command(
@@ -335,6 +341,7 @@ def send_command(
     again: bool,
     resend_unknown: bool,
     retry_policy: bool,
+    route: str | None,
     skip_checks: bool,
 ) -> None:
     """Dispatch an issue to a list; run it again to resume after a stop or a crash.
@@ -361,6 +368,8 @@ def send_command(
             "--again writes a new dispatch to everyone; --resend-unknown and --retry-policy take up the last one"
         )
     state.settings.mailing_list(list_name)  # an unknown list is the first thing to say
+    if route:
+        state.settings.route(route)
     issue = state.issue(name)  # then an unknown issue, before any DNS question
     state.signer()  # refuse early, before any work: every message needs signed links
     if not skip_checks:
@@ -375,6 +384,7 @@ def send_command(
         again=again,
         resend_unknown=resend_unknown,
         retry_policy=retry_policy,
+        route=route,
     )
     if plan.resume is not None:
         if again:
