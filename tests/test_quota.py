@@ -151,8 +151,11 @@ def test_two_processes_sharing_a_route_never_exceed_its_quota_together(
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), database_url, "40", "70", T0.isoformat(), "60"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         for _ in range(2)
     ]
     for proc in procs:
