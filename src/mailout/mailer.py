@@ -418,6 +418,7 @@ class Mailer:
         pending: Outcome | None = None
         generation, route, transport = self.using
         name = route.name if route else ""
+        limited = route is not None and bool(quota.limits(route))
 
         def settle(db: DbConnection) -> None:
             """Read the answer to the message on the wire, and record it and what was pending."""
@@ -448,8 +449,10 @@ class Mailer:
                             slot = self.rate.wait(self.stop)
                             data = self._build(claimed)
                             envelope = self._envelope(claimed.id)
-                            # Take a slot of the route's quotas, committed before the mark (a
-                            # crash in between only leaves a slot unused); wait when there is none.
+                            # On a route with limits, take a slot of its quotas, committed with
+                            # the message's mark (a crash after the commit leaves the slot used,
+                            # the message unknown: a quota is under-used, never exceeded); or wait.
+                            marked: bool | None = None
                             while True:
                                 if generation != self.using[0]:
                                     # A failover: what is on the old route's wire is answered and
@@ -458,16 +461,25 @@ class Mailer:
                                     connection.close()
                                     generation, route, transport = self.using
                                     name = route.name if route else ""
+                                    limited = route is not None and bool(quota.limits(route))
                                     if number >= self._concurrency(route):
                                         with outbox.atomic(db):
                                             ids = [c.id for c in batch[index:]]
                                             outbox.requeue(db, self._dispatch_id, ids, DeliveryStatus.CLAIMED)
                                         return
                                     connection = transport.connect()
-                                if route is None or not quota.limits(route):
+                                if not limited:
                                     break
+                                # A refusal is recorded when it is read: only an acceptance waits.
+                                assert route is not None and (
+                                    pending is None or isinstance(pending, outbox.Sent)
+                                )
                                 with outbox.atomic(db):
                                     wait = quota.take(db, route, self.clock.now())
+                                    if wait is None:
+                                        marked = outbox.advance(
+                                            db, pending, claimed.id, self.worker, envelope, name
+                                        )
                                 if wait is None:
                                     break
                                 settle(db)  # nothing waits on the wire, unrecorded, meanwhile
@@ -476,9 +488,10 @@ class Mailer:
                                     return  # stopped: finish() gives the claimed ones back
                                 if wait.seconds >= IDLE_CLOSE:
                                     connection.close()  # reopened by the next message
-                            marked = self._record(
-                                db, pending, sending=claimed.id, envelope=envelope, route=name
-                            )
+                            if marked is None:
+                                marked = self._record(
+                                    db, pending, sending=claimed.id, envelope=envelope, route=name
+                                )
                             pending = None
                             if inflight is not None:
                                 pending, inflight = self._finish(connection, inflight, name), None

@@ -23,9 +23,10 @@ and no message sent, so a crash can only under-use a quota, never exceed it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, TextClause, text
 
 from .config import Route
 
@@ -76,23 +77,37 @@ def bucket_start(number: int, length: int) -> dt.datetime:
     return EPOCH + dt.timedelta(microseconds=-(-number * length * 1_000_000 // PARTS))
 
 
-_SUM = text(
-    "SELECT COALESCE(SUM(used), 0) FROM route_usage WHERE route = :route AND unit = :unit AND bucket >= :oldest"
-)
 _BUCKETS = text(
     "SELECT bucket, used FROM route_usage WHERE route = :route AND unit = :unit AND bucket >= :oldest"
     " ORDER BY bucket"
 )
-_COUNT = text(
-    "INSERT INTO route_usage (route, unit, bucket, used) VALUES (:route, :unit, :bucket, 1)"
-    " ON CONFLICT (route, unit, bucket) DO UPDATE SET used = route_usage.used + 1"
-)
-_PURGE = text("DELETE FROM route_usage WHERE route = :route AND unit = :unit AND bucket < :oldest")
 _LOCK = text("SELECT name FROM routes WHERE name = :route FOR UPDATE")
 _ADD = text("INSERT INTO routes (name, created_at) VALUES (:route, :now) ON CONFLICT (name) DO NOTHING")
 
-#: The last bucket this process purged per (route, unit): old rows go once per bucket, not per message.
-_purged: dict[tuple[str, str], int] = {}
+
+@functools.cache
+def _statements(units: tuple[str, ...]) -> tuple[TextClause, TextClause, TextClause]:
+    """Return, for a set of units, one statement each: sum the windows, count a message, purge.
+
+    One statement for all of a route's units, not one per unit: a take costs three or four
+    statements whatever the number of limits. The units are our own names (``UNITS``).
+    """
+    within = " OR ".join(f"(unit = '{unit}' AND bucket >= :oldest_{unit})" for unit in units)
+    before = " OR ".join(f"(unit = '{unit}' AND bucket < :oldest_{unit})" for unit in units)
+    rows = ", ".join(f"(:route, '{unit}', :bucket_{unit}, 1)" for unit in units)
+    return (
+        text(f"SELECT unit, SUM(used) FROM route_usage WHERE route = :route AND ({within}) GROUP BY unit"),  # noqa: S608
+        text(
+            f"INSERT INTO route_usage (route, unit, bucket, used) VALUES {rows}"  # noqa: S608
+            " ON CONFLICT (route, unit, bucket) DO UPDATE SET used = route_usage.used + 1"
+        ),
+        text(f"DELETE FROM route_usage WHERE route = :route AND ({before})"),  # noqa: S608
+    )
+
+
+#: The current buckets of the last purge this process made per route: old rows go once per
+#: bucket, not at each message. Only the table's size depends on it, never a count.
+_purged: dict[str, tuple[int, ...]] = {}
 
 
 def take(db: Engine | Connection, route: Route, now: dt.datetime) -> Wait | None:
@@ -100,7 +115,8 @@ def take(db: Engine | Connection, route: Route, now: dt.datetime) -> Wait | None
 
     Given an engine, it runs in a transaction of its own, committed when it returns. Given
     a connection, it runs in the caller's transaction, which must be open and be committed
-    before the message's ``sending`` mark. A route without limits takes nothing.
+    before the message goes on the wire: with the message's ``sending`` mark (one commit
+    for both; the send loop does so), or before it. A route without limits takes nothing.
     """
     if isinstance(db, Engine):
         with db.begin() as conn:
@@ -115,21 +131,27 @@ def take(db: Engine | Connection, route: Route, now: dt.datetime) -> Wait | None
     if db.dialect.name == "postgresql" and db.execute(_LOCK, {"route": name}).first() is None:
         db.execute(_ADD, {"route": name, "now": now})
         db.execute(_LOCK, {"route": name})
-    waits: list[Wait] = []
-    for unit, length, limit, words in given:
-        current = bucket(now, length)
-        used = int(db.execute(_SUM, {"route": name, "unit": unit, "oldest": current - PARTS}).scalar_one())
-        if used >= limit:
-            waits.append(_wait(db, route, now, unit, length, limit, words, used))
+    units = tuple(unit for unit, _, _, _ in given)
+    summing, counting, purging = _statements(units)
+    current = {unit: bucket(now, length) for unit, length, _, _ in given}
+    params: dict[str, object] = {"route": name}
+    for unit in units:
+        params[f"oldest_{unit}"] = current[unit] - PARTS
+        params[f"bucket_{unit}"] = current[unit]
+    used: dict[str, int] = {unit: int(n or 0) for unit, n in db.execute(summing, params)}
+    waits = [
+        _wait(db, route, now, unit, length, limit, words, used[unit])
+        for unit, length, limit, words in given
+        if used.get(unit, 0) >= limit
+    ]
     if waits:
         return max(waits, key=lambda wait: wait.seconds)
-    for unit, length, _, _ in given:
-        current = bucket(now, length)
-        db.execute(_COUNT, {"route": name, "unit": unit, "bucket": current})
-        if _purged.get((name, unit)) != current:
-            # Rows older than any window: the sums skip them anyway; this keeps the table small.
-            db.execute(_PURGE, {"route": name, "unit": unit, "oldest": current - PARTS})
-            _purged[(name, unit)] = current
+    db.execute(counting, params)
+    buckets = tuple(current.values())
+    if _purged.get(name) != buckets:
+        # Rows older than every window: the sums skip them anyway; this keeps the table small.
+        db.execute(purging, params)
+        _purged[name] = buckets
     return None
 
 
@@ -164,11 +186,12 @@ def usage(db: Engine | Connection, route: Route, now: dt.datetime) -> dict[str, 
     if isinstance(db, Engine):
         with db.connect() as conn:
             return usage(conn, route, now)
-    found = {}
-    for unit, length, limit, _ in limits(route):
-        oldest = bucket(now, length) - PARTS
-        found[unit] = (
-            int(db.execute(_SUM, {"route": route.name, "unit": unit, "oldest": oldest}).scalar_one()),
-            limit,
-        )
-    return found
+    given = limits(route)
+    if not given:
+        return {}
+    params: dict[str, object] = {"route": route.name}
+    for unit, length, _, _ in given:
+        params[f"oldest_{unit}"] = bucket(now, length) - PARTS
+    summing, _, _ = _statements(tuple(unit for unit, _, _, _ in given))
+    used: dict[str, int] = {unit: int(n or 0) for unit, n in db.execute(summing, params)}
+    return {unit: (used.get(unit, 0), limit) for unit, _, limit, _ in given}
