@@ -370,3 +370,17 @@ def edit_config(workspace: Path, *changes: tuple[str, str]) -> None:
     from tests.conftest import edit_config as edit
 
     edit(workspace, *changes)
+
+
+def test_every_route_key_is_documented() -> None:
+    from mailout.config import ROUTE_KEYS, route_password_variable
+
+    text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    section = text[text.index("## `[smtp.routes.NAME]`") : text.index("## `[sending]`")]
+    for key in ROUTE_KEYS:
+        assert f"`{key}`" in section, f"smtp.routes.NAME.{key} is not documented"
+    assert route_password_variable("ses-eu") == "MAILOUT_SMTP_ROUTES_SES_EU_PASSWORD"
+    assert "`MAILOUT_SMTP_ROUTES_<NAME>_PASSWORD`" in text
+    assert "## Routes and quotas\n\nA relay limits" in (REPO / "docs" / "sending.md").read_text(
+        encoding="utf-8"
+    )
