@@ -326,7 +326,11 @@ def test_without_a_failover_policy_refusals_pause_as_before(
 def test_connection_failures_move_the_rest_to_the_failover_route(
     sending_workspace: Path, engine: Engine, second_server: SMTPServer
 ) -> None:
-    routes = route_table("down", free_port(), 'failover = "up"\n') + route_table("up", second_server.port)
+    # Four threads fail on "down" at once; a failure recorded after the move must not count
+    # against "up", which has no failover of its own and would pause the dispatch.
+    routes = route_table("down", free_port(), 'concurrency = 4\nfailover = "up"\n') + route_table(
+        "up", second_server.port
+    )
     settings, issue = workspace_with_routes(sending_workspace, engine, 12, routes)
     clock = FakeClock(T0)
     notices: list[str] = []

@@ -589,7 +589,7 @@ class Mailer:
             if route is not None and route.failover:
                 # Maybe the route's server only: counted, and after a few in a row the rest
                 # goes through the failover route (see _unreachable).
-                return partial(self._unreachable, claimed=claimed, error=error)
+                return partial(self._unreachable, claimed=claimed, error=error, route=name)
             self.stop.set()
             return partial(self._halted, claimed=claimed, error=error)
         except Exception as error:
@@ -671,10 +671,14 @@ class Mailer:
             " check the sender domain's SPF and DKIM records and the server's policy, then run send again",
         )
 
-    def _unreachable(self, db: DbConnection, *, claimed: outbox.Claimed, error: TransportUnavailable) -> None:
+    def _unreachable(
+        self, db: DbConnection, *, claimed: outbox.Claimed, error: TransportUnavailable, route: str
+    ) -> None:
         """Record a connection failure on a route with a failover: queued again; a few in a row move the rest."""
         outbox.requeue_unsent(db, claimed.id, self.worker)
         with self._switch:
+            if route != self.route_name:
+                return  # a failure of the route this run left meanwhile: not the new one's
             self.connection_streak += 1
             streak = self.connection_streak
             if streak < CONNECTION_FAILURES or self._fail_over(
@@ -707,6 +711,7 @@ class Mailer:
         route = self.settings.route(name) if name else None
         transport = make_transport(self.settings, name)
         self.using = (self.using[0] + 1, route, transport)
+        self.transport = transport
         self._visited.add(name)
         self.policy_streak, self.policy_ids, self.connection_streak = 0, [], 0
 
