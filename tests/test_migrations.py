@@ -177,6 +177,7 @@ def rows() -> dict[str, list[dict[str, Any]]]:
         "missed_at": None,
         "created_by": "",
         "route": "",
+        "route_changes": None,
     }
     data["dispatches"] = [
         {

@@ -395,6 +395,17 @@ class Settings:
                 return prefix + str(self.root / path)
         return url
 
+    def route(self, name: str) -> Route:
+        """Return the ``[smtp.routes.NAME]`` settings; raise ``ConfigError`` for an unknown route."""
+        found = self.routes.get(name)
+        if found is None:
+            known = ", ".join(self.routes) or "none"
+            raise ConfigError(
+                f"no route '{name}' in the settings (routes: {known}); add an [smtp.routes.{name}] table"
+                " to mailout.toml"
+            )
+        return found
+
     def mailing_list(self, name: str) -> ListSettings:
         """Return the ``[lists.NAME]`` settings; raise ``ConfigError`` for an unknown list."""
         for entry in self.lists:
@@ -487,6 +498,12 @@ NUMBER_RANGES: dict[str, Range] = {
     "signup.form_max_hours": Range(0, 24 * 365, above=True, unit="hours"),
     "signup.client_limit": Range(1, 100_000, unit="sign-ups per hour"),
     "web.proxy_hops": Range(0, 10),
+    # [smtp.routes.NAME]: their host keys take the ranges of [smtp]'s; 0 is "no limit".
+    "route.concurrency": Range(0, 100),
+    "route.per_second": Range(0, 1_000_000, unit="messages"),
+    "route.per_minute": Range(0, 60_000_000, unit="messages"),
+    "route.per_hour": Range(0, 3_600_000_000, unit="messages"),
+    "route.per_day": Range(0, 86_400_000_000, unit="messages"),
 }
 
 
@@ -544,6 +561,14 @@ def load_settings(
     sections["web"] = dataclasses.replace(
         sections["web"], preview_password=env.get(SECRETS["web.preview_password"], "")
     )
+    routes: Mapping[str, Route] = layers.pop("routes", {}).get("", ({}, ""))[0]
+    sections["routes"] = {
+        name: dataclasses.replace(
+            route,
+            smtp=dataclasses.replace(route.smtp, password=env.get(route_password_variable(name), "")),
+        )
+        for name, route in routes.items()
+    }
     sources = {
         f"{section}.{key}": source for section, keys in layers.items() for key, (_, source) in keys.items()
     }
@@ -582,6 +607,17 @@ def _read_file(path: Path, layers: dict[str, dict[str, tuple[Any, str]]]) -> Non
     lists = data.pop("lists", None)
     if lists is not None:
         layers["lists"] = {"": (_read_lists(path, text, lists), "")}
+    smtp = data.get("smtp")
+    routes = (
+        _read_routes(path, text, smtp.pop("routes")) if isinstance(smtp, dict) and "routes" in smtp else {}
+    )
+    layers["routes"] = {"": (routes, "")}
+    for entry in layers["lists"][""][0] if "lists" in layers else ():
+        if entry.route and entry.route not in routes:
+            raise ConfigError(
+                f"{_where(path, text, 'route', f'lists.{entry.name}')}: lists.{entry.name}.route: no route"
+                f" '{entry.route}'{_known_routes(entry.route, routes)}"
+            )
     for section, table in data.items():
         if section in ("password", "secret_key"):
             raise ConfigError(_secret_message(path, text, section, section))
@@ -653,6 +689,84 @@ def _read_lists(path: Path, text: str, tables: Any) -> tuple[ListSettings, ...]:
     return tuple(found)
 
 
+#: The keys of a ``[smtp.routes.NAME]`` table: its server's, as in ``[smtp]``, then its own.
+ROUTE_SMTP_KEYS = (
+    "host", "port", "security", "username", "connect_timeout", "timeout", "data_timeout", "allow_plain",
+)  # fmt: skip
+ROUTE_KEYS = (*ROUTE_SMTP_KEYS, "concurrency", "per_second", "per_minute", "per_hour", "per_day", "failover")
+#: A route's name: it is kept in the database (``dispatches.route``, the quotas' counts).
+ROUTE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def route_password_variable(name: str) -> str:
+    """Return the environment variable that holds route ``name``'s SMTP password."""
+    return f"{ENV_PREFIX}SMTP_ROUTES_{name.upper().replace('-', '_')}_PASSWORD"
+
+
+def _known_routes(name: str, routes: Mapping[str, Route]) -> str:
+    if not routes:
+        return " (no [smtp.routes.NAME] table in the settings)"
+    return _closest(name, set(routes))
+
+
+def _read_routes(path: Path, text: str, tables: Any) -> dict[str, Route]:
+    """Read the ``[smtp.routes.NAME]`` tables; each error names its file and line."""
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise ConfigError(
+            f"{_where(path, text, 'smtp.routes')}: write each route as a table, e.g. [smtp.routes.m365]"
+        )
+    smtp_hints, route_hints = typing.get_type_hints(Smtp), typing.get_type_hints(Route)
+    found: dict[str, Route] = {}
+    variables: dict[str, str] = {}
+    for name, table in tables.items():
+        section = f"smtp.routes.{name}"
+        where = f"{_where(path, text, section)}: {section}"
+        if not ROUTE_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: a route name is up to 64 lower-case letters, digits, '-' or '_'")
+        variable = route_password_variable(name)
+        if variable in variables:
+            raise ConfigError(
+                f"{where}: routes '{variables[variable]}' and '{name}' would share the password variable"
+                f" {variable}; rename one"
+            )
+        variables[variable] = name
+        smtp: dict[str, Any] = {}
+        own: dict[str, Any] = {}
+        for key, value in table.items():
+            source = f"{_where(path, text, key, section)}: {section}.{key}"
+            if key == "password":
+                raise ConfigError(
+                    f"{source} is a secret and may not be written in {path.name};"
+                    f" set the environment variable {variable} instead"
+                )
+            if key not in ROUTE_KEYS:
+                raise ConfigError(f"{source}: unknown setting{_closest(key, set(ROUTE_KEYS))}")
+            smtp_key = key in ROUTE_SMTP_KEYS
+            coerced = _coerce(value, (smtp_hints if smtp_key else route_hints)[key], source)
+            bounds = NUMBER_RANGES.get(f"smtp.{key}" if smtp_key else f"route.{key}")
+            reason = bounds.refuse(coerced) if bounds and not isinstance(coerced, bool) else None
+            if reason:
+                raise ConfigError(f"{source}: {reason}")
+            (smtp if smtp_key else own)[key] = coerced
+        if not smtp.get("host"):
+            raise ConfigError(f'{where}: give the route\'s SMTP server (host = "smtp.example.org")')
+        if smtp.get("security", Smtp.security) not in ("starttls", "tls", "plain"):
+            raise ConfigError(
+                f"{_where(path, text, 'security', section)}: {section}.security: must be 'starttls', 'tls'"
+                f" or 'plain', got {smtp['security']!r}"
+            )
+        found[name] = Route(name, Smtp(**smtp), **own)
+    for name, route in found.items():
+        if not route.failover:
+            continue
+        source = f"{_where(path, text, 'failover', f'smtp.routes.{name}')}: smtp.routes.{name}.failover"
+        if route.failover == name:
+            raise ConfigError(f"{source}: a route cannot fail over to itself")
+        if route.failover not in found:
+            raise ConfigError(f"{source}: no route '{route.failover}'{_closest(route.failover, set(found))}")
+    return found
+
+
 def _secret_message(path: Path, text: str, key: str, dotted: str) -> str:
     variable = SECRETS.get(dotted, f"{ENV_PREFIX}{dotted.replace('.', '_').upper()}")
     return (
@@ -684,6 +798,8 @@ def _read_env(env: Mapping[str, str], layers: dict[str, dict[str, tuple[Any, str
         for f in dataclasses.fields(cls)
     }
     known |= set(SECRETS.values()) | set(OTHER_VARIABLES)
+    routes: Mapping[str, Route] = layers.get("routes", {}).get("", ({}, ""))[0]
+    known |= {route_password_variable(name) for name in routes}
     # The variables that [dkim] names as holding its keys (in the file or the environment).
     for key in ("key_env", "ed25519_key_env"):
         named = layers["dkim"].get(key, ("", ""))[0]
@@ -920,6 +1036,11 @@ def _validate(settings: Settings, sources: Mapping[str, str]) -> None:
     if not fields <= {"count", "s"}:
         raise fail(
             "newsletter.members_teaser", f"only {{count}} and {{s}} may appear in braces, got {teaser!r}"
+        )
+    if settings.sending.route and settings.sending.route not in settings.routes:
+        raise fail(
+            "sending.route",
+            f"no route '{settings.sending.route}'{_known_routes(settings.sending.route, settings.routes)}",
         )
     _validate_dkim(settings.dkim, fail)
     _validate_doctor(settings.doctor, fail)

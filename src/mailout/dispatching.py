@@ -584,7 +584,7 @@ def run(
         # The claim refuses it too; said here rather than found by a loop that claims nothing.
         raise NotStarted(f"{waiting_line(settings, dispatch, lst)}: it does not send")
     mailer = Mailer(
-        engine, settings, dispatch, lst, make_transport(settings), signer,
+        engine, settings, dispatch, lst, make_transport(settings, dispatch.route), signer,
         on_progress=on_progress, on_notice=on_notice, stop=stop, clock=clock,
     )  # fmt: skip
     if handle_signals:

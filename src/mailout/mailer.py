@@ -36,10 +36,10 @@ from sqlalchemy import Connection as DbConnection
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from . import outbox
+from . import outbox, quota
 from . import subscribers as people
 from .clock import SYSTEM, Clock
-from .config import Settings
+from .config import Route, Settings
 from .dkim import load_signer
 from .envelope import envelope_sender, for_dispatch
 from .errors import MailoutError
@@ -49,12 +49,30 @@ from .models import DeliveryStatus, Dispatch, MailingList, utcnow
 from .render import Recipient, Variant, first_name
 from .segments import Segment
 from .tokens import Signer
-from .transports import Connection, PermanentFailure, TemporaryFailure, Transport, UnclearOutcome
+from .transports import (
+    Connection,
+    PermanentFailure,
+    TemporaryFailure,
+    Transport,
+    TransportUnavailable,
+    UnclearOutcome,
+    make_transport,
+)
 
 #: How to record a message that was not accepted: a few statements, in one transaction.
 Record = Callable[[DbConnection], None]
 #: What happened to the message last sent on a connection, until it is recorded.
 Outcome = outbox.Sent | Record
+
+#: Connection failures in a row (refused, timed out, login refused) on a route with a
+#: failover before the rest of the dispatch moves to it.
+CONNECTION_FAILURES = 3
+#: Seconds a thread waits after a connection failure before it tries again (with a failover).
+RECONNECT_WAIT = 5.0
+#: A quota wait at least this long closes the thread's connection first: servers drop idle ones.
+IDLE_CLOSE = 30.0
+#: Quota waits shorter than this are not told (a limit per second makes many, each brief).
+QUIET_WAIT = 1.0
 
 
 class AnotherSender(MailoutError):
@@ -223,6 +241,18 @@ class Mailer:
         self.clock = clock
         self.worker = outbox.worker_name()
         self.policy_streak = 0
+        #: The deliveries refused with 5.7.x in the current streak: queued again on a failover.
+        self.policy_ids: list[int] = []
+        self.connection_streak = 0
+        #: The route in use, read by the threads in one go: (generation, route or None for
+        #: ``[smtp]``, its transport). A failover replaces it; each thread then reconnects.
+        self.using: tuple[int, Route | None, Transport] = (
+            0, settings.route(dispatch.route) if dispatch.route else None, transport,
+        )  # fmt: skip
+        #: Routes this run went through: it never fails over back to one of them.
+        self._visited = {dispatch.route}
+        self._switch = threading.Lock()
+        self._told: dt.datetime | None = None
         self.errors: list[BaseException] = []
         if variants is None:
             with engine.connect() as conn:
@@ -323,8 +353,8 @@ class Mailer:
         beat = threading.Thread(target=self._heartbeat, name="mailout-heartbeat", daemon=True)
         beat.start()
         threads = [
-            threading.Thread(target=self._thread, name=f"mailout-sender-{n}", daemon=True)
-            for n in range(max(1, self.settings.sending.concurrency))
+            threading.Thread(target=self._thread, args=(n,), name=f"mailout-sender-{n}", daemon=True)
+            for n in range(self._concurrency(self.using[1]))
         ]
         for thread in threads:
             thread.start()
@@ -354,8 +384,13 @@ class Mailer:
                         conn, self.dispatch.id, self.settings.sending.worker_timeout
                     )
                     paused = outbox.paused_reason(conn, self.dispatch.id)
+                    route = outbox.current_route(conn, self.dispatch.id)
             except OperationalError:
                 continue  # a busy database: the next beat will do; a missed one is not fatal
+            if route != self.route_name and route in (*self.settings.routes, ""):
+                with self._switch:  # another process failed over: follow it
+                    if route != self.route_name:
+                        self._adopt(route)
             if paused:
                 # Another process paused the dispatch (5.7.x refusals, a login refused): every
                 # sender stops, not only the one that saw it.
@@ -364,7 +399,16 @@ class Mailer:
                 return
             self._share_rate(max(1, len(workers)))
 
-    def _thread(self) -> None:
+    @property
+    def route_name(self) -> str:
+        """Return the name of the route in use ("" for ``[smtp]``)."""
+        route = self.using[1]
+        return route.name if route else ""
+
+    def _concurrency(self, route: Route | None) -> int:
+        return max(1, (route.concurrency if route else 0) or self.settings.sending.concurrency)
+
+    def _thread(self, number: int) -> None:
         connection: Connection | None = None
         # The message on the wire whose answer is not read yet, and the outcome read but
         # not yet recorded. The outcome is recorded with the next message's "sending"
@@ -372,8 +416,22 @@ class Mailer:
         # wire: one commit per message, waited for while the server works.
         inflight: outbox.Claimed | None = None
         pending: Outcome | None = None
+        generation, route, transport = self.using
+        name = route.name if route else ""
+        limited = route is not None and bool(quota.limits(route))
+
+        def settle(db: DbConnection) -> None:
+            """Read the answer to the message on the wire, and record it and what was pending."""
+            nonlocal inflight, pending
+            if inflight is not None:
+                assert connection is not None
+                self._record(db, pending)
+                pending, inflight = self._finish(connection, inflight, name), None
+            self._record(db, pending)
+            pending = None
+
         try:
-            connection = self.transport.connect()
+            connection = transport.connect()
             with outbox.loop_connection(self.engine) as db:
                 try:
                     while not self.stop.is_set():
@@ -381,24 +439,62 @@ class Mailer:
                             batch = outbox.claim(db, self._dispatch_id, self.worker, self._batch)
                         if not batch:
                             # Answer and record what is on the wire before waiting.
-                            if inflight is not None:
-                                self._record(db, pending)
-                                pending, inflight = self._finish(connection, inflight), None
-                            self._record(db, pending)
-                            pending = None
+                            settle(db)
                             if not self._wait_for_more():
                                 return
                             continue
-                        for claimed in batch:
+                        for index, claimed in enumerate(batch):
                             if self.stop.is_set():
                                 return  # the rest of the batch goes back to the queue in finish()
                             slot = self.rate.wait(self.stop)
                             data = self._build(claimed)
                             envelope = self._envelope(claimed.id)
-                            marked = self._record(db, pending, sending=claimed.id, envelope=envelope)
+                            # On a route with limits, take a slot of its quotas, committed with
+                            # the message's mark (a crash after the commit leaves the slot used,
+                            # the message unknown: a quota is under-used, never exceeded); or wait.
+                            marked: bool | None = None
+                            while True:
+                                if generation != self.using[0]:
+                                    # A failover: what is on the old route's wire is answered and
+                                    # recorded, then this thread goes on through the new route.
+                                    settle(db)
+                                    connection.close()
+                                    generation, route, transport = self.using
+                                    name = route.name if route else ""
+                                    limited = route is not None and bool(quota.limits(route))
+                                    if number >= self._concurrency(route):
+                                        with outbox.atomic(db):
+                                            ids = [c.id for c in batch[index:]]
+                                            outbox.requeue(db, self._dispatch_id, ids, DeliveryStatus.CLAIMED)
+                                        return
+                                    connection = transport.connect()
+                                if not limited:
+                                    break
+                                # A refusal is recorded when it is read: only an acceptance waits.
+                                assert route is not None and (
+                                    pending is None or isinstance(pending, outbox.Sent)
+                                )
+                                with outbox.atomic(db):
+                                    wait = quota.take(db, route, self.clock.now())
+                                    if wait is None:
+                                        marked = outbox.advance(
+                                            db, pending, claimed.id, self.worker, envelope, name
+                                        )
+                                if wait is None:
+                                    break
+                                settle(db)  # nothing waits on the wire, unrecorded, meanwhile
+                                self._tell(wait)
+                                if self.clock.wait(self.stop, wait.seconds):
+                                    return  # stopped: finish() gives the claimed ones back
+                                if wait.seconds >= IDLE_CLOSE:
+                                    connection.close()  # reopened by the next message
+                            if marked is None:
+                                marked = self._record(
+                                    db, pending, sending=claimed.id, envelope=envelope, route=name
+                                )
                             pending = None
                             if inflight is not None:
-                                pending, inflight = self._finish(connection, inflight), None
+                                pending, inflight = self._finish(connection, inflight, name), None
                             if pending is not None and not isinstance(pending, outbox.Sent):
                                 # A refusal (rare): recorded now, before the next message goes
                                 # out, so that a pause it causes (5.7.x) stops that one too.
@@ -415,17 +511,20 @@ class Mailer:
                                 # Skipped since the claim: they unsubscribed while it waited.
                                 self.tally.add("skipped")
                                 continue
-                            refused = self._start(connection, claimed, envelope, data)
+                            refused = self._start(connection, claimed, envelope, data, route)
                             if refused is None:
                                 self.rate.went(slot)
                                 inflight = claimed
-                            else:  # not on the wire whole (rare): two outcomes to record
+                            else:  # not on the wire whole (rare): recorded at once
                                 self._record(db, pending)
-                                pending = refused
+                                pending = None
+                                self._record(db, refused)
+                                if isinstance(refused, partial) and refused.func == self._unreachable:
+                                    self.clock.wait(self.stop, RECONNECT_WAIT)
                 finally:
                     if inflight is not None:
                         self._record(db, pending)
-                        pending = self._finish(connection, inflight)
+                        pending = self._finish(connection, inflight, name)
                     if pending is not None:
                         self._record(db, pending)
         except BaseException as exc:  # a bug or a database failure: stop everything, report it
@@ -441,10 +540,12 @@ class Mailer:
         pending: Outcome | None,
         sending: int | None = None,
         envelope: str | None = None,
+        route: str | None = None,
     ) -> bool:
         """Record the previous message's outcome and mark ``sending`` as on the wire; both committed.
 
-        ``envelope`` is the ``MAIL FROM`` that ``sending`` goes out with, kept with it.
+        ``envelope`` is the ``MAIL FROM`` that ``sending`` goes out with, and ``route`` the
+        route it goes through, kept with it.
 
         Returns whether ``sending`` was marked: not when it stopped being claimed meanwhile
         (an unsubscribe skipped it), and then it must not be sent.
@@ -454,13 +555,13 @@ class Mailer:
             # connection (see outbox.loop_connection and outbox.advance).
             if pending is None and sending is None:
                 return False
-            return outbox.advance(db, pending, sending, self.worker, envelope)
+            return outbox.advance(db, pending, sending, self.worker, envelope, route)
         # A refusal takes several statements (a bounce suppresses the address too): all or nothing.
         with outbox.atomic(db):
             pending(db)
             if sending is None or self.stop.is_set():  # paused by this very outcome: send no more
                 return False
-            return outbox.mark_sending(db, sending, self.worker, envelope)
+            return outbox.mark_sending(db, sending, self.worker, envelope, route)
 
     def _wait_for_more(self) -> bool:
         """With nothing to claim now: wait for deferred deliveries, or say there is nothing left."""
@@ -474,15 +575,23 @@ class Mailer:
         return True
 
     def _start(
-        self, connection: Connection, claimed: outbox.Claimed, envelope: str, data: bytes
+        self, connection: Connection, claimed: outbox.Claimed, envelope: str, data: bytes, route: Route | None
     ) -> Outcome | None:
         """Put one message on the wire; return None, or how to record why it did not go out whole."""
+        name = route.name if route else ""
         try:
             connection.start(envelope, claimed.email, data)
         except PermanentFailure as failure:
-            return partial(self._failed, claimed=claimed, failure=failure)
+            return partial(self._failed, claimed=claimed, failure=failure, route=name)
         except TemporaryFailure as failure:
             return partial(self._deferred, claimed=claimed, failure=failure)
+        except TransportUnavailable as error:
+            if route is not None and route.failover:
+                # Maybe the route's server only: counted, and after a few in a row the rest
+                # goes through the failover route (see _unreachable).
+                return partial(self._unreachable, claimed=claimed, error=error, route=name)
+            self.stop.set()
+            return partial(self._halted, claimed=claimed, error=error)
         except Exception as error:
             # By the transport's contract the message did not reach the server (a refused
             # login, a full disk, a bug): it goes back to the queue, and since nothing more
@@ -492,14 +601,15 @@ class Mailer:
             if not isinstance(error, MailoutError):
                 self.errors.append(error)  # a bug: its traceback is wanted too
             return partial(self._halted, claimed=claimed, error=error)
+        self.connection_streak = 0
         return None
 
-    def _finish(self, connection: Connection, claimed: outbox.Claimed) -> Outcome:
-        """Read the answer to the message on the wire; return how to record it."""
+    def _finish(self, connection: Connection, claimed: outbox.Claimed, route: str) -> Outcome:
+        """Read the answer to the message on the wire (sent through ``route``); return how to record it."""
         try:
             reply = connection.finish()
         except PermanentFailure as failure:
-            return partial(self._failed, claimed=claimed, failure=failure)
+            return partial(self._failed, claimed=claimed, failure=failure, route=route)
         except TemporaryFailure as failure:
             return partial(self._deferred, claimed=claimed, failure=failure)
         except UnclearOutcome as outcome:
@@ -510,7 +620,9 @@ class Mailer:
                 self.errors.append(error)
                 self.stop.set()
             return partial(self._unknown, claimed=claimed, outcome=UnclearOutcome(0, str(error)))
-        self.policy_streak = 0
+        if self.policy_streak:
+            with self._switch:
+                self.policy_streak, self.policy_ids = 0, []
         self.tally.add("sent")
         return outbox.Sent(claimed.id, str(reply))
 
@@ -525,23 +637,93 @@ class Mailer:
             unsubscribe_mailto=urls.unsubscribe_mailto,
         )
 
-    def _failed(self, db: DbConnection, *, claimed: outbox.Claimed, failure: PermanentFailure) -> None:
+    def _failed(
+        self, db: DbConnection, *, claimed: outbox.Claimed, failure: PermanentFailure, route: str = ""
+    ) -> None:
         outbox.mark(db, claimed.id, DeliveryStatus.FAILED, reply=str(failure))
         if failure.enhanced.startswith("5.1."):
             # No such mailbox: never mail this address again.
             people.mark_bounced(db, claimed.subscriber_id, f"dispatch {self.dispatch.id}: {failure}")
-        self.tally.add("failed")
-        if failure.enhanced.startswith("5.7."):
-            # Refused for a reason of ours (SPF, DKIM, reputation), not the address's fault.
+        if not failure.enhanced.startswith("5.7."):
+            self.tally.add("failed")
+            with self._switch:
+                self.policy_streak, self.policy_ids = 0, []
+            return
+        # Refused for a reason of ours (SPF, DKIM, reputation), not the address's fault.
+        with self._switch:
+            if route != self.route_name:
+                # Sent through the route this run left meanwhile, refused as its streak was:
+                # it goes again through the new one.
+                outbox.requeue(db, self._dispatch_id, [claimed.id], DeliveryStatus.FAILED)
+                return
+            self.tally.add("failed")
             self.policy_streak += 1
-            if self.policy_streak >= self.settings.sending.policy_failures_pause:
-                self._pause(
-                    db,
-                    f"{self.policy_streak} messages in a row refused with {failure.enhanced} ({failure.text});"
-                    " check the sender domain's SPF and DKIM records and the server's policy, then run send again",
-                )
-        else:
-            self.policy_streak = 0
+            self.policy_ids.append(claimed.id)
+            streak = self.policy_streak
+            if streak < self.settings.sending.policy_failures_pause:
+                return
+            why = f"{streak} refusals in a row with {failure.enhanced} ({failure.text})"
+            if self._fail_over(db, why):
+                return
+        self._pause(
+            db,
+            f"{streak} messages in a row refused with {failure.enhanced} ({failure.text});"
+            " check the sender domain's SPF and DKIM records and the server's policy, then run send again",
+        )
+
+    def _unreachable(
+        self, db: DbConnection, *, claimed: outbox.Claimed, error: TransportUnavailable, route: str
+    ) -> None:
+        """Record a connection failure on a route with a failover: queued again; a few in a row move the rest."""
+        outbox.requeue_unsent(db, claimed.id, self.worker)
+        with self._switch:
+            if route != self.route_name:
+                return  # a failure of the route this run left meanwhile: not the new one's
+            self.connection_streak += 1
+            streak = self.connection_streak
+            if streak < CONNECTION_FAILURES or self._fail_over(
+                db, f"{streak} connection failures in a row ({error})"
+            ):
+                return
+        self._pause(db, f"{error}; fix it, then run the same command to resume")
+
+    def _fail_over(self, db: DbConnection, why: str) -> bool:
+        """Move the rest of the dispatch to the route's failover, if it has one not used yet in this run.
+
+        In the caller's transaction, holding ``_switch``. The deliveries refused with 5.7.x
+        in the streak are queued again: the route's fault, not the addresses'.
+        """
+        route = self.using[1]
+        if route is None or not route.failover or route.failover in self._visited:
+            return False
+        after = route.failover
+        if not outbox.switch_route(db, self._dispatch_id, route.name, after, why):
+            after = outbox.current_route(db, self._dispatch_id)  # another process moved it first
+        requeued = outbox.requeue(db, self._dispatch_id, self.policy_ids, DeliveryStatus.FAILED)
+        self.tally.add("failed", -requeued)
+        self._adopt(after)
+        again = f"; {requeued} refused meanwhile queued again" if requeued else ""
+        self.notice(f"route {route.name} -> {after or '[smtp]'} after {why}{again}")
+        return True
+
+    def _adopt(self, name: str) -> None:
+        """Send through route ``name`` from now on (holding ``_switch``): each thread reconnects."""
+        route = self.settings.route(name) if name else None
+        transport = make_transport(self.settings, name)
+        self.using = (self.using[0] + 1, route, transport)
+        self.transport = transport
+        self._visited.add(name)
+        self.policy_streak, self.policy_ids, self.connection_streak = 0, [], 0
+
+    def _tell(self, wait: quota.Wait) -> None:
+        """Tell the front end about a quota wait, once (each thread waiting for the same instant)."""
+        if wait.seconds < QUIET_WAIT:
+            return
+        with self._switch:
+            if self._told is not None and wait.until <= self._told:
+                return
+            self._told = wait.until
+        self.notice(wait.message)
 
     def _deferred(self, db: DbConnection, *, claimed: outbox.Claimed, failure: TemporaryFailure) -> None:
         # From its start: a dispatch written on Friday for Tuesday is not days old on Tuesday.

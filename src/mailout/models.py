@@ -321,6 +321,8 @@ class Dispatch(Base):
     #: The route (``[smtp.routes.NAME]``) it sends through now; "" is ``[smtp]``. A failover
     #: changes it to the next route.
     route: Mapped[str] = mapped_column(String(64), default="")
+    #: One line per failover, oldest first: when, from which route to which, and why. NULL: none.
+    route_changes: Mapped[str | None] = mapped_column(Text)
 
 
 class DispatchVariant(Base):

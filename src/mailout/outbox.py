@@ -940,7 +940,7 @@ _SENT = f"'{DeliveryStatus.SENT.value}'"
 _CLAIMED = f"'{DeliveryStatus.CLAIMED.value}'"
 _SENDING_SQL = (
     f"UPDATE deliveries SET status = {_SENDING}, attempts = attempts + 1,"  # noqa: S608
-    " envelope_sender = ?, updated_at = ?"
+    " envelope_sender = ?, route = ?, updated_at = ?"
     f" WHERE id = ? AND status = {_CLAIMED} AND worker = ?"
 )
 _SENT_SQL = f"UPDATE deliveries SET status = {_SENT}, reply = ?, updated_at = ? WHERE id = ?"  # noqa: S608
@@ -950,6 +950,7 @@ _SENT_AND_SENDING_SQL = (
     f" status = CASE WHEN id = ? THEN {_SENDING} ELSE {_SENT} END,"
     " attempts = CASE WHEN id = ? THEN attempts + 1 ELSE attempts END,"
     " envelope_sender = CASE WHEN id = ? THEN ? ELSE envelope_sender END,"
+    " route = CASE WHEN id = ? THEN ? ELSE route END,"
     " reply = CASE WHEN id = ? THEN reply ELSE ? END,"
     " updated_at = ?"
     # The next one only if it is still claimed, by this process: an unsubscribe may have
@@ -989,12 +990,15 @@ def _now_param(conn: Connection) -> object:
     return stored_time(conn, utcnow())
 
 
-def mark_sending(conn: Connection, delivery_id: int, worker: str, envelope: str | None = None) -> bool:
+def mark_sending(
+    conn: Connection, delivery_id: int, worker: str, envelope: str | None = None, route: str | None = None
+) -> bool:
     """Record that this delivery is going on the wire now, with ``envelope`` as its ``MAIL FROM``.
 
-    Returns False if ``worker`` no longer has it claimed. Without ``envelope``: NULL, not known.
+    ``route`` is the route it goes through ("" for ``[smtp]``). Returns False if ``worker``
+    no longer has it claimed. Without ``envelope`` or ``route``: NULL, not known.
     """
-    return _driver(conn, _SENDING_SQL, (envelope, _now_param(conn), delivery_id, worker)) == 1
+    return _driver(conn, _SENDING_SQL, (envelope, route, _now_param(conn), delivery_id, worker)) == 1
 
 
 def mark_sent(conn: Connection, delivery_id: int, reply: str) -> None:
@@ -1003,24 +1007,53 @@ def mark_sent(conn: Connection, delivery_id: int, reply: str) -> None:
 
 
 def advance(
-    conn: Connection, sent: Sent | None, sending: int | None, worker: str, envelope: str | None = None
+    conn: Connection,
+    sent: Sent | None,
+    sending: int | None,
+    worker: str,
+    envelope: str | None = None,
+    route: str | None = None,
 ) -> bool:
     """Record ``sent`` and mark delivery ``sending`` as going on the wire, in one statement.
 
     ``envelope`` is the ``MAIL FROM`` of ``sending``'s message, kept with the delivery (so
-    that a bounce to it is matched even if the process dies now). Either may be None. The caller commits before the next message goes on the wire; on a
-    ``loop_connection`` to PostgreSQL the statement is committed when it returns.
-    Returns whether ``sending`` was marked (not if ``worker`` stopped having it claimed).
+    that a bounce to it is matched even if the process dies now), and ``route`` the route
+    it goes through. Either may be None. The caller commits before the next message goes
+    on the wire; on a ``loop_connection`` to PostgreSQL the statement is committed when it
+    returns. Returns whether ``sending`` was marked (not if ``worker`` stopped having it claimed).
     """
     if sent is None:
-        return mark_sending(conn, sending, worker, envelope) if sending is not None else False
+        return mark_sending(conn, sending, worker, envelope, route) if sending is not None else False
     if sending is None:
         mark_sent(conn, sent.delivery_id, sent.reply)
         return False
     now = _now_param(conn)
     reply = sent.reply[:2000]
-    params = (sending, sending, sending, envelope, sending, reply, now, sent.delivery_id, sending, worker)
+    params = (
+        sending, sending, sending, envelope, sending, route, sending, reply, now, sent.delivery_id, sending, worker,
+    )  # fmt: skip
     return _driver(conn, _SENT_AND_SENDING_SQL, params) == 2
+
+
+def current_route(conn: Connection | Session, dispatch_id: int) -> str:
+    """Return the route the dispatch sends through now ("" is ``[smtp]``)."""
+    return conn.execute(select(Dispatch.route).where(Dispatch.id == dispatch_id)).scalar_one()
+
+
+def switch_route(conn: Connection | Session, dispatch_id: int, before: str, after: str, why: str) -> bool:
+    """Move the dispatch from route ``before`` to ``after``, with why; return whether this call did.
+
+    One UPDATE, conditional on ``before``: when two processes fail over at once, one moves
+    it and the other finds it moved. ``route_changes`` keeps one line per move, for status.
+    """
+    line = f"{utcnow():%Y-%m-%d %H:%M} UTC: route {before or '[smtp]'} -> {after} after {why}"
+    changes = func.coalesce(Dispatch.route_changes + "\n", "") + line
+    moved = conn.execute(
+        update(Dispatch)
+        .where(Dispatch.id == dispatch_id, Dispatch.route == before)
+        .values(route=after, route_changes=changes)
+    ).rowcount  # type: ignore[attr-defined]
+    return bool(moved)
 
 
 def resend_unknown(conn: Connection | Session, dispatch_id: int) -> int:

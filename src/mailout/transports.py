@@ -302,12 +302,19 @@ class _TlsClient(smtplib.SMTP_SSL):
         return sock
 
 
+#: How many times in a row a message answered 421 goes again at once on a new connection
+#: before it is deferred like any 4xx (a server that says 421 to every try is down).
+RESEND_421 = 2
+
+
 class SmtpConnection:
     """One SMTP session, reused for many messages and reopened when the server drops it."""
 
     def __init__(self, settings: Smtp) -> None:
         self.settings = settings
         self.client: smtplib.SMTP | None = None
+        #: The message ``start`` put on the wire, until ``finish``: sent again after a 421.
+        self._message: tuple[str, str, bytes] | None = None
 
     def _open(self) -> smtplib.SMTP:
         """Connect, EHLO, STARTTLS and AUTH as the settings say; raise ``TransportUnavailable``."""
@@ -362,7 +369,28 @@ class SmtpConnection:
         return self.finish()
 
     def start(self, sender: str, recipient: str, data: bytes) -> None:
-        """Send the envelope and the whole message, up to the final "."; do not wait for the answer."""
+        """Send the envelope and the whole message, up to the final "."; do not wait for the answer.
+
+        A 421 on the way (the server closes the connection: "421 Maximum message count per
+        session reached", "421 service closing") is no failure of the message: it goes again at
+        once on a new connection, up to ``RESEND_421`` times.
+        """
+        self._message = None
+        self._put(sender, recipient, data, RESEND_421)
+        self._message = (sender, recipient, data)
+
+    def _put(self, sender: str, recipient: str, data: bytes, resends: int) -> None:
+        """Put the message on the wire, on a new connection after each 421, ``resends`` times at most."""
+        while True:
+            try:
+                self._put_once(sender, recipient, data)
+                return
+            except TemporaryFailure as failure:
+                if failure.code != 421 or resends <= 0:
+                    raise
+                resends -= 1  # the connection is closed (_fail, _abandon): the next try opens one
+
+    def _put_once(self, sender: str, recipient: str, data: bytes) -> None:
         if self.client is None:
             self.client = self._open()
         client = self.client
@@ -415,6 +443,20 @@ class SmtpConnection:
         client = self.client
         assert client is not None, "finish() without start()"
         code, text = self._final_reply(client)
+        resends = RESEND_421
+        while code == 421 and self._message is not None and resends > 0:
+            # A 4xx answer to the end of the data refuses the message (RFC 5321 4.2.5: the
+            # server takes no responsibility for it), unlike no answer at all: it is not
+            # there, so sending it again on a new connection cannot deliver it twice.
+            resends -= 1
+            self.close()
+            try:
+                self._put(*self._message, resends)
+            except TransportUnavailable as exc:
+                raise TemporaryFailure(421, f"{_text(text)}; then {exc}") from None
+            assert self.client is not None
+            code, text = self._final_reply(self.client)
+        self._message = None
         if code == 421:
             self.close()
         if code != 250:
@@ -492,8 +534,13 @@ def _text(raw: bytes | str) -> str:
     return (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw).replace("\n", " ").strip()
 
 
-def make_transport(settings: Settings) -> Transport:
-    """Return SMTP when ``smtp.host`` is set, else the local outbox."""
+def make_transport(settings: Settings, route: str = "") -> Transport:
+    """Return the SMTP server of ``route`` (a ``[smtp.routes.NAME]``); for "", ``[smtp]``, or the local outbox.
+
+    Raises ``ConfigError`` for a route the settings do not have (any more).
+    """
+    if route:
+        return SmtpTransport(settings.route(route).smtp)
     if settings.smtp.host:
         return SmtpTransport(settings.smtp)
     return OutboxTransport(settings.path("outbox"))

@@ -354,6 +354,12 @@ def _resend_questions(plan: Plan) -> list[str]:
 @click.option(
     "--by", "by", metavar="NAME", help="Who writes the dispatch (default: git's user, else the login)."
 )
+@click.option(
+    "--route",
+    default=None,
+    metavar="NAME",
+    help="Send through this [smtp.routes.NAME] (default: the list's).",
+)
 @SKIP_CHECKS
 @pass_state
 def send_command(
@@ -369,6 +375,7 @@ def send_command(
     zone: str | None,
     now: bool,
     by: str | None,
+    route: str | None,
     skip_checks: bool,
 ) -> None:
     """Dispatch an issue to a list; run it again to resume after a stop or a crash.
@@ -412,6 +419,8 @@ def send_command(
     settings = state.settings
     instant = instants.parse(at, zone or settings.sending.timezone, clock.SYSTEM.now()) if at else None
     state.settings.mailing_list(list_name)  # an unknown list is the first thing to say
+    if route:
+        state.settings.route(route)
     issue = state.issue(name)  # then an unknown issue, before any DNS question
     state.signer()  # refuse early, before any work: every message needs signed links
     if not skip_checks:
@@ -429,6 +438,7 @@ def send_command(
         at=instant,
         by=current_operator(by),
         now=now,
+        route=route,
     )
     if plan.resume is not None:
         if again:

@@ -6,7 +6,8 @@
   otherwise), ``cancelled_at``, ``missed_at`` (its instant passed by more than
   ``sending.max_lateness`` before any worker started it), ``created_by`` (who wrote
   it, for the approval's second pair of eyes) and ``route`` (the route it sends
-  through now, "" for ``[smtp]``; a failover changes it). The dispatches written
+  through now, "" for ``[smtp]``; a failover changes it, and adds a line to
+  ``route_changes``: when, from which route to which, and why). The dispatches written
   before were started when written: ``started_at`` is their ``created_at``.
 - ``deliveries`` gains ``route``: the route its message went through (NULL before).
 - ``approvals``: who approved an issue for a list, when, and the SHA-256 of every
@@ -42,6 +43,7 @@ def upgrade() -> None:
         batch.add_column(_stamp("missed_at", nullable=True))
         batch.add_column(sa.Column("created_by", sa.String(320), nullable=False, server_default=""))
         batch.add_column(sa.Column("route", sa.String(64), nullable=False, server_default=""))
+        batch.add_column(sa.Column("route_changes", sa.Text(), nullable=True))
     # Every dispatch written before could send from the moment it was written.
     op.execute("UPDATE dispatches SET started_at = created_at")
     with op.batch_alter_table("deliveries") as batch:
@@ -91,5 +93,13 @@ def downgrade() -> None:
     with op.batch_alter_table("deliveries") as batch:
         batch.drop_column("route")
     with op.batch_alter_table("dispatches") as batch:
-        for name in ("route", "created_by", "missed_at", "cancelled_at", "started_at", "scheduled_at"):
+        for name in (
+            "route_changes",
+            "route",
+            "created_by",
+            "missed_at",
+            "cancelled_at",
+            "started_at",
+            "scheduled_at",
+        ):
             batch.drop_column(name)
