@@ -107,6 +107,7 @@ class Ending(StrEnum):
     PAUSED = "paused"  # paused with a reason (repeated policy refusals): see ``paused_reason``
     STOPPED = "stopped"  # stopped (Ctrl-C, SIGTERM): running it again resumes
     OTHERS = "others"  # nothing left for this process: other processes send the last messages
+    WAITING = "waiting"  # its route's quota is used up for longer than the caller waits: see ``waiting``
 
 
 #: The RFC 3463 class of a refusal for a reason of the sender's (SPF, DKIM, reputation).
@@ -227,6 +228,8 @@ class Summary:
     missed: dt.datetime | None = None
     cancelled: dt.datetime | None = None
     created_by: str = ""
+    #: The route it sends through now ("" is ``[smtp]``).
+    route: str = ""
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,12 @@ class Report(Summary):
     #: threshold), and that complained, as ``mailout bounces process`` recorded them.
     bounced: int = 0
     complained: int = 0
+    #: Deliveries by the route their message went through ("" is ``[smtp]``), and each
+    #: failover, one line each ("2019-02-12 09:14 UTC: route m365 -> ses after ...").
+    routes: dict[str, int] = field(default_factory=dict)
+    route_changes: tuple[str, ...] = ()
+    #: The newest approval of the issue for the list, compared with the frozen variants.
+    approval: approvals.ApprovalState | None = None
 
 
 @dataclass(frozen=True)
@@ -254,6 +263,10 @@ class Result:
 
     ending: Ending
     report: Report
+    #: With ``Ending.WAITING``: what the quota said ("waiting for quota: ... resumes ...")
+    #: and when a slot frees.
+    waiting: str = ""
+    resumes_at: dt.datetime | None = None
 
 
 # --- sending ---------------------------------------------------------------------
@@ -290,7 +303,7 @@ def plan(
     never sent: the next send writes a new dispatch.
     """
     list_settings = settings.mailing_list(list_name)
-    transport = make_transport(settings)
+    chosen = route if route is not None else (list_settings.route or settings.sending.route)
     warnings = []
     if settings.smtp.host:  # mail to real people: the links must be safe to sign
         warnings += check_real_key(settings.secret_key)
@@ -305,6 +318,17 @@ def plan(
     with transaction(engine) as session:
         lst = people.ensure_list(session, list_settings)
         newest = outbox.find_dispatch(session, issue.slug, lst)
+        # A dispatch taken up goes on through its own route (a failover may have moved it).
+        takes_up = newest is not None and (newest.finished_at is None or resend_unknown or retry_policy)
+        if takes_up:
+            assert newest is not None
+            if route is not None and route != newest.route:
+                raise MailoutError(
+                    f"dispatch {newest.id} of {issue.slug} to '{lst.name}' goes through route"
+                    f" '{newest.route or '[smtp]'}'; --route chooses the route of a new dispatch only"
+                )
+            chosen = newest.route
+        transport = make_transport(settings, chosen)
         unknown = _unknown(session, settings, transport, newest) if newest else 0
         refused = len(_policy_refusals(session, newest.id)) if newest else 0
         recipients = outbox.count_recipients(session, lst)
@@ -321,7 +345,7 @@ def plan(
         previous=newest.id if newest else None,
         scheduled_at=at.astimezone(dt.UTC) if at is not None else None,
         created_by=by,
-        route=route if route is not None else (list_settings.route or settings.sending.route),
+        route=chosen,
     )
     if newest is not None and newest.finished_at is None and newest.started_at is None:
         return replace(found, resume=_take_up_waiting(settings, newest, lst, found, now=now))
@@ -471,7 +495,7 @@ def start(engine: Engine, settings: Settings, plan: Plan, *, now: dt.datetime | 
     """
     # Connect and log in (or write a test file) first: a wrong password or a missing
     # STARTTLS is one line, before any dispatch is written or any delivery claimed.
-    make_transport(settings).check()
+    make_transport(settings, plan.route).check()
     try:
         started = _start(engine, settings, plan)
     except IntegrityError as exc:
@@ -541,7 +565,7 @@ def _resume(session: Session, settings: Settings, resume: Resume) -> Started:
         # Take over from dead processes first: what they left on the wire becomes unknown
         # now (or, with the local outbox, sent or queued), and is queued with the rest.
         # Left to the sending process, that would happen only after this requeue.
-        settle = settle_in_flight(make_transport(settings), dispatch)
+        settle = settle_in_flight(make_transport(settings, dispatch.route), dispatch)
         outbox.recover(session.connection(), dispatch.id, settings.sending.worker_timeout, settle)
         requeued = outbox.resend_unknown(session, dispatch.id)
     if resume.retry_policy:
@@ -563,6 +587,7 @@ def run(
     handle_signals: bool = False,
     stop: threading.Event | None = None,
     clock: Clock = SYSTEM,
+    max_wait: float | None = None,
 ) -> Result:
     """Send the dispatch from this process until it is finished, paused or stopped.
 
@@ -571,7 +596,8 @@ def run(
     the run the same way (`mailout worker`, whose signals outlive one dispatch).
     ``on_notice`` hears what the run finds on its way, such as a gone process it takes
     over from. Other processes may send the same dispatch at the same time (``mailout
-    worker``).
+    worker``). A quota wait longer than ``max_wait`` seconds ends the run with
+    ``Ending.WAITING`` (None: the run waits, as `send` does).
     """
     if settings.smtp.host:
         check_real_key(settings.secret_key)  # also for `mailout worker`; `plan` has warned already
@@ -585,7 +611,7 @@ def run(
         raise NotStarted(f"{waiting_line(settings, dispatch, lst)}: it does not send")
     mailer = Mailer(
         engine, settings, dispatch, lst, make_transport(settings, dispatch.route), signer,
-        on_progress=on_progress, on_notice=on_notice, stop=stop, clock=clock,
+        on_progress=on_progress, on_notice=on_notice, stop=stop, clock=clock, max_wait=max_wait,
     )  # fmt: skip
     if handle_signals:
         mailer.install_signal_handlers()
@@ -595,6 +621,8 @@ def run(
         ending = Ending.FINISHED
     elif now.paused_reason:
         ending = Ending.PAUSED
+    elif mailer.waiting is not None:
+        return Result(Ending.WAITING, now, mailer.waiting.message, mailer.waiting.until)
     elif not now.counts[DeliveryStatus.QUEUED] and not now.counts[DeliveryStatus.DEFERRED]:
         # This process sends until nothing is queued or deferred, unless it is stopped (and
         # then what it claimed is queued again): what is left is on other processes' wires.
@@ -784,6 +812,7 @@ def _summary(session: Session, dispatch: Dispatch, lst: MailingList) -> Summary:
         missed=stamp(dispatch.missed_at),
         cancelled=stamp(dispatch.cancelled_at),
         created_by=dispatch.created_by or "",
+        route=dispatch.route or "",
     )
 
 
@@ -811,9 +840,15 @@ def report(engine: Engine, dispatch_id: int) -> Report:
         refused = len(_policy_refusals(session, dispatch_id))
         ran = outbox.run_record(session, dispatch_id)
         bounced, complained = bounces.dispatch_counts(session, dispatch_id)
+        dispatch, _ = found
+        routes = outbox.route_counts(session, dispatch_id)
+        approval = approvals.state(
+            session, dispatch.issue, dispatch.list_id, outbox.frozen_variants(session, dispatch)
+        )
     return Report(
         **vars(summary), failures=failures, unknown=unknown, refused=refused,
         signing=ran.signing, envelope_sender=ran.envelope_sender, bounced=bounced, complained=complained,
+        routes=routes, route_changes=tuple((dispatch.route_changes or "").splitlines()), approval=approval,
     )  # fmt: skip
 
 

@@ -224,6 +224,7 @@ class Mailer:
         stop: threading.Event | None = None,
         variants: dict[str, Variant] | None = None,
         clock: Clock = SYSTEM,
+        max_wait: float | None = None,
     ) -> None:
         """Get ready to send ``dispatch``: its variants (read from the outbox unless given) built once."""
         self.engine = engine
@@ -239,6 +240,11 @@ class Mailer:
         self.tally = Tally()
         #: The time for the quotas' waits (the tests' clock moves only when waited on).
         self.clock = clock
+        #: A quota wait longer than this many seconds ends the run instead (None: wait): the
+        #: worker then starts and sends other dispatches, and comes back at ``waiting.until``.
+        self.max_wait = max_wait
+        #: Set when a quota wait ended the run: the wait, with its message.
+        self.waiting: quota.Wait | None = None
         self.worker = outbox.worker_name()
         self.policy_streak = 0
         #: The deliveries refused with 5.7.x in the current streak: queued again on a failover.
@@ -483,6 +489,12 @@ class Mailer:
                                 if wait is None:
                                     break
                                 settle(db)  # nothing waits on the wire, unrecorded, meanwhile
+                                if self.max_wait is not None and wait.seconds > self.max_wait:
+                                    with self._switch:
+                                        if self.waiting is None or wait.until < self.waiting.until:
+                                            self.waiting = wait
+                                    self.stop.set()  # the claimed ones go back to the queue
+                                    return
                                 self._tell(wait)
                                 if self.clock.wait(self.stop, wait.seconds):
                                     return  # stopped: finish() gives the claimed ones back

@@ -349,6 +349,17 @@ def language_counts(conn: Connection | Session, dispatch_id: int) -> dict[str, i
     return {str(lang or ""): int(n) for lang, n in rows}
 
 
+def route_counts(conn: Connection | Session, dispatch_id: int) -> dict[str, int]:
+    """Return how many deliveries went through each route ("" is ``[smtp]``), those never sent left out."""
+    rows = conn.execute(
+        select(Delivery.route, func.count())
+        .where(Delivery.dispatch_id == dispatch_id, Delivery.route.is_not(None))
+        .group_by(Delivery.route)
+        .order_by(Delivery.route)
+    ).all()
+    return {str(route): int(n) for route, n in rows}
+
+
 def counts(conn: Connection | Session, dispatch_id: int) -> dict[DeliveryStatus, int]:
     """Return how many deliveries are in each state (every state listed, zero or not)."""
     rows = conn.execute(

@@ -189,24 +189,33 @@ def _progress_printer(total: int) -> Callable[[Tally], None]:
     return show
 
 
-#: How a run may end and the command still exit 0: nothing is left for this process to do.
-DONE = (Ending.FINISHED, Ending.OTHERS)
+#: How a run may end and the command still exit 0: nothing is left for this process to do now
+#: (a quota wait: the worker's next round goes on).
+DONE = (Ending.FINISHED, Ending.OTHERS, Ending.WAITING)
 
 
-def run_dispatch(state: State, dispatch_id: int, total: int, stop: threading.Event | None = None) -> Ending:
+def run_dispatch(
+    state: State,
+    dispatch_id: int,
+    total: int,
+    stop: threading.Event | None = None,
+    *,
+    max_wait: float | None = None,
+) -> dispatching.Result:
     """Send the dispatch with a progress line, print how it ended, and return that.
 
     Ctrl-C and SIGTERM stop it cleanly: caught here, or by the caller, which then sets ``stop``.
+    A quota wait longer than ``max_wait`` seconds ends it (the worker's rounds).
     """
     result = dispatching.run(
         state.engine(), state.settings, dispatch_id, state.signer(),
         on_progress=_progress_printer(total), on_notice=click.echo, handle_signals=stop is None, stop=stop,
-        clock=clock.SYSTEM,
+        clock=clock.SYSTEM, max_wait=max_wait,
     )  # fmt: skip
     if sys.stderr.isatty():
         click.echo("", err=True)
     _print_ending(result)
-    return result.ending
+    return result
 
 
 def _adds_up(summary: Summary) -> str:
@@ -250,6 +259,8 @@ def _print_ending(result: Result) -> None:
         click.secho(f"paused: {report.paused_reason}", fg="red", err=True)
     elif result.ending is Ending.OTHERS:
         click.echo("other processes are sending the last messages; `mailout status` follows them")
+    elif result.ending is Ending.WAITING:
+        click.echo(f"{result.waiting}; the worker's next round after that goes on")
     else:
         click.echo(f"paused at {report.done:,} of {report.total:,}; run the same command to resume")
 
@@ -499,7 +510,7 @@ def send_command(
         click.echo(f"{started.requeued:,} unknown deliveries queued again")
     if retry_policy:
         click.echo(f"{started.retried:,} deliveries refused by policy queued again")
-    if run_dispatch(state, started.dispatch_id, started.total) not in DONE:
+    if run_dispatch(state, started.dispatch_id, started.total).ending not in DONE:
         raise click.exceptions.Exit(NOT_FINISHED)
 
 
@@ -577,6 +588,21 @@ def _print_report(report: Report, zone: str) -> None:
         _history("signed", report.signing, report.done, lambda s: f"signed: {s}" if s else "not signed")
     )
     click.echo(_history("envelope sender", report.envelope_sender, report.done, "envelope sender: {}".format))
+    if report.route or report.routes or report.route_changes:
+        through = ", ".join(f"{n:,} through {name or '[smtp]'}" for name, n in report.routes.items())
+        click.echo(f"route: {report.route or '[smtp]'}" + (f" ({through})" if through else ""))
+        for line in report.route_changes:
+            click.echo(f"  {safe(line)}")
+    approval = report.approval
+    if approval is not None:
+        when = instants.show(approval.approved_at, zone)
+        if approval.changed:
+            click.echo(
+                f"approval: {safe(approval.approved_by)} approved on {when} another version"
+                f" (changed since: {', '.join(approval.changed)})"
+            )
+        else:
+            click.echo(f"approved by {safe(approval.approved_by)} on {when}")
     if report.paused_reason:
         click.echo(f"paused: {report.paused_reason}")
     click.echo(

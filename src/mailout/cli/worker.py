@@ -26,6 +26,10 @@ from .terminal import safe
 RETRY_TRANSPORT = 60.0
 #: Seconds between two purges of unconfirmed sign-ups with `--watch`.
 PURGE_EVERY = 3600.0
+#: A quota wait longer than this many seconds ends a dispatch's run within a round, so that a
+#: dispatch waiting hours for its route's quota holds up neither the other dispatches nor the
+#: start of a scheduled one (--watch looks at it again when a slot frees; --once's next round).
+ROUND_WAIT = 10.0
 
 
 class Stopper:
@@ -181,7 +185,9 @@ def _once(state: State, stopper: Stopper, dispatch_id: int | None) -> None:
             unfinished = True
             continue
         click.echo(f"dispatch {dispatch.id}: {dispatch.issue} to '{dispatch.list}'")
-        ending = run_dispatch(state, dispatch.id, dispatch.total, stopper.for_dispatch())
+        ending = run_dispatch(
+            state, dispatch.id, dispatch.total, stopper.for_dispatch(), max_wait=ROUND_WAIT
+        ).ending
         if ending is Ending.STOPPED or stopper.requested.is_set():
             raise click.exceptions.Exit(NOT_FINISHED)  # Ctrl-C or SIGTERM: stop here, not the next one
         unfinished |= ending not in DONE
@@ -225,11 +231,16 @@ def _send_round(state: State, stopper: Stopper, dispatch_id: int | None, watch: 
                 return
             watch.transport_checked = True
         click.echo(f"dispatch {dispatch.id}: {dispatch.issue} to '{dispatch.list}'")
-        ending = run_dispatch(state, dispatch.id, dispatch.total, stopper.for_dispatch())
-        if ending is Ending.OTHERS:
+        result = run_dispatch(state, dispatch.id, dispatch.total, stopper.for_dispatch(), max_wait=ROUND_WAIT)
+        if result.ending is Ending.OTHERS:
             # Its last messages are on other processes' wires: look again once one of them
             # could be taken for dead, not at every round.
             watch.later[dispatch.id] = time.monotonic() + settings.sending.worker_timeout
+        elif result.ending is Ending.WAITING and result.resumes_at is not None:
+            # Its route's quota is used up: the other dispatches go on meanwhile, and the due
+            # ones start; this one is looked at again when a slot frees.
+            left = (result.resumes_at - clock.SYSTEM.now()).total_seconds()
+            watch.later[dispatch.id] = time.monotonic() + max(0.0, left)
 
 
 def _watch(state: State, stopper: Stopper, dispatch_id: int | None, interval: float) -> None:
