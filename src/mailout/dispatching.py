@@ -50,7 +50,7 @@ from .models import FINAL, DeliveryStatus, Dispatch, MailingList
 from .render import Variant, render_language, template_environment
 from .segments import Segment
 from .tokens import Signer, check_real_key
-from .transports import Transport, enhanced_status, make_transport
+from .transports import Transport, TransportUnavailable, enhanced_status, make_transport
 
 #: How many dispatches ``overview`` shows.
 RECENT = 20
@@ -495,7 +495,7 @@ def start(engine: Engine, settings: Settings, plan: Plan, *, now: dt.datetime | 
     """
     # Connect and log in (or write a test file) first: a wrong password or a missing
     # STARTTLS is one line, before any dispatch is written or any delivery claimed.
-    make_transport(settings, plan.route).check()
+    _check_route(settings, plan.route)
     try:
         started = _start(engine, settings, plan)
     except IntegrityError as exc:
@@ -514,6 +514,19 @@ def start(engine: Engine, settings: Settings, plan: Plan, *, now: dt.datetime | 
     except NotApproved as refused:
         return replace(started, started=False, waiting=str(refused))
     return replace(started, started=begun is not Begun.WAITING)
+
+
+def _check_route(settings: Settings, name: str) -> None:
+    """Connect and log in to the route's server; to its failover's when it cannot, as the send loop would."""
+    try:
+        make_transport(settings, name).check()
+    except TransportUnavailable:
+        failover = settings.route(name).failover if name else ""
+        if not failover:
+            raise
+        # The send loop moves the rest to the failover route after a few connection
+        # failures: the send can go ahead if that one answers.
+        make_transport(settings, failover).check()
 
 
 def _start(engine: Engine, settings: Settings, plan: Plan) -> Started:
