@@ -574,8 +574,8 @@ def _print_timeline(report: Report, zone: str) -> None:
 
 def _print_report(report: Report, zone: str) -> None:
     click.echo(f"dispatch {report.id}: {report.issue} to '{report.list}' ({report.state})")
-    _print_timeline(report, zone)
     click.echo(f"subject: {report.subject}")
+    _print_timeline(report, zone)
     for status, n in report.counts.items():
         click.echo(f"  {status:<9}{n:>9,}")
     click.echo(f"  {'total':<9}{report.total:>9,}")
