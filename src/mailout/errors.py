@@ -27,7 +27,6 @@ names every subclass, where it lives and what it derives from::
     ├── NotStarted [dispatching]         a dispatch not started (or cancelled) cannot send
     ├── CannotCancel [dispatching]       only a dispatch not started can be cancelled, once
     ├── BadInstant [instants]            a time to send at that is unreadable, past, skipped or repeated
-    ├── NotApproved [approvals]          approval required, and none matches what the dispatch would send
     ├── AnotherSender [mailer]           another process is sending this dispatch, and only one may
     ├── NotApproved [approvals]          the dispatch needs an approval (sending.require_approval) that
     │                                    matches its frozen variants, by someone other than its writer
