@@ -143,3 +143,30 @@ def test_a_scheduled_approved_dispatch_goes_out_at_its_instant_through_two_route
     assert "approved by Ana Costa" in out and "12 through relay-a" in out, out
     code, out = run("status", "2")
     assert "9 through relay-b" in out, out
+
+
+def test_a_workspace_that_sends_through_routes_only_gets_the_checks_for_real_mail(
+    sending_workspace: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No [smtp] host, one route: the published demo key is refused, and a test goes through the route."""
+    from mailout.tokens import PUBLIC_KEYS
+
+    edit_config(
+        sending_workspace,
+        ('[smtp]\nhost = "127.0.0.1"\n', "[smtp]\n"),
+        ("[sending]\n", '[sending]\nroute = "relay-a"\n'),
+    )
+    with (sending_workspace / "mailout.toml").open("a", encoding="utf-8") as config:
+        config.write(routes(smtp_server.port, smtp_server.port))
+    add_subscribers(sending_workspace, people(3), "members")
+    monkeypatch.setenv("MAILOUT_SECRET_KEY", next(iter(PUBLIC_KEYS)))
+    code, out = run("send", "2019-01", "--list", "members", "--yes")
+    assert code == 1 and "published in mailout's own files" in out, out
+    assert smtp_server.messages == [] and not (sending_workspace / "outbox").exists()
+    code, out = run("test", "2019-01", "--to", "me@example.org")
+    assert code == 1 and "published in mailout's own files" in out, out
+    monkeypatch.setenv("MAILOUT_SECRET_KEY", "k" * 40)
+    code, out = run("test", "2019-01", "--to", "me@example.org")
+    assert code == 0, out
+    assert {r for m in smtp_server.messages for r in m.rcpt_tos} == {"me@example.org"}
+    assert len(smtp_server.messages) == 4, "each segment × language through relay-a, none to the outbox"

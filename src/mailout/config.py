@@ -376,6 +376,16 @@ class Settings:
     #: Where each setting given came from ("mailout.toml:12: dkim.key_file"), for error messages.
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
+    @property
+    def sends_mail(self) -> bool:
+        """Whether messages go to a real SMTP server (``[smtp]`` or a route), not the local outbox.
+
+        Every check meant for mail to real people (the secret key, https links, the
+        doctor's checks before a send) asks this, never ``smtp.host`` alone: a workspace
+        may send through its routes only.
+        """
+        return bool(self.smtp.host or self.routes)
+
     def where(self, dotted: str) -> str:
         """Return where the setting ``dotted`` came from, for an error message about its value."""
         return self.sources.get(dotted, f"{dotted} (built-in default)")

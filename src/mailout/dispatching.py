@@ -305,11 +305,11 @@ def plan(
     list_settings = settings.mailing_list(list_name)
     chosen = route if route is not None else (list_settings.route or settings.sending.route)
     warnings = []
-    if settings.smtp.host:  # mail to real people: the links must be safe to sign
+    if settings.sends_mail:  # mail to real people: the links must be safe to sign
         warnings += check_real_key(settings.secret_key)
     warnings += check_dkim(settings, load_signer(settings))  # a key that cannot be read stops here
     base = Links(settings).base
-    if settings.smtp.host and not base.startswith("https://"):
+    if settings.sends_mail and not base.startswith("https://"):
         warnings.append(
             f"newsletter.public_base_url is {base}: the unsubscribe"
             " and view-in-browser links should be https for real readers"
@@ -612,7 +612,7 @@ def run(
     worker``). A quota wait longer than ``max_wait`` seconds ends the run with
     ``Ending.WAITING`` (None: the run waits, as `send` does).
     """
-    if settings.smtp.host:
+    if settings.sends_mail:
         check_real_key(settings.secret_key)  # also for `mailout worker`; `plan` has warned already
     with transaction(reader(engine)) as session:
         found = outbox.dispatch_with_list(session, dispatch_id)

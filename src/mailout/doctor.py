@@ -74,7 +74,7 @@ class _Doctor:
         self.settings = settings
         doctor = settings.doctor
         self.lookup = lookup or Lookup(doctor.nameservers, doctor.timeout)
-        self.real = bool(settings.smtp.host)
+        self.real = settings.sends_mail
         #: What sending for real requires: an error with smtp.host, a warning for the outbox.
         self.severe = Status.ERROR if self.real else Status.WARNING
         #: The envelope sender's domain, where receivers read SPF (the address from the one function
@@ -331,8 +331,13 @@ class _Doctor:
 
     def _smtp(self) -> None:
         later = ("smtp-tls", "smtp-login")
-        if not self.real:
-            self.skip(("smtp-connect", *later), "no smtp.host: messages go to the local outbox")
+        if not self.settings.smtp.host:
+            why = (
+                "no smtp.host: the routes ([smtp.routes.NAME]) are not tried here; `send` logs in to its route first"
+                if self.real
+                else "no smtp.host: messages go to the local outbox"
+            )
+            self.skip(("smtp-connect", *later), why)
             return
         if not self.wanted("smtp-connect"):
             self.skip(later, "needs smtp-connect")

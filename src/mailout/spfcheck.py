@@ -169,7 +169,12 @@ class SpfChecks:
         check = "spf-authorizes-relay"
         host = self.settings.smtp.host
         if not host:
-            self.add(check, Status.SKIPPED, "no smtp.host: the local outbox sends nothing")
+            why = (
+                "no smtp.host: the routes' servers are not checked against SPF here"
+                if self.settings.routes
+                else "no smtp.host: the local outbox sends nothing"
+            )
+            self.add(check, Status.SKIPPED, why)
             return
         try:
             addresses = self._relay_addresses(host)

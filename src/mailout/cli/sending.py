@@ -47,7 +47,7 @@ SKIP_CHECKS = click.option(
 def _check_before_sending(state: State, *, refuse: bool) -> None:
     """Run ``mailout doctor``'s checks before mail goes to a real server; refuse or warn on an error."""
     settings = state.settings
-    if not settings.smtp.host or not settings.doctor.before_send:
+    if not settings.sends_mail or not settings.doctor.before_send:
         return
     from ..doctor import preflight  # DNS code, loaded only when the checks run
 
@@ -62,7 +62,7 @@ def _check_before_sending(state: State, *, refuse: bool) -> None:
     print_findings(errors, err=True)
     count = f"{len(errors)} error{'s' if len(errors) != 1 else ''}"
     raise MailoutError(
-        f"{count} before sending to {settings.smtp.host}: fix {'them' if len(errors) != 1 else 'it'}"
+        f"{count} before sending to {settings.smtp.host or 'the routes'}: fix {'them' if len(errors) != 1 else 'it'}"
         " (`mailout doctor` shows every check), switch a check off in doctor.skip where you know"
         " better, or send anyway with --skip-checks"
     )
@@ -119,13 +119,14 @@ def test_command(
             click.echo(f"{issue.slug} is not written in {tag}: a reader of {tag} gets {chosen[0]}")
     if not skip_checks:
         _check_before_sending(state, refuse=False)
-    if settings.smtp.host:  # to real mailboxes: refuse a public key as `send` does
+    if settings.sends_mail:  # to real mailboxes: refuse a public key as `send` does
         for warning in check_real_key(settings.secret_key):
             click.secho(f"warning: {warning}", fg="yellow", err=True)
     dkim = load_signer(settings)
     for warning in check_dkim(settings, dkim):
         click.secho(f"warning: {warning}", fg="yellow", err=True)
-    transport = make_transport(settings)
+    # Through the route sends go through by default (sending.route), else [smtp] or the outbox.
+    transport = make_transport(settings, settings.sending.route)
     urls = Links(settings).test_message(issue.slug)
     sender = envelope_sender(settings)
     env = template_environment(settings)
