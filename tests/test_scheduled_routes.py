@@ -170,3 +170,25 @@ def test_a_workspace_that_sends_through_routes_only_gets_the_checks_for_real_mai
     assert code == 0, out
     assert {r for m in smtp_server.messages for r in m.rcpt_tos} == {"me@example.org"}
     assert len(smtp_server.messages) == 4, "each segment × language through relay-a, none to the outbox"
+
+
+def test_status_says_approved_only_for_an_approval_that_lets_the_dispatch_start(
+    sending_workspace: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's own approval, given before she wrote the dispatch, is not an approval (review)."""
+    edit_config(sending_workspace, ("[sending]\n", "[sending]\nrequire_approval = true\n"))
+    add_subscribers(sending_workspace, people(2), "members")
+    monkeypatch.setattr(clock, "SYSTEM", FakeClock(dt.datetime(2019, 2, 8, 16, 0, tzinfo=dt.UTC)))
+    code, out = run("approve", "2019-01", "--list", "members", "--by", "zoe")
+    assert code == 0, out
+    code, out = run(
+        "send", "2019-01", "--list", "members", "--at", "2019-02-12 09:00", "--by", WRITER, "--yes"
+    )
+    assert code == 0, out
+    code, out = run("status", "1")
+    assert "approved by zoe" not in out
+    assert "not approved: dispatch 1 of 2019-01 to 'members' is approved by its own writer (zoe) only" in out
+    code, out = run("approve", "2019-01", "--list", "members", "--by", APPROVER)
+    assert code == 0, out
+    code, out = run("status", "1")
+    assert f"approved by {APPROVER} on " in out and "not approved" not in out, out

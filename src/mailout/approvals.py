@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -159,17 +160,34 @@ def _address(person: str) -> str | None:
 
 
 def same_person(one: str, other: str) -> bool:
-    """Return whether two names of people are one person: by address when both have one, else by name.
+    """Return whether two names of people may be one person; when in doubt, they are.
 
-    Case does not count, nor runs of spaces. "" (a dispatch written before mailout
-    recorded its writer) is nobody's name: it is never the same as anyone.
+    One person signs in several ways: "Zoë Dupont <zoe@x>" from git on a laptop, "zoe"
+    (the login) on the server without git, "Zoë" typed in ``--by``. So two names are the
+    same person when their addresses match, or their names do (the part before the
+    address), or one's login is the other's address before the "@". Case, Unicode
+    composition and runs of spaces do not count. "" (a dispatch written before mailout
+    recorded its writer) is nobody's name: it is never the same as anyone. For the
+    approval's second pair of eyes, taking two people for one only asks for a third.
     """
-    if not one.strip() or not other.strip():
-        return False
-    mine, theirs = _address(one), _address(other)
-    if mine and theirs:
-        return mine == theirs
-    return " ".join(one.split()).casefold() == " ".join(other.split()).casefold()
+    mine, theirs = _identities(one), _identities(other)
+    return bool(mine and theirs and mine & theirs)
+
+
+def _identities(person: str) -> set[str]:
+    """Return the ways ``person`` may be named: "@address", "~name", "~local part of the address"."""
+
+    def norm(text: str) -> str:
+        return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
+
+    found: set[str] = set()
+    address = _address(person)
+    if address:
+        found |= {"@" + norm(address), "~" + norm(address.split("@")[0])}
+    name = norm(short_name(person)) if person.strip() else ""
+    if name and "@" not in name:
+        found.add("~" + name)
+    return found
 
 
 def short_name(person: str) -> str:
@@ -321,11 +339,37 @@ def require(session: Session, settings: Settings, dispatch: Dispatch) -> None:
     """
     if not settings.sending.require_approval:
         return
+    _check(session, dispatch)
+
+
+def verdict(session: Session, dispatch: Dispatch) -> str:
+    """Say what ``require`` would decide of the dispatch, for ``status``; "" when nobody approved the issue for its list.
+
+    "approved by Ana on 2019-02-08 16:02 UTC" only when that approval is one ``require``
+    accepts (by someone other than the writer, of exactly the frozen variants, for this
+    dispatch or its generation); else why not, as ``require`` says it.
+    """
+    if not _candidates(session, dispatch) and not session.scalar(
+        select(func.count())
+        .select_from(Approval)
+        .where(Approval.issue == dispatch.issue, Approval.list_id == dispatch.list_id)
+    ):
+        return ""
+    try:
+        approval = _check(session, dispatch)
+    except NotApproved as refused:
+        return f"not approved: {refused}"
+    return f"approved by {approval.approved_by} on {when(approval.approved_at)}"
+
+
+def _check(session: Session, dispatch: Dispatch) -> Approval:
+    """Return the approval that lets the dispatch start, or raise ``NotApproved`` saying why none does."""
     frozen = digest(outbox.frozen_variants(session, dispatch))
     candidates = _candidates(session, dispatch)
     matching = [a for a in candidates if _stored(a) == frozen]
-    if any(not same_person(a.approved_by, dispatch.created_by) for a in matching):
-        return
+    for approval in matching:
+        if not same_person(approval.approved_by, dispatch.created_by):
+            return approval
     list_name = session.scalar(select(MailingList.name).where(MailingList.id == dispatch.list_id))
     what = f"dispatch {dispatch.id} of {dispatch.issue} to '{list_name}'"
     again = f"`mailout approve {dispatch.issue} --list {list_name}` by someone other than its writer"

@@ -253,8 +253,9 @@ class Report(Summary):
     #: failover, one line each ("2019-02-12 09:14 UTC: route m365 -> ses after ...").
     routes: dict[str, int] = field(default_factory=dict)
     route_changes: tuple[str, ...] = ()
-    #: The newest approval of the issue for the list, compared with the frozen variants.
-    approval: approvals.ApprovalState | None = None
+    #: What ``sending.require_approval`` would decide of it: "approved by ..." only for an
+    #: approval that lets it start, else why not; "" when nobody approved the issue for the list.
+    approval: str = ""
 
 
 @dataclass(frozen=True)
@@ -855,9 +856,7 @@ def report(engine: Engine, dispatch_id: int) -> Report:
         bounced, complained = bounces.dispatch_counts(session, dispatch_id)
         dispatch, _ = found
         routes = outbox.route_counts(session, dispatch_id)
-        approval = approvals.state(
-            session, dispatch.issue, dispatch.list_id, outbox.frozen_variants(session, dispatch)
-        )
+        approval = approvals.verdict(session, dispatch)
     return Report(
         **vars(summary), failures=failures, unknown=unknown, refused=refused,
         signing=ran.signing, envelope_sender=ran.envelope_sender, bounced=bounced, complained=complained,

@@ -493,7 +493,7 @@ def send_command(
         return
     if not started.started:
         click.secho(
-            f"dispatch {started.dispatch_id} waits for approval: {started.waiting or 'not approved'}",
+            f"dispatch {started.dispatch_id} waits for approval: {safe(started.waiting or 'not approved')}",
             fg="yellow",
             err=True,
         )
@@ -594,16 +594,8 @@ def _print_report(report: Report, zone: str) -> None:
         click.echo(f"route: {report.route or '[smtp]'}" + (f" ({through})" if through else ""))
         for line in report.route_changes:
             click.echo(f"  {safe(line)}")
-    approval = report.approval
-    if approval is not None:
-        when = instants.show(approval.approved_at, zone)
-        if approval.changed:
-            click.echo(
-                f"approval: {safe(approval.approved_by)} approved on {when} another version"
-                f" (changed since: {', '.join(approval.changed)})"
-            )
-        else:
-            click.echo(f"approved by {safe(approval.approved_by)} on {when}")
+    if report.approval:
+        click.echo(safe(report.approval))
     if report.paused_reason:
         click.echo(f"paused: {report.paused_reason}")
     click.echo(
