@@ -121,7 +121,10 @@ def test_old_buckets_are_purged(engine: Engine) -> None:
     with engine.connect() as conn:
         buckets = conn.execute(select(RouteUsage.bucket).where(RouteUsage.unit == "minute")).scalars().all()
     now = quota.bucket(T0 + dt.timedelta(seconds=299), 60)
-    assert min(buckets) >= now - quota.PARTS - 1 and len(buckets) <= quota.PARTS + 2
+    # Kept a whole window more than the sums read (a machine whose clock is behind still
+    # counts them), and no older.
+    assert min(buckets) >= now - 2 * quota.PARTS - 1 and len(buckets) <= 2 * quota.PARTS + 2
+    assert min(buckets) < now - quota.PARTS, "the purge keeps the margin"
 
 
 HAMMER = """
@@ -166,11 +169,12 @@ def test_two_processes_sharing_a_route_never_exceed_its_quota_together(
         proc.stdin.flush()
     got = []
     for proc in procs:
-        out, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 0
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
         got.append(int(out))
-    # 120 asked within 0.12 s: exactly the minute's 40 taken, shared between the two.
-    assert sum(got) == 40 and all(got), got
+    # 120 asked within 0.12 s: exactly the minute's 40 taken between the two (on a busy
+    # machine one may take them all before the other starts: never more than 40 together).
+    assert sum(got) == 40, got
     engine = make_engine(database_url)
     assert quota.usage(engine, Route("shared", per_minute=40, per_day=70), T0) == {
         "minute": (40, 40),

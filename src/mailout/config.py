@@ -490,7 +490,9 @@ NUMBER_RANGES: dict[str, Range] = {
     # The heartbeat beats every third of it (every 0.5 s at least): under 2 s, a live
     # process could be taken for dead between two beats.
     "sending.worker_timeout": Range(2, 86_400, unit="seconds"),
-    "sending.max_lateness": Range(0, 30 * 86_400, unit="seconds"),
+    # At least a minute: the worker's rounds come a minute apart at best (a timer, cron), and
+    # a smaller value would find every dispatch missed before a round could start it.
+    "sending.max_lateness": Range(60, 30 * 86_400, unit="seconds"),
     "preview.html_warn_bytes": Range(0, unit="bytes"),
     "web.port": Range(1, 65535),
     "dkim.expire_after": Range(0, 366 * 86_400, unit="seconds"),

@@ -496,7 +496,7 @@ def start(engine: Engine, settings: Settings, plan: Plan, *, now: dt.datetime | 
     """
     # Connect and log in (or write a test file) first: a wrong password or a missing
     # STARTTLS is one line, before any dispatch is written or any delivery claimed.
-    _check_route(settings, plan.route)
+    check_route(settings, plan.route)
     try:
         started = _start(engine, settings, plan)
     except IntegrityError as exc:
@@ -517,7 +517,7 @@ def start(engine: Engine, settings: Settings, plan: Plan, *, now: dt.datetime | 
     return replace(started, started=begun is not Begun.WAITING)
 
 
-def _check_route(settings: Settings, name: str) -> None:
+def check_route(settings: Settings, name: str) -> None:
     """Connect and log in to the route's server; to its failover's when it cannot, as the send loop would."""
     try:
         make_transport(settings, name).check()

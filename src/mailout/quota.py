@@ -93,7 +93,7 @@ def _statements(units: tuple[str, ...]) -> tuple[TextClause, TextClause, TextCla
     statements whatever the number of limits. The units are our own names (``UNITS``).
     """
     within = " OR ".join(f"(unit = '{unit}' AND bucket >= :oldest_{unit})" for unit in units)
-    before = " OR ".join(f"(unit = '{unit}' AND bucket < :oldest_{unit})" for unit in units)
+    before = " OR ".join(f"(unit = '{unit}' AND bucket < :purge_{unit})" for unit in units)
     rows = ", ".join(f"(:route, '{unit}', :bucket_{unit}, 1)" for unit in units)
     return (
         text(f"SELECT unit, SUM(used) FROM route_usage WHERE route = :route AND ({within}) GROUP BY unit"),  # noqa: S608
@@ -138,6 +138,9 @@ def take(db: Engine | Connection, route: Route, now: dt.datetime) -> Wait | None
     for unit in units:
         params[f"oldest_{unit}"] = current[unit] - PARTS
         params[f"bucket_{unit}"] = current[unit]
+        # A whole window more than the sums read: a sending process on a machine whose clock
+        # is ahead must not delete rows still inside the window of one whose clock is behind.
+        params[f"purge_{unit}"] = current[unit] - 2 * PARTS
     used: dict[str, int] = {unit: int(n or 0) for unit, n in db.execute(summing, params)}
     waits = [
         _wait(db, route, now, unit, length, limit, words, used[unit])

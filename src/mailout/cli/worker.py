@@ -15,7 +15,6 @@ from ..db import DatabaseUnavailable
 from ..dispatching import SENDING, Ending, Summary
 from ..errors import MailoutError
 from ..mailsource import open_source
-from ..transports import make_transport
 from .bounces import print_results, print_skipped
 from .sending import DONE, NOT_FINISHED, run_dispatch
 from .state import State, pass_state
@@ -77,8 +76,10 @@ class _Watch:
     #: Pauses and refused approvals already reported: (dispatch id, reason).
     warned: set[tuple[int, str]] = field(default_factory=set)
     #: Monotonic time before which the SMTP server is not tried again.
-    transport_after: float = 0.0
-    transport_checked: bool = False
+    #: Per route ("" is ``[smtp]``): when its server may be tried again after a failed check.
+    route_after: dict[str, float] = field(default_factory=dict)
+    #: The routes whose server answered a check (once per route and run).
+    routes_checked: set[str] = field(default_factory=set)
 
 
 def _warn_paused(dispatch: Summary) -> None:
@@ -178,7 +179,8 @@ def _once(state: State, stopper: Stopper, dispatch_id: int | None) -> None:
     if not dispatches:
         click.echo("nothing to send")
     else:
-        make_transport(state.settings).check()  # a broken setting claims nothing
+        for route in sorted({dispatch.route for dispatch in dispatches}):
+            dispatching.check_route(state.settings, route)  # a broken setting claims nothing
     for dispatch in dispatches:
         if dispatch.paused_reason:
             _warn_paused(dispatch)
@@ -218,18 +220,18 @@ def _send_round(state: State, stopper: Stopper, dispatch_id: int | None, watch: 
                 watch.warned.add((dispatch.id, dispatch.paused_reason))
                 _warn_paused(dispatch)
             continue
-        if watch.later.get(dispatch.id, 0.0) > now or watch.transport_after > now:
+        if watch.later.get(dispatch.id, 0.0) > now or watch.route_after.get(dispatch.route, 0.0) > now:
             continue
-        if not watch.transport_checked:
+        if dispatch.route not in watch.routes_checked:
             try:
-                make_transport(settings).check()
+                dispatching.check_route(settings, dispatch.route)
             except MailoutError as error:  # the server down for a while: try again later
                 click.secho(
                     f"error: {safe(error)}; trying again in {RETRY_TRANSPORT:g} s", fg="red", err=True
                 )
-                watch.transport_after = now + RETRY_TRANSPORT
-                return
-            watch.transport_checked = True
+                watch.route_after[dispatch.route] = now + RETRY_TRANSPORT
+                continue  # the dispatches of other routes go on
+            watch.routes_checked.add(dispatch.route)
         click.echo(f"dispatch {dispatch.id}: {dispatch.issue} to '{dispatch.list}'")
         result = run_dispatch(state, dispatch.id, dispatch.total, stopper.for_dispatch(), max_wait=ROUND_WAIT)
         if result.ending is Ending.OTHERS:
