@@ -143,6 +143,10 @@ def test_a_frozen_variant_hashes_as_it_was_rendered(sending_workspace: Path, eng
         ("Zo\u00eb", "Zoe\u0308", True),
         ("Alice <alice@x.org>", "Bob <bob@x.org>", False),
         ("Alice", "alice2", False),
+        # Second look: role addresses of two organisations; text with an "@" but no address.
+        ("Info <info@org.pt>", "Comms <info@partner.org>", False),
+        ("newsletter@org.pt", "Bob <newsletter@other.org>", False),
+        ("Zoë (zoe@efus.example)", "Zoë (zoe@efus.example)", True),
         ("", "", False),
         (ZOE, "", False),
     ],

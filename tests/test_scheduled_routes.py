@@ -192,3 +192,35 @@ def test_status_says_approved_only_for_an_approval_that_lets_the_dispatch_start(
     assert code == 0, out
     code, out = run("status", "1")
     assert f"approved by {APPROVER} on " in out and "not approved" not in out, out
+
+
+def test_a_route_that_cannot_send_holds_up_only_its_own_dispatches_in_a_worker_round(
+    sending_workspace: Path, smtp_server: SMTPServer
+) -> None:
+    """Second look: the worker checked [smtp] alone, then one route's error stopped every dispatch."""
+    from tests.smtpserver import free_port
+
+    edit_config(
+        sending_workspace, ('description = "Public"\n', 'description = "Public"\nroute = "relay-b"\n')
+    )
+    with (sending_workspace / "mailout.toml").open("a", encoding="utf-8") as config:
+        config.write(routes(smtp_server.port, smtp_server.port))
+    add_subscribers(sending_workspace, people(3, "m"), "members")
+    add_subscribers(sending_workspace, people(2, "q"), "public")
+    assert run("send", "2019-01", "--list", "public", "--at", "2099-01-01 09:00", "--yes")[0] == 0
+    assert run("send", "2019-01", "--list", "members", "--at", "2099-01-01 09:00", "--yes")[0] == 0
+    # By Tuesday, relay-b's server is gone.
+    relay_b = f'[smtp.routes.relay-b]\nhost = "127.0.0.1"\nport = {smtp_server.port}\n'
+    edit_config(sending_workspace, (relay_b, relay_b.replace(str(smtp_server.port), str(free_port()))))
+    fake = FakeClock(dt.datetime(2099, 1, 1, 9, 0, tzinfo=dt.UTC))
+    import mailout.clock
+
+    old, mailout.clock.SYSTEM = mailout.clock.SYSTEM, fake
+    try:
+        code, out = run("worker", "--once")
+    finally:
+        mailout.clock.SYSTEM = old
+    assert code == 1, out
+    assert "relay-b" in out and "cannot connect" in out
+    assert "dispatch 1: 2019-01 to 'public' not sent: its route (relay-b) cannot send now" in out
+    assert {r for m in smtp_server.messages for r in m.rcpt_tos} == {f"m{i}@example.org" for i in range(3)}

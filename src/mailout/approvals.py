@@ -163,31 +163,51 @@ def same_person(one: str, other: str) -> bool:
     """Return whether two names of people may be one person; when in doubt, they are.
 
     One person signs in several ways: "Zoë Dupont <zoe@x>" from git on a laptop, "zoe"
-    (the login) on the server without git, "Zoë" typed in ``--by``. So two names are the
-    same person when their addresses match, or their names do (the part before the
-    address), or one's login is the other's address before the "@". Case, Unicode
-    composition and runs of spaces do not count. "" (a dispatch written before mailout
-    recorded its writer) is nobody's name: it is never the same as anyone. For the
-    approval's second pair of eyes, taking two people for one only asks for a third.
+    (the login) on the server without git, "Zoë Dupont" typed in ``--by``. So two names
+    are the same person when their addresses match, or their names do (the part before
+    the address, or the whole text), or one is a bare login that is the other's address
+    before the "@" (two addresses are never compared that way: info@ of two
+    organisations are two people). Case, Unicode composition and runs of spaces do not
+    count. "" (a dispatch written before mailout recorded its writer) is nobody's name:
+    it is never the same as anyone. For the approval's second pair of eyes, taking two
+    people for one only asks for a third.
     """
-    mine, theirs = _identities(one), _identities(other)
-    return bool(mine and theirs and mine & theirs)
+    mine, theirs = _Identity.of(one), _Identity.of(other)
+    if mine is None or theirs is None:
+        return False
+    return bool(
+        (mine.address and mine.address == theirs.address)
+        or (mine.names & theirs.names)
+        or (mine.login and mine.login == theirs.local)
+        or (theirs.login and theirs.login == mine.local)
+    )
 
 
-def _identities(person: str) -> set[str]:
-    """Return the ways ``person`` may be named: "@address", "~name", "~local part of the address"."""
+@dataclass(frozen=True)
+class _Identity:
+    """The ways one name of a person can be compared (each normalized)."""
 
-    def norm(text: str) -> str:
-        return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
+    address: str
+    local: str
+    names: frozenset[str]
+    login: str
 
-    found: set[str] = set()
-    address = _address(person)
-    if address:
-        found |= {"@" + norm(address), "~" + norm(address.split("@")[0])}
-    name = norm(short_name(person)) if person.strip() else ""
-    if name and "@" not in name:
-        found.add("~" + name)
-    return found
+    @classmethod
+    def of(cls, person: str) -> _Identity | None:
+        def norm(text: str) -> str:
+            return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
+
+        whole = norm(person)
+        if not whole:
+            return None
+        address = _address(person) or ""
+        address = norm(address)
+        name = norm(short_name(person))
+        names = {name} if name and name != address else set()
+        if not address:
+            names.add(whole)  # whatever it is ("Zoë (zoe@x)"), the same text is the same person
+        login = whole if not address and " " not in whole and "@" not in whole else ""
+        return cls(address, address.split("@")[0] if address else "", frozenset(names), login)
 
 
 def short_name(person: str) -> str:

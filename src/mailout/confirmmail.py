@@ -174,7 +174,8 @@ def build(
 def send_confirmation(settings: Settings, signer: Signer, c: signup.Confirmation) -> str:
     """Send the confirmation message now; return the transport's reply, or raise ``MailoutError``."""
     _, data = build(settings, signer, c)
-    connection = make_transport(settings).connect()
+    # Through the route sends go through by default: a workspace may have routes and no [smtp].
+    connection = make_transport(settings, settings.sending.route).connect()
     try:
         return str(connection.send(envelope_sender(settings), c.address, data))
     finally:

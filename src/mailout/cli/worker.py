@@ -178,10 +178,24 @@ def _once(state: State, stopper: Stopper, dispatch_id: int | None) -> None:
     unfinished = False
     if not dispatches:
         click.echo("nothing to send")
-    else:
-        for route in sorted({dispatch.route for dispatch in dispatches}):
-            dispatching.check_route(state.settings, route)  # a broken setting claims nothing
+    # Each route's server once, before anything is claimed: a route that cannot send (down, a
+    # wrong password, renamed in the settings) holds up its own dispatches only.
+    broken: set[str] = set()
+    for route in sorted({dispatch.route for dispatch in dispatches}):
+        try:
+            dispatching.check_route(state.settings, route)
+        except MailoutError as error:
+            click.secho(f"error: {safe(error)}", fg="red", err=True)
+            broken.add(route)
     for dispatch in dispatches:
+        if dispatch.route in broken:
+            click.secho(
+                f"dispatch {dispatch.id}: {dispatch.issue} to '{dispatch.list}' not sent: its route"
+                f" ({dispatch.route or '[smtp]'}) cannot send now; the next round tries again",
+                fg="yellow",
+                err=True,
+            )
+            continue
         if dispatch.paused_reason:
             _warn_paused(dispatch)
             unfinished = True
@@ -199,6 +213,8 @@ def _once(state: State, stopper: Stopper, dispatch_id: int | None) -> None:
             raise click.exceptions.Exit(NOT_FINISHED)
         if not read:
             raise click.exceptions.Exit(1)
+    if broken:
+        raise click.exceptions.Exit(1)
     if unfinished:
         raise click.exceptions.Exit(NOT_FINISHED)
 
@@ -314,7 +330,9 @@ def worker_command(state: State, dispatch_id: int | None, watch: bool, once: boo
     `*/10 * * * * mailout worker` does both. Exits 0 when the dispatches are
     finished, by this process or by others; 3 when one was left paused, or on
     Ctrl-C or SIGTERM (run it again to resume); 1 when the mailbox could not
-    be read (the dispatches were sent first).
+    be read, or a route's server could not be used (the other dispatches were
+    sent first). A dispatch waiting for its route's quota counts as done for
+    the round: the next round goes on with it.
 
     With --watch it keeps running: it sends each unfinished dispatch as it
     appears and reads the mailbox at start, then every bounces.poll_minutes.
