@@ -38,3 +38,13 @@ class FakeClock:
         """Move the time forward, as a wait would, without being a wait."""
         with self._lock:
             self._now += dt.timedelta(seconds=seconds)
+
+    @property
+    def current(self) -> dt.datetime:
+        """The time now; a test sets it to jump to an instant."""
+        return self.now()
+
+    @current.setter
+    def current(self, moment: dt.datetime) -> None:
+        with self._lock:
+            self._now = moment.astimezone(dt.UTC)

@@ -34,6 +34,7 @@ from mailout.issues import Issue
 from mailout.models import Delivery, DeliveryStatus, Dispatch
 from mailout.tokens import Signer
 from tests.conftest import edit_config
+from tests.fakeclock import FakeClock
 from tests.smtpserver import SMTPServer
 from tests.test_dispatching import setup
 from tests.test_migrations import fill, rows
@@ -45,20 +46,6 @@ UTC = dt.UTC
 
 def utc(*parts: int) -> dt.datetime:
     return dt.datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
-
-
-class FixedClock:
-    """A clock that shows what the test sets, and moves only when someone waits on it."""
-
-    def __init__(self, now: dt.datetime) -> None:
-        self.current = now
-
-    def now(self) -> dt.datetime:
-        return self.current
-
-    def wait(self, stop: threading.Event, seconds: float) -> bool:
-        self.current += dt.timedelta(seconds=max(0.0, seconds))
-        return stop.is_set()
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -375,7 +362,7 @@ def test_send_at_schedule_list_status_and_worker_once_on_the_teams_clock(
 ) -> None:
     edit_config(sending_workspace, ("[sending]\n", '[sending]\ntimezone = "Europe/Brussels"\n'))
     add_subscribers(sending_workspace, people(3))
-    now = FixedClock(utc(2019, 2, 8, 16))
+    now = FakeClock(utc(2019, 2, 8, 16))
     monkeypatch.setattr(clock, "SYSTEM", now)
     code, out = run("send", "2019-01", "--list", "members", "--at", "2019-03-31 02:30", "--yes")
     assert code == 1 and "2019-03-31 02:30 does not exist in Europe/Brussels" in out
@@ -415,7 +402,7 @@ def test_the_worker_says_a_missed_dispatch_once_and_send_now_sends_it(
     sending_workspace: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     add_subscribers(sending_workspace, people(2))
-    now = FixedClock(utc(2019, 2, 8, 16))
+    now = FakeClock(utc(2019, 2, 8, 16))
     monkeypatch.setattr(clock, "SYSTEM", now)
     assert run("send", "2019-01", "--list", "members", "--at", "2019-02-12 09:00", "--yes")[0] == 0
     now.current = utc(2019, 2, 12, 11, 0, 1)  # two hours and a second late (UTC team)
@@ -442,7 +429,7 @@ def test_a_restored_backup_never_sends_a_sent_dispatch_again_nor_a_missed_one(
 ) -> None:
     add_subscribers(sending_workspace, people(3))
     database = Path(load_settings(sending_workspace).database_url().removeprefix("sqlite:///"))
-    now = FixedClock(utc(2019, 2, 8, 16))
+    now = FakeClock(utc(2019, 2, 8, 16))
     monkeypatch.setattr(clock, "SYSTEM", now)
     assert run("send", "2019-01", "--list", "members", "--at", "2019-02-12 08:00", "--yes")[0] == 0
     before = database.with_name("before.db")
@@ -483,7 +470,7 @@ def test_a_worker_killed_right_after_the_start_is_resumed_not_started_again(
     edit_config(sending_workspace, ("worker_timeout = 2", "worker_timeout = 60"))
     add_subscribers(sending_workspace, people(120))
     friday = dt.datetime.now(UTC)
-    monkeypatch.setattr(clock, "SYSTEM", FixedClock(friday))
+    monkeypatch.setattr(clock, "SYSTEM", FakeClock(friday))
     code, out = run("send", "2019-01", "--list", "members", "--at", "2099-01-01 09:00", "--yes")
     assert code == 0, out
     engine = make_engine(load_settings(sending_workspace).database_url())
@@ -509,7 +496,7 @@ def test_a_worker_killed_right_after_the_start_is_resumed_not_started_again(
         assert started_at is not None
         # The next worker comes a day later, far past max_lateness: it resumes, it does not
         # take the dispatch for a missed (or scheduled) one.
-        monkeypatch.setattr(clock, "SYSTEM", FixedClock(dt.datetime.now(UTC) + dt.timedelta(days=1)))
+        monkeypatch.setattr(clock, "SYSTEM", FakeClock(dt.datetime.now(UTC) + dt.timedelta(days=1)))
         code, out = run("worker", "--once")
         assert code == 0 and "missed" not in out and "started (scheduled" not in out
         assert "finished" in out
